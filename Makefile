@@ -1,0 +1,72 @@
+# Ambient build, test and lab targets. Every target installs what it needs by itself,
+# idempotently: Debian packages through apt-get, Go tools through the go command.
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+GO ?= go
+BIN := $(CURDIR)/bin
+GOFLAGS_BUILD := -trimpath
+export GOFLAGS := -buildvcs=false
+
+# Debian packages the targets need: iproute2 (netns, veth), nftables/iptables and conntrack
+# (kube-proxy in the lab), clang/llvm (eBPF), protobuf-compiler (api/).
+APT_PKGS := iproute2 nftables iptables conntrack clang llvm libbpf-dev protobuf-compiler
+
+.PHONY: all build unit e2e test lint generate generate-check lab-up lab-down lab-tools deps bench demo clean
+
+all: build
+
+deps: .deps.stamp
+.deps.stamp:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+	@touch $@
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/ ./cmd/...
+
+# Unit tests: fast, no lab. Tests that need root or kernel features run here too (CI is root).
+unit: deps
+	$(GO) test -count=1 -timeout 5m ./...
+
+# The Kubernetes, etcd, CNI and CoreDNS binaries of the lab, built once into a cache outside the clone.
+lab-tools:
+	@./e2e/tools/build.sh >/dev/null
+
+e2e: deps build lab-tools
+	$(GO) test -tags e2e -count=1 -timeout 70m -v ./e2e/... 2>&1 | tee .e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; \
+	test $${PIPESTATUS[0]} -eq 0
+
+test: unit e2e
+
+lint: deps
+	@out="$$(gofmt -l $$(git ls-files '*.go' | grep -v '/e2e/tools/'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) vet -tags e2e ./e2e/...
+	$(GO) tool staticcheck ./...
+	$(MAKE) generate-check
+
+generate: deps
+	$(GO) generate ./...
+
+# generate-check fails when generated files differ from what make generate produces.
+generate-check: generate
+	@if [ -n "$$(git status --porcelain -- '*.pb.go' '*_bpfel.go' '*_bpfeb.go' '*_bpfel.o' '*_bpfeb.o')" ]; then \
+		echo "generated files are stale; run make generate and commit:"; git status --porcelain; exit 1; fi
+
+lab-up: build lab-tools
+	$(BIN)/lab up
+
+lab-down: build
+	$(BIN)/lab down
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf $(BIN) .deps.stamp
