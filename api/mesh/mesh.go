@@ -1,0 +1,37 @@
+// Package mesh holds the constants every component agrees on: labels, annotations, ports and
+// socket marks (DESIGN.md §2 and §4). It has no dependencies and no behaviour.
+package mesh
+
+// Labels and annotations of the user-facing API.
+const (
+	LabelDataplaneMode         = "istio.io/dataplane-mode"
+	DataplaneModeAmbient       = "ambient"
+	DataplaneModeNone          = "none"
+	LabelUseWaypoint           = "istio.io/use-waypoint"
+	LabelUseWaypointNamespace  = "istio.io/use-waypoint-namespace"
+	LabelWaypointFor           = "istio.io/waypoint-for"
+	AnnotationRedirection      = "ambient.istio.io/redirection"
+	RedirectionEnabled         = "enabled"
+	RedirectionPending         = "pending"
+	RedirectionDisabled        = "disabled"
+	WaypointGatewayClass       = "istio-waypoint"
+	WaypointListenerName       = "mesh"
+	WaypointListenerProtocolHB = "HBONE"
+)
+
+// Ports (DESIGN.md §4).
+const (
+	PortOutbound         = 15001
+	PortInboundPlaintext = 15006
+	PortHBONE            = 15008
+	PortDNS              = 15053
+	PortAdmin            = 15000
+	PortMetrics          = 15020
+	PortReadiness        = 15021
+	PortXDS              = 15010
+	PortXDSTLS           = 15012
+)
+
+// SocketMark is the SO_MARK carried by every socket that ztunnel or a waypoint opens; the
+// redirector never redirects a socket that carries it.
+const SocketMark = 0x539
