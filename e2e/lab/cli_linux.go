@@ -1,0 +1,276 @@
+package lab
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ambient-mesh/ambient/e2e/lab/kubelet"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+const usage = `usage: lab <command> [flags]
+  up [--nodes N]                 start the lab (builds the Kubernetes binaries on first use)
+  down                           stop the lab and remove everything it created
+  status                         show the control plane, nodes and pods
+  exec <ns>/<pod> -- <cmd...>    run a command in the pod's network namespace and cgroup
+`
+
+// Command runs the lab CLI and returns the process exit code.
+func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	log := slog.New(slog.NewTextHandler(stderr, nil)).With("component", "lab")
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "up":
+		err = cmdUp(ctx, args[1:], log)
+	case "down":
+		err = cmdDown(log)
+	case "status":
+		err = cmdStatus(ctx, stdout)
+	case "exec":
+		return cmdExec(ctx, args[1:], stderr)
+	case "kubelet":
+		err = cmdKubelet(ctx, args[1:], log)
+	case "podinit":
+		spec, derr := kubelet.DecodeInit(os.Getenv(kubelet.InitEnv))
+		if derr != nil {
+			err = fmt.Errorf("podinit spec: %w", derr)
+		} else {
+			err = kubelet.PodInit(spec) // returns only on failure
+		}
+	default:
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "lab:", err)
+		return 1
+	}
+	return 0
+}
+
+func repoConfig() (Config, error) {
+	wd, err := os.Getwd()
+	if err != nil {
+		return Config{}, err
+	}
+	root, err := FindRoot(wd)
+	if err != nil {
+		// bin/lab may be run from anywhere: fall back to the binary's repository.
+		if exe, eerr := os.Executable(); eerr == nil {
+			root, err = FindRoot(filepath.Dir(exe))
+		}
+		if err != nil {
+			return Config{}, err
+		}
+	}
+	return Default(root), nil
+}
+
+// BuildTools builds (or finds in the cache) the lab's third-party binaries.
+func BuildTools(root string) (string, error) {
+	cmd := exec.Command(filepath.Join(root, "e2e", "tools", "build.sh"))
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("build lab tools: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func cmdUp(ctx context.Context, args []string, log *slog.Logger) error {
+	cfg, err := repoConfig()
+	if err != nil {
+		return err
+	}
+	fs := flag.NewFlagSet("up", flag.ContinueOnError)
+	fs.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "number of nodes")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if cfg.ToolsDir, err = BuildTools(cfg.Root); err != nil {
+		return err
+	}
+	return Up(ctx, cfg, log)
+}
+
+func cmdDown(log *slog.Logger) error {
+	cfg, err := repoConfig()
+	if err != nil {
+		return err
+	}
+	return Down(cfg, log)
+}
+
+func cmdStatus(ctx context.Context, w io.Writer) error {
+	cfg, err := repoConfig()
+	if err != nil {
+		return err
+	}
+	procs := len(labProcesses(cfg.Root))
+	if !apiserverHealthy(cfg) {
+		fmt.Fprintf(w, "lab: down (api server not answering; %d lab processes, %d lab namespaces)\n", procs, len(labNetns()))
+		return nil
+	}
+	cs, err := Client(cfg)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "lab: up  api server https://%s:%d  kubeconfig %s  processes %d\n", APIServerIP, APIPort, cfg.Kubeconfig(), procs)
+	nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	perNode := map[string]int{}
+	for _, p := range pods.Items {
+		perNode[p.Spec.NodeName]++
+	}
+	for _, n := range nodes.Items {
+		ready := "NotReady"
+		for _, c := range n.Status.Conditions {
+			if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+				ready = "Ready"
+			}
+		}
+		fmt.Fprintf(w, "node %-8s %-8s podCIDR %-15s pods %d\n", n.Name, ready, n.Spec.PodCIDR, perNode[n.Name])
+	}
+	return nil
+}
+
+// cmdExec runs a command in a pod's network namespace and cgroup, passing the exit code through.
+func cmdExec(ctx context.Context, args []string, stderr io.Writer) int {
+	sep := -1
+	for i, a := range args {
+		if a == "--" {
+			sep = i
+			break
+		}
+	}
+	if sep != 1 || len(args) < 3 || !strings.Contains(args[0], "/") {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	ns, name, _ := strings.Cut(args[0], "/")
+	cfg, err := repoConfig()
+	if err != nil {
+		fmt.Fprintln(stderr, "lab:", err)
+		return 1
+	}
+	cmd, err := ExecCommand(ctx, cfg, ns, name, args[2:]...)
+	if err != nil {
+		fmt.Fprintln(stderr, "lab:", err)
+		return 1
+	}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	if err := cmd.Run(); err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			return ee.ExitCode()
+		}
+		fmt.Fprintln(stderr, "lab:", err)
+		return 1
+	}
+	return 0
+}
+
+// ExecCommand prepares argv to run in the pod's network namespace, cgroup and mount namespace.
+func ExecCommand(ctx context.Context, cfg Config, ns, name string, argv ...string) (*exec.Cmd, error) {
+	cs, err := Client(cfg)
+	if err != nil {
+		return nil, err
+	}
+	pod, err := cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	netns := kubelet.NetnsPrefix + string(pod.UID)
+	if pod.Spec.HostNetwork {
+		netns = NodeNetnsPref + strings.TrimPrefix(pod.Spec.NodeName, "node-")
+	}
+	if _, err := os.Stat("/run/netns/" + netns); err != nil {
+		return nil, fmt.Errorf("pod %s/%s has no network namespace on this lab (not running?)", ns, name)
+	}
+	cgParent, err := LabCgroup()
+	if err != nil {
+		return nil, err
+	}
+	cg, err := os.Open(filepath.Join(cgParent, pod.Spec.NodeName, string(pod.UID)))
+	if err != nil {
+		return nil, fmt.Errorf("pod %s/%s cgroup: %w", ns, name, err)
+	}
+	// Join the mount namespace of a process of the pod too, when one runs, so that the command
+	// sees the pod's volumes, token and resolv.conf as the pod's own processes do.
+	nsArgs := []string{"--net=/run/netns/" + netns}
+	if procs, err := os.ReadFile(filepath.Join(cgParent, pod.Spec.NodeName, string(pod.UID), "cgroup.procs")); err == nil {
+		if f := strings.Fields(string(procs)); len(f) > 0 {
+			nsArgs = append(nsArgs, "--mount=/proc/"+f[0]+"/ns/mnt")
+		}
+	}
+	cmd := exec.CommandContext(ctx, "nsenter", append(append(nsArgs, "--"), argv...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
+	// The fd must stay open until the child is cloned; closing it after Start or Run is safe.
+	cmd.Cancel = func() error { return cmd.Process.Kill() }
+	cmd.WaitDelay = time.Second
+	go func() { <-ctx.Done(); cg.Close() }()
+	return cmd, nil
+}
+
+// Exec runs argv in the pod and returns its combined output.
+func Exec(ctx context.Context, cfg Config, ns, name string, argv ...string) (string, error) {
+	cmd, err := ExecCommand(ctx, cfg, ns, name, argv...)
+	if err != nil {
+		return "", err
+	}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err = cmd.Run()
+	return out.String(), err
+}
+
+func cmdKubelet(ctx context.Context, args []string, log *slog.Logger) error {
+	var c kubelet.Config
+	var root string
+	fs := flag.NewFlagSet("kubelet", flag.ContinueOnError)
+	fs.StringVar(&root, "root", "", "repository root")
+	fs.StringVar(&c.Node, "node", "", "node name")
+	fs.StringVar(&c.NodeIP, "node-ip", "", "node IP")
+	fs.StringVar(&c.PodCIDR, "pod-cidr", "", "pod CIDR")
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", "", "kubeconfig")
+	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", "", "CNI configuration directory")
+	fs.StringVar(&c.CNIBinDir, "cni-bin-dir", "", "CNI plugin directory")
+	fs.StringVar(&c.StateDir, "state-dir", "", "node state directory")
+	fs.StringVar(&c.BinDir, "bin-dir", "", "directory of the programs images map to")
+	fs.StringVar(&c.ClusterDNS, "cluster-dns", ClusterDNSIP, "cluster DNS address")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	c.Root, c.APIHost, c.APIPort, c.Domain = root, APIServerIP, fmt.Sprint(APIPort), "cluster.local"
+	cg, err := LabCgroup()
+	if err != nil {
+		return err
+	}
+	k, err := kubelet.New(c, filepath.Join(cg, c.Node), EnvMarker+"="+root, slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "kubelet", "node", c.Node))
+	if err != nil {
+		return err
+	}
+	return k.Run(ctx)
+}

@@ -1,0 +1,38 @@
+package lab
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Down stops every process the lab started and removes every namespace, link and cgroup it
+// created. It is idempotent and works after a crash: it finds the lab's processes by their
+// environment marker and its namespaces and links by their names, not from saved state.
+func Down(cfg Config, log *slog.Logger) error {
+	var errs []error
+	if left := stopProcesses(cfg.Root, 10*time.Second); len(left) > 0 {
+		errs = append(errs, fmt.Errorf("processes still running: %v", left))
+	}
+	// Pod mounts (volumes) live in the pods' own mount namespaces and went away with them.
+	errs = append(errs, teardownNetwork()...)
+	if cg, err := LabCgroup(); err == nil {
+		if err := removeCgroupTree(cg); err != nil {
+			errs = append(errs, fmt.Errorf("remove lab cgroups: %w", err))
+		}
+	}
+	st := cfg.StateDir()
+	for _, d := range []string{"etcd", "pki", "nodes", "pods", "run", "kubeconfig", "controller-manager.conf", "scheduler.conf"} {
+		if err := os.RemoveAll(filepath.Join(st, d)); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	log.Info("lab down")
+	return nil
+}

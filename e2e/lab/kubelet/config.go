@@ -1,0 +1,66 @@
+// Package kubelet is the lab's kubelet: it registers a node, keeps it alive with a Lease, and
+// runs the pods bound to it as processes, each in its own network, mount and cgroup namespace,
+// networked by the node's CNI configuration exactly as a real kubelet would invoke it. It is
+// test infrastructure: it has no image store and maps container images to programs built from
+// this repository.
+package kubelet
+
+import (
+	"errors"
+	"net"
+	"path"
+	"path/filepath"
+	"strings"
+)
+
+// Config configures a lab kubelet.
+type Config struct {
+	Root       string // repository root (marks the lab's processes)
+	Node       string
+	NodeIP     string
+	PodCIDR    string
+	Kubeconfig string
+	CNIConfDir string
+	CNIBinDir  string
+	StateDir   string // per-node state: pods' volumes and logs
+	BinDir     string // programs that images map to
+	ClusterDNS string
+	Domain     string
+	APIHost    string // KUBERNETES_SERVICE_HOST given to pods
+	APIPort    string
+}
+
+// Validate reports every problem with the config.
+func (c Config) Validate() error {
+	var errs []error
+	for name, v := range map[string]string{"node": c.Node, "kubeconfig": c.Kubeconfig, "cni-conf-dir": c.CNIConfDir,
+		"cni-bin-dir": c.CNIBinDir, "state-dir": c.StateDir, "bin-dir": c.BinDir} {
+		if v == "" {
+			errs = append(errs, errors.New(name+" is required"))
+		}
+	}
+	if net.ParseIP(c.NodeIP) == nil {
+		errs = append(errs, errors.New("node-ip must be an IP address"))
+	}
+	if _, _, err := net.ParseCIDR(c.PodCIDR); err != nil {
+		errs = append(errs, errors.New("pod-cidr must be a CIDR"))
+	}
+	return errors.Join(errs...)
+}
+
+// ImageProgram maps a container image to the program that plays it: the last path element of
+// the image name without tag or digest (ambient/echo:latest → <bin>/echo).
+func ImageProgram(binDir, image string) (string, error) {
+	name := image
+	if i := strings.IndexAny(name, "@"); i >= 0 {
+		name = name[:i]
+	}
+	name = path.Base(name)
+	if i := strings.LastIndex(name, ":"); i >= 0 {
+		name = name[:i]
+	}
+	if name == "" || name == "." || name == "/" || strings.Contains(image, "..") {
+		return "", errors.New("image " + image + ": no program name")
+	}
+	return filepath.Join(binDir, name), nil
+}

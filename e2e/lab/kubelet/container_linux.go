@@ -1,0 +1,138 @@
+package kubelet
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// container is one running (or exited) container process of a pod.
+type container struct {
+	spec         corev1.Container
+	cmd          *exec.Cmd
+	exited       chan struct{} // closed when the current process ends
+	started      time.Time
+	restarts     int32
+	lastExit     *corev1.ContainerStateTerminated
+	running      bool
+	ready        bool
+	nextStart    time.Time // restart backoff
+	liveFails    int32
+	readyOK      int32
+	lastProbe    time.Time
+	lastLive     time.Time
+	waitReason   string
+	waitMessage  string
+	everStarted  bool
+	terminated   *corev1.ContainerStateTerminated
+	lastExitCode int
+}
+
+// start launches the container through `lab podinit` in a new mount namespace, in the pod's
+// cgroup (CLONE_INTO_CGROUP, so it never runs outside it) and its own process group.
+func (c *container) start(labBin string, spec InitSpec, cgroupDir, logPath, marker string) error {
+	enc, err := EncodeInit(spec)
+	if err != nil {
+		return err
+	}
+	cg, err := os.Open(cgroupDir)
+	if err != nil {
+		return fmt.Errorf("open pod cgroup: %w", err)
+	}
+	defer cg.Close()
+	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	cmd := exec.Command(labBin, "podinit")
+	cmd.Env = []string{InitEnv + "=" + enc, marker}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWNS,
+		UseCgroupFD: true,
+		CgroupFD:    int(cg.Fd()),
+		Setpgid:     true,
+		Pdeathsig:   0, // pods outlive a kubelet restart, as with a real runtime
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start container %s: %w", c.spec.Name, err)
+	}
+	c.cmd = cmd
+	c.exited = make(chan struct{})
+	c.started = time.Now()
+	c.running, c.everStarted, c.ready = true, true, false
+	c.liveFails, c.readyOK = 0, 0
+	c.waitReason, c.waitMessage = "", ""
+	c.terminated = nil
+	done := c.exited
+	go func() {
+		_ = cmd.Wait()
+		close(done)
+	}()
+	return nil
+}
+
+// reap records the exit of a process that ended; it reports whether one did.
+func (c *container) reap() bool {
+	if !c.running {
+		return false
+	}
+	select {
+	case <-c.exited:
+	default:
+		return false
+	}
+	c.running, c.ready = false, false
+	code := 0
+	reason := "Completed"
+	if ps := c.cmd.ProcessState; ps != nil {
+		code = ps.ExitCode()
+		if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			code = 128 + int(ws.Signal())
+		}
+	}
+	if code != 0 {
+		reason = "Error"
+	}
+	c.lastExitCode = code
+	c.terminated = &corev1.ContainerStateTerminated{
+		ExitCode: int32(code), Reason: reason,
+		StartedAt: metav1.NewTime(c.started), FinishedAt: metav1.Now(),
+	}
+	c.lastExit = c.terminated
+	return true
+}
+
+// signal sends sig to the container's process group.
+func (c *container) signal(sig syscall.Signal) {
+	if c.running && c.cmd != nil && c.cmd.Process != nil {
+		_ = syscall.Kill(-c.cmd.Process.Pid, sig)
+	}
+}
+
+func (c *container) shouldRestart(policy corev1.RestartPolicy) bool {
+	switch policy {
+	case corev1.RestartPolicyNever:
+		return false
+	case corev1.RestartPolicyOnFailure:
+		return c.lastExitCode != 0
+	default:
+		return true
+	}
+}
+
+// backoff is the delay before restart n: 1s, 2s, 4s … capped at 30s.
+func backoff(n int32) time.Duration {
+	d := time.Second << min(n, 5)
+	return min(d, 30*time.Second)
+}

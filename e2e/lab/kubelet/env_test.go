@@ -1,0 +1,41 @@
+package kubelet
+
+import (
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func TestContainerEnv(t *testing.T) {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns", UID: "u1", Labels: map[string]string{"app": "echo"}},
+		Spec:       corev1.PodSpec{NodeName: "node-1", ServiceAccountName: "sa"},
+	}
+	field := func(name, path string) corev1.EnvVar {
+		return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: path}}}
+	}
+	c := &corev1.Container{Env: []corev1.EnvVar{
+		field("POD_NAME", "metadata.name"), field("POD_NAMESPACE", "metadata.namespace"),
+		field("SA", "spec.serviceAccountName"), field("IP", "status.podIP"), field("NODE", "spec.nodeName"),
+		field("APP", "metadata.labels['app']"),
+		{Name: "GREETING", Value: "hi $(POD_NAME) $$(POD_NAME) $(MISSING)"},
+	}}
+	got, err := containerEnv(podEnv{Pod: pod, PodIP: "10.0.0.5", HostIP: "10.1.0.1", APIHost: "10.233.0.1", APIPort: "6443"}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"KUBERNETES_SERVICE_HOST=10.233.0.1", "KUBERNETES_SERVICE_PORT=6443", "KUBERNETES_SERVICE_PORT_HTTPS=6443",
+		"KUBERNETES_PORT=tcp://10.233.0.1:6443",
+		"POD_NAME=p", "POD_NAMESPACE=ns", "SA=sa", "IP=10.0.0.5", "NODE=node-1", "APP=echo",
+		"GREETING=hi p $(POD_NAME) $(MISSING)",
+	}
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("env (-want +got):\n%s", d)
+	}
+	if _, err := containerEnv(podEnv{Pod: pod}, &corev1.Container{Env: []corev1.EnvVar{field("X", "spec.bogus")}}); err == nil {
+		t.Error("unsupported fieldRef: want error")
+	}
+}

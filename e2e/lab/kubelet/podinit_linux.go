@@ -1,0 +1,109 @@
+package kubelet
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// InitEnv carries the InitSpec to `lab podinit` in its environment.
+const InitEnv = "AMBIENT_LAB_PODINIT"
+
+// Mount is one bind mount into a pod's mount namespace.
+type Mount struct {
+	Source   string `json:"source"`
+	Target   string `json:"target"`
+	ReadOnly bool   `json:"readOnly,omitempty"`
+}
+
+// InitSpec is what a container process is started from. `lab podinit` runs in a fresh mount
+// namespace (the kubelet clones it so), makes the pod's mounts, joins the pod's network
+// namespace and execs the program: the program starts with everything in place.
+type InitSpec struct {
+	Netns  string   `json:"netns,omitempty"` // path; empty for hostNetwork pods
+	Mounts []Mount  `json:"mounts,omitempty"`
+	Dir    string   `json:"dir,omitempty"`
+	Argv   []string `json:"argv"`
+	Env    []string `json:"env"`
+}
+
+// PodInit performs spec and never returns on success.
+func PodInit(spec InitSpec) error {
+	if len(spec.Argv) == 0 {
+		return errors.New("podinit: no program")
+	}
+	runtime.LockOSThread() // setns and exec must happen on the same thread
+	// Keep the pod's mounts to itself; the host's later mounts still reach the pod.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_SLAVE, ""); err != nil {
+		return fmt.Errorf("podinit: make mounts slave: %w", err)
+	}
+	for _, m := range spec.Mounts {
+		if err := bindMount(m); err != nil {
+			return fmt.Errorf("podinit: mount %s: %w", m.Target, err)
+		}
+	}
+	if spec.Netns != "" {
+		fd, err := unix.Open(spec.Netns, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("podinit: open netns: %w", err)
+		}
+		if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+			return fmt.Errorf("podinit: setns %s: %w", spec.Netns, err)
+		}
+		unix.Close(fd)
+	}
+	if spec.Dir != "" {
+		if err := os.Chdir(spec.Dir); err != nil {
+			return fmt.Errorf("podinit: workdir: %w", err)
+		}
+	}
+	return unix.Exec(spec.Argv[0], spec.Argv, spec.Env)
+}
+
+func bindMount(m Mount) error {
+	st, err := os.Stat(m.Source)
+	if err != nil {
+		return err
+	}
+	// The target may not exist on the host (/var/run/secrets/...); create it. Directories made
+	// here live on the host's file system but stay empty there: the bind is in the pod's namespace.
+	if st.IsDir() {
+		if err := os.MkdirAll(m.Target, 0o755); err != nil {
+			return err
+		}
+	} else if _, err := os.Stat(m.Target); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(filepath.Dir(m.Target), 0o755); err != nil {
+			return err
+		}
+		f, err := os.OpenFile(m.Target, os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			return err
+		}
+		f.Close()
+	}
+	if err := unix.Mount(m.Source, m.Target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return err
+	}
+	if m.ReadOnly {
+		return unix.Mount("", m.Target, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, "")
+	}
+	return nil
+}
+
+// EncodeInit renders spec for InitEnv.
+func EncodeInit(spec InitSpec) (string, error) {
+	b, err := json.Marshal(spec)
+	return string(b), err
+}
+
+// DecodeInit parses InitEnv.
+func DecodeInit(s string) (InitSpec, error) {
+	var spec InitSpec
+	err := json.Unmarshal([]byte(s), &spec)
+	return spec, err
+}

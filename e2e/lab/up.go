@@ -1,0 +1,309 @@
+package lab
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// Up brings the lab up and returns when every node is Ready. A lab that is already up is left
+// as it is; leftovers of a crashed lab are removed first.
+func Up(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("lab config: %w", err)
+	}
+	start := time.Now()
+	if apiserverHealthy(cfg) {
+		log.Info("lab already up")
+		return waitNodesReady(ctx, cfg, cfg.Nodes)
+	}
+	if err := Down(cfg, log); err != nil {
+		return fmt.Errorf("clean leftovers: %w", err)
+	}
+	st := cfg.StateDir()
+	for _, d := range []string{st, cfg.LogDir(), filepath.Join(st, "bin"), filepath.Join(st, "run")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return err
+		}
+	}
+	p, err := newPKI(filepath.Join(st, "pki"))
+	if err != nil {
+		return fmt.Errorf("lab pki: %w", err)
+	}
+	if err := setupNetwork(cfg.Nodes); err != nil {
+		return err
+	}
+	if err := installKubectl(cfg); err != nil {
+		return err
+	}
+	if err := startControlPlane(ctx, cfg, p, log); err != nil {
+		return err
+	}
+	for i := 1; i <= cfg.Nodes; i++ {
+		if err := startNode(cfg, p, NodeAt(i)); err != nil {
+			return err
+		}
+	}
+	if err := waitNodesReady(ctx, cfg, cfg.Nodes); err != nil {
+		return err
+	}
+	log.Info("lab up", "nodes", cfg.Nodes, "elapsed", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+func installKubectl(cfg Config) error {
+	dst := filepath.Join(cfg.StateDir(), "bin", "kubectl")
+	_ = os.Remove(dst)
+	return os.Symlink(filepath.Join(cfg.ToolsDir, "bin", "kubectl"), dst)
+}
+
+func (c Config) tool(name string) string { return filepath.Join(c.ToolsDir, "bin", name) }
+
+func startControlPlane(ctx context.Context, cfg Config, p *pki, log *slog.Logger) error {
+	st := cfg.StateDir()
+	apiURL := "https://" + APIServerIP + ":" + strconv.Itoa(APIPort)
+	_, svcNet, _ := net.ParseCIDR(ServiceCIDR)
+	kubeSvcIP := nthIP(svcNet, 1)
+	apiCert, apiKey, err := p.issue("apiserver", "kube-apiserver", nil,
+		[]net.IP{net.ParseIP(APIServerIP), kubeSvcIP, net.ParseIP("127.0.0.1")},
+		[]string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "localhost"}, true)
+	if err != nil {
+		return err
+	}
+	saPub, saKey, err := p.serviceAccountKey()
+	if err != nil {
+		return err
+	}
+	kubeconfigs := map[string][2]string{ // file -> CN, O
+		"kubeconfig":              {"lab-admin", "system:masters"},
+		"controller-manager.conf": {"system:kube-controller-manager", ""},
+		"scheduler.conf":          {"system:kube-scheduler", ""},
+	}
+	for file, id := range kubeconfigs {
+		var orgs []string
+		if id[1] != "" {
+			orgs = []string{id[1]}
+		}
+		name := strings.TrimSuffix(file, ".conf")
+		c, k, err := p.issue(name, id[0], orgs, nil, nil, false)
+		if err != nil {
+			return err
+		}
+		if err := writeKubeconfig(filepath.Join(st, file), apiURL, p.CAPath(), c, k); err != nil {
+			return err
+		}
+	}
+	daemons := []daemon{
+		{Name: "etcd", Netns: SwitchNetns, Argv: []string{cfg.tool("etcd"),
+			"--name=lab", "--data-dir=" + filepath.Join(st, "etcd"),
+			"--listen-client-urls=http://127.0.0.1:2379", "--advertise-client-urls=http://127.0.0.1:2379",
+			"--listen-peer-urls=http://127.0.0.1:2380", "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+			"--initial-cluster=lab=http://127.0.0.1:2380", "--listen-metrics-urls=http://127.0.0.1:2381",
+			// The lab's data is thrown away on down; fsync buys nothing here.
+			"--unsafe-no-fsync", "--log-level=warn"}},
+		{Name: "kube-apiserver", Netns: SwitchNetns, Argv: []string{cfg.tool("kube-apiserver"),
+			"--etcd-servers=http://127.0.0.1:2379", "--advertise-address=" + APIServerIP,
+			"--bind-address=0.0.0.0", "--secure-port=" + strconv.Itoa(APIPort),
+			"--tls-cert-file=" + apiCert, "--tls-private-key-file=" + apiKey, "--client-ca-file=" + p.CAPath(),
+			"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+			"--service-cluster-ip-range=" + ServiceCIDR, "--allow-privileged=true",
+			"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+			"--service-account-key-file=" + saPub, "--service-account-signing-key-file=" + saKey,
+			"--kubelet-client-certificate=" + filepath.Join(st, "pki", "kubeconfig.crt"),
+			"--kubelet-client-key=" + filepath.Join(st, "pki", "kubeconfig.key"),
+			"--cert-dir=" + filepath.Join(st, "pki", "apiserver-certs"), "--profiling=false", "--v=1"}},
+	}
+	for _, d := range daemons {
+		if _, err := d.start(cfg.Root, cfg.LogDir()); err != nil {
+			return err
+		}
+	}
+	if err := poll(ctx, 60*time.Second, func() bool { return apiserverHealthy(cfg) }); err != nil {
+		return fmt.Errorf("kube-apiserver not ready (see %s): %w", filepath.Join(cfg.LogDir(), "kube-apiserver.log"), err)
+	}
+	log.Info("kube-apiserver ready")
+	rest := []daemon{
+		{Name: "kube-controller-manager", Netns: SwitchNetns, Argv: []string{cfg.tool("kube-controller-manager"),
+			"--kubeconfig=" + filepath.Join(st, "controller-manager.conf"),
+			"--authentication-kubeconfig=" + filepath.Join(st, "controller-manager.conf"),
+			"--authorization-kubeconfig=" + filepath.Join(st, "controller-manager.conf"),
+			"--service-account-private-key-file=" + saKey, "--root-ca-file=" + p.CAPath(),
+			"--use-service-account-credentials=true", "--leader-elect=false",
+			"--bind-address=127.0.0.1", "--service-cluster-ip-range=" + ServiceCIDR,
+			"--controllers=*,-nodeipam", "--v=1"}},
+		{Name: "kube-scheduler", Netns: SwitchNetns, Argv: []string{cfg.tool("kube-scheduler"),
+			"--kubeconfig=" + filepath.Join(st, "scheduler.conf"),
+			"--authentication-kubeconfig=" + filepath.Join(st, "scheduler.conf"),
+			"--authorization-kubeconfig=" + filepath.Join(st, "scheduler.conf"),
+			"--leader-elect=false", "--bind-address=127.0.0.1", "--v=1"}},
+	}
+	var pids []int
+	for _, d := range rest {
+		pid, err := d.start(cfg.Root, cfg.LogDir())
+		if err != nil {
+			return err
+		}
+		pids = append(pids, pid)
+	}
+	// A controller that rejects its flags exits at once; catch that here rather than as
+	// missing EndpointSlices or unscheduled pods later.
+	time.Sleep(300 * time.Millisecond)
+	for i, pid := range pids {
+		if !alive(pid) {
+			return fmt.Errorf("%s exited at start (see %s)", rest[i].Name, filepath.Join(cfg.LogDir(), rest[i].Name+".log"))
+		}
+	}
+	return nil
+}
+
+// startNode writes the node's credentials and CNI configuration and starts its lab kubelet
+// inside the node's network namespace.
+func startNode(cfg Config, p *pki, n Node) error {
+	dir := filepath.Join(cfg.StateDir(), "nodes", n.Name)
+	cniDir := filepath.Join(dir, "net.d")
+	if err := os.MkdirAll(cniDir, 0o755); err != nil {
+		return err
+	}
+	c, k, err := p.issue("kubelet-"+n.Name, "system:node:"+n.Name, []string{"system:nodes"}, []net.IP{n.IP}, []string{n.Name}, true)
+	if err != nil {
+		return err
+	}
+	kc := filepath.Join(dir, "kubelet.conf")
+	if err := writeKubeconfig(kc, "https://"+APIServerIP+":"+strconv.Itoa(APIPort), p.CAPath(), c, k); err != nil {
+		return err
+	}
+	conf := fmt.Sprintf(`{
+  "cniVersion": "1.0.0",
+  "name": "lab",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "cni0",
+      "isGateway": true,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": %q,
+        "ranges": [[{"subnet": %q, "gateway": %q}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    }
+  ]
+}
+`, filepath.Join(dir, "ipam"), n.PodCIDR.String(), n.Gateway.String())
+	if err := os.WriteFile(filepath.Join(cniDir, "10-lab.conflist"), []byte(conf), 0o644); err != nil {
+		return err
+	}
+	d := daemon{Name: "kubelet-" + n.Name, Netns: n.Netns, Argv: []string{
+		filepath.Join(cfg.BinDir, "lab"), "kubelet",
+		"--root=" + cfg.Root, "--node=" + n.Name, "--node-ip=" + n.IP.String(),
+		"--pod-cidr=" + n.PodCIDR.String(), "--kubeconfig=" + kc,
+		"--cni-conf-dir=" + cniDir, "--cni-bin-dir=" + filepath.Join(cfg.ToolsDir, "cni"),
+		"--state-dir=" + dir, "--bin-dir=" + cfg.BinDir,
+		"--cluster-dns=" + ClusterDNSIP,
+	}}
+	_, err = d.start(cfg.Root, cfg.LogDir())
+	return err
+}
+
+func nthIP(n *net.IPNet, i int) net.IP {
+	ip := n.IP.To4()
+	out := make(net.IP, 4)
+	copy(out, ip)
+	out[3] += byte(i)
+	return out
+}
+
+func apiserverHealthy(cfg Config) bool {
+	cert, err := tls.LoadX509KeyPair(filepath.Join(cfg.StateDir(), "pki", "kubeconfig.crt"), filepath.Join(cfg.StateDir(), "pki", "kubeconfig.key"))
+	if err != nil {
+		return false
+	}
+	caPEM, err := os.ReadFile(filepath.Join(cfg.StateDir(), "pki", "ca.crt"))
+	if err != nil {
+		return false
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(caPEM)
+	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}}}
+	resp, err := c.Get("https://" + APIServerIP + ":" + strconv.Itoa(APIPort) + "/readyz")
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode == http.StatusOK
+}
+
+// Client returns a cluster-admin clientset for the lab.
+func Client(cfg Config) (*kubernetes.Clientset, error) {
+	rc, err := clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig())
+	if err != nil {
+		return nil, err
+	}
+	return kubernetes.NewForConfig(rc)
+}
+
+func waitNodesReady(ctx context.Context, cfg Config, want int) error {
+	cs, err := Client(cfg)
+	if err != nil {
+		return err
+	}
+	var last string
+	err = poll(ctx, 60*time.Second, func() bool {
+		nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+		if err != nil {
+			last = err.Error()
+			return false
+		}
+		ready := 0
+		for _, n := range nodes.Items {
+			for _, c := range n.Status.Conditions {
+				if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+					ready++
+				}
+			}
+		}
+		last = fmt.Sprintf("%d of %d nodes ready", ready, want)
+		return ready >= want
+	})
+	if err != nil {
+		return fmt.Errorf("nodes not ready (%s): %w", last, err)
+	}
+	return nil
+}
+
+// poll calls cond until it returns true or timeout passes.
+func poll(ctx context.Context, timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New("timed out after " + timeout.String())
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
