@@ -81,7 +81,7 @@ func keepAlive(ctx context.Context, cs kubernetes.Interface, cfg Config, log *sl
 		case apierrors.IsNotFound(err):
 			_, err = leases.Create(ctx, &coordv1.Lease{
 				ObjectMeta: metav1.ObjectMeta{Name: cfg.Node},
-				Spec: coordv1.LeaseSpec{HolderIdentity: ptr.To(cfg.Node), LeaseDurationSeconds: ptr.To[int32](40), RenewTime: &now},
+				Spec:       coordv1.LeaseSpec{HolderIdentity: ptr.To(cfg.Node), LeaseDurationSeconds: ptr.To[int32](40), RenewTime: &now},
 			}, metav1.CreateOptions{})
 		case err == nil:
 			l.Spec.RenewTime = &now
