@@ -258,7 +258,7 @@ func cmdKubelet(ctx context.Context, args []string, log *slog.Logger) error {
 	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", "", "CNI configuration directory")
 	fs.StringVar(&c.CNIBinDir, "cni-bin-dir", "", "CNI plugin directory")
 	fs.StringVar(&c.StateDir, "state-dir", "", "node state directory")
-	fs.StringVar(&c.BinDir, "bin-dir", "", "directory of the programs images map to")
+	fs.StringVar(&c.BinDir, "bin-dir", "", "directories (colon-separated) of the programs images map to")
 	fs.StringVar(&c.ClusterDNS, "cluster-dns", ClusterDNSIP, "cluster DNS address")
 	if err := fs.Parse(args); err != nil {
 		return err

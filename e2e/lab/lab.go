@@ -31,6 +31,7 @@ const (
 	APIServerIP   = "10.233.0.1"
 	HostIP        = "10.233.0.254"
 	ServiceCIDR   = "10.235.0.0/16"
+	PodCIDRs      = "10.234.0.0/16" // node i has 10.234.i.0/24
 	ClusterDNSIP  = "10.235.0.10"
 	APIPort       = 6443
 	CgroupParent  = "ambient-lab"

@@ -63,6 +63,9 @@ func Up(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := waitNodesReady(ctx, cfg, cfg.Nodes); err != nil {
 		return err
 	}
+	if err := deployDNS(ctx, cfg); err != nil {
+		return err
+	}
 	log.Info("lab up", "nodes", cfg.Nodes, "elapsed", time.Since(start).Round(time.Millisecond))
 	return nil
 }
@@ -215,10 +218,32 @@ func startNode(cfg Config, p *pki, n Node) error {
 		"--root=" + cfg.Root, "--node=" + n.Name, "--node-ip=" + n.IP.String(),
 		"--pod-cidr=" + n.PodCIDR.String(), "--kubeconfig=" + kc,
 		"--cni-conf-dir=" + cniDir, "--cni-bin-dir=" + filepath.Join(cfg.ToolsDir, "cni"),
-		"--state-dir=" + dir, "--bin-dir=" + cfg.BinDir,
+		"--state-dir=" + dir, "--bin-dir=" + cfg.BinDir + ":" + filepath.Join(cfg.ToolsDir, "bin"),
 		"--cluster-dns=" + ClusterDNSIP,
 	}}
-	_, err = d.start(cfg.Root, cfg.LogDir())
+	if _, err := d.start(cfg.Root, cfg.LogDir()); err != nil {
+		return err
+	}
+	pc, pk, err := p.issue("kube-proxy", "system:kube-proxy", nil, nil, nil, false)
+	if err != nil {
+		return err
+	}
+	pkc := filepath.Join(dir, "kube-proxy.conf")
+	if err := writeKubeconfig(pkc, "https://"+APIServerIP+":"+strconv.Itoa(APIPort), p.CAPath(), pc, pk); err != nil {
+		return err
+	}
+	proxy := daemon{Name: "kube-proxy-" + n.Name, Netns: n.Netns, Argv: []string{cfg.tool("kube-proxy"),
+		"--kubeconfig=" + pkc, "--hostname-override=" + n.Name, "--proxy-mode=nftables",
+		"--cluster-cidr=" + PodCIDRs, "--bind-address=" + n.IP.String(),
+		// Pods share one L2 bridge per node and the lab loads no br_netfilter (a host-wide
+		// module), so a reply from a same-node backend would bypass conntrack; masquerading
+		// service traffic brings every reply back through the node.
+		"--masquerade-all",
+		// Leave the host-wide conntrack table size alone; the timeouts are per namespace but
+		// the defaults are fine for the lab.
+		"--conntrack-max-per-core=0", "--conntrack-tcp-timeout-established=0", "--conntrack-tcp-timeout-close-wait=0",
+		"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256", "--v=1"}}
+	_, err = proxy.start(cfg.Root, cfg.LogDir())
 	return err
 }
 

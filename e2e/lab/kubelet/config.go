@@ -8,6 +8,7 @@ package kubelet
 import (
 	"errors"
 	"net"
+	"os"
 	"path"
 	"path/filepath"
 	"strings"
@@ -23,7 +24,7 @@ type Config struct {
 	CNIConfDir string
 	CNIBinDir  string
 	StateDir   string // per-node state: pods' volumes and logs
-	BinDir     string // programs that images map to
+	BinDir     string // colon-separated directories of the programs that images map to
 	ClusterDNS string
 	Domain     string
 	APIHost    string // KUBERNETES_SERVICE_HOST given to pods
@@ -63,4 +64,22 @@ func ImageProgram(binDir, image string) (string, error) {
 		return "", errors.New("image " + image + ": no program name")
 	}
 	return filepath.Join(binDir, name), nil
+}
+
+// findProgram resolves image in the first directory of the colon-separated list that has it.
+func findProgram(dirs, image string) (string, error) {
+	var first string
+	for _, d := range filepath.SplitList(dirs) {
+		p, err := ImageProgram(d, image)
+		if err != nil {
+			return "", err
+		}
+		if first == "" {
+			first = p
+		}
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			return p, nil
+		}
+	}
+	return "", errors.New("image " + image + ": no program " + filepath.Base(first) + " in " + dirs)
 }

@@ -130,10 +130,7 @@ func (w *podWorker) setup(ctx context.Context) error {
 }
 
 func (w *podWorker) startContainer(c *container) {
-	prog, err := ImageProgram(w.k.cfg.BinDir, c.spec.Image)
-	if err == nil {
-		_, err = os.Stat(prog)
-	}
+	prog, err := findProgram(w.k.cfg.BinDir, c.spec.Image)
 	if err != nil {
 		c.waitReason, c.waitMessage = "ErrImagePull", err.Error()
 		return
