@@ -1,0 +1,200 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ambient-mesh/ambient/e2e/images"
+	"github.com/ambient-mesh/ambient/e2e/lab"
+	"github.com/ambient-mesh/ambient/e2e/lab/kubelet"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+)
+
+// TestLabPodsServicesAndDNS checks the lab as any cluster user would: pods on both nodes reach
+// each other by IP, a Service gets EndpointSlices from the real controller manager and answers
+// by name through CoreDNS and kube-proxy, and a deleted pod leaves no namespace or cgroup.
+func TestLabPodsServicesAndDNS(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cs := client(t)
+	ns := newNamespace(t, cs, "lab")
+	manifest, err := os.ReadFile("testdata/echo.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply(t, ns, manifest)
+
+	var echoPods []corev1.Pod
+	eventually(t, 60*time.Second, "echo pods ready on both nodes and client running", func() bool {
+		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false
+		}
+		echoPods = echoPods[:0]
+		clientOK := false
+		for _, p := range pods.Items {
+			if p.Name == "client" {
+				clientOK = p.Status.Phase == corev1.PodRunning && p.Status.PodIP != ""
+			} else if p.Labels["app"] == "echo" && podReady(&p) {
+				echoPods = append(echoPods, p)
+			}
+		}
+		return clientOK && len(echoPods) == 2
+	})
+	if echoPods[0].Spec.NodeName == echoPods[1].Spec.NodeName {
+		t.Fatalf("echo pods both on %s; want one per node", echoPods[0].Spec.NodeName)
+	}
+	clientBin := filepath.Join(labCfg.BinDir, "client")
+
+	for _, p := range echoPods {
+		out := execIn(t, ns, "client", clientBin, "http", "http://"+p.Status.PodIP+":8080/by-ip?q=1")
+		var reply images.EchoReply
+		if err := json.Unmarshal([]byte(out), &reply); err != nil {
+			t.Fatalf("reply from %s: %v: %q", p.Name, err, out)
+		}
+		if reply.Pod != p.Name || reply.Namespace != ns || reply.Path != "/by-ip?q=1" || reply.ServiceAccount != "default" {
+			t.Errorf("reply from %s = %+v", p.Name, reply)
+		}
+		if got := execIn(t, ns, "client", clientBin, "tcp", p.Status.PodIP+":9090", "hello "+p.Name); got != "hello "+p.Name {
+			t.Errorf("tcp echo from %s = %q", p.Name, got)
+		}
+	}
+
+	eventually(t, 30*time.Second, "EndpointSlice with both echo pods ready", func() bool {
+		slices, err := cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=echo"})
+		if err != nil {
+			return false
+		}
+		ready := 0
+		for _, s := range slices.Items {
+			for _, e := range s.Endpoints {
+				if e.Conditions.Ready != nil && *e.Conditions.Ready {
+					ready++
+				}
+			}
+		}
+		return ready == 2
+	})
+
+	// By name: resolv.conf search path → CoreDNS → ClusterIP → kube-proxy → a pod.
+	seen := map[string]bool{}
+	eventually(t, 30*time.Second, "service by name reaches both echo pods", func() bool {
+		cmd, err := lab.ExecCommand(ctx, labCfg, ns, "client", clientBin, "http", "http://echo."+ns+"/by-name")
+		if err != nil {
+			return false
+		}
+		out, err := cmd.Output()
+		var reply images.EchoReply
+		if err == nil && json.Unmarshal(out, &reply) == nil {
+			seen[reply.Pod] = true
+		}
+		return len(seen) == 2
+	})
+	if got := execIn(t, ns, "client", clientBin, "tcp", "echo."+ns+".svc.cluster.local:9090", "via service"); got != "via service" {
+		t.Errorf("tcp echo via service = %q", got)
+	}
+
+	// The lab CLI: lab exec passes the exit code through and runs in the pod's network namespace.
+	out, err := exec.Command(filepath.Join(labCfg.BinDir, "lab"), "exec", ns+"/client", "--", "cat", "/var/run/secrets/kubernetes.io/serviceaccount/namespace").CombinedOutput()
+	if err != nil || string(out) != ns {
+		t.Errorf("lab exec: service-account namespace file = %q, %v", out, err)
+	}
+	if err := exec.Command(filepath.Join(labCfg.BinDir, "lab"), "exec", ns+"/client", "--", "false").Run(); err == nil {
+		t.Error("lab exec false: want non-zero exit")
+	}
+
+	// Deleting a pod stops it and removes its network namespace and cgroup.
+	victim := echoPods[0]
+	if err := cs.CoreV1().Pods(ns).Delete(ctx, victim.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cg, err := lab.LabCgroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	netnsPath := "/run/netns/" + kubelet.NetnsPrefix + string(victim.UID)
+	cgPath := filepath.Join(cg, victim.Spec.NodeName, string(victim.UID))
+	eventually(t, 30*time.Second, "deleted pod gone with its netns and cgroup", func() bool {
+		_, err := cs.CoreV1().Pods(ns).Get(ctx, victim.Name, metav1.GetOptions{})
+		_, nerr := os.Stat(netnsPath)
+		_, cerr := os.Stat(cgPath)
+		return apierrors.IsNotFound(err) && os.IsNotExist(nerr) && os.IsNotExist(cerr)
+	})
+}
+
+func client(t *testing.T) *kubernetes.Clientset {
+	t.Helper()
+	cs, err := lab.Client(labCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
+
+// newNamespace creates a namespace for one test and deletes it when the test ends.
+func newNamespace(t *testing.T, cs kubernetes.Interface, prefix string) string {
+	t.Helper()
+	ns, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cs.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{})
+	})
+	return ns.Name
+}
+
+func apply(t *testing.T, ns string, manifest []byte) {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(labCfg.StateDir(), "bin", "kubectl"), "--kubeconfig", labCfg.Kubeconfig(), "-n", ns, "apply", "-f", "-")
+	cmd.Stdin = strings.NewReader(string(manifest))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("kubectl apply: %v: %s", err, out)
+	}
+}
+
+// execIn runs argv in the pod and returns its output; a failure fails the test.
+func execIn(t *testing.T, ns, pod string, argv ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := lab.Exec(ctx, labCfg, ns, pod, argv...)
+	if err != nil {
+		t.Fatalf("exec in %s/%s %v: %v: %s", ns, pod, argv, err, out)
+	}
+	return out
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// eventually polls cond until it holds or timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for: %s", timeout, what)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
