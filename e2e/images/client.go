@@ -2,7 +2,6 @@ package images
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -10,18 +9,15 @@ import (
 	"net/http"
 	"strings"
 	"time"
-
-	"golang.org/x/net/http2"
 )
 
 // HTTPGet fetches url (HTTP/1.1, or h2c prior knowledge when h2c is set) and returns the body.
 func HTTPGet(ctx context.Context, url string, h2c bool, timeout time.Duration) (int, []byte, error) {
-	var rt http.RoundTripper = &http.Transport{DisableKeepAlives: true}
+	rt := &http.Transport{DisableKeepAlives: true}
 	if h2c {
-		rt = &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, addr)
-		}}
+		var protos http.Protocols
+		protos.SetUnencryptedHTTP2(true) // prior knowledge, no upgrade
+		rt.Protocols = &protos
 	}
 	c := &http.Client{Transport: rt, Timeout: timeout}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)

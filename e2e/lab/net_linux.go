@@ -24,11 +24,6 @@ func inNetns(netns string, args ...string) error {
 	return ip(append([]string{"netns", "exec", netns}, args...)...)
 }
 
-func netnsExists(name string) bool {
-	_, err := os.Stat("/run/netns/" + name)
-	return err == nil
-}
-
 func sysctlIn(netns, key, value string) error {
 	path := "/proc/sys/" + strings.ReplaceAll(key, ".", "/")
 	return inNetns(netns, "sh", "-c", "echo "+value+" > "+path)
