@@ -64,11 +64,18 @@ func run(m *testing.M) int {
 	}
 	fmt.Fprintf(os.Stderr, "e2e: lab up in %s\n", time.Since(start).Round(time.Millisecond))
 	code := m.Run()
+	created, _ := os.ReadFile(labCfg.CreatedLog())
 	if err := lab.Down(labCfg, log); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: lab down:", err)
 		return 1
 	}
-	if left := leftovers(root); len(left) > 0 {
+	left := leftovers(root)
+	for _, p := range strings.Fields(string(created)) {
+		if _, err := os.Stat(p); err == nil {
+			left = append(left, "mount target "+p)
+		}
+	}
+	if len(left) > 0 {
 		fmt.Fprintln(os.Stderr, "e2e: lab down left behind:\n  "+strings.Join(left, "\n  "))
 		return 1
 	}

@@ -264,6 +264,7 @@ func cmdKubelet(ctx context.Context, args []string, log *slog.Logger) error {
 		return err
 	}
 	c.Root, c.APIHost, c.APIPort, c.Domain = root, APIServerIP, fmt.Sprint(APIPort), "cluster.local"
+	c.CreatedLog = Default(root).CreatedLog()
 	cg, err := LabCgroup()
 	if err != nil {
 		return err

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/ambient-mesh/ambient/e2e/lab/kubelet"
 )
 
 // Down stops every process the lab started and removes every namespace, link and cgroup it
@@ -17,7 +19,11 @@ func Down(cfg Config, log *slog.Logger) error {
 	if left := stopProcesses(cfg.Root, 10*time.Second); len(left) > 0 {
 		errs = append(errs, fmt.Errorf("processes still running: %v", left))
 	}
-	// Pod mounts (volumes) live in the pods' own mount namespaces and went away with them.
+	// Pod mounts (volumes) live in the pods' own mount namespaces and went away with them; the
+	// empty mount targets pods created on the host go now that no pod runs.
+	if err := kubelet.RemoveCreated(cfg.CreatedLog()); err != nil {
+		errs = append(errs, fmt.Errorf("remove pods' mount targets: %w", err))
+	}
 	errs = append(errs, teardownNetwork()...)
 	if cg, err := LabCgroup(); err == nil {
 		if err := removeCgroupTree(cg); err != nil {

@@ -74,6 +74,9 @@ func (c Config) StateDir() string { return filepath.Join(c.Root, ".lab") }
 // Kubeconfig is the cluster-admin kubeconfig.
 func (c Config) Kubeconfig() string { return filepath.Join(c.StateDir(), "kubeconfig") }
 
+// CreatedLog lists the mount targets pods had to create on the host's file system.
+func (c Config) CreatedLog() string { return filepath.Join(c.StateDir(), "created-paths") }
+
 // LogDir holds one log file per component.
 func (c Config) LogDir() string { return filepath.Join(c.StateDir(), "logs") }
 

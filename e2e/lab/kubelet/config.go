@@ -24,6 +24,7 @@ type Config struct {
 	CNIConfDir string
 	CNIBinDir  string
 	StateDir   string // per-node state: pods' volumes and logs
+	CreatedLog string // where pods record mount targets they created on the host
 	BinDir     string // colon-separated directories of the programs that images map to
 	ClusterDNS string
 	Domain     string

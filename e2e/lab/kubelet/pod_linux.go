@@ -169,7 +169,7 @@ func (w *podWorker) startContainer(c *container) {
 		}
 	}
 	argv = append(argv, c.spec.Args...)
-	spec := InitSpec{Netns: w.sb.netnsPath(), Mounts: mounts, Dir: c.spec.WorkingDir, Argv: argv, Env: env}
+	spec := InitSpec{Netns: w.sb.netnsPath(), Mounts: mounts, Dir: c.spec.WorkingDir, Argv: argv, Env: env, CreatedLog: w.k.cfg.CreatedLog}
 	logPath := filepath.Join(w.podDir, c.spec.Name+".log")
 	if err := c.start(w.k.labBin, spec, w.sb.cgroup, logPath, w.k.marker); err != nil {
 		c.waitReason, c.waitMessage = "RunContainerError", err.Error()

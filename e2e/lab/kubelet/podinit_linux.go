@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
@@ -30,6 +32,10 @@ type InitSpec struct {
 	Dir    string   `json:"dir,omitempty"`
 	Argv   []string `json:"argv"`
 	Env    []string `json:"env"`
+	// CreatedLog is a file to which podinit appends every directory or file it had to create on
+	// the host's file system as a mount target, so that lab down can remove them once no pod
+	// runs (removing them earlier would detach other pods' mounts on them).
+	CreatedLog string `json:"createdLog,omitempty"`
 }
 
 // PodInit performs spec and never returns on success.
@@ -43,7 +49,7 @@ func PodInit(spec InitSpec) error {
 		return fmt.Errorf("podinit: make mounts slave: %w", err)
 	}
 	for _, m := range spec.Mounts {
-		if err := bindMount(m); err != nil {
+		if err := bindMount(m, spec.CreatedLog); err != nil {
 			return fmt.Errorf("podinit: mount %s: %w", m.Target, err)
 		}
 	}
@@ -65,26 +71,29 @@ func PodInit(spec InitSpec) error {
 	return unix.Exec(spec.Argv[0], spec.Argv, spec.Env)
 }
 
-func bindMount(m Mount) error {
+func bindMount(m Mount, createdLog string) error {
 	st, err := os.Stat(m.Source)
 	if err != nil {
 		return err
 	}
-	// The target may not exist on the host (/var/run/secrets/...); create it. Directories made
-	// here live on the host's file system but stay empty there: the bind is in the pod's namespace.
-	if st.IsDir() {
-		if err := os.MkdirAll(m.Target, 0o755); err != nil {
-			return err
+	// The target may not exist on the host (/var/run/secrets/...); create it, and record what
+	// was created. Paths made here stay empty on the host: the bind is in the pod's namespace.
+	dir := m.Target
+	if !st.IsDir() {
+		dir = filepath.Dir(m.Target)
+	}
+	if err := mkdirAllLogged(dir, createdLog); err != nil {
+		return err
+	}
+	if !st.IsDir() {
+		if _, err := os.Stat(m.Target); errors.Is(err, os.ErrNotExist) {
+			f, err := os.OpenFile(m.Target, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+			if err != nil {
+				return err
+			}
+			f.Close()
+			logCreated(createdLog, m.Target)
 		}
-	} else if _, err := os.Stat(m.Target); errors.Is(err, os.ErrNotExist) {
-		if err := os.MkdirAll(filepath.Dir(m.Target), 0o755); err != nil {
-			return err
-		}
-		f, err := os.OpenFile(m.Target, os.O_CREATE|os.O_WRONLY, 0o644)
-		if err != nil {
-			return err
-		}
-		f.Close()
 	}
 	if err := unix.Mount(m.Source, m.Target, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return err
@@ -106,4 +115,54 @@ func DecodeInit(s string) (InitSpec, error) {
 	var spec InitSpec
 	err := json.Unmarshal([]byte(s), &spec)
 	return spec, err
+}
+
+// mkdirAllLogged is os.MkdirAll that records each directory it creates.
+func mkdirAllLogged(dir, createdLog string) error {
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	if parent := filepath.Dir(dir); parent != dir {
+		if err := mkdirAllLogged(parent, createdLog); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	logCreated(createdLog, dir)
+	return nil
+}
+
+func logCreated(createdLog, path string) {
+	if createdLog == "" {
+		return
+	}
+	// One short O_APPEND write per path: concurrent pods do not interleave within a line.
+	f, err := os.OpenFile(createdLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	_, _ = f.WriteString(path + "\n")
+}
+
+// RemoveCreated removes, deepest first, the paths recorded in createdLog that are still empty,
+// then the log itself. Call it only when no pod runs.
+func RemoveCreated(createdLog string) error {
+	b, err := os.ReadFile(createdLog)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	paths := strings.Split(strings.TrimSpace(string(b)), "\n")
+	sort.Slice(paths, func(i, j int) bool { return len(paths[i]) > len(paths[j]) })
+	for _, p := range paths {
+		if st, err := os.Stat(p); err == nil && (st.IsDir() || st.Size() == 0) {
+			_ = os.Remove(p) // fails, and keeps the path, if something was put there since
+		}
+	}
+	return os.Remove(createdLog)
 }
