@@ -198,3 +198,74 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 		time.Sleep(200 * time.Millisecond)
 	}
 }
+
+// TestLabRestartsAndHostNetwork checks restartPolicy (a failing container is restarted with its
+// exit recorded) and hostNetwork pods (they run in the node's namespace, with the node's IP).
+func TestLabRestartsAndHostNetwork(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cs := client(t)
+	ns := newNamespace(t, cs, "restarts")
+	apply(t, ns, []byte(`
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  restartPolicy: Always
+  containers:
+  - name: c
+    image: ambient/client
+    args: ["not-a-command"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: once}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: ambient/client
+    args: ["not-a-command"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hostnet}
+spec:
+  hostNetwork: true
+  nodeName: node-2
+  containers:
+  - name: echo
+    image: ambient/echo
+    args: ["-http=:18080", "-tcp=:19090"]
+    readinessProbe:
+      tcpSocket: {port: 19090}
+      periodSeconds: 1
+`))
+	eventually(t, 60*time.Second, "crasher restarted with exit code 2 recorded", func() bool {
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, "crasher", metav1.GetOptions{})
+		if err != nil || len(p.Status.ContainerStatuses) == 0 {
+			return false
+		}
+		s := p.Status.ContainerStatuses[0]
+		return s.RestartCount >= 1 && s.LastTerminationState.Terminated != nil && s.LastTerminationState.Terminated.ExitCode == 2
+	})
+	eventually(t, 30*time.Second, "restartPolicy Never pod Failed", func() bool {
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, "once", metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodFailed && p.Status.ContainerStatuses[0].RestartCount == 0
+	})
+	var hostIP string
+	eventually(t, 30*time.Second, "hostNetwork pod ready with the node's IP", func() bool {
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, "hostnet", metav1.GetOptions{})
+		if err != nil || !podReady(p) {
+			return false
+		}
+		hostIP = p.Status.PodIP
+		return p.Status.PodIP == p.Status.HostIP
+	})
+	if hostIP != lab.NodeAt(2).IP.String() {
+		t.Fatalf("hostNetwork pod IP %s, want node-2's %s", hostIP, lab.NodeAt(2).IP)
+	}
+	if got := execIn(t, ns, "hostnet", filepath.Join(labCfg.BinDir, "client"), "tcp", "127.0.0.1:19090", "on the node"); got != "on the node" {
+		t.Errorf("tcp echo in the node's namespace = %q", got)
+	}
+}
