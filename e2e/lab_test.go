@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -71,6 +72,20 @@ func TestLabPodsServicesAndDNS(t *testing.T) {
 			t.Errorf("tcp echo from %s = %q", p.Name, got)
 		}
 	}
+
+	// A test process on the host reaches pods from a node's namespace.
+	conn, err := lab.DialInNetns(ctx, lab.NodeAt(1).Netns, echoPods[1].Status.PodIP+":9090")
+	if err != nil {
+		t.Fatalf("dial from node-1's namespace: %v", err)
+	}
+	if _, err := conn.Write([]byte("from the host")); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.(interface{ CloseWrite() error }).CloseWrite()
+	if b, err := io.ReadAll(conn); err != nil || string(b) != "from the host" {
+		t.Errorf("echo through DialInNetns = %q, %v", b, err)
+	}
+	conn.Close()
 
 	eventually(t, 30*time.Second, "EndpointSlice with both echo pods ready", func() bool {
 		slices, err := cs.DiscoveryV1().EndpointSlices(ns).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=echo"})
