@@ -140,8 +140,8 @@ func staticCreds(cert *tls.Certificate, roots *x509.CertPool) Credentials {
 
 // testServer is a running Server on loopback.
 type testServer struct {
-	addr     netip.AddrPort
-	openTCP  func() int
+	addr    netip.AddrPort
+	openTCP func() int
 }
 
 func startServer(t testing.TB, cfg ServerConfig, h Handler) *testServer {
