@@ -112,14 +112,29 @@ func (t *tunnel) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// frameData is the DATA payload that, with its 9-byte frame header, fills one TLS record
+// (16 KiB of plaintext). The transport sends one frame per read of the request body, so feeding it
+// this much at a time makes every frame one record and one write; a 16 KiB payload would be a full
+// record plus a 9-byte one, two writes.
+const frameData = 16<<10 - 9
+
 // Write hands p to x/net's request body writer through a synchronous pipe: no copy here and no
 // allocation; the transport copies into its frame buffer.
 func (t *tunnel) Write(p []byte) (int, error) {
-	n, err := t.pw.Write(p)
-	if err != nil && t.expired() {
-		err = os.ErrDeadlineExceeded
+	var written int
+	for len(p) > 0 {
+		chunk := p[:min(len(p), frameData)]
+		n, err := t.pw.Write(chunk)
+		written += n
+		if err != nil {
+			if t.expired() {
+				err = os.ErrDeadlineExceeded
+			}
+			return written, err
+		}
+		p = p[n:]
 	}
-	return n, err
+	return written, nil
 }
 
 // CloseWrite ends the request body: the server reads end of stream; responses keep coming.
