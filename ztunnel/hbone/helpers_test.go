@@ -335,3 +335,8 @@ func (c *freezableConn) Close() error {
 var errHandshake = errors.New("handshake rejected")
 
 func isTLSAlert(err error) bool { return err != nil && strings.Contains(err.Error(), "tls:") }
+
+func addrOf(t testing.TB, ln net.Listener) netip.AddrPort {
+	t.Helper()
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
