@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/ambient-mesh/ambient/api/identity"
+	"github.com/ambient-mesh/ambient/api/mesh"
 )
 
 // Key identifies a pool of connections: tunnels share a connection only when they have the same
@@ -80,7 +81,7 @@ type pconn struct {
 }
 
 // NewClient returns a client. creds returns the credentials of a source identity (its certificate
-// and trust bundle); dial opens TCP connections, nil meaning a plain net.Dialer.
+// and trust bundle); dial opens TCP connections, nil meaning MarkedDialer(mesh.SocketMark).
 func NewClient(cfg ClientConfig, creds func(src identity.Identity) (Credentials, error), dial Dialer, log *slog.Logger) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("client config: %w", err)
@@ -89,10 +90,8 @@ func NewClient(cfg ClientConfig, creds func(src identity.Identity) (Credentials,
 		return nil, errors.New("hbone client: nil credentials")
 	}
 	if dial == nil {
-		var d net.Dialer
-		dial = func(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
-			return d.DialContext(ctx, "tcp", addr.String())
-		}
+		// Fail closed: an unmarked socket would be redirected back into ztunnel (DESIGN.md §4).
+		dial = MarkedDialer(mesh.SocketMark)
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)

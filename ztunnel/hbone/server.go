@@ -204,8 +204,10 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 		tc.Close()
 		return
 	}
-	ctx = context.WithValue(ctx, connInfoKey{}, connInfo{peer: peer, local: c.LocalAddr(), remote: c.RemoteAddr()})
-	s.h2.ServeConn(tc, &http2.ServeConnOpts{Context: ctx, BaseConfig: s.h1, Handler: http.HandlerFunc(s.serveHTTP)})
+	// Handlers' contexts do not end with Serve's: on shutdown open tunnels drain (GOAWAY, then
+	// DrainTimeout) instead of being cut at once.
+	base := context.WithValue(context.WithoutCancel(ctx), connInfoKey{}, connInfo{peer: peer, local: c.LocalAddr(), remote: c.RemoteAddr()})
+	s.h2.ServeConn(tc, &http2.ServeConnOpts{Context: base, BaseConfig: s.h1, Handler: http.HandlerFunc(s.serveHTTP)})
 	tc.Close()
 }
 

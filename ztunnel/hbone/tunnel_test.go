@@ -406,7 +406,7 @@ func TestIdentityAndTrust(t *testing.T) {
 				return echoHandler(ctx, req)
 			}))
 			creds := tt.clientCert(t)
-			cl, err := NewClient(DefaultClientConfig(), func(identity.Identity) (Credentials, error) { return creds, nil }, nil, nil)
+			cl, err := NewClient(DefaultClientConfig(), func(identity.Identity) (Credentials, error) { return creds, nil }, defaultDial, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
