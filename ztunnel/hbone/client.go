@@ -78,6 +78,7 @@ type pconn struct {
 	raw    net.Conn
 	active int
 	idle   *time.Timer
+	dead   bool // closed; guarded by Client.mu
 }
 
 // NewClient returns a client. creds returns the credentials of a source identity (its certificate
@@ -280,6 +281,8 @@ func (c *Client) dialShared(key Key, p *pool, call *dialCall) {
 	case c.closed:
 		call.err = net.ErrClosed
 		pc.cc.Close()
+	case pc.dead:
+		call.err = fmt.Errorf("%w: closed right after dialing", errConnUnusable)
 	default:
 		p.conns = append(p.conns, pc)
 		c.byConn[pc.cc] = pc
@@ -311,12 +314,40 @@ func (c *Client) dialConn(ctx context.Context, key Key) (*pconn, error) {
 		tc.Close()
 		return nil, fmt.Errorf("tls handshake with %s: negotiated %q, want %q", key.Addr, p, ALPN)
 	}
-	cc, err := c.t.NewClientConn(tc)
+	pc := &pconn{key: key, raw: raw}
+	// x/net closes the connection when it dies (read error, unanswered PING, GOAWAY done) but
+	// tells its pool only seconds later for connections it never reused; watching the close
+	// evicts at once.
+	nc := &closeNotifyConn{Conn: tc, onClose: func() { c.evict(pc) }}
+	cc, err := c.t.NewClientConn(nc)
 	if err != nil {
-		tc.Close()
+		nc.Close()
 		return nil, fmt.Errorf("http2 with %s: %w", key.Addr, err)
 	}
-	return &pconn{key: key, cc: cc, raw: raw}, nil
+	pc.cc = cc
+	return pc, nil
+}
+
+// closeNotifyConn calls onClose once, when the connection is closed.
+type closeNotifyConn struct {
+	net.Conn
+	once    sync.Once
+	onClose func()
+}
+
+func (c *closeNotifyConn) Close() error {
+	c.once.Do(c.onClose)
+	return c.Conn.Close()
+}
+
+// evict drops a dead connection from the pool.
+func (c *Client) evict(pc *pconn) {
+	c.mu.Lock()
+	pc.dead = true
+	if pc.cc != nil && c.byConn[pc.cc] == pc {
+		c.removeLocked(pc)
+	}
+	c.mu.Unlock()
 }
 
 // release gives back a stream of pc.

@@ -29,6 +29,9 @@ type serverStream struct {
 	mu          sync.Mutex
 	writeClosed bool
 	finished    bool
+
+	ended   chan struct{} // closed at CloseWrite or Close: the server ends the stream
+	endOnce sync.Once
 }
 
 var _ Conn = (*serverStream)(nil)
@@ -50,26 +53,32 @@ func (s *serverStream) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// CloseWrite stops writes. x/net/http2's server can send END_STREAM only when the handler returns
-// (and then resets the stream if the client is still sending), so the client reads end of stream
-// once the Handler returns; a relay returns after both directions are done.
+// CloseWrite flushes and ends the server's side of the stream: the client reads end of stream.
+// x/net/http2's server cannot keep reading a stream it has ended, so this ends reads too (see
+// README.md, Known limits).
 func (s *serverStream) CloseWrite() error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.writeClosed || s.finished {
-		return nil
+	var err error
+	if !s.writeClosed && !s.finished {
+		s.writeClosed = true
+		err = s.rc.Flush()
 	}
-	s.writeClosed = true
-	return s.rc.Flush()
+	s.mu.Unlock()
+	s.end()
+	return err
 }
 
-// Close ends reads and writes; the stream ends when the Handler returns.
+// Close ends the stream both ways.
 func (s *serverStream) Close() error {
 	s.mu.Lock()
 	s.writeClosed = true
 	s.mu.Unlock()
-	return s.body.Close()
+	err := s.body.Close()
+	s.end()
+	return err
 }
+
+func (s *serverStream) end() { s.endOnce.Do(func() { close(s.ended) }) }
 
 func (s *serverStream) finish() {
 	s.mu.Lock()

@@ -35,8 +35,9 @@ const (
 )
 
 // Handler decides on and serves one tunnel. It authorizes req.Peer for req.Authority, connects
-// upstream, then calls req.Accept, which answers 200 and returns the stream; it returns when it is
-// done with the stream, which ends it. Returning without accepting answers with the status the error
+// upstream, then calls req.Accept, which answers 200 and returns the stream. The stream ends (END_STREAM to
+// the client) when the Handler returns or closes the stream's write side, whichever comes first;
+// after that, reads fail and data the client still sends is refused (RST_STREAM NO_ERROR). Returning without accepting answers with the status the error
 // maps to: ErrDenied 401, ErrBadRequest 400, anything else (ErrUpstreamUnreachable included) 503.
 type Handler interface {
 	ServeHBONE(ctx context.Context, req *Request) error
@@ -64,6 +65,7 @@ type Request struct {
 	w        http.ResponseWriter
 	r        *http.Request
 	accepted *serverStream
+	ended    chan struct{} // closed when the accepted stream's write side closes
 }
 
 // Accept answers 200 and returns the tunnel. Call it once, after the upstream is connected.
@@ -76,7 +78,7 @@ func (r *Request) Accept() (Conn, error) {
 	if err := rc.Flush(); err != nil {
 		return nil, fmt.Errorf("send 200: %w", err)
 	}
-	r.accepted = &serverStream{body: r.r.Body, w: r.w, rc: rc, local: r.LocalAddr, remote: r.RemoteAddr}
+	r.accepted = &serverStream{body: r.r.Body, w: r.w, rc: rc, local: r.LocalAddr, remote: r.RemoteAddr, ended: r.ended}
 	return r.accepted, nil
 }
 
@@ -227,10 +229,22 @@ func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	req.w, req.r = w, r
-	err := s.handler.ServeHBONE(r.Context(), req)
+	req.ended = make(chan struct{})
+	// The Handler runs on its own goroutine so that this one can return, and so end the stream,
+	// as soon as the Handler closes its write side: x/net/http2 sends END_STREAM only when
+	// ServeHTTP returns. Waiting for the Handler instead would leave a client that reads to end of
+	// stream (an HTTP/1.0 response delimited by close) hanging after the upstream's FIN.
+	done := make(chan error, 1)
+	go func() { done <- s.handler.ServeHBONE(r.Context(), req) }()
+	var err error
+	select {
+	case err = <-done:
+	case <-req.ended:
+	}
 	if st := req.accepted; st != nil {
-		// Returning from here ends the stream: END_STREAM, and RST_STREAM(NO_ERROR) if the client
-		// is still sending. Writes racing with the return must not reach the ResponseWriter.
+		// Returning ends the stream: END_STREAM, and RST_STREAM(NO_ERROR) if the client is still
+		// sending; the Handler's reads then fail. Its later writes must not reach the
+		// ResponseWriter, which x/net forbids after return.
 		st.finish()
 		return
 	}
