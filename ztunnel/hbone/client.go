@@ -324,7 +324,9 @@ func (c *Client) dialConn(ctx context.Context, key Key) (*pconn, error) {
 		nc.Close()
 		return nil, fmt.Errorf("http2 with %s: %w", key.Addr, err)
 	}
+	c.mu.Lock() // evict may already run, on x/net's read goroutine
 	pc.cc = cc
+	c.mu.Unlock()
 	return pc, nil
 }
 
