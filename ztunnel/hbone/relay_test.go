@@ -141,3 +141,51 @@ func TestDialCanceled(t *testing.T) {
 	}
 	eventually(t, testTimeout(), func() bool { return cl.Stats(tg.Key) == PoolStats{} })
 }
+
+// TestRelayUpstreamClosesFirst: the upstream answers and closes while the client has not
+// half-closed (an HTTP/1.0 response delimited by close). The client must read the answer and then
+// end of stream, not hang.
+func TestRelayUpstreamClosesFirst(t *testing.T) {
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	go func() {
+		c, err := up.Accept()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, 5)
+		io.ReadFull(c, buf)
+		io.WriteString(c, "HTTP/1.0 200 OK\r\n\r\nbye")
+		c.Close()
+	}()
+	srv := startServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
+		var d net.Dialer
+		upstream, err := d.DialContext(ctx, "tcp", up.Addr().String())
+		if err != nil {
+			return errors.Join(ErrUpstreamUnreachable, err)
+		}
+		stream, err := req.Accept()
+		if err != nil {
+			upstream.Close()
+			return err
+		}
+		Relay(stream, upstream)
+		return nil
+	}))
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	conn := mustDial(t, cl, target(srv))
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET /"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "HTTP/1.0 200 OK\r\n\r\nbye"; string(got) != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
