@@ -127,8 +127,9 @@ func (c *Client) Dial(ctx context.Context, target Target) (Conn, error) {
 	if !target.Authority.IsValid() || !target.Addr.IsValid() {
 		return nil, fmt.Errorf("%w: target address or authority not valid", ErrBadRequest)
 	}
-	// A connection can die between being picked and carrying the request; such a request was
-	// never sent, so it is safe to retry on another connection, a bounded number of times.
+	// A connection can die between being picked and carrying the CONNECT. No payload has been
+	// sent yet, so retrying on another connection is safe: at worst the server opened an upstream
+	// that it closes when the dead connection's stream is reset. Bounded, as dials can keep failing.
 	var err error
 	for range 3 {
 		var pc *pconn
