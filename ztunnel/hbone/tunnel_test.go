@@ -213,8 +213,10 @@ func TestConcurrentStreams(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if s := cl.Stats(target(srv).Key); s.Conns < streams/cfg.MaxStreamsPerConn || s.Streams != 0 {
-		t.Errorf("stats = %+v, want at least %d conns and no streams", s, streams/cfg.MaxStreamsPerConn)
+	// How many tunnels overlap depends on scheduling; the pool never needs more connections than
+	// all of them at once would fill.
+	if s := cl.Stats(target(srv).Key); s.Conns < 1 || s.Conns > streams/cfg.MaxStreamsPerConn || s.Streams != 0 {
+		t.Errorf("stats = %+v, want 1 to %d conns and no streams", s, streams/cfg.MaxStreamsPerConn)
 	}
 }
 
