@@ -92,8 +92,23 @@ func (s *serverStream) RemoteAddr() net.Addr { return s.remote }
 func (s *serverStream) SetDeadline(t time.Time) error {
 	return errors.Join(s.SetReadDeadline(t), s.SetWriteDeadline(t))
 }
-func (s *serverStream) SetReadDeadline(t time.Time) error  { return s.rc.SetReadDeadline(t) }
-func (s *serverStream) SetWriteDeadline(t time.Time) error { return s.rc.SetWriteDeadline(t) }
+func (s *serverStream) SetReadDeadline(t time.Time) error {
+	return s.withWriter(func() error { return s.rc.SetReadDeadline(t) })
+}
+func (s *serverStream) SetWriteDeadline(t time.Time) error {
+	return s.withWriter(func() error { return s.rc.SetWriteDeadline(t) })
+}
+
+// withWriter runs f unless the stream has ended: x/net panics on any use of a ResponseWriter
+// after its handler returned.
+func (s *serverStream) withWriter(f func() error) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.finished {
+		return net.ErrClosed
+	}
+	return f()
+}
 
 // tunnel is the client's end: writes go into the request body through a pipe, reads come from the
 // response body.

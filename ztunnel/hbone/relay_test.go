@@ -189,3 +189,34 @@ func TestRelayUpstreamClosesFirst(t *testing.T) {
 		t.Errorf("got %q, want %q", got, want)
 	}
 }
+
+// TestServerStreamAfterEnd: once the server has ended a stream, using it fails cleanly instead of
+// reaching x/net's ResponseWriter, which panics after ServeHTTP returned.
+func TestServerStreamAfterEnd(t *testing.T) {
+	checked := make(chan []error, 1)
+	srv := startServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
+		c, err := req.Accept()
+		if err != nil {
+			return err
+		}
+		c.CloseWrite() // ends the stream; the handler goes on
+		select { // the stream's context ends with it
+		case <-ctx.Done():
+		case <-time.After(testTimeout()):
+		}
+		_, werr := c.Write([]byte("late"))
+		checked <- []error{werr, c.SetReadDeadline(time.Now()), c.SetWriteDeadline(time.Now())}
+		return nil
+	}))
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	conn := mustDial(t, cl, target(srv))
+	defer conn.Close()
+	if got, err := io.ReadAll(conn); err != nil || len(got) != 0 {
+		t.Fatalf("ReadAll = %q, %v; want end of stream", got, err)
+	}
+	for i, err := range <-checked {
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("call %d after end = %v, want net.ErrClosed", i, err)
+		}
+	}
+}
