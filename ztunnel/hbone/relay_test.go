@@ -200,7 +200,7 @@ func TestServerStreamAfterEnd(t *testing.T) {
 			return err
 		}
 		c.CloseWrite() // ends the stream; the handler goes on
-		select { // the stream's context ends with it
+		select {       // the stream's context ends with it
 		case <-ctx.Done():
 		case <-time.After(testTimeout()):
 		}
