@@ -200,7 +200,8 @@ func TestServerStreamAfterEnd(t *testing.T) {
 			return err
 		}
 		c.CloseWrite() // ends the stream; the handler goes on
-		select {       // the stream's context ends with it
+		// The stream's context ends with it.
+		select {
 		case <-ctx.Done():
 		case <-time.After(testTimeout()):
 		}
