@@ -125,7 +125,7 @@ func NewClient(cfg ClientConfig, creds func(src identity.Identity) (Credentials,
 // already in flight to the same key, or dials a new connection.
 func (c *Client) Dial(ctx context.Context, target Target) (Conn, error) {
 	if !target.Authority.IsValid() || !target.Addr.IsValid() {
-		return nil, fmt.Errorf("%w: target address or authority not valid", ErrBadRequest)
+		return nil, errors.New("hbone: target address or authority not valid")
 	}
 	// A connection can die between being picked and carrying the CONNECT. No payload has been
 	// sent yet, so retrying on another connection is safe: at worst the server opened an upstream

@@ -27,8 +27,6 @@ type FlowConfig struct {
 	// connection when its answer does not arrive in time. This is how dead peers are found.
 	PingInterval time.Duration
 	PingTimeout  time.Duration
-	// HandshakeTimeout bounds the TLS handshake.
-	HandshakeTimeout time.Duration
 }
 
 func defaultFlow() FlowConfig {
@@ -38,7 +36,6 @@ func defaultFlow() FlowConfig {
 		MaxHeaderBytes:     16 << 10,
 		PingInterval:       30 * time.Second,
 		PingTimeout:        15 * time.Second,
-		HandshakeTimeout:   10 * time.Second,
 	}
 }
 
@@ -65,9 +62,6 @@ func (f FlowConfig) validate() []error {
 	if f.PingTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("PingTimeout %v: must be positive", f.PingTimeout))
 	}
-	if f.HandshakeTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("HandshakeTimeout %v: must be positive", f.HandshakeTimeout))
-	}
 	return errs
 }
 
@@ -79,11 +73,13 @@ type ServerConfig struct {
 	// DrainTimeout is how long Serve waits, after its context ends, for open tunnels to finish
 	// before cutting them.
 	DrainTimeout time.Duration
+	// HandshakeTimeout bounds a client's TLS handshake.
+	HandshakeTimeout time.Duration
 }
 
 // DefaultServerConfig returns the configuration the mesh runs with.
 func DefaultServerConfig() ServerConfig {
-	return ServerConfig{FlowConfig: defaultFlow(), MaxConcurrentStreams: 100, DrainTimeout: 5 * time.Second}
+	return ServerConfig{FlowConfig: defaultFlow(), MaxConcurrentStreams: 100, DrainTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second}
 }
 
 // Validate reports every problem with c.
@@ -94,6 +90,9 @@ func (c ServerConfig) Validate() error {
 	}
 	if c.DrainTimeout < 0 {
 		errs = append(errs, fmt.Errorf("DrainTimeout %v: must not be negative", c.DrainTimeout))
+	}
+	if c.HandshakeTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("HandshakeTimeout %v: must be positive", c.HandshakeTimeout))
 	}
 	return errors.Join(errs...)
 }
