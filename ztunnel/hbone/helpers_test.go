@@ -251,32 +251,6 @@ var echoHandler = HandlerFunc(func(ctx context.Context, req *Request) error {
 	return conn.CloseWrite()
 })
 
-// discardHandler reads until end of stream and answers with the byte count as 8 bytes.
-var discardHandler = HandlerFunc(func(ctx context.Context, req *Request) error {
-	conn, err := req.Accept()
-	if err != nil {
-		return err
-	}
-	buf := make([]byte, 32<<10)
-	var n int64
-	for {
-		m, err := conn.Read(buf)
-		n += int64(m)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return err
-		}
-	}
-	var out [8]byte
-	for i := range out {
-		out[i] = byte(n >> (8 * i))
-	}
-	_, err = conn.Write(out[:])
-	return err
-})
-
 type readerOnly struct{ io.Reader }
 type writerOnly struct{ io.Writer }
 
