@@ -113,7 +113,8 @@ func NewClient(cfg ClientConfig, creds func(src identity.Identity) (Credentials,
 		return nil, fmt.Errorf("configure http2: %w", err)
 	}
 	t2.MaxHeaderListSize = uint32(cfg.MaxHeaderBytes)
-	t2.StrictMaxConcurrentStreams = true
+	// Not strict: in strict mode x/net reserves streams past the server's limit and queues the
+	// requests, where the pool must open another connection instead.
 	// The transport tells its pool when a connection dies (read error, failed PING, GOAWAY);
 	// making this client that pool is how dead connections leave it.
 	t2.ConnPool = (*connPool)(c)
@@ -328,6 +329,14 @@ func (c *Client) dialConn(ctx context.Context, key Key) (*pconn, error) {
 	c.mu.Lock() // evict may already run, on x/net's read goroutine
 	pc.cc = cc
 	c.mu.Unlock()
+	// One round trip before the connection takes tunnels: the server's SETTINGS arrive before
+	// the PING's answer, so its stream limit is known before the pool counts on it (x/net assumes
+	// 100 until then), and a server that rejected our certificate (TLS 1.3 tells the client only
+	// after its handshake returns) fails the dial here, cleanly.
+	if err := cc.Ping(ctx); err != nil {
+		cc.Close()
+		return nil, fmt.Errorf("http2 with %s: %w", key.Addr, err)
+	}
 	return pc, nil
 }
 

@@ -16,7 +16,6 @@ import (
 	"net/url"
 	"os"
 	"runtime"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -310,8 +309,6 @@ func (c *freezableConn) Close() error {
 }
 
 var errHandshake = errors.New("handshake rejected")
-
-func isTLSAlert(err error) bool { return err != nil && strings.Contains(err.Error(), "tls:") }
 
 func addrOf(t testing.TB, ln net.Listener) netip.AddrPort {
 	t.Helper()

@@ -4,6 +4,9 @@ import (
 	"context"
 	"io"
 	"net"
+	"net/http"
+	"net/url"
+	"strings"
 	"testing"
 )
 
@@ -58,5 +61,43 @@ func TestServeDrains(t *testing.T) {
 	}
 	if err := <-served; err != nil {
 		t.Errorf("Serve = %v, want nil", err)
+	}
+}
+
+// TestServerStreamLimit: the server's MaxConcurrentStreams, not just the client's own limit, makes
+// the pool open more connections.
+func TestServerStreamLimit(t *testing.T) {
+	cfg := DefaultServerConfig()
+	cfg.MaxConcurrentStreams = 2
+	srv := startServer(t, cfg, echoHandler)
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	for range 5 {
+		c := mustDial(t, cl, target(srv))
+		defer c.Close()
+	}
+	if got := cl.Stats(target(srv).Key); got.Conns != 3 || got.Streams != 5 {
+		t.Errorf("stats = %+v, want 3 conns for 5 tunnels at 2 per conn", got)
+	}
+}
+
+// TestServerHeaderLimit: a request whose headers exceed MaxHeaderBytes never reaches the Handler.
+func TestServerHeaderLimit(t *testing.T) {
+	cfg := DefaultServerConfig()
+	cfg.MaxHeaderBytes = 4 << 10
+	srv := startServer(t, cfg, HandlerFunc(func(context.Context, *Request) error {
+		t.Error("handler called for oversized headers")
+		return ErrDenied
+	}))
+	cc := rawClientConn(t, srv)
+	req, _ := http.NewRequest(http.MethodConnect, "", nil)
+	req.URL = &url.URL{Host: "10.0.0.7:8080"}
+	req.Host = "10.0.0.7:8080"
+	req.Header.Set("Baggage", strings.Repeat("k=v,", 2<<10))
+	resp, err := cc.RoundTrip(req)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+			t.Errorf("status = %d, want %d", resp.StatusCode, http.StatusRequestHeaderFieldsTooLarge)
+		}
 	}
 }
