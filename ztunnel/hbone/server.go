@@ -137,12 +137,27 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var err error
+	var backoff time.Duration
 	for {
 		var c net.Conn
 		c, err = ln.Accept()
 		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				break
+			}
+			// Out of file descriptors and the like pass; keep the port served, as net/http does.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.log.Warn("accept failed, retrying", "err", err, "in", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+				continue
+			case <-ctx.Done():
+				t.Stop()
+			}
 			break
 		}
+		backoff = 0
 		mu.Lock()
 		conns[c] = struct{}{}
 		mu.Unlock()
@@ -154,7 +169,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		})
 	}
 	if ctx.Err() == nil {
-		// The listener failed on its own; end what runs as on shutdown.
+		// The listener was closed under us; end what runs as on shutdown.
 		err = fmt.Errorf("accept: %w", err)
 	} else {
 		err = nil
