@@ -2,6 +2,7 @@ package hbone
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -99,5 +100,46 @@ func TestServerHeaderLimit(t *testing.T) {
 		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 			t.Errorf("status = %d, want %d", resp.StatusCode, http.StatusRequestHeaderFieldsTooLarge)
 		}
+	}
+}
+
+type flakyListener struct {
+	net.Listener
+	failures int
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if l.failures > 0 {
+		l.failures--
+		return nil, errors.New("accept: too many open files")
+	}
+	return l.Listener.Accept()
+}
+
+// TestServeSurvivesAcceptErrors: a transient accept error does not take the port down.
+func TestServeSurvivesAcceptErrors(t *testing.T) {
+	c, _ := cas(t)
+	tlsCfg, err := ServerTLSConfig(staticCreds(c.leaf(t, idServer), c.pool))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(DefaultServerConfig(), tlsCfg, echoHandler, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, &flakyListener{Listener: ln, failures: 3}) }()
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	conn := mustDial(t, cl, target(&testServer{addr: addrOf(t, ln)}))
+	conn.Close()
+	cl.Close()
+	cancel()
+	if err := <-served; err != nil {
+		t.Errorf("Serve = %v, want nil", err)
 	}
 }
