@@ -225,7 +225,14 @@ func (c *Client) open(ctx context.Context, pc *pconn, target Target) (Conn, erro
 
 // acquire returns a pooled connection with a stream reserved for the caller.
 func (c *Client) acquire(ctx context.Context, key Key) (*pconn, error) {
-	for {
+	// A caller may need several dial rounds in a burst (each new connection takes up to
+	// MaxStreamsPerConn waiters); a server that refuses streams on every new connection (GOAWAY at
+	// once) must not make it dial forever.
+	const maxRounds = 16
+	for round := 0; ; round++ {
+		if round == maxRounds {
+			return nil, fmt.Errorf("%w: no stream after %d connections to %s", errConnUnusable, maxRounds, key.Addr)
+		}
 		c.mu.Lock()
 		if c.closed {
 			c.mu.Unlock()
