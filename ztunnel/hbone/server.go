@@ -110,9 +110,9 @@ func NewServer(cfg ServerConfig, tlsCfg *tls.Config, h Handler, log *slog.Logger
 			MaxConcurrentStreams:          int(cfg.MaxConcurrentStreams),
 			MaxReceiveBufferPerStream:     int(cfg.streamWindow()),
 			MaxReceiveBufferPerConnection: int(cfg.connWindow()),
-			// The smallest frame size keeps the client's per-stream send buffer (x/net sizes it
-			// from this setting) at 16 KiB; TLS records are 16 KiB, so larger frames would not
-			// cut syscalls or crypto calls.
+			// The smallest frame size: x/net's client holds a send buffer of this size for every
+			// open stream, idle or not. 64 KiB frames gave ~10% more single-stream throughput
+			// but 83 KiB per idle tunnel, past the 64 KiB budget.
 			MaxReadFrameSize: 16 << 10,
 			SendPingTimeout:  cfg.PingInterval,
 			PingTimeout:      cfg.PingTimeout,
