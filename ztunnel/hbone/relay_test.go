@@ -1,0 +1,223 @@
+package hbone
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// TestRelayHalfClose runs a tunnel through to a real TCP upstream with Relay, the way ztunnel's
+// inbound side does, and checks that each FIN travels the whole way: the client's CloseWrite reaches
+// the upstream as EOF while the upstream can still answer, and the upstream's close reaches the
+// client as end of stream.
+func TestRelayHalfClose(t *testing.T) {
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	upDone := make(chan error, 1)
+	go func() {
+		c, err := up.Accept()
+		if err != nil {
+			upDone <- err
+			return
+		}
+		defer c.Close()
+		in, err := io.ReadAll(c) // ends only at the client's FIN
+		if err != nil {
+			upDone <- err
+			return
+		}
+		_, err = fmt.Fprintf(c, "upstream read %d bytes", len(in))
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		upDone <- err
+	}()
+	srv := startServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
+		var d net.Dialer
+		upstream, err := d.DialContext(ctx, "tcp", up.Addr().String())
+		if err != nil {
+			return errors.Join(ErrUpstreamUnreachable, err)
+		}
+		stream, err := req.Accept()
+		if err != nil {
+			upstream.Close()
+			return err
+		}
+		_, _, err = Relay(stream, upstream)
+		return err
+	}))
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	conn := mustDial(t, cl, target(srv))
+	defer conn.Close()
+	payload := make([]byte, 1<<20)
+	if _, err := conn.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("upstream read %d bytes", len(payload)); string(got) != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	if err := <-upDone; err != nil {
+		t.Errorf("upstream: %v", err)
+	}
+}
+
+// TestServerEndsFirst: the handler answers and returns without waiting for the client; the client
+// reads the answer and then end of stream.
+func TestServerEndsFirst(t *testing.T) {
+	srv := startServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
+		c, err := req.Accept()
+		if err != nil {
+			return err
+		}
+		_, err = io.WriteString(c, "banner")
+		return err
+	}))
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	conn := mustDial(t, cl, target(srv))
+	defer conn.Close()
+	got, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != "banner" {
+		t.Errorf("got %q", got)
+	}
+}
+
+func TestClientReadDeadline(t *testing.T) {
+	srv := startServer(t, DefaultServerConfig(), echoHandler)
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	conn := mustDial(t, cl, target(srv))
+	defer conn.Close()
+	if err := conn.SetReadDeadline(time.Now().Add(10 * time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("Read after deadline = %v, want os.ErrDeadlineExceeded", err)
+	}
+	if _, err := conn.Write([]byte("x")); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("Write after deadline = %v, want os.ErrDeadlineExceeded", err)
+	}
+	// The stream went back to the pool once closed.
+	conn.Close()
+	if s := cl.Stats(target(srv).Key); s.Streams != 0 {
+		t.Errorf("streams = %d after close, want 0", s.Streams)
+	}
+}
+
+func TestDialCanceled(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close() // accepts nothing: the TLS handshake never completes
+	cfg := DefaultClientConfig()
+	cfg.DialTimeout = 50 * time.Millisecond
+	cl := newTestClient(t, cfg, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	tg := Target{Key: Key{Src: idClient, Dst: idServer, Addr: addrOf(t, ln)}, Authority: target(&testServer{}).Authority}
+	if _, err := cl.Dial(ctx, tg); !errors.Is(err, context.Canceled) {
+		t.Errorf("Dial with canceled context = %v, want context.Canceled", err)
+	}
+	// Without cancellation the shared dial times out on its own and the pool forgets the key.
+	if _, err := cl.Dial(context.Background(), tg); err == nil {
+		t.Error("Dial to a server that never handshakes succeeded")
+	}
+	eventually(t, testTimeout(), func() bool { return cl.Stats(tg.Key) == PoolStats{} })
+}
+
+// TestRelayUpstreamClosesFirst: the upstream answers and closes while the client has not
+// half-closed (an HTTP/1.0 response delimited by close). The client must read the answer and then
+// end of stream, not hang.
+func TestRelayUpstreamClosesFirst(t *testing.T) {
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	go func() {
+		c, err := up.Accept()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, 5)
+		io.ReadFull(c, buf)
+		io.WriteString(c, "HTTP/1.0 200 OK\r\n\r\nbye")
+		c.Close()
+	}()
+	srv := startServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
+		var d net.Dialer
+		upstream, err := d.DialContext(ctx, "tcp", up.Addr().String())
+		if err != nil {
+			return errors.Join(ErrUpstreamUnreachable, err)
+		}
+		stream, err := req.Accept()
+		if err != nil {
+			upstream.Close()
+			return err
+		}
+		Relay(stream, upstream)
+		return nil
+	}))
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	conn := mustDial(t, cl, target(srv))
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "GET /"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "HTTP/1.0 200 OK\r\n\r\nbye"; string(got) != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+// TestServerStreamAfterEnd: once the server has ended a stream, using it fails cleanly instead of
+// reaching x/net's ResponseWriter, which panics after ServeHTTP returned.
+func TestServerStreamAfterEnd(t *testing.T) {
+	checked := make(chan []error, 1)
+	srv := startServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
+		c, err := req.Accept()
+		if err != nil {
+			return err
+		}
+		c.CloseWrite() // ends the stream; the handler goes on
+		// The stream's context ends with it.
+		select {
+		case <-ctx.Done():
+		case <-time.After(testTimeout()):
+		}
+		_, werr := c.Write([]byte("late"))
+		checked <- []error{werr, c.SetReadDeadline(time.Now()), c.SetWriteDeadline(time.Now())}
+		return nil
+	}))
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	conn := mustDial(t, cl, target(srv))
+	defer conn.Close()
+	if got, err := io.ReadAll(conn); err != nil || len(got) != 0 {
+		t.Fatalf("ReadAll = %q, %v; want end of stream", got, err)
+	}
+	for i, err := range <-checked {
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("call %d after end = %v, want net.ErrClosed", i, err)
+		}
+	}
+}

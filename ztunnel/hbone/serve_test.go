@@ -1,0 +1,145 @@
+package hbone
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+)
+
+// TestServeDrains: after Serve's context ends, an open tunnel keeps working until it finishes, new
+// connections are refused, and Serve returns nil once the tunnel is done.
+func TestServeDrains(t *testing.T) {
+	c, _ := cas(t)
+	tlsCfg, err := ServerTLSConfig(staticCreds(c.leaf(t, idServer), c.pool))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultServerConfig()
+	cfg.DrainTimeout = testTimeout()
+	srv, err := NewServer(cfg, tlsCfg, echoHandler, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, ln) }()
+
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	tg := target(&testServer{addr: addrOf(t, ln)})
+	conn := mustDial(t, cl, tg)
+	defer conn.Close()
+	cancel()
+	// New TCP connections are refused once the listener is closed.
+	eventually(t, testTimeout(), func() bool {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	select {
+	case err := <-served:
+		t.Fatalf("Serve returned %v with a tunnel open", err)
+	default:
+	}
+	// The open tunnel still carries data both ways.
+	if _, err := io.WriteString(conn, "still here"); err != nil {
+		t.Fatal(err)
+	}
+	conn.CloseWrite()
+	got, err := io.ReadAll(conn)
+	if err != nil || string(got) != "still here" {
+		t.Fatalf("echo after shutdown = %q, %v", got, err)
+	}
+	if err := <-served; err != nil {
+		t.Errorf("Serve = %v, want nil", err)
+	}
+}
+
+// TestServerStreamLimit: the server's MaxConcurrentStreams, not just the client's own limit, makes
+// the pool open more connections.
+func TestServerStreamLimit(t *testing.T) {
+	cfg := DefaultServerConfig()
+	cfg.MaxConcurrentStreams = 2
+	srv := startServer(t, cfg, echoHandler)
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	for range 5 {
+		c := mustDial(t, cl, target(srv))
+		defer c.Close()
+	}
+	if got := cl.Stats(target(srv).Key); got.Conns != 3 || got.Streams != 5 {
+		t.Errorf("stats = %+v, want 3 conns for 5 tunnels at 2 per conn", got)
+	}
+}
+
+// TestServerHeaderLimit: a request whose headers exceed MaxHeaderBytes never reaches the Handler.
+func TestServerHeaderLimit(t *testing.T) {
+	cfg := DefaultServerConfig()
+	cfg.MaxHeaderBytes = 4 << 10
+	srv := startServer(t, cfg, HandlerFunc(func(context.Context, *Request) error {
+		t.Error("handler called for oversized headers")
+		return ErrDenied
+	}))
+	cc := rawClientConn(t, srv)
+	req, _ := http.NewRequest(http.MethodConnect, "", nil)
+	req.URL = &url.URL{Host: "10.0.0.7:8080"}
+	req.Host = "10.0.0.7:8080"
+	req.Header.Set("Baggage", strings.Repeat("k=v,", 2<<10))
+	resp, err := cc.RoundTrip(req)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+			t.Errorf("status = %d, want %d", resp.StatusCode, http.StatusRequestHeaderFieldsTooLarge)
+		}
+	}
+}
+
+type flakyListener struct {
+	net.Listener
+	failures int
+}
+
+func (l *flakyListener) Accept() (net.Conn, error) {
+	if l.failures > 0 {
+		l.failures--
+		return nil, errors.New("accept: too many open files")
+	}
+	return l.Listener.Accept()
+}
+
+// TestServeSurvivesAcceptErrors: a transient accept error does not take the port down.
+func TestServeSurvivesAcceptErrors(t *testing.T) {
+	c, _ := cas(t)
+	tlsCfg, err := ServerTLSConfig(staticCreds(c.leaf(t, idServer), c.pool))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := NewServer(DefaultServerConfig(), tlsCfg, echoHandler, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, &flakyListener{Listener: ln, failures: 3}) }()
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	conn := mustDial(t, cl, target(&testServer{addr: addrOf(t, ln)}))
+	conn.Close()
+	cl.Close()
+	cancel()
+	if err := <-served; err != nil {
+		t.Errorf("Serve = %v, want nil", err)
+	}
+}
