@@ -65,6 +65,7 @@ const (
 	redirectProgGetpeername6  = "getpeername6"
 	redirectProgSteerSkLookup = "steer_sk_lookup"
 	redirectProgTrackSockops  = "track_sockops"
+	redirectVarSkLookupNetns  = "sk_lookup_netns"
 )
 
 // loadRedirect returns the embedded CollectionSpec for redirect.
@@ -133,6 +134,7 @@ type redirectMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type redirectVariableSpecs struct {
+	SkLookupNetns *ebpf.VariableSpec `ebpf:"sk_lookup_netns"`
 }
 
 // redirectObjects contains all objects after they have been loaded into the kernel.
@@ -178,6 +180,7 @@ func (m *redirectMaps) Close() error {
 //
 // It can be passed to loadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type redirectVariables struct {
+	SkLookupNetns *ebpf.Variable `ebpf:"sk_lookup_netns"`
 }
 
 // redirectPrograms contains all programs after they have been loaded into the kernel.

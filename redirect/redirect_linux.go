@@ -54,13 +54,13 @@ func (c Config) linkDir() string { return filepath.Join(c.PinDir, "links") }
 var cgroupHooks = []struct {
 	name   string
 	attach ebpf.AttachType
-	prog   func(*redirectObjects) *ebpf.Program
+	prog   func(*objects) *ebpf.Program
 }{
-	{"cgroup_connect4", ebpf.AttachCGroupInet4Connect, func(o *redirectObjects) *ebpf.Program { return o.Connect4 }},
-	{"cgroup_connect6", ebpf.AttachCGroupInet6Connect, func(o *redirectObjects) *ebpf.Program { return o.Connect6 }},
-	{"cgroup_getpeername4", ebpf.AttachCgroupInet4GetPeername, func(o *redirectObjects) *ebpf.Program { return o.Getpeername4 }},
-	{"cgroup_getpeername6", ebpf.AttachCgroupInet6GetPeername, func(o *redirectObjects) *ebpf.Program { return o.Getpeername6 }},
-	{"cgroup_sockops", ebpf.AttachCGroupSockOps, func(o *redirectObjects) *ebpf.Program { return o.TrackSockops }},
+	{"cgroup_connect4", ebpf.AttachCGroupInet4Connect, func(o *objects) *ebpf.Program { return o.Connect4 }},
+	{"cgroup_connect6", ebpf.AttachCGroupInet6Connect, func(o *objects) *ebpf.Program { return o.Connect6 }},
+	{"cgroup_getpeername4", ebpf.AttachCgroupInet4GetPeername, func(o *objects) *ebpf.Program { return o.Getpeername4 }},
+	{"cgroup_getpeername6", ebpf.AttachCgroupInet6GetPeername, func(o *objects) *ebpf.Program { return o.Getpeername6 }},
+	{"cgroup_sockops", ebpf.AttachCGroupSockOps, func(o *objects) *ebpf.Program { return o.TrackSockops }},
 }
 
 const skLookupPinPrefix = "sk_lookup_"
@@ -70,7 +70,39 @@ const skLookupPinPrefix = "sk_lookup_"
 // pinned state, and so redirection, in place.
 type Redirector struct {
 	cfg  Config
-	objs redirectObjects
+	spec *ebpf.CollectionSpec
+	opts *ebpf.CollectionOptions
+	objs objects
+}
+
+// objects is what the Redirector holds open: the cgroup programs and the maps. The sk_lookup
+// program is loaded once per namespace (skLookupProgram).
+type objects struct {
+	Connect4     *ebpf.Program `ebpf:"connect4"`
+	Connect6     *ebpf.Program `ebpf:"connect6"`
+	Getpeername4 *ebpf.Program `ebpf:"getpeername4"`
+	Getpeername6 *ebpf.Program `ebpf:"getpeername6"`
+	TrackSockops *ebpf.Program `ebpf:"track_sockops"`
+
+	Enrolled     *ebpf.Map `ebpf:"enrolled"`
+	OrigByCookie *ebpf.Map `ebpf:"orig_by_cookie"`
+	OrigByPeer   *ebpf.Map `ebpf:"orig_by_peer"`
+	ProbePorts   *ebpf.Map `ebpf:"probe_ports"`
+	ProbeSrcs    *ebpf.Map `ebpf:"probe_srcs"`
+	Listeners    *ebpf.Map `ebpf:"listeners"`
+}
+
+func (o *objects) Close() error {
+	var errs []error
+	for _, c := range []interface{ Close() error }{
+		o.Connect4, o.Connect6, o.Getpeername4, o.Getpeername6, o.TrackSockops,
+		o.Enrolled, o.OrigByCookie, o.OrigByPeer, o.ProbePorts, o.ProbeSrcs, o.Listeners,
+	} {
+		if c != nil && !reflectNil(c) {
+			errs = append(errs, c.Close())
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Load loads the programs, creates or reuses the pinned maps and attaches the cgroup hooks.
@@ -89,12 +121,13 @@ func Load(cfg Config) (*Redirector, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, m := range spec.Maps {
-		m.Pinning = ebpf.PinByName
+	for name, m := range spec.Maps {
+		if !strings.HasPrefix(name, ".") { // .rodata is per program, not shared state
+			m.Pinning = ebpf.PinByName
+		}
 	}
-	r := &Redirector{cfg: cfg}
-	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.mapDir()}}
-	if err := spec.LoadAndAssign(&r.objs, opts); err != nil {
+	r := &Redirector{cfg: cfg, spec: spec, opts: &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: cfg.mapDir()}}}
+	if err := spec.LoadAndAssign(&r.objs, r.opts); err != nil {
 		return nil, fmt.Errorf("load programs: %w", err)
 	}
 	for _, h := range cgroupHooks {
@@ -111,12 +144,33 @@ func Load(cfg Config) (*Redirector, error) {
 		return nil, err
 	}
 	for cookie, pin := range pins {
-		if err := attachOrUpdate(pin, r.objs.SteerSkLookup, nil); err != nil {
+		prog, err := r.skLookupProgram(cookie)
+		if err == nil {
+			err = attachOrUpdate(pin, prog, nil)
+			prog.Close()
+		}
+		if err != nil {
 			r.Close()
 			return nil, fmt.Errorf("update sk_lookup of netns cookie %d: %w", cookie, err)
 		}
 	}
 	return r, nil
+}
+
+// skLookupProgram loads a copy of the sk_lookup program for one namespace: the program cannot
+// ask the kernel which namespace it runs in, so the cookie is a constant of the copy.
+func (r *Redirector) skLookupProgram(netns uint64) (*ebpf.Program, error) {
+	spec := r.spec.Copy()
+	if err := spec.Variables["sk_lookup_netns"].Set(netns); err != nil {
+		return nil, err
+	}
+	var o struct {
+		Prog *ebpf.Program `ebpf:"steer_sk_lookup"`
+	}
+	if err := spec.LoadAndAssign(&o, r.opts); err != nil {
+		return nil, fmt.Errorf("load sk_lookup: %w", err)
+	}
+	return o.Prog, nil
 }
 
 // attachOrUpdate points the link pinned at pin to prog, or, when there is none and attach is
@@ -287,10 +341,13 @@ func (r *Redirector) AttachSKLookup(nsPath string) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("attach sk_lookup to netns %s: %w", nsPath, err)
 	}
-	pin := r.skLookupPin(cookie)
-	err = attachOrUpdate(pin, r.objs.SteerSkLookup, func() (link.Link, error) {
-		return link.AttachNetNs(int(ns.Fd()), r.objs.SteerSkLookup)
-	})
+	prog, err := r.skLookupProgram(cookie)
+	if err == nil {
+		err = attachOrUpdate(r.skLookupPin(cookie), prog, func() (link.Link, error) {
+			return link.AttachNetNs(int(ns.Fd()), prog)
+		})
+		prog.Close() // the link holds the program
+	}
 	if err != nil {
 		return 0, fmt.Errorf("attach sk_lookup to netns %s (cookie %d): %w", nsPath, cookie, err)
 	}
@@ -402,4 +459,14 @@ func Uninstall(cfg Config) error {
 		return fmt.Errorf("uninstall: %w", err)
 	}
 	return nil
+}
+
+func reflectNil(c any) bool {
+	switch v := c.(type) {
+	case *ebpf.Program:
+		return v == nil
+	case *ebpf.Map:
+		return v == nil
+	}
+	return false
 }

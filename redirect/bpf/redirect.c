@@ -15,6 +15,10 @@
 #define PORT_OUTBOUND 15001 /* api/mesh.PortOutbound */
 #define PORT_HBONE 15008 /* api/mesh.PortHBONE */
 
+/* Reads a context field with one load of its own size: the verifier rejects the pointer
+ * arithmetic clang otherwise emits for arrays in context structs. */
+#define CTX_READ(f) (*(volatile typeof(f) *)&(f))
+
 #define LISTENER_INBOUND 0 /* proxy's inbound plaintext listener (15006) */
 #define LISTENER_HBONE 1 /* proxy's HBONE listener (15008) */
 
@@ -54,6 +58,11 @@ struct listener_key {
 	__u32 kind;
 	__u32 _pad;
 };
+
+/* The cookie of the network namespace a copy of steer_sk_lookup is attached to. sk_lookup
+ * programs cannot call bpf_get_netns_cookie, so the loader sets this per namespace
+ * (one program per enrolled namespace). */
+volatile const __u64 sk_lookup_netns = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -187,10 +196,10 @@ int connect6(struct bpf_sock_addr *ctx)
 
 	if (!pod)
 		return SOCK_ALLOW;
-	dst[0] = ctx->user_ip6[0];
-	dst[1] = ctx->user_ip6[1];
-	dst[2] = ctx->user_ip6[2];
-	dst[3] = ctx->user_ip6[3];
+	dst[0] = CTX_READ(ctx->user_ip6[0]);
+	dst[1] = CTX_READ(ctx->user_ip6[1]);
+	dst[2] = CTX_READ(ctx->user_ip6[2]);
+	dst[3] = CTX_READ(ctx->user_ip6[3]);
 
 	if (is_v4_mapped(dst)) {
 		if (dst[3] == 0 || is_loopback4(dst[3]))
@@ -263,10 +272,10 @@ static __always_inline void local_addr(struct bpf_sock_ops *ops, struct addr *a)
 	if (ops->family == AF_INET) {
 		set_mapped(a->ip, ops->local_ip4);
 	} else {
-		a->ip[0] = ops->local_ip6[0];
-		a->ip[1] = ops->local_ip6[1];
-		a->ip[2] = ops->local_ip6[2];
-		a->ip[3] = ops->local_ip6[3];
+		a->ip[0] = CTX_READ(ops->local_ip6[0]);
+		a->ip[1] = CTX_READ(ops->local_ip6[1]);
+		a->ip[2] = CTX_READ(ops->local_ip6[2]);
+		a->ip[3] = CTX_READ(ops->local_ip6[3]);
 	}
 	a->port = ops->local_port;
 }
@@ -318,17 +327,17 @@ int steer_sk_lookup(struct bpf_sk_lookup *ctx)
 	if (ctx->ingress_ifindex == LOOPBACK_IFINDEX)
 		return SK_PASS;
 
-	netns = bpf_get_netns_cookie(ctx);
+	netns = sk_lookup_netns;
 	if (!bpf_map_lookup_elem(&enrolled, &netns))
 		return SK_PASS;
 
 	if (ctx->family == AF_INET) {
 		set_mapped(sk_key.ip, ctx->remote_ip4);
 	} else {
-		sk_key.ip[0] = ctx->remote_ip6[0];
-		sk_key.ip[1] = ctx->remote_ip6[1];
-		sk_key.ip[2] = ctx->remote_ip6[2];
-		sk_key.ip[3] = ctx->remote_ip6[3];
+		sk_key.ip[0] = CTX_READ(ctx->remote_ip6[0]);
+		sk_key.ip[1] = CTX_READ(ctx->remote_ip6[1]);
+		sk_key.ip[2] = CTX_READ(ctx->remote_ip6[2]);
+		sk_key.ip[3] = CTX_READ(ctx->remote_ip6[3]);
 	}
 	pk.netns = netns;
 	pk.port = ctx->local_port;
