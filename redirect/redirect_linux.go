@@ -12,6 +12,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
 )
 
 // DefaultPinDir is where maps and links are pinned on a node (DESIGN.md §5).
@@ -26,7 +27,8 @@ type Config struct {
 	// PinDir is a directory on a bpffs mount; maps go to PinDir/maps, links to PinDir/links.
 	PinDir string
 	// Cgroup is the cgroup v2 directory the connect, getpeername and sockops programs attach
-	// to: the root of the hierarchy on a node, a throwaway cgroup in tests.
+	// to: the root of the hierarchy on a node (FindCgroup2 on a hybrid host), a throwaway
+	// cgroup in tests.
 	Cgroup string
 }
 
@@ -112,10 +114,16 @@ func Load(cfg Config) (*Redirector, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if err := checkFS(cfg.Cgroup, unix.CGROUP2_SUPER_MAGIC, "cgroup v2"); err != nil {
+		return nil, fmt.Errorf("attach cgroup hooks: %w", err)
+	}
 	for _, dir := range []string{cfg.mapDir(), cfg.linkDir()} {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("create pin dir: %w", err)
 		}
+	}
+	if err := checkFS(cfg.PinDir, unix.BPF_FS_MAGIC, "bpffs"); err != nil {
+		return nil, fmt.Errorf("pin dir: %w", err)
 	}
 	spec, err := loadRedirect()
 	if err != nil {
@@ -407,6 +415,11 @@ func (r *Redirector) registerListener(netns uint64, kind ListenerKind, conn sysc
 		}
 		if got != netns {
 			opErr = fmt.Errorf("socket is in netns cookie %d", got)
+			return
+		}
+		if proto, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL); err == nil && proto == unix.IPPROTO_MPTCP {
+			// Go listens with MPTCP by default; the kernel refuses MPTCP sockets in a SOCKHASH.
+			opErr = fmt.Errorf("MPTCP socket: listen with net.ListenConfig.SetMultipathTCP(false)")
 			return
 		}
 		opErr = r.objs.Listeners.Put(redirectListenerKey{Netns: netns, Kind: uint32(kind)}, uint64(fd))

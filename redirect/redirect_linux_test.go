@@ -1,0 +1,386 @@
+package redirect
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/ambient-mesh/ambient/api/mesh"
+)
+
+const acceptTimeout = 5 * time.Second
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	ap := a.(*net.TCPAddr).AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// proxyOutbound is the test proxy's outbound listener in the pod netns.
+func (e *env) proxyOutbound() *server {
+	return e.listen(e.podNS, ":"+itoa(mesh.PortOutbound))
+}
+
+func itoa(p int) string {
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(p)).String()[len("0.0.0.0:"):]
+}
+
+func TestOutboundCapture(t *testing.T) {
+	e := newEnv(t)
+	e.enrol()
+	proxy := e.proxyOutbound()
+
+	for _, tc := range []struct {
+		name, network string
+		dst           netip.AddrPort
+		dial          string
+	}{
+		{"ipv4", "tcp4", netip.AddrPortFrom(e.peerIP, 8080), ""},
+		{"ipv4-mapped", "tcp6-dual", netip.AddrPortFrom(e.peerIP, 8081), "[::ffff:" + e.peerIP.String() + "]:8081"},
+		{"ipv6", "tcp6", netip.AddrPortFrom(e.peerIP6, 8082), ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dial := tc.dial
+			if dial == "" {
+				dial = tc.dst.String()
+			}
+			_, res := e.app(t.Context(), tc.network, dial, 0)
+			c := proxy.accept(t, acceptTimeout)
+			peer := addrPortOf(c.RemoteAddr())
+			orig, err := e.r.LookupOrigDst(peer)
+			if err != nil {
+				t.Fatalf("lookup: %v", err)
+			}
+			if orig != tc.dst {
+				t.Errorf("orig dst = %v, want %v", orig, tc.dst)
+			}
+			if _, err := e.r.LookupOrigDst(peer); !errors.Is(err, ErrNoOrigDst) {
+				t.Errorf("second lookup: err = %v, want ErrNoOrigDst (consumed)", err)
+			}
+			c.Close()
+			r := waitResult(t, res)
+			if r.Err != "" {
+				t.Fatalf("app: %s", r.Err)
+			}
+			if r.Peer != tc.dst.String() {
+				t.Errorf("app getpeername = %s, want %v", r.Peer, tc.dst)
+			}
+			if got := addrPortOf(c.LocalAddr()); got.Port() != mesh.PortOutbound {
+				t.Errorf("proxy accepted on %v", got)
+			}
+		})
+	}
+}
+
+func TestOutboundNotCaptured(t *testing.T) {
+	e := newEnv(t)
+	proxy := e.proxyOutbound()
+	remote := e.listen(e.peerNS, ":8080")
+	local := e.listen(e.podNS, ":9090")
+	toRemote := netip.AddrPortFrom(e.peerIP, 8080).String()
+
+	direct := func(t *testing.T, srv *server, network, addr string, mark int) {
+		t.Helper()
+		_, res := e.app(t.Context(), network, addr, mark)
+		c := srv.accept(t, acceptTimeout)
+		c.Close()
+		if r := waitResult(t, res); r.Err != "" {
+			t.Fatalf("app: %s", r.Err)
+		}
+		proxy.none(t)
+	}
+	t.Run("not-enrolled", func(t *testing.T) { direct(t, remote, "tcp", toRemote, 0) })
+	e.enrol()
+	t.Run("marked", func(t *testing.T) { direct(t, remote, "tcp", toRemote, mesh.SocketMark) })
+	t.Run("loopback", func(t *testing.T) { direct(t, local, "tcp", "127.0.0.1:9090", 0) })
+	t.Run("loopback6", func(t *testing.T) { direct(t, local, "tcp6", "[::1]:9090", 0) })
+	t.Run("pod-itself", func(t *testing.T) { direct(t, local, "tcp", netip.AddrPortFrom(e.podIP, 9090).String(), 0) })
+	t.Run("captured-then-unenrolled", func(t *testing.T) {
+		_, res := e.app(t.Context(), "tcp", toRemote, 0)
+		proxy.accept(t, acceptTimeout).Close()
+		waitResult(t, res)
+		if err := e.r.Unenrol(e.cookie(e.podNS)); err != nil {
+			t.Fatal(err)
+		}
+		direct(t, remote, "tcp", toRemote, 0)
+	})
+}
+
+// inbound sets up an enrolled pod with sk_lookup, proxy listeners and app listeners.
+type inbound struct {
+	e                *env
+	netns            uint64
+	proxyIn, proxyHB *server
+	app8080, app8081 *server
+}
+
+func newInbound(t *testing.T) *inbound {
+	e := newEnv(t)
+	in := &inbound{e: e, netns: e.enrol()}
+	in.app8080 = e.listen(e.podNS, ":8080")
+	in.app8081 = e.listen(e.podNS, ":8081")
+	in.proxyIn = e.listen(e.podNS, ":"+itoa(mesh.PortInboundPlaintext))
+	in.proxyHB = e.listen(e.podNS, ":"+itoa(mesh.PortHBONE))
+	if err := e.r.RegisterListener(in.netns, ListenerInbound, in.proxyIn.ln.(*net.TCPListener)); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.r.RegisterListener(in.netns, ListenerHBONE, in.proxyHB.ln.(*net.TCPListener)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := e.r.AttachSKLookup(e.podNS); err != nil || got != in.netns {
+		t.Fatalf("attach sk_lookup: cookie %d, %v", got, err)
+	}
+	return in
+}
+
+func (in *inbound) dial(t *testing.T, from netip.Addr, to netip.Addr, port uint16) {
+	t.Helper()
+	if _, err := dialFrom(t, in.e.peerNS, from, netip.AddrPortFrom(to, port), acceptTimeout); err != nil {
+		t.Fatalf("dial %v:%d: %v", to, port, err)
+	}
+}
+
+func TestInbound(t *testing.T) {
+	in := newInbound(t)
+	e := in.e
+	for _, tc := range []struct {
+		name     string
+		from, to netip.Addr
+		port     uint16
+		want     func() *server
+	}{
+		{"plaintext", e.peerIP, e.podIP, 8080, func() *server { return in.proxyIn }},
+		{"plaintext-ipv6", e.peerIP6, e.podIP6, 8080, func() *server { return in.proxyIn }},
+		{"hbone", e.peerIP, e.podIP, mesh.PortHBONE, func() *server { return in.proxyHB }},
+		{"probe-from-node", e.peerIP, e.podIP, 8081, func() *server { return in.app8081 }},
+		{"probe-port-other-source", e.peerIP2, e.podIP, 8081, func() *server { return in.proxyIn }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in.dial(t, tc.from, tc.to, tc.port)
+			c := tc.want().accept(t, acceptTimeout)
+			if got, want := addrPortOf(c.LocalAddr()), netip.AddrPortFrom(tc.to, tc.port); got != want {
+				t.Errorf("accepted with local address %v, want %v", got, want)
+			}
+			for _, s := range []*server{in.proxyIn, in.proxyHB, in.app8080, in.app8081} {
+				s.none(t)
+			}
+		})
+	}
+
+	t.Run("listener-closed-fails-closed", func(t *testing.T) {
+		in.proxyIn.ln.Close()
+		// sk_lookup's SK_DROP fails the kernel's socket lookup, which TCP answers with a RST
+		// (ECONNREFUSED) rather than a silent drop; either way the app is never reached.
+		_, err := dialFrom(t, e.peerNS, netip.Addr{}, netip.AddrPortFrom(e.podIP, 8080), 300*time.Millisecond)
+		var ne net.Error
+		if !errors.Is(err, syscall.ECONNREFUSED) && !(errors.As(err, &ne) && ne.Timeout()) {
+			t.Fatalf("dial with proxy listener closed: err = %v, want refused or timeout", err)
+		}
+		in.app8080.none(t)
+		// HBONE still has its listener.
+		in.dial(t, e.peerIP, e.podIP, mesh.PortHBONE)
+		in.proxyHB.accept(t, acceptTimeout)
+	})
+
+	t.Run("unenrol-restores-direct", func(t *testing.T) {
+		if err := e.r.Unenrol(in.netns); err != nil {
+			t.Fatal(err)
+		}
+		in.dial(t, e.peerIP, e.podIP, 8080)
+		in.app8080.accept(t, acceptTimeout)
+	})
+}
+
+func TestRegisterListenerWrongNetNS(t *testing.T) {
+	e := newEnv(t)
+	netns := e.enrol()
+	s := e.listen(e.peerNS, ":15006")
+	if err := e.r.RegisterListener(netns, ListenerInbound, s.ln.(*net.TCPListener)); err == nil {
+		t.Fatal("registered a listener from another netns")
+	}
+}
+
+func TestReloadFromPins(t *testing.T) {
+	in := newInbound(t)
+	e := in.e
+	proxy := e.proxyOutbound()
+	before := linkProgIDs(t, e.cfg)
+
+	// A new process loads the package over the same pins and exits.
+	_, res := e.helper(t.Context(), false, "load")
+	if r := waitResult(t, res); r.Err != "" {
+		t.Fatalf("reload: %s", r.Err)
+	}
+	after := linkProgIDs(t, e.cfg)
+	if len(after) != len(before) || len(after) != len(cgroupHooks)+1 {
+		t.Fatalf("links before %v, after %v", before, after)
+	}
+	for name, id := range before {
+		if after[name] == id {
+			t.Errorf("link %s still runs program %d after reload", name, id)
+		}
+	}
+
+	// Outbound and inbound still redirect, through the maps pinned by the first load.
+	dst := netip.AddrPortFrom(e.peerIP, 8080)
+	_, ares := e.app(t.Context(), "tcp", dst.String(), 0)
+	c := proxy.accept(t, acceptTimeout)
+	if orig, err := e.r.LookupOrigDst(addrPortOf(c.RemoteAddr())); err != nil || orig != dst {
+		t.Errorf("orig dst after reload = %v, %v; want %v", orig, err, dst)
+	}
+	c.Close()
+	waitResult(t, ares)
+	in.dial(t, e.peerIP, e.podIP, 8080)
+	in.proxyIn.accept(t, acceptTimeout)
+}
+
+func linkProgIDs(t *testing.T, cfg Config) map[string]ebpf.ProgramID {
+	t.Helper()
+	entries, err := os.ReadDir(cfg.linkDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]ebpf.ProgramID{}
+	for _, en := range entries {
+		l, err := link.LoadPinnedLink(filepath.Join(cfg.linkDir(), en.Name()), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := l.Info()
+		l.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[en.Name()] = info.Program
+	}
+	return ids
+}
+
+func TestUninstall(t *testing.T) {
+	in := newInbound(t)
+	e := in.e
+	if err := e.r.Uninstall(); err != nil {
+		t.Fatal(err)
+	}
+	if fileExists(e.cfg.PinDir) {
+		t.Errorf("pin dir %s still exists", e.cfg.PinDir)
+	}
+	cg, err := os.Open(e.cgroup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cg.Close()
+	for _, h := range cgroupHooks {
+		q, err := link.QueryPrograms(link.QueryOptions{Target: int(cg.Fd()), Attach: h.attach})
+		if err != nil {
+			t.Fatalf("query %s: %v", h.name, err)
+		}
+		if len(q.Programs) != 0 {
+			t.Errorf("%s: %d programs still attached", h.name, len(q.Programs))
+		}
+	}
+	ns, err := os.Open(e.podNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	q, err := link.QueryPrograms(link.QueryOptions{Target: int(ns.Fd()), Attach: ebpf.AttachSkLookup})
+	if err != nil {
+		t.Fatalf("query sk_lookup: %v", err)
+	}
+	if len(q.Programs) != 0 {
+		t.Errorf("sk_lookup: %d programs still attached", len(q.Programs))
+	}
+	// Traffic flows directly again.
+	in.dial(t, e.peerIP, e.podIP, 8080)
+	in.app8080.accept(t, acceptTimeout)
+}
+
+func TestDetachSKLookup(t *testing.T) {
+	in := newInbound(t)
+	if err := in.e.r.DetachSKLookup(in.netns); err != nil {
+		t.Fatal(err)
+	}
+	if err := in.e.r.DetachSKLookup(in.netns); err != nil {
+		t.Fatalf("second detach: %v", err)
+	}
+	in.dial(t, in.e.peerIP, in.e.podIP, 8080)
+	in.app8080.accept(t, acceptTimeout)
+}
+
+// TestOrigDstBounded runs many short captured connections and checks that both
+// original-destination maps drain once the connections are closed, whether or not the proxy
+// consumed the entry.
+func TestOrigDstBounded(t *testing.T) {
+	e := newEnv(t)
+	e.enrol()
+	const n = 5000
+	runConnects(t, e, n)
+}
+
+func runConnects(t testing.TB, e *env, n int) {
+	proxy := e.proxyOutbound()
+	done := make(chan error, 1)
+	go func() {
+		var lookups int
+		for i := 0; i < n; i++ {
+			c, ok := <-proxy.conns
+			if !ok {
+				done <- errors.New("listener closed")
+				return
+			}
+			if i%2 == 0 {
+				if _, err := e.r.LookupOrigDst(addrPortOf(c.RemoteAddr())); err == nil {
+					lookups++
+				}
+			}
+			c.Close()
+		}
+		if lookups != (n+1)/2 {
+			done <- errors.New("some lookups failed")
+			return
+		}
+		done <- nil
+	}()
+	_, res := e.helper(context.Background(), true, "connects", netip.AddrPortFrom(e.peerIP, 80).String(), itoa(n))
+	select {
+	case r := <-res:
+		if r.Err != "" {
+			t.Fatalf("app: %s", r.Err)
+		}
+	case <-time.After(5 * time.Minute):
+		t.Fatal("connections did not finish")
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	var cookies, peers int
+	err := eventually(5*time.Second, func() bool {
+		cookies, peers = countEntries(e.r.objs.OrigByCookie), countEntries(e.r.objs.OrigByPeer)
+		return cookies == 0 && peers == 0
+	})
+	if err != nil {
+		t.Fatalf("after %d connections: %d entries by cookie, %d by peer; want 0", n, cookies, peers)
+	}
+}
+
+func countEntries(m *ebpf.Map) int {
+	var k, v []byte
+	n := 0
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		n++
+	}
+	return n
+}
+
+var _ = unix.SO_MARK
