@@ -315,34 +315,54 @@ SEC("sk_lookup")
 int steer_sk_lookup(struct bpf_sk_lookup *ctx)
 {
 	struct probe_port_key pk = {};
-	struct probe_src_key sk_key = {};
+	struct probe_src_key src = {};
 	struct listener_key lk = {};
 	struct bpf_sock *sk;
+	struct pod *pod;
 	__u64 netns;
 	long err;
 
 	if (ctx->protocol != IPPROTO_TCP)
 		return SK_PASS;
-	/* Loopback, including the proxy's own connections to the app inside the pod. */
 	if (ctx->ingress_ifindex == LOOPBACK_IFINDEX)
 		return SK_PASS;
 
 	netns = sk_lookup_netns;
-	if (!bpf_map_lookup_elem(&enrolled, &netns))
+	pod = bpf_map_lookup_elem(&enrolled, &netns);
+	if (!pod)
 		return SK_PASS;
 
+	/* Connections from inside the pod (the proxy's own to the app, the app's to itself) have
+	 * a loopback or pod source address; ingress_ifindex does not tell, as the kernel reports
+	 * the pod interface for traffic to the pod's own address. A packet from outside with such
+	 * a source is dropped as martian (IPv4) and cannot complete a handshake (the SYN-ACK is
+	 * delivered locally). */
 	if (ctx->family == AF_INET) {
-		set_mapped(sk_key.ip, ctx->remote_ip4);
+		__u32 ip = ctx->remote_ip4;
+
+		if (is_loopback4(ip) || (pod->has_ip4 && ip == pod->ip4))
+			return SK_PASS;
+		set_mapped(src.ip, ip);
 	} else {
-		sk_key.ip[0] = CTX_READ(ctx->remote_ip6[0]);
-		sk_key.ip[1] = CTX_READ(ctx->remote_ip6[1]);
-		sk_key.ip[2] = CTX_READ(ctx->remote_ip6[2]);
-		sk_key.ip[3] = CTX_READ(ctx->remote_ip6[3]);
+		src.ip[0] = CTX_READ(ctx->remote_ip6[0]);
+		src.ip[1] = CTX_READ(ctx->remote_ip6[1]);
+		src.ip[2] = CTX_READ(ctx->remote_ip6[2]);
+		src.ip[3] = CTX_READ(ctx->remote_ip6[3]);
+		if (is_loopback6(src.ip))
+			return SK_PASS;
+		if (is_v4_mapped(src.ip) &&
+		    (is_loopback4(src.ip[3]) || (pod->has_ip4 && src.ip[3] == pod->ip4)))
+			return SK_PASS;
+		if (pod->has_ip6 && src.ip[0] == pod->ip6[0] && src.ip[1] == pod->ip6[1] &&
+		    src.ip[2] == pod->ip6[2] && src.ip[3] == pod->ip6[3])
+			return SK_PASS;
 	}
+
+	/* Health probes from the node to a declared probe port reach the app directly. */
 	pk.netns = netns;
 	pk.port = ctx->local_port;
-	sk_key.netns = netns;
-	if (bpf_map_lookup_elem(&probe_ports, &pk) && bpf_map_lookup_elem(&probe_srcs, &sk_key))
+	src.netns = netns;
+	if (bpf_map_lookup_elem(&probe_ports, &pk) && bpf_map_lookup_elem(&probe_srcs, &src))
 		return SK_PASS;
 
 	lk.netns = netns;
