@@ -20,8 +20,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// requireKernel is the one place a test may skip: without root or a kernel feature. Under
-// CI=true it fails instead, so CI never passes by skipping.
+// skipOrFail is the one place a test may skip: without root or a kernel feature. Under CI=true
+// it fails instead, so CI never passes by skipping.
+func skipOrFail(t testing.TB, reason string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s (CI=true: not skipping)", reason)
+	}
+	t.Skip(reason)
+}
+
+// requireKernel skips (or fails, see skipOrFail) unless the test can use eBPF, cgroup v2,
+// network namespaces and bpffs.
 func requireKernel(t testing.TB) {
 	t.Helper()
 	var reason string
@@ -40,13 +50,9 @@ func requireKernel(t testing.TB) {
 			reason = "needs a cgroup v2 hierarchy: " + err.Error()
 		}
 	}
-	if reason == "" {
-		return
+	if reason != "" {
+		skipOrFail(t, reason)
 	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s (CI=true: not skipping)", reason)
-	}
-	t.Skip(reason)
 }
 
 func fileExists(p string) bool {
