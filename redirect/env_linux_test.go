@@ -429,6 +429,9 @@ func helperMain(args []string, r *appResult) error {
 		fmt.Sscan(args[2], &n)
 		for i := 0; i < n; i++ {
 			c, err := net.DialTimeout("tcp", args[1], 3*time.Second)
+			if errors.Is(err, syscall.ECONNRESET) {
+				continue // the proxy accepted and reset it before connect returned
+			}
 			if err != nil {
 				return fmt.Errorf("connect %d: %w", i, err)
 			}
