@@ -387,9 +387,13 @@ func helperMain(args []string, r *appResult) error {
 		}
 		var c net.Conn
 		var err error
-		if args[1] == "tcp6-dual" {
+		switch args[1] {
+		case "tcp6-dual":
 			c, err = dialDualStack(args[2])
-		} else {
+		case "mptcp":
+			d.SetMultipathTCP(true)
+			c, err = d.Dial("tcp", args[2])
+		default:
 			c, err = d.Dial(args[1], args[2])
 		}
 		if err != nil {
