@@ -11,7 +11,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -60,7 +62,48 @@ func fileExists(p string) bool {
 	return err == nil
 }
 
-var envSeq atomic.Uint32
+var (
+	envSeq    atomic.Uint32
+	sweepOnce sync.Once
+)
+
+// sweepStale removes what earlier test processes that were killed before their cleanup (a
+// timeout, a signal) left behind: only names with this package's prefix and a pid that no
+// longer runs.
+func sweepStale() {
+	dead := func(name string) bool {
+		rest, ok := strings.CutPrefix(name, "ambrd")
+		if !ok {
+			return false
+		}
+		pid, _, _ := strings.Cut(rest, "-")
+		if _, err := strconv.Atoi(pid); err != nil || pid == strconv.Itoa(os.Getpid()) {
+			return false
+		}
+		return !fileExists("/proc/" + pid)
+	}
+	mounts, _ := filepath.Glob(filepath.Join(os.TempDir(), "ambrd*-bpffs*"))
+	for _, m := range mounts {
+		if dead(filepath.Base(m)) {
+			_ = unix.Unmount(m, unix.MNT_DETACH)
+			_ = os.Remove(m)
+		}
+	}
+	nss, _ := os.ReadDir("/run/netns")
+	for _, ns := range nss {
+		if dead(ns.Name()) {
+			_ = exec.Command("ip", "netns", "del", ns.Name()).Run()
+		}
+	}
+	if root, err := FindCgroup2(); err == nil {
+		cgs, _ := filepath.Glob(filepath.Join(root, "ambrd*"))
+		for _, cg := range cgs {
+			if dead(filepath.Base(cg)) {
+				_ = unix.Rmdir(cg)
+			}
+		}
+	}
+}
 
 // env is one test's world: a pod netns and a peer netns joined by a veth pair, a cgroup for
 // the application, a pin dir, and the loaded Redirector. Everything goes away in t.Cleanup.
@@ -82,6 +125,7 @@ type env struct {
 func newEnv(t testing.TB) *env {
 	t.Helper()
 	requireKernel(t)
+	sweepOnce.Do(sweepStale)
 	n := envSeq.Add(1)
 	// /24 per env, in 10.251/16: only inside the test's own namespaces.
 	subnet := int(os.Getpid()+int(n)) % 250
