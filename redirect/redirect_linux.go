@@ -157,6 +157,10 @@ func Load(cfg Config) (*Redirector, error) {
 			err = attachOrUpdate(pin, prog, nil)
 			prog.Close()
 		}
+		if errors.Is(err, unix.ENOLINK) {
+			// The namespace is gone (pod deleted while no agent ran): drop its pin.
+			err = detachPinned(pin)
+		}
 		if err != nil {
 			r.Close()
 			return nil, fmt.Errorf("update sk_lookup of netns cookie %d: %w", cookie, err)
@@ -384,8 +388,13 @@ func detachPinned(pin string) error {
 		return err
 	}
 	defer l.Close()
-	// Detach first: should unpinning fail, the hook is still gone.
-	return errors.Join(l.Detach(), l.Unpin())
+	// Detach first: should unpinning fail, the hook is still gone. A link whose namespace is
+	// gone is detached already.
+	err = l.Detach()
+	if errors.Is(err, unix.ENOLINK) {
+		err = nil
+	}
+	return errors.Join(err, l.Unpin())
 }
 
 // RegisterListener makes conn, a listening TCP socket the proxy opened inside the namespace,
@@ -415,6 +424,10 @@ func (r *Redirector) registerListener(netns uint64, kind ListenerKind, conn sysc
 		}
 		if got != netns {
 			opErr = fmt.Errorf("socket is in netns cookie %d", got)
+			return
+		}
+		if listening, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ACCEPTCONN); err != nil || listening != 1 {
+			opErr = fmt.Errorf("socket is not listening")
 			return
 		}
 		if proto, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_PROTOCOL); err == nil && proto == unix.IPPROTO_MPTCP {

@@ -392,3 +392,27 @@ func countEntries(m *ebpf.Map) int {
 }
 
 var _ = unix.SO_MARK
+
+// TestLoadDropsSeveredSKLookup: a pod netns that went away while its sk_lookup link stayed
+// pinned must not stop a later Load, and its pin goes.
+func TestLoadDropsSeveredSKLookup(t *testing.T) {
+	e := newEnv(t)
+	netns := e.enrol()
+	if _, err := e.r.AttachSKLookup(e.podNS); err != nil {
+		t.Fatal(err)
+	}
+	pin := e.r.skLookupPin(netns)
+	e.ip("netns", "del", filepath.Base(e.podNS))
+	var lerr error
+	err := eventually(5*time.Second, func() bool {
+		r, err := Load(e.cfg)
+		if lerr = err; err != nil {
+			return false
+		}
+		r.Close()
+		return !fileExists(pin)
+	})
+	if err != nil {
+		t.Fatalf("pin %s of a deleted netns still there (last load error: %v)", filepath.Base(pin), lerr)
+	}
+}
