@@ -100,9 +100,8 @@ func (o *objects) Close() error {
 		o.Connect4, o.Connect6, o.Getpeername4, o.Getpeername6, o.TrackSockops,
 		o.Enrolled, o.OrigByCookie, o.OrigByPeer, o.ProbePorts, o.ProbeSrcs, o.Listeners,
 	} {
-		if c != nil && !reflectNil(c) {
-			errs = append(errs, c.Close())
-		}
+		errs = append(errs, c.Close()) // nil-safe
+
 	}
 	return errors.Join(errs...)
 }
@@ -485,14 +484,4 @@ func Uninstall(cfg Config) error {
 		return fmt.Errorf("uninstall: %w", err)
 	}
 	return nil
-}
-
-func reflectNil(c any) bool {
-	switch v := c.(type) {
-	case *ebpf.Program:
-		return v == nil
-	case *ebpf.Map:
-		return v == nil
-	}
-	return false
 }
