@@ -6,28 +6,6 @@ import (
 	"net/netip"
 )
 
-// ListenerKind names one of the proxy's listeners that sk_lookup assigns inbound connections to.
-type ListenerKind uint32
-
-// Listener kinds; the values are the kind field of the listeners map key (bpf/redirect.c).
-const (
-	// ListenerInbound is the inbound plaintext listener (mesh.PortInboundPlaintext): every
-	// inbound connection except those to mesh.PortHBONE.
-	ListenerInbound ListenerKind = 0
-	// ListenerHBONE is the HBONE listener: inbound connections to mesh.PortHBONE.
-	ListenerHBONE ListenerKind = 1
-)
-
-func (k ListenerKind) String() string {
-	switch k {
-	case ListenerInbound:
-		return "inbound"
-	case ListenerHBONE:
-		return "hbone"
-	}
-	return fmt.Sprintf("kind(%d)", uint32(k))
-}
-
 // ip16 returns a's 16-byte form, IPv4 as IPv4-mapped IPv6, as the four network-order words
 // the programs compare against.
 func ip16(a netip.Addr) [4]uint32 {

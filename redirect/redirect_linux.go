@@ -18,10 +18,6 @@ import (
 // DefaultPinDir is where maps and links are pinned on a node (DESIGN.md §5).
 const DefaultPinDir = "/sys/fs/bpf/ambient"
 
-// ErrNoOrigDst is returned by LookupOrigDst when no captured connection has that peer
-// address: the proxy must then refuse the connection rather than guess a destination.
-var ErrNoOrigDst = errors.New("no original destination")
-
 // Config says where the programs attach and where their state is pinned.
 type Config struct {
 	// PinDir is a directory on a bpffs mount; maps go to PinDir/maps, links to PinDir/links.
@@ -232,20 +228,6 @@ func (r *Redirector) Close() error {
 	return r.objs.Close()
 }
 
-// Pod is what the programs need to know about an enrolled pod's network namespace.
-type Pod struct {
-	// NetNS is the namespace's cookie (NetNSCookie).
-	NetNS uint64
-	// IPs are the pod's addresses, at most one per family. Outbound connections are
-	// redirected to the address of their family, port mesh.PortOutbound; a pod without an
-	// address of a family cannot connect out over it (fail closed).
-	IPs []netip.Addr
-	// ProbePorts are the ports kubelet health probes reach the app on directly ...
-	ProbePorts []uint16
-	// ... when they come from one of ProbeSources (the node's addresses towards the pod).
-	ProbeSources []netip.Addr
-}
-
 // Enrol starts capturing the pod's traffic: outbound at once, inbound once sk_lookup is
 // attached to its namespace and the proxy has registered its listeners. Enrolling an enrolled
 // namespace replaces its addresses and probe ports.
@@ -453,6 +435,8 @@ func (r *Redirector) LookupOrigDst(peer netip.AddrPort) (netip.AddrPort, error) 
 	}
 	return orig.addrPort(), nil
 }
+
+var _ Datapath = (*Redirector)(nil)
 
 // Uninstall detaches every hook (cgroup and sk_lookup) and removes the pin directory.
 // The Redirector is closed.
