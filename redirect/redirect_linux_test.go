@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -414,5 +415,51 @@ func TestLoadDropsSeveredSKLookup(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatalf("pin %s of a deleted netns still there (last load error: %v)", filepath.Base(pin), lerr)
+	}
+}
+
+// TestOutboundFailsClosed: a socket that should be captured but cannot be (the pod has no
+// address of its family to redirect to) is refused, never let through.
+func TestOutboundFailsClosed(t *testing.T) {
+	e := newEnv(t)
+	remote := e.listen(e.peerNS, ":8080")
+	if err := e.r.Enrol(Pod{NetNS: e.cookie(e.podNS), IPs: []netip.Addr{e.podIP}}); err != nil {
+		t.Fatal(err)
+	}
+	_, res := e.app(t.Context(), "tcp6", netip.AddrPortFrom(e.peerIP6, 8080).String(), 0)
+	r := waitResult(t, res)
+	if !strings.Contains(r.Err, "operation not permitted") {
+		t.Errorf("app dial: err %q, want operation not permitted", r.Err)
+	}
+	remote.none(t)
+}
+
+// TestReEnrolReplacesProbes: enrolling again replaces the probe ports and sources.
+func TestReEnrolReplacesProbes(t *testing.T) {
+	e := newEnv(t)
+	netns := e.enrol() // probe 8081 from peerIP
+	err := e.r.Enrol(Pod{NetNS: netns, IPs: []netip.Addr{e.podIP}, ProbePorts: []uint16{9000}, ProbeSources: []netip.Addr{e.peerIP2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ports []uint16
+	var pk redirectProbePortKey
+	var v uint8
+	for it := e.r.objs.ProbePorts.Iterate(); it.Next(&pk, &v); {
+		ports = append(ports, pk.Port)
+	}
+	var srcs []netip.Addr
+	var sk redirectProbeSrcKey
+	for it := e.r.objs.ProbeSrcs.Iterate(); it.Next(&sk, &v); {
+		srcs = append(srcs, addrFrom16(sk.Ip))
+	}
+	if len(ports) != 1 || ports[0] != 9000 || len(srcs) != 1 || srcs[0] != e.peerIP2 {
+		t.Errorf("after re-enrol: probe ports %v, sources %v; want [9000], [%v]", ports, srcs, e.peerIP2)
+	}
+	if err := e.r.Unenrol(netns); err != nil {
+		t.Fatal(err)
+	}
+	if n := countEntries(e.r.objs.ProbePorts) + countEntries(e.r.objs.ProbeSrcs) + countEntries(e.r.objs.Enrolled); n != 0 {
+		t.Errorf("after unenrol: %d entries left", n)
 	}
 }
