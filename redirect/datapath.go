@@ -46,6 +46,10 @@ const (
 	ListenerInbound ListenerKind = 0
 	// ListenerHBONE is the HBONE listener: inbound connections to mesh.PortHBONE.
 	ListenerHBONE ListenerKind = 1
+	// ListenerBlackhole takes the connections no proxy listener is there for; its socket
+	// filter drops every packet, so the SYN is dropped silently and the client retries
+	// (Blackhole). Without it such a SYN is answered with a RST.
+	ListenerBlackhole ListenerKind = 2
 )
 
 func (k ListenerKind) String() string {
@@ -54,6 +58,8 @@ func (k ListenerKind) String() string {
 		return "inbound"
 	case ListenerHBONE:
 		return "hbone"
+	case ListenerBlackhole:
+		return "blackhole"
 	}
 	return fmt.Sprintf("kind(%d)", uint32(k))
 }

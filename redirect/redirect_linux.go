@@ -282,6 +282,7 @@ func (r *Redirector) Unenrol(netns uint64) error {
 		deleteWhere(r.objs.ProbeSrcs, func(k redirectProbeSrcKey) bool { return k.Netns == netns }),
 		r.deleteListener(netns, ListenerInbound),
 		r.deleteListener(netns, ListenerHBONE),
+		r.deleteListener(netns, ListenerBlackhole),
 	)
 	if err != nil {
 		return fmt.Errorf("unenrol netns cookie %d: %w", netns, err)
@@ -389,7 +390,7 @@ func (r *Redirector) RegisterListener(netns uint64, kind ListenerKind, conn sysc
 }
 
 func (r *Redirector) registerListener(netns uint64, kind ListenerKind, conn syscall.Conn) error {
-	if kind != ListenerInbound && kind != ListenerHBONE {
+	if kind != ListenerInbound && kind != ListenerHBONE && kind != ListenerBlackhole {
 		return fmt.Errorf("unknown listener kind")
 	}
 	raw, err := conn.SyscallConn()

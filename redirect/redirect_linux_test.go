@@ -204,6 +204,29 @@ func TestInbound(t *testing.T) {
 		in.proxyHB.accept(t, acceptTimeout)
 	})
 
+	t.Run("blackhole-drops-syn", func(t *testing.T) {
+		bh, err := e.r.Blackhole(e.podNS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer bh.Close()
+		for _, to := range []netip.Addr{e.podIP, e.podIP6} {
+			_, err = dialFrom(t, e.peerNS, netip.Addr{}, netip.AddrPortFrom(to, 8080), 300*time.Millisecond)
+			var ne net.Error
+			if !errors.As(err, &ne) || !ne.Timeout() {
+				t.Errorf("dial %v with only the blackhole: err = %v, want a timeout (SYN dropped)", to, err)
+			}
+		}
+		in.app8080.none(t)
+		// A proxy listener registered again takes over at once.
+		in.proxyIn = e.listen(e.podNS, ":"+itoa(mesh.PortInboundPlaintext))
+		if err := e.r.RegisterListener(in.netns, ListenerInbound, in.proxyIn.ln.(*net.TCPListener)); err != nil {
+			t.Fatal(err)
+		}
+		in.dial(t, e.peerIP, e.podIP, 8080)
+		in.proxyIn.accept(t, acceptTimeout)
+	})
+
 	t.Run("unenrol-restores-direct", func(t *testing.T) {
 		if err := e.r.Unenrol(in.netns); err != nil {
 			t.Fatal(err)

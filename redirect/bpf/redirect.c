@@ -21,6 +21,7 @@
 
 #define LISTENER_INBOUND 0 /* proxy's inbound plaintext listener (15006) */
 #define LISTENER_HBONE 1 /* proxy's HBONE listener (15008) */
+#define LISTENER_BLACKHOLE 2 /* a listener whose socket filter drops every packet */
 
 /* Verdicts of the cgroup sock_addr hooks. */
 #define SOCK_ALLOW 1
@@ -368,8 +369,18 @@ int steer_sk_lookup(struct bpf_sk_lookup *ctx)
 	lk.netns = netns;
 	lk.kind = ctx->local_port == PORT_HBONE ? LISTENER_HBONE : LISTENER_INBOUND;
 	sk = bpf_map_lookup_elem(&listeners, &lk);
+	if (sk) {
+		err = bpf_sk_assign(ctx, sk, 0);
+		bpf_sk_release(sk);
+		if (!err)
+			return SK_PASS;
+	}
+	/* Fail closed: no proxy, no connection. SK_DROP alone makes TCP answer with a RST; the
+	 * blackhole listener, when registered, swallows the SYN so that the client retries. */
+	lk.kind = LISTENER_BLACKHOLE;
+	sk = bpf_map_lookup_elem(&listeners, &lk);
 	if (!sk)
-		return SK_DROP; /* fail closed: no proxy, no connection */
+		return SK_DROP;
 	err = bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
 	return err ? SK_DROP : SK_PASS;
