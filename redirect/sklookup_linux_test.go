@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -119,6 +120,22 @@ func TestSKLookupDecisions(t *testing.T) {
 			}
 		})
 	}
+
+	bh, err := e.r.Blackhole(e.podNS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bh.Close()
+	bhCookie, err := unix.GetsockoptUint64(int(bh.(*os.File).Fd()), unix.SOL_SOCKET, unix.SO_COOKIE)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("no listener goes to blackhole", func(t *testing.T) {
+		ret, cookie := run(t, prog, newSKLookupCtx(unix.IPPROTO_TCP, node, to(e.podIP, 8080)))
+		if ret != pass || cookie != bhCookie {
+			t.Errorf("verdict %d, socket cookie %d; want %d, %d (blackhole)", ret, cookie, pass, bhCookie)
+		}
+	})
 
 	in := e.listen(e.podNS, ":15006")
 	hb := e.listen(e.podNS, ":15008")
