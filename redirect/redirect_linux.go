@@ -97,7 +97,6 @@ func (o *objects) Close() error {
 		o.Enrolled, o.OrigByCookie, o.OrigByPeer, o.ProbePorts, o.ProbeSrcs, o.Listeners,
 	} {
 		errs = append(errs, c.Close()) // nil-safe
-
 	}
 	return errors.Join(errs...)
 }
