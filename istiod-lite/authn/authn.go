@@ -9,10 +9,10 @@ import (
 	"fmt"
 	"strings"
 
+	"google.golang.org/grpc/metadata"
 	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"google.golang.org/grpc/metadata"
 )
 
 // ErrUnauthenticated is returned for a missing, malformed or rejected token.

@@ -286,4 +286,3 @@ func shortType(typeURL string) string {
 	}
 	return typeURL
 }
-

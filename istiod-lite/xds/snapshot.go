@@ -45,11 +45,11 @@ type Snapshot struct {
 	resources map[string]map[string]*resource // type URL -> name -> resource
 
 	// Authorization scoping for ztunnels (see visible).
-	authzScope      map[string]workloadv1.Scope
-	authzNamespace  map[string]string
-	nodeNamespaces  map[string]map[string]bool // node -> namespaces with a workload there
-	nodeBoundAuthz  map[string]map[string]bool // node -> selector-bound authorizations of its workloads
-	model           *model.Snapshot
+	authzScope     map[string]workloadv1.Scope
+	authzNamespace map[string]string
+	nodeNamespaces map[string]map[string]bool // node -> namespaces with a workload there
+	nodeBoundAuthz map[string]map[string]bool // node -> selector-bound authorizations of its workloads
+	model          *model.Snapshot
 }
 
 // NewSnapshot serialises m and the trust bundle (nil for none).
