@@ -12,6 +12,7 @@ import (
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	istioinformers "istio.io/client-go/pkg/informers/externalversions"
 	securitylisters "istio.io/client-go/pkg/listers/security/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -47,6 +48,24 @@ type Controller struct {
 	gateways   gwlisters.GatewayLister
 	authz      securitylisters.AuthorizationPolicyLister
 	peerAuthn  securitylisters.PeerAuthenticationLister
+	podIndex   cache.Indexer
+}
+
+const nodeIndex = "spec.nodeName"
+
+// PodsOnNode lists the cached pods scheduled on node.
+func (c *Controller) PodsOnNode(node string) ([]*corev1.Pod, error) {
+	objs, err := c.podIndex.ByIndex(nodeIndex, node)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*corev1.Pod, 0, len(objs))
+	for _, o := range objs {
+		if p, ok := o.(*corev1.Pod); ok {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
 // New registers the informers; nothing runs until Run.
@@ -67,6 +86,17 @@ func New(log *slog.Logger, c Clients) (*Controller, error) {
 	ctl.gateways = gw.Gateways().Lister()
 	ctl.authz = sec.AuthorizationPolicies().Lister()
 	ctl.peerAuthn = sec.PeerAuthentications().Lister()
+
+	// The CA asks which pods run on a caller's node on every ztunnel request.
+	if err := core.Pods().Informer().AddIndexers(cache.Indexers{nodeIndex: func(obj any) ([]string, error) {
+		if p, ok := obj.(*corev1.Pod); ok && p.Spec.NodeName != "" {
+			return []string{p.Spec.NodeName}, nil
+		}
+		return nil, nil
+	}}); err != nil {
+		return nil, fmt.Errorf("add pod node index: %w", err)
+	}
+	ctl.podIndex = core.Pods().Informer().GetIndexer()
 
 	handler := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { ctl.notify() },
@@ -189,3 +219,7 @@ func (c *Controller) Debounce(ctx context.Context, quiet, maxDelay time.Duration
 		fn()
 	}
 }
+
+// Poke signals a change without one, so that work that depends on more than the cache (a
+// replica becoming leader) runs again.
+func (c *Controller) Poke() { c.notify() }

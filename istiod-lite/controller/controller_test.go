@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -184,4 +185,62 @@ func TestMain(m *testing.M) {
 	// bookmark the streaming reflector waits for; plain list+watch works with every fake.
 	os.Setenv("KUBE_FEATURE_WatchListClient", "false")
 	os.Exit(m.Run())
+}
+
+func TestPodsOnNodeAndChanges(t *testing.T) {
+	ctl := NewFake(t, readObjects(t, "testdata/enrolment.yaml")...)
+	<-ctl.Changed() // the initial sync signals once
+	pods, err := ctl.PodsOnNode("node-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, p := range pods {
+		names = append(names, p.Name)
+	}
+	sort.Strings(names)
+	if diff := cmp.Diff([]string{"single", "web-pending"}, names); diff != "" {
+		t.Errorf("pods on node-b (-want +got):\n%s", diff)
+	}
+}
+
+func TestDebounce(t *testing.T) {
+	ctl := &Controller{changed: make(chan struct{}, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	calls := make(chan time.Time, 10)
+	go ctl.Debounce(ctx, 20*time.Millisecond, 200*time.Millisecond, func() { calls <- time.Now() })
+	// A burst of changes closer together than the quiet period produces one call.
+	for range 5 {
+		ctl.notify()
+		time.Sleep(2 * time.Millisecond)
+	}
+	select {
+	case <-calls:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no call after a burst")
+	}
+	select {
+	case <-calls:
+		t.Fatal("a burst produced more than one call")
+	case <-time.After(60 * time.Millisecond):
+	}
+	// A steady stream of changes still produces calls, at most maxDelay apart.
+	stop := time.After(500 * time.Millisecond)
+	n := 0
+loop:
+	for {
+		select {
+		case <-stop:
+			break loop
+		case <-calls:
+			n++
+		default:
+			ctl.notify()
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if n < 1 {
+		t.Errorf("a steady stream of changes starved calls")
+	}
 }
