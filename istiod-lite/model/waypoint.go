@@ -14,6 +14,10 @@ const (
 	waypointForAll      = "all"
 )
 
+// gatewayNameLabel marks the pods and Service of a Gateway's deployment (Gateway API). A waypoint's
+// own pods and Service are never bound to a waypoint: traffic would loop through it.
+const gatewayNameLabel = "gateway.networking.k8s.io/gateway-name"
+
 // binding is the waypoint an object asks for through istio.io/use-waypoint.
 type binding struct {
 	name, namespace string
@@ -44,11 +48,17 @@ func mostSpecific(bs ...binding) binding {
 }
 
 func (t *translator) podWaypoint(ns *corev1.Namespace, pod *corev1.Pod) *workloadv1.GatewayAddress {
+	if _, ok := pod.Labels[gatewayNameLabel]; ok {
+		return nil
+	}
 	b := mostSpecific(bindingOf(pod.Namespace, pod.Labels), bindingOf(pod.Namespace, nsLabels(ns)))
 	return t.resolveWaypoint(b, waypointForWorkload, "Pod", pod.Namespace, pod.Name)
 }
 
 func (t *translator) serviceWaypoint(ns *corev1.Namespace, s *corev1.Service) *workloadv1.GatewayAddress {
+	if _, ok := s.Labels[gatewayNameLabel]; ok {
+		return nil
+	}
 	b := mostSpecific(bindingOf(s.Namespace, s.Labels), bindingOf(s.Namespace, nsLabels(ns)))
 	return t.resolveWaypoint(b, waypointForService, "Service", s.Namespace, s.Name)
 }
