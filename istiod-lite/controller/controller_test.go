@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"go.uber.org/goleak"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
@@ -184,7 +185,8 @@ func TestMain(m *testing.M) {
 	// istio's fake clientset predates watch-list streaming and never sends the initial-events
 	// bookmark the streaming reflector waits for; plain list+watch works with every fake.
 	os.Setenv("KUBE_FEATURE_WatchListClient", "false")
-	os.Exit(m.Run())
+	// Informers must stop with Run. klog's flush daemon is process-wide.
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("k8s.io/klog/v2.(*flushDaemon).run.func1"))
 }
 
 func TestPodsOnNodeAndChanges(t *testing.T) {

@@ -19,6 +19,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
@@ -40,7 +41,9 @@ import (
 func TestMain(m *testing.M) {
 	// The fake clientsets do not stream initial events with a bookmark; use list+watch.
 	os.Setenv("KUBE_FEATURE_WatchListClient", "false")
-	os.Exit(m.Run())
+	// Run owns listeners, streams and informers: all must be gone when it returns. klog's flush
+	// daemon is process-wide and started by client-go on import.
+	goleak.VerifyTestMain(m, goleak.IgnoreTopFunction("k8s.io/klog/v2.(*flushDaemon).run.func1"))
 }
 
 func testPod(name, uid, sa, node, ip string) *corev1.Pod {
