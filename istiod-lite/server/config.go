@@ -38,9 +38,11 @@ type Config struct {
 
 	DebounceQuiet time.Duration
 	DebounceMax   time.Duration
-	// LeaderElection makes one replica do the cluster writes (root ConfigMaps). Every replica
-	// serves xDS and the CA regardless.
+	// LeaderElection makes one replica do the cluster writes (root ConfigMaps, waypoint
+	// Deployments, Gateway status). Every replica serves xDS and the CA regardless.
 	LeaderElection bool
+	// WaypointImage is the image of the waypoint Deployments created for waypoint Gateways.
+	WaypointImage string
 }
 
 // Default returns the configuration of a standard installation.
@@ -57,6 +59,7 @@ func Default() Config {
 		DebounceQuiet:  100 * time.Millisecond,
 		DebounceMax:    time.Second,
 		LeaderElection: true,
+		WaypointImage:  "ambient/waypoint:latest",
 	}
 }
 
@@ -68,6 +71,9 @@ func (c Config) Validate() error {
 	}
 	if c.ServiceName == "" {
 		errs = append(errs, errors.New("service name is empty"))
+	}
+	if c.WaypointImage == "" {
+		errs = append(errs, errors.New("waypoint image is empty"))
 	}
 	if c.LeaderElection && c.PodName == "" {
 		errs = append(errs, errors.New("leader election needs the pod name"))

@@ -30,6 +30,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) (finish func()) {
 	fs.StringVar(&audiences, "token-audiences", strings.Join(c.TokenAudiences, ","), "comma-separated audiences proxies' tokens must carry")
 	fs.DurationVar(&c.DebounceQuiet, "debounce-quiet", c.DebounceQuiet, "push once changes were quiet this long")
 	fs.DurationVar(&c.DebounceMax, "debounce-max", c.DebounceMax, "push at the latest this long after a change")
+	fs.StringVar(&c.WaypointImage, "waypoint-image", c.WaypointImage, "image of waypoint Deployments")
 	fs.BoolVar(&c.LeaderElection, "leader-election", c.LeaderElection, "elect one replica for cluster writes")
 	return func() {
 		c.CA.TrustDomain = c.Model.TrustDomain

@@ -37,6 +37,7 @@ import (
 	"github.com/ambient-mesh/ambient/istiod-lite/ca"
 	"github.com/ambient-mesh/ambient/istiod-lite/controller"
 	"github.com/ambient-mesh/ambient/istiod-lite/model"
+	"github.com/ambient-mesh/ambient/istiod-lite/waypoint"
 	"github.com/ambient-mesh/ambient/istiod-lite/xds"
 )
 
@@ -97,6 +98,7 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 	if !cfg.LeaderElection {
 		leading.Store(true)
 	}
+	waypoints := waypoint.New(kube, clients.Gateway, cfg.WaypointImage, cfg.Model.ClusterDomain)
 	roots := strings.Join(authority.Roots(), "")
 	published := map[string]bool{} // namespaces whose root ConfigMap this process wrote
 	push := func() {
@@ -114,8 +116,13 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 		xdsSrv.Update(snap)
 		if leading.Load() {
 			publishRoots(ctx, log, kube, in, roots, published)
+			if err := waypoints.Reconcile(ctx, in.Gateways); err != nil {
+				log.Warn("deploy waypoints", "err", err)
+			}
 		} else {
-			clear(published) // a future leader term re-checks every namespace
+			// A future leader term re-checks everything.
+			clear(published)
+			waypoints.Reset()
 		}
 	}
 

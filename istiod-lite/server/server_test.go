@@ -30,6 +30,7 @@ import (
 	k8stypes "k8s.io/apimachinery/pkg/types"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gwfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
 
 	cav1 "github.com/ambient-mesh/ambient/api/ca/v1"
@@ -88,12 +89,21 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	gw := gwfake.NewSimpleClientset()
+	if err := gw.Tracker().Create(gwv1.SchemeGroupVersion.WithResource("gateways"), &gwv1.Gateway{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "waypoint", UID: "uid-gw"},
+		Spec: gwv1.GatewaySpec{GatewayClassName: "istio-waypoint",
+			Listeners: []gwv1.Listener{{Name: "mesh", Port: 15008, Protocol: "HBONE"}}},
+	}, "shop"); err != nil {
+		t.Fatal(err)
+	}
+
 	ctx, cancel := context.WithCancel(context.Background())
 	addrs := make(chan Addrs, 1)
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, slog.New(slog.DiscardHandler), cfg, controller.Clients{
-			Kube: kube, Istio: istiofake.NewSimpleClientset(), Gateway: gwfake.NewSimpleClientset(),
+			Kube: kube, Istio: istiofake.NewSimpleClientset(), Gateway: gw,
 		}, func(a Addrs) { addrs <- a })
 	}()
 	defer func() {
@@ -177,6 +187,10 @@ func TestRun(t *testing.T) {
 	if got := httpGet(t, "http://"+a.Metrics+"/metrics"); !strings.Contains(got, "istiod_lite_ca_certificates_issued_total") {
 		t.Errorf("metrics lack CA issuance")
 	}
+	eventually(t, func() bool {
+		_, err := kube.AppsV1().Deployments("shop").Get(ctx, "waypoint", metav1.GetOptions{})
+		return err == nil
+	})
 	eventually(t, func() bool {
 		cm, err := kube.CoreV1().ConfigMaps("shop").Get(ctx, ca.RootConfigMap, metav1.GetOptions{})
 		return err == nil && cm.Data[ca.RootConfigMapKey] == string(secret.Data[ca.KeyCACert])
