@@ -90,7 +90,7 @@ func TestRun(t *testing.T) {
 	}
 
 	gw := gwfake.NewSimpleClientset()
-	if err := gw.Tracker().Create(gwv1.SchemeGroupVersion.WithResource("gateways"), &gwv1.Gateway{
+	if err := gw.Tracker().Create(gwv1.GroupVersion.WithResource("gateways"), &gwv1.Gateway{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "waypoint", UID: "uid-gw"},
 		Spec: gwv1.GatewaySpec{GatewayClassName: "istio-waypoint",
 			Listeners: []gwv1.Listener{{Name: "mesh", Port: 15008, Protocol: "HBONE"}}},

@@ -29,7 +29,7 @@ func TestReconcile(t *testing.T) {
 	other.Spec.GatewayClassName = "nginx"
 	gw := gwfake.NewSimpleClientset()
 	for _, g := range []*gwv1.Gateway{good, bad, other} {
-		if err := gw.Tracker().Create(gwv1.SchemeGroupVersion.WithResource("gateways"), g, g.Namespace); err != nil {
+		if err := gw.Tracker().Create(gwv1.GroupVersion.WithResource("gateways"), g, g.Namespace); err != nil {
 			t.Fatal(err)
 		}
 	}
