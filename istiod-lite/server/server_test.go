@@ -27,6 +27,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	k8stypes "k8s.io/apimachinery/pkg/types"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
@@ -90,7 +91,7 @@ func TestRun(t *testing.T) {
 	}
 
 	gw := gwfake.NewSimpleClientset()
-	if err := gw.Tracker().Create(gwv1.GroupVersion.WithResource("gateways"), &gwv1.Gateway{
+	if err := gw.Tracker().Create(schema.GroupVersion(gwv1.GroupVersion).WithResource("gateways"), &gwv1.Gateway{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "waypoint", UID: "uid-gw"},
 		Spec: gwv1.GatewaySpec{GatewayClassName: "istio-waypoint",
 			Listeners: []gwv1.Listener{{Name: "mesh", Port: 15008, Protocol: "HBONE"}}},

@@ -8,6 +8,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -29,7 +30,7 @@ func TestReconcile(t *testing.T) {
 	other.Spec.GatewayClassName = "nginx"
 	gw := gwfake.NewSimpleClientset()
 	for _, g := range []*gwv1.Gateway{good, bad, other} {
-		if err := gw.Tracker().Create(gwv1.GroupVersion.WithResource("gateways"), g, g.Namespace); err != nil {
+		if err := gw.Tracker().Create(schema.GroupVersion(gwv1.GroupVersion).WithResource("gateways"), g, g.Namespace); err != nil {
 			t.Fatal(err)
 		}
 	}
