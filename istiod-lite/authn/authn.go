@@ -101,13 +101,3 @@ func CallerFromUser(u authnv1.UserInfo) (*Caller, error) {
 		NodeName:       one("authentication.kubernetes.io/node-name"),
 	}, nil
 }
-
-// Static is an Authenticator that returns a fixed caller, for tests of the packages that
-// authorize callers.
-type Static struct{ Caller Caller }
-
-// Authenticate returns the fixed caller.
-func (s Static) Authenticate(context.Context) (*Caller, error) {
-	c := s.Caller
-	return &c, nil
-}

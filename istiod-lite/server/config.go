@@ -48,16 +48,19 @@ type Config struct {
 // Default returns the configuration of a standard installation.
 func Default() Config {
 	return Config{
-		Namespace:      "istio-system",
-		ServiceName:    "istiod-lite",
-		GRPCAddr:       ":" + strconv.Itoa(mesh.PortXDSTLS),
-		AdminAddr:      "127.0.0.1:" + strconv.Itoa(mesh.PortAdmin),
-		MetricsAddr:    ":" + strconv.Itoa(mesh.PortMetrics),
-		ReadyAddr:      ":" + strconv.Itoa(mesh.PortReadiness),
-		Model:          model.DefaultConfig(),
-		CA:             ca.DefaultConfig(),
-		DebounceQuiet:  100 * time.Millisecond,
-		DebounceMax:    time.Second,
+		Namespace:   "istio-system",
+		ServiceName: "istiod-lite",
+		GRPCAddr:    ":" + strconv.Itoa(mesh.PortXDSTLS),
+		AdminAddr:   "127.0.0.1:" + strconv.Itoa(mesh.PortAdmin),
+		MetricsAddr: ":" + strconv.Itoa(mesh.PortMetrics),
+		ReadyAddr:   ":" + strconv.Itoa(mesh.PortReadiness),
+		Model:       model.DefaultConfig(),
+		CA:          ca.DefaultConfig(),
+		// A single change reaches proxies about DebounceQuiet plus one translation after it
+		// happens (target: under 100 ms); a burst (a rollout) is coalesced into a push at least
+		// every DebounceMax, which bounds the CPU spent re-translating during it.
+		DebounceQuiet:  20 * time.Millisecond,
+		DebounceMax:    250 * time.Millisecond,
 		LeaderElection: true,
 		WaypointImage:  "ambient/waypoint:latest",
 	}

@@ -168,6 +168,22 @@ func TestRun(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The trust bundle carries the CA's root.
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: xds.TypeTrustBundle}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err = st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	var tb cav1.TrustBundle
+	if len(r.Resources) != 1 || r.Resources[0].Name != xds.TrustBundleName || r.Resources[0].Resource.UnmarshalTo(&tb) != nil ||
+		len(tb.Roots) != 1 || tb.Roots[0] != string(secret.Data[ca.KeyCACert]) {
+		t.Errorf("trust bundle response %v", r)
+	}
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce}); err != nil {
+		t.Fatal(err)
+	}
+
 	// A new pod arrives as a delta of one.
 	if _, err := kube.CoreV1().Pods("shop").Create(ctx, testPod("web-2", "uid-web-2", "web", "node-a", "10.1.0.6"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
