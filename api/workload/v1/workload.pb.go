@@ -273,7 +273,9 @@ func (*GatewayAddress_Address) isGatewayAddress_Destination() {}
 type Port struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	ServicePort uint32                 `protobuf:"varint,1,opt,name=service_port,json=servicePort,proto3" json:"service_port,omitempty"`
-	// 0 when the Service names its target port and this workload does not declare it.
+	// In Service.ports: 0 when the Service names its target port (resolved per workload). In
+	// Workload.services: always resolved; a workload that does not declare a named port does not
+	// list that service port.
 	TargetPort    uint32 `protobuf:"varint,2,opt,name=target_port,json=targetPort,proto3" json:"target_port,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
