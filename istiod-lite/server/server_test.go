@@ -195,6 +195,26 @@ func TestRun(t *testing.T) {
 		t.Errorf("delta after a pod was created: %q removed %v", got, r.RemovedResources)
 	}
 
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Taking the namespace out of the mesh changes every workload in it (no more HBONE).
+	ns, err := kube.CoreV1().Namespaces().Get(ctx, "shop", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(ns.Labels, "istio.io/dataplane-mode")
+	if _, err := kube.CoreV1().Namespaces().Update(ctx, ns, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err = st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(r); got != "uid-db-1,uid-web-1,uid-web-2" {
+		t.Errorf("delta after unlabelling the namespace: %q", got)
+	}
+
 	if got := httpGet(t, "http://"+a.Admin+"/debug/connections"); !strings.Contains(got, "ztunnel-node-a") {
 		t.Errorf("connections page lacks the client:\n%s", got)
 	}
