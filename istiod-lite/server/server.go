@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/encoding/protojson"
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	"k8s.io/client-go/kubernetes"
@@ -87,10 +88,13 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 	if _, err := serving.get(nil); err != nil {
 		return err
 	}
-	grpcSrv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{
-		MinVersion:     tls.VersionTLS13,
-		GetCertificate: serving.get,
-	})))
+	grpcSrv := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, GetCertificate: serving.get})),
+		// Detect dead proxies (node gone) so their streams and state are released; let proxies
+		// ping an idle stream but not flood.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(grpcSrv, xdsSrv)
 	cav1.RegisterCertificateServiceServer(grpcSrv, caSrv)
 
@@ -135,7 +139,7 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 			return
 		}
 		fmt.Fprintln(w, "ok")
-	})
+	}) // on every path, so probes written for Istio (/healthz/ready) work too
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

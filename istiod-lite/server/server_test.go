@@ -84,7 +84,7 @@ func TestRun(t *testing.T) {
 	})
 	cfg := Default()
 	cfg.GRPCAddr, cfg.AdminAddr, cfg.MetricsAddr, cfg.ReadyAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	cfg.LeaderElection = false
+	cfg.PodName = "istiod-lite-0" // leader election on: the fake clientset serves Leases
 	cfg.DebounceQuiet, cfg.DebounceMax = 10*time.Millisecond, 100*time.Millisecond
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -223,6 +223,11 @@ func TestRun(t *testing.T) {
 	}
 	if got := httpGet(t, "http://"+a.Metrics+"/metrics"); !strings.Contains(got, "istiod_lite_ca_certificates_issued_total") {
 		t.Errorf("metrics lack CA issuance")
+	}
+	// Cluster writes happen once this replica leads.
+	lease, err := kube.CoordinationV1().Leases("istio-system").Get(ctx, "istiod-lite-leader", metav1.GetOptions{})
+	if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity != "istiod-lite-0" {
+		t.Errorf("leader lease = %v, %v", lease, err)
 	}
 	eventually(t, func() bool {
 		_, err := kube.AppsV1().Deployments("shop").Get(ctx, "waypoint", metav1.GetOptions{})
