@@ -225,10 +225,10 @@ func TestRun(t *testing.T) {
 		t.Errorf("metrics lack CA issuance")
 	}
 	// Cluster writes happen once this replica leads.
-	lease, err := kube.CoordinationV1().Leases("istio-system").Get(ctx, "istiod-lite-leader", metav1.GetOptions{})
-	if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity != "istiod-lite-0" {
-		t.Errorf("leader lease = %v, %v", lease, err)
-	}
+	eventually(t, func() bool {
+		lease, err := kube.CoordinationV1().Leases("istio-system").Get(ctx, "istiod-lite-leader", metav1.GetOptions{})
+		return err == nil && lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity == "istiod-lite-0"
+	})
 	eventually(t, func() bool {
 		_, err := kube.AppsV1().Deployments("shop").Get(ctx, "waypoint", metav1.GetOptions{})
 		return err == nil
