@@ -11,6 +11,7 @@ import (
 
 	secv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
@@ -114,8 +115,9 @@ func Translate(cfg Config, in Input) *Snapshot {
 type translator struct {
 	cfg        Config
 	namespaces map[string]*corev1.Namespace
-	// services by namespace, for selector matching.
+	// services by namespace, for selector matching, with their selectors built once.
 	services map[string][]*corev1.Service
+	selectors map[*corev1.Service]labels.Selector
 	// gateways by "<namespace>/<name>", waypoints only.
 	waypoints map[string]*gwv1.Gateway
 	// policies by namespace.
@@ -129,6 +131,7 @@ func newTranslator(cfg Config, in Input) *translator {
 		cfg:           cfg,
 		namespaces:    map[string]*corev1.Namespace{},
 		services:      map[string][]*corev1.Service{},
+		selectors:     map[*corev1.Service]labels.Selector{},
 		waypoints:     map[string]*gwv1.Gateway{},
 		authzPolicies: map[string][]*secv1.AuthorizationPolicy{},
 		peerAuthns:    map[string][]*secv1.PeerAuthentication{},
@@ -138,6 +141,9 @@ func newTranslator(cfg Config, in Input) *translator {
 	}
 	for _, s := range in.Services {
 		t.services[s.Namespace] = append(t.services[s.Namespace], s)
+		if len(s.Spec.Selector) > 0 {
+			t.selectors[s] = labels.SelectorFromValidatedSet(s.Spec.Selector)
+		}
 	}
 	for _, g := range in.Gateways {
 		if string(g.Spec.GatewayClassName) == meshWaypointClass {

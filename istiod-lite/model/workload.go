@@ -106,8 +106,8 @@ func workloadName(pod *corev1.Pod) string {
 // bindServices records the services selecting pod, with target ports resolved for this pod.
 func (t *translator) bindServices(pod *corev1.Pod, w *workloadv1.Workload) {
 	for _, s := range t.services[pod.Namespace] {
-		if len(s.Spec.Selector) == 0 || s.Spec.Type == corev1.ServiceTypeExternalName ||
-			!labels.SelectorFromSet(s.Spec.Selector).Matches(labels.Set(pod.Labels)) {
+		sel, ok := t.selectors[s]
+		if !ok || s.Spec.Type == corev1.ServiceTypeExternalName || !sel.Matches(labels.Set(pod.Labels)) {
 			continue
 		}
 		var pl workloadv1.PortList
