@@ -116,7 +116,7 @@ type translator struct {
 	cfg        Config
 	namespaces map[string]*corev1.Namespace
 	// services by namespace, for selector matching, with their selectors built once.
-	services map[string][]*corev1.Service
+	services  map[string][]*corev1.Service
 	selectors map[*corev1.Service]labels.Selector
 	// gateways by "<namespace>/<name>", waypoints only.
 	waypoints map[string]*gwv1.Gateway
