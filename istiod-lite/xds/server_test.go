@@ -3,6 +3,7 @@ package xds
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"strings"
@@ -327,5 +328,30 @@ func eventually(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 5s")
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A client that never ACKs must not grow the server's pending table without bound.
+func TestPendingBounded(t *testing.T) {
+	snap, err := NewSnapshot(baseModel(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := newStream(&Proxy{ID: "z", Role: RoleZtunnel, Node: "node-a"})
+	for i := range 200 {
+		// Re-subscribing to a resource makes the server send it again: one response each time.
+		const name = "shop/web.shop.svc.cluster.local"
+		resp, _ := st.onRequest(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeService,
+			ResourceNamesUnsubscribe: []string{name}, ResourceNamesSubscribe: []string{name}}, snap)
+		if i > 0 && (resp == nil || len(resp.Resources) != 1) {
+			t.Fatalf("round %d: response %v", i, resp)
+		}
+		// ACK an arbitrary recent response now and then, as a misbehaving client might.
+		if i%3 == 0 {
+			st.onRequest(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeService, ResponseNonce: fmt.Sprint(st.nonce)}, snap)
+		}
+		if len(st.pending) > maxPending {
+			t.Fatalf("pending grew to %d", len(st.pending))
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"math"
 	"strconv"
 	"time"
 
@@ -233,7 +234,13 @@ func (s *stream) respond(typ string, snap *Snapshot, res []*discoveryv3.Resource
 	// A client that never answers must not make pending grow without bound: drop the oldest
 	// (their ACKs would be stale anyway once newer responses are answered).
 	if len(s.pending) > maxPending {
-		delete(s.pending, strconv.FormatUint(s.nonce-maxPending, 10))
+		oldest, oldestKey := uint64(math.MaxUint64), ""
+		for k := range s.pending {
+			if n, err := strconv.ParseUint(k, 10, 64); err == nil && n < oldest {
+				oldest, oldestKey = n, k
+			}
+		}
+		delete(s.pending, oldestKey)
 	}
 	return &discoveryv3.DeltaDiscoveryResponse{
 		SystemVersionInfo: snap.version,
