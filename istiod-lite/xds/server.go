@@ -249,24 +249,32 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 		case req := <-reqs:
 			queued = append(queued, req)
 			if snap == nil {
-				snap = s.Snapshot()
+				// The requests will be answered from this snapshot; changes after it accumulate
+				// from here on. Both under s.mu, so no Update falls between them.
+				s.mu.Lock()
+				snap = s.snap
 				c.mu.Lock()
-				c.full, c.dirty = false, nil // the requests will be answered from this snapshot
+				c.full, c.dirty = false, nil
 				c.mu.Unlock()
+				s.mu.Unlock()
 			}
 		case <-c.wake:
+			// The snapshot and the changes leading to it are taken together (Update holds s.mu
+			// while it records changes), so dirty describes exactly snap -> latest.
 			s.mu.Lock()
 			latest := s.snap
-			s.mu.Unlock()
 			c.mu.Lock()
 			dirty, full := c.dirty, c.full
 			c.dirty, c.full = nil, false
 			c.mu.Unlock()
+			s.mu.Unlock()
 			if latest == nil || latest == snap {
 				continue
 			}
 			if full || snap == nil {
-				dirty = nil
+				dirty = nil // everything
+			} else if dirty == nil {
+				dirty = map[string]map[string]struct{}{} // nothing recorded: only authorizations are re-checked
 			}
 			snap = latest
 			for _, r := range st.onPush(snap, dirty) {

@@ -172,7 +172,8 @@ func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapsho
 }
 
 // onPush computes the responses for a new snapshot, given the names that changed per type since
-// the snapshot this stream last saw (nil: consider everything).
+// the snapshot this stream last saw (nil: consider everything). Authorizations are always
+// re-evaluated in full (see changed).
 func (s *stream) onPush(snap *Snapshot, dirty map[string]map[string]struct{}) []*discoveryv3.DeltaDiscoveryResponse {
 	var out []*discoveryv3.DeltaDiscoveryResponse
 	for _, typ := range []string{TypeTrustBundle, TypeService, TypeWorkload, TypeAuthorization} {
@@ -180,8 +181,11 @@ func (s *stream) onPush(snap *Snapshot, dirty map[string]map[string]struct{}) []
 		if !ok {
 			continue
 		}
-		consider, ok := dirty[typ]
-		if !ok || typ == TypeAuthorization {
+		consider := dirty[typ]
+		if dirty != nil && typ != TypeAuthorization && len(consider) == 0 {
+			continue // nothing of this type changed
+		}
+		if dirty == nil || typ == TypeAuthorization {
 			consider = map[string]struct{}{}
 			for n := range snap.resources[typ] {
 				consider[n] = struct{}{}
