@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/grpc/test/bufconn"
+	"google.golang.org/protobuf/proto"
 
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
 	"github.com/ambient-mesh/ambient/istiod-lite/authn"
@@ -353,5 +354,32 @@ func TestPendingBounded(t *testing.T) {
 		if len(st.pending) > maxPending {
 			t.Fatalf("pending grew to %d", len(st.pending))
 		}
+	}
+}
+
+// Changes published faster than a stream pushes are coalesced, and none is lost.
+func TestCoalescedUpdates(t *testing.T) {
+	e := newEnv(t)
+	e.update(t, baseModel())
+	c := e.connect(t, "istio-system/ztunnel/node-a", "ztunnel-a", nil)
+	c.ack(c.recv())
+	m := baseModel()
+	for i, uid := range []string{"a1", "b1", "b2", "a1"} {
+		m.Workloads[uid] = proto.Clone(m.Workloads[uid]).(*workloadv1.Workload)
+		m.Workloads[uid].Name = fmt.Sprint("v", i)
+		e.update(t, m)
+	}
+	wantNames := map[string]string{"a1": "v3", "b1": "v1", "b2": "v2"}
+	got := map[string]string{}
+	for !cmp.Equal(wantNames, got) { // recv fails the test if nothing more arrives
+		r := c.recv()
+		for _, res := range r.Resources {
+			var w workloadv1.Workload
+			if err := res.Resource.UnmarshalTo(&w); err != nil {
+				t.Fatal(err)
+			}
+			got[res.Name] = w.Name
+		}
+		c.ack(r)
 	}
 }
