@@ -45,7 +45,7 @@ type env struct {
 	srv  *Server
 	reg  *prometheus.Registry
 	logs *syncBuffer
-	dial func(t *testing.T, caller string) (*grpc.ClientConn, error)
+	dial func(t testing.TB, caller string) (*grpc.ClientConn, error)
 }
 
 type syncBuffer struct {
@@ -65,17 +65,22 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { return newEnvB(t) }
+
+func newEnvB(t testing.TB) *env {
 	t.Helper()
 	e := &env{reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
 	log := slog.New(slog.NewTextHandler(e.logs, nil))
+	if _, bench := t.(*testing.B); bench {
+		log = slog.New(slog.DiscardHandler)
+	}
 	e.srv = New(log, Config{ZtunnelServiceAccounts: []string{"istio-system/ztunnel"}}, byCaller{}, NewMetrics(e.reg))
 	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer()
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, e.srv)
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)
-	e.dial = func(t *testing.T, caller string) (*grpc.ClientConn, error) {
+	e.dial = func(t testing.TB, caller string) (*grpc.ClientConn, error) {
 		cc, err := grpc.NewClient("passthrough:///bufnet",
 			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
 			grpc.WithTransportCredentials(insecure.NewCredentials()),
@@ -95,6 +100,24 @@ func (e *env) update(t *testing.T, m *model.Snapshot) {
 		t.Fatal(err)
 	}
 	e.srv.Update(s)
+}
+
+// connectB opens a wildcard workload stream for a benchmark.
+func (e *env) connectB(b *testing.B, caller string) discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient {
+	cc, err := e.dial(b, caller)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b.Cleanup(cancel)
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: caller}, TypeUrl: TypeWorkload}); err != nil {
+		b.Fatal(err)
+	}
+	return st
 }
 
 // client is a test xDS client.
