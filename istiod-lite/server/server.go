@@ -105,6 +105,7 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 	waypoints := waypoint.New(kube, clients.Gateway, cfg.WaypointImage, cfg.Model.ClusterDomain)
 	roots := strings.Join(authority.Roots(), "")
 	published := map[string]bool{} // namespaces whose root ConfigMap this process wrote
+	var publishedAt time.Time
 	push := func() {
 		in, err := ctl.Input()
 		if err != nil {
@@ -119,6 +120,10 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 		}
 		xdsSrv.Update(snap)
 		if leading.Load() {
+			if time.Since(publishedAt) > waypoint.Resync {
+				clear(published) // re-check every namespace now and then: repair hand edits
+				publishedAt = time.Now()
+			}
 			publishRoots(ctx, log, kube, in, roots, published)
 			if err := waypoints.Reconcile(ctx, in.Gateways); err != nil {
 				log.Warn("deploy waypoints", "err", err)
@@ -188,6 +193,22 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 	goRun("debounce", func() error {
 		ctl.Debounce(ctx, cfg.DebounceQuiet, cfg.DebounceMax, push)
 		return nil
+	})
+	goRun("resync", func() error {
+		// Cluster writes are checked against the API server periodically even when nothing
+		// changed, to repair what was edited or deleted by hand.
+		t := time.NewTicker(waypoint.Resync)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
+				if leading.Load() {
+					ctl.Poke()
+				}
+			}
+		}
 	})
 	if cfg.LeaderElection {
 		goRun("leader election", func() error { return runLeaderElection(ctx, log, kube, cfg, &leading, ctl) })

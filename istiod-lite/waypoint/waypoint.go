@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -33,13 +34,21 @@ type Reconciler struct {
 	image         string
 	clusterDomain string
 	// done maps a Gateway's UID to the generation last reconciled, so unchanged Gateways cost no
-	// API calls on later passes. A new leader starts with an empty map and checks everything.
-	done map[types.UID]int64
+	// API calls on later passes. A new leader starts with an empty map and checks everything, and
+	// it is forgotten every Resync so that objects changed or deleted by hand are repaired.
+	done      map[types.UID]int64
+	checkedAt time.Time
+	now       func() time.Time
 }
+
+// Resync is how often every waypoint is checked against the API server even if its Gateway did
+// not change.
+const Resync = 5 * time.Minute
 
 // New returns a reconciler that deploys image.
 func New(kube kubernetes.Interface, gw gwclient.Interface, image, clusterDomain string) *Reconciler {
-	return &Reconciler{kube: kube, gw: gw, image: image, clusterDomain: clusterDomain, done: map[types.UID]int64{}}
+	return &Reconciler{kube: kube, gw: gw, image: image, clusterDomain: clusterDomain,
+		done: map[types.UID]int64{}, now: time.Now}
 }
 
 // Reset forgets what was reconciled (on losing leadership).
@@ -48,6 +57,10 @@ func (r *Reconciler) Reset() { clear(r.done) }
 // Reconcile brings every waypoint Gateway's objects and status up to date; it carries on past a
 // failing Gateway and returns every error.
 func (r *Reconciler) Reconcile(ctx context.Context, gateways []*gwv1.Gateway) error {
+	if now := r.now(); now.Sub(r.checkedAt) > Resync {
+		r.Reset()
+		r.checkedAt = now
+	}
 	var errs []error
 	for _, g := range gateways {
 		if string(g.Spec.GatewayClassName) != mesh.WaypointGatewayClass || g.DeletionTimestamp != nil {

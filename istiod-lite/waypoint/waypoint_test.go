@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -79,6 +80,19 @@ func TestReconcile(t *testing.T) {
 	}
 	if n := len(kube.Actions()); n != 0 {
 		t.Errorf("second pass made %d API calls", n)
+	}
+
+	// A Deployment deleted by hand is back after the next resync.
+	if err := kube.AppsV1().Deployments("shop").Delete(ctx, "wp", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(Resync + time.Second)
+	r.now = func() time.Time { return later }
+	if err := r.Reconcile(ctx, []*gwv1.Gateway{good, bad, other}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.AppsV1().Deployments("shop").Get(ctx, "wp", metav1.GetOptions{}); err != nil {
+		t.Errorf("deployment not restored after resync: %v", err)
 	}
 }
 
