@@ -406,3 +406,23 @@ func TestCoalescedUpdates(t *testing.T) {
 		c.ack(r)
 	}
 }
+
+// A name subscribed to that does not exist is answered as removed, so the client does not wait.
+func TestSubscribeMissing(t *testing.T) {
+	snap, err := NewSnapshot(baseModel(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := newStream(&Proxy{ID: "z", Role: RoleZtunnel, Node: "node-a"})
+	resp, _ := st.onRequest(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeService,
+		ResourceNamesSubscribe: []string{"shop/web.shop.svc.cluster.local", "shop/nope.shop.svc.cluster.local"}}, snap)
+	if diff := cmp.Diff(summary{Type: "Service", Names: []string{"shop/web.shop.svc.cluster.local"},
+		Removed: []string{"shop/nope.shop.svc.cluster.local"}}, summarize(resp)); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	resp, _ = st.onRequest(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeService,
+		ResourceNamesSubscribe: []string{"other/gone.other.svc.cluster.local"}}, snap)
+	if diff := cmp.Diff(summary{Type: "Service", Removed: []string{"other/gone.other.svc.cluster.local"}}, summarize(resp)); diff != "" {
+		t.Errorf("later subscription (-want +got):\n%s", diff)
+	}
+}

@@ -131,7 +131,10 @@ func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapsho
 		for n := range snap.resources[typ] {
 			consider[n] = struct{}{}
 		}
-		resp := s.generate(typ, w, snap, consider)
+		for n := range w.names {
+			consider[n] = struct{}{}
+		}
+		resp := s.generate(typ, w, snap, consider, w.names)
 		if resp == nil {
 			// Always answer a new subscription, so the client knows it is in sync.
 			resp = s.respond(typ, snap, nil, nil)
@@ -154,6 +157,7 @@ func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapsho
 			delete(w.acked, n)
 		}
 	}
+	newNames := map[string]bool{}
 	for _, n := range req.GetResourceNamesSubscribe() {
 		if n == "*" {
 			w.wildcard = true
@@ -163,12 +167,13 @@ func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapsho
 			continue
 		}
 		w.names[n] = true
+		newNames[n] = true
 		consider[n] = struct{}{}
 	}
 	if len(consider) == 0 {
 		return nil, nack
 	}
-	return s.generate(typ, w, snap, consider), nack
+	return s.generate(typ, w, snap, consider, newNames), nack
 }
 
 // onPush computes the responses for a new snapshot, given the names that changed per type since
@@ -194,7 +199,7 @@ func (s *stream) onPush(snap *Snapshot, dirty map[string]map[string]struct{}) []
 				consider[n] = struct{}{}
 			}
 		}
-		if r := s.generate(typ, w, snap, consider); r != nil {
+		if r := s.generate(typ, w, snap, consider, nil); r != nil {
 			out = append(out, r)
 		}
 	}
@@ -202,8 +207,10 @@ func (s *stream) onPush(snap *Snapshot, dirty map[string]map[string]struct{}) []
 }
 
 // generate builds the response that brings the client from w.sent to snap for the names in
-// consider, and records it as sent. It returns nil when nothing differs.
-func (s *stream) generate(typ string, w *watch, snap *Snapshot, consider map[string]struct{}) *discoveryv3.DeltaDiscoveryResponse {
+// consider, and records it as sent. Names just subscribed to by name (fresh) that do not exist (or
+// that the proxy may not see) are listed as removed, so the client knows not to wait for them. It
+// returns nil when nothing differs.
+func (s *stream) generate(typ string, w *watch, snap *Snapshot, consider map[string]struct{}, fresh map[string]bool) *discoveryv3.DeltaDiscoveryResponse {
 	var res []*discoveryv3.Resource
 	var removed []string
 	versions := map[string]string{}
@@ -218,7 +225,7 @@ func (s *stream) generate(typ string, w *watch, snap *Snapshot, consider map[str
 			w.sent[n] = r.version
 			continue
 		}
-		if _, had := w.sent[n]; had {
+		if _, had := w.sent[n]; had || (fresh[n] && w.subscribed(n)) {
 			removed = append(removed, n)
 			delete(w.sent, n)
 		}
