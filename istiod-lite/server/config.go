@@ -1,0 +1,97 @@
+// Package server composes istiod-lite: Kubernetes watches, the model, the delta xDS server and the
+// CA on one TLS gRPC port, and the admin, metrics and readiness endpoints. It is the only place
+// that wires components together; it holds no protocol or translation logic itself.
+package server
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/ambient-mesh/ambient/api/mesh"
+	"github.com/ambient-mesh/ambient/istiod-lite/ca"
+	"github.com/ambient-mesh/ambient/istiod-lite/model"
+)
+
+// Config is everything istiod-lite needs to run.
+type Config struct {
+	// Kubeconfig is a kubeconfig path; empty means in-cluster.
+	Kubeconfig string
+	// Namespace istiod-lite runs in: where the CA Secret and the leader Lease live.
+	Namespace string
+	// ServiceName is istiod-lite's Service, for the DNS names of its serving certificate.
+	ServiceName string
+	// PodName identifies this replica in leader election.
+	PodName string
+
+	GRPCAddr    string // xDS and CA, TLS
+	AdminAddr   string // config dump, connected proxies; keep on localhost
+	MetricsAddr string
+	ReadyAddr   string
+
+	Model model.Config
+	CA    ca.Config
+	// TokenAudiences the proxies' tokens must be issued for; empty: the API server's default.
+	TokenAudiences []string
+
+	DebounceQuiet time.Duration
+	DebounceMax   time.Duration
+	// LeaderElection makes one replica do the cluster writes (root ConfigMaps, waypoint
+	// Deployments, Gateway status). Every replica serves xDS and the CA regardless.
+	LeaderElection bool
+	// WaypointImage is the image of the waypoint Deployments created for waypoint Gateways.
+	WaypointImage string
+}
+
+// Default returns the configuration of a standard installation.
+func Default() Config {
+	return Config{
+		Namespace:   "istio-system",
+		ServiceName: "istiod-lite",
+		GRPCAddr:    ":" + strconv.Itoa(mesh.PortXDSTLS),
+		AdminAddr:   "127.0.0.1:" + strconv.Itoa(mesh.PortAdmin),
+		MetricsAddr: ":" + strconv.Itoa(mesh.PortMetrics),
+		ReadyAddr:   ":" + strconv.Itoa(mesh.PortReadiness),
+		Model:       model.DefaultConfig(),
+		CA:          ca.DefaultConfig(),
+		// A single change reaches proxies about DebounceQuiet plus one translation after it
+		// happens (target: under 100 ms); a burst (a rollout) is coalesced into a push at least
+		// every DebounceMax, which bounds the CPU spent re-translating during it.
+		DebounceQuiet:  20 * time.Millisecond,
+		DebounceMax:    250 * time.Millisecond,
+		LeaderElection: true,
+		WaypointImage:  "ambient/waypoint:latest",
+	}
+}
+
+// Validate reports every problem with c.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Namespace == "" {
+		errs = append(errs, errors.New("namespace is empty"))
+	}
+	if c.ServiceName == "" {
+		errs = append(errs, errors.New("service name is empty"))
+	}
+	if c.WaypointImage == "" {
+		errs = append(errs, errors.New("waypoint image is empty"))
+	}
+	if c.LeaderElection && c.PodName == "" {
+		errs = append(errs, errors.New("leader election needs the pod name"))
+	}
+	for name, addr := range map[string]string{"grpc": c.GRPCAddr, "admin": c.AdminAddr, "metrics": c.MetricsAddr, "ready": c.ReadyAddr} {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			errs = append(errs, fmt.Errorf("%s address %q: %w", name, addr, err))
+		}
+	}
+	if c.DebounceQuiet <= 0 || c.DebounceMax < c.DebounceQuiet {
+		errs = append(errs, fmt.Errorf("need 0 < debounce quiet (%v) <= debounce max (%v)", c.DebounceQuiet, c.DebounceMax))
+	}
+	if c.CA.TrustDomain != c.Model.TrustDomain {
+		errs = append(errs, fmt.Errorf("CA trust domain %q differs from the model's %q", c.CA.TrustDomain, c.Model.TrustDomain))
+	}
+	errs = append(errs, c.Model.Validate(), c.CA.Validate())
+	return errors.Join(errs...)
+}

@@ -1,0 +1,50 @@
+package server
+
+import (
+	"flag"
+	"os"
+	"strings"
+)
+
+// RegisterFlags binds cfg's fields to flags on fs, with cfg's values as defaults. Call the returned
+// function after fs.Parse to fill in the fields derived from list flags.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) (finish func()) {
+	var ztunnelSAs, audiences string
+	if ns := os.Getenv("POD_NAMESPACE"); ns != "" {
+		c.Namespace = ns
+	}
+	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig path (default: in-cluster)")
+	fs.StringVar(&c.Namespace, "namespace", c.Namespace, "namespace istiod-lite runs in (env POD_NAMESPACE)")
+	fs.StringVar(&c.PodName, "pod-name", os.Getenv("POD_NAME"), "this replica's pod name, for leader election (env POD_NAME)")
+	fs.StringVar(&c.ServiceName, "service", c.ServiceName, "istiod-lite's Service name")
+	fs.StringVar(&c.GRPCAddr, "grpc-addr", c.GRPCAddr, "xDS and CA (TLS) listen address")
+	fs.StringVar(&c.AdminAddr, "admin-addr", c.AdminAddr, "admin listen address")
+	fs.StringVar(&c.MetricsAddr, "metrics-addr", c.MetricsAddr, "metrics listen address")
+	fs.StringVar(&c.ReadyAddr, "ready-addr", c.ReadyAddr, "readiness listen address")
+	fs.StringVar(&c.Model.ClusterDomain, "cluster-domain", c.Model.ClusterDomain, "cluster DNS domain")
+	fs.StringVar(&c.Model.TrustDomain, "trust-domain", c.Model.TrustDomain, "SPIFFE trust domain")
+	fs.StringVar(&c.Model.RootNamespace, "root-namespace", c.Model.RootNamespace, "namespace of mesh-wide policy")
+	fs.DurationVar(&c.CA.DefaultTTL, "cert-ttl", c.CA.DefaultTTL, "default workload certificate lifetime")
+	fs.DurationVar(&c.CA.MaxTTL, "max-cert-ttl", c.CA.MaxTTL, "longest workload certificate lifetime")
+	fs.StringVar(&ztunnelSAs, "ztunnel-service-accounts", strings.Join(c.CA.ZtunnelServiceAccounts, ","), "comma-separated <ns>/<sa> of ztunnels")
+	fs.StringVar(&audiences, "token-audiences", strings.Join(c.TokenAudiences, ","), "comma-separated audiences proxies' tokens must carry")
+	fs.DurationVar(&c.DebounceQuiet, "debounce-quiet", c.DebounceQuiet, "push once changes were quiet this long")
+	fs.DurationVar(&c.DebounceMax, "debounce-max", c.DebounceMax, "push at the latest this long after a change")
+	fs.StringVar(&c.WaypointImage, "waypoint-image", c.WaypointImage, "image of waypoint Deployments")
+	fs.BoolVar(&c.LeaderElection, "leader-election", c.LeaderElection, "elect one replica for cluster writes")
+	return func() {
+		c.CA.TrustDomain = c.Model.TrustDomain
+		c.CA.ZtunnelServiceAccounts = splitList(ztunnelSAs)
+		c.TokenAudiences = splitList(audiences)
+	}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
+}

@@ -1,0 +1,245 @@
+// Package waypoint deploys waypoint proxies: for each Gateway of class istio-waypoint it keeps a
+// ServiceAccount, Deployment and Service, owned by the Gateway so that deleting the Gateway removes
+// them, and writes the Gateway's status. Only the elected leader runs it. It does not decide which
+// traffic goes through a waypoint (model does).
+package waypoint
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gwclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+
+	"github.com/ambient-mesh/ambient/api/mesh"
+)
+
+const gatewayNameLabel = "gateway.networking.k8s.io/gateway-name"
+
+// Reconciler keeps waypoint deployments in line with their Gateways.
+type Reconciler struct {
+	kube          kubernetes.Interface
+	gw            gwclient.Interface
+	image         string
+	clusterDomain string
+	// done maps a Gateway's UID to the generation last reconciled, so unchanged Gateways cost no
+	// API calls on later passes. A new leader starts with an empty map and checks everything, and
+	// it is forgotten every Resync so that objects changed or deleted by hand are repaired.
+	done      map[types.UID]int64
+	checkedAt time.Time
+	now       func() time.Time
+}
+
+// Resync is how often every waypoint is checked against the API server even if its Gateway did
+// not change.
+const Resync = 5 * time.Minute
+
+// New returns a reconciler that deploys image.
+func New(kube kubernetes.Interface, gw gwclient.Interface, image, clusterDomain string) *Reconciler {
+	return &Reconciler{kube: kube, gw: gw, image: image, clusterDomain: clusterDomain,
+		done: map[types.UID]int64{}, now: time.Now}
+}
+
+// Reset forgets what was reconciled (on losing leadership).
+func (r *Reconciler) Reset() { clear(r.done) }
+
+// Reconcile brings every waypoint Gateway's objects and status up to date; it carries on past a
+// failing Gateway and returns every error.
+func (r *Reconciler) Reconcile(ctx context.Context, gateways []*gwv1.Gateway) error {
+	if now := r.now(); now.Sub(r.checkedAt) > Resync {
+		r.Reset()
+		r.checkedAt = now
+	}
+	var errs []error
+	for _, g := range gateways {
+		if string(g.Spec.GatewayClassName) != mesh.WaypointGatewayClass || g.DeletionTimestamp != nil {
+			continue
+		}
+		if gen, ok := r.done[g.UID]; ok && gen == g.Generation {
+			continue
+		}
+		if err := r.reconcile(ctx, g); err != nil {
+			errs = append(errs, fmt.Errorf("waypoint %s/%s: %w", g.Namespace, g.Name, err))
+			continue
+		}
+		r.done[g.UID] = g.Generation
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Reconciler) reconcile(ctx context.Context, g *gwv1.Gateway) error {
+	listener, ok := hboneListener(g)
+	if !ok {
+		return r.writeStatus(ctx, g, metav1.ConditionFalse, string(gwv1.GatewayReasonListenersNotValid),
+			fmt.Sprintf("a waypoint needs a listener {name: %s, port: %d, protocol: %s}", mesh.WaypointListenerName, mesh.PortHBONE, mesh.WaypointListenerProtocolHB))
+	}
+	sa, dep, svc := Desired(g, r.image, listener)
+	if err := apply(ctx, r.kube.CoreV1().ServiceAccounts(g.Namespace), sa, func(cur, want *corev1.ServiceAccount) bool {
+		return equality.Semantic.DeepEqual(cur.Labels, want.Labels)
+	}); err != nil {
+		return err
+	}
+	if err := apply(ctx, r.kube.AppsV1().Deployments(g.Namespace), dep, func(cur, want *appsv1.Deployment) bool {
+		return equality.Semantic.DeepDerivative(want.Spec, cur.Spec) && equality.Semantic.DeepEqual(cur.Labels, want.Labels)
+	}); err != nil {
+		return err
+	}
+	if err := apply(ctx, r.kube.CoreV1().Services(g.Namespace), svc, func(cur, want *corev1.Service) bool {
+		return equality.Semantic.DeepDerivative(want.Spec, cur.Spec) && equality.Semantic.DeepEqual(cur.Labels, want.Labels)
+	}); err != nil {
+		return err
+	}
+	return r.writeStatus(ctx, g, metav1.ConditionTrue, string(gwv1.GatewayReasonProgrammed), "waypoint deployed")
+}
+
+func hboneListener(g *gwv1.Gateway) (gwv1.Listener, bool) {
+	for _, l := range g.Spec.Listeners {
+		if string(l.Name) == mesh.WaypointListenerName && int(l.Port) == mesh.PortHBONE && string(l.Protocol) == mesh.WaypointListenerProtocolHB {
+			return l, true
+		}
+	}
+	return gwv1.Listener{}, false
+}
+
+// Desired returns the objects a waypoint Gateway needs. They are named after the Gateway; the
+// ServiceAccount gives the waypoint its own identity.
+func Desired(g *gwv1.Gateway, image string, l gwv1.Listener) (*corev1.ServiceAccount, *appsv1.Deployment, *corev1.Service) {
+	labels := map[string]string{gatewayNameLabel: g.Name}
+	owner := []metav1.OwnerReference{{
+		APIVersion: gwv1.GroupVersion.String(), Kind: "Gateway", Name: g.Name, UID: g.UID,
+		Controller: ptr(true), BlockOwnerDeletion: ptr(true),
+	}}
+	meta := func() metav1.ObjectMeta {
+		return metav1.ObjectMeta{Name: g.Name, Namespace: g.Namespace, Labels: labels, OwnerReferences: owner}
+	}
+	sa := &corev1.ServiceAccount{ObjectMeta: meta()}
+	dep := &appsv1.Deployment{
+		ObjectMeta: meta(),
+		Spec: appsv1.DeploymentSpec{
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					ServiceAccountName: g.Name,
+					Containers: []corev1.Container{{
+						Name:  "waypoint",
+						Image: image,
+						Args:  []string{"--gateway=" + g.Namespace + "/" + g.Name},
+						Ports: []corev1.ContainerPort{
+							{Name: "hbone", ContainerPort: int32(l.Port)},
+							{Name: "metrics", ContainerPort: mesh.PortMetrics},
+							{Name: "ready", ContainerPort: mesh.PortReadiness},
+						},
+						ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+							Path: "/", Port: intstrFromInt(mesh.PortReadiness)}}},
+						SecurityContext: &corev1.SecurityContext{
+							AllowPrivilegeEscalation: ptr(false),
+							ReadOnlyRootFilesystem:   ptr(true),
+							Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+						},
+					}},
+				},
+			},
+		},
+	}
+	svc := &corev1.Service{
+		ObjectMeta: meta(),
+		Spec: corev1.ServiceSpec{
+			Selector: labels,
+			Ports: []corev1.ServicePort{{Name: "mesh", Port: int32(l.Port), AppProtocol: ptr("hbone"),
+				TargetPort: intstrFromInt(int(l.Port))}},
+		},
+	}
+	return sa, dep, svc
+}
+
+type object interface {
+	metav1.Object
+	comparable
+}
+
+type client[T object] interface {
+	Get(ctx context.Context, name string, o metav1.GetOptions) (T, error)
+	Create(ctx context.Context, obj T, o metav1.CreateOptions) (T, error)
+	Update(ctx context.Context, obj T, o metav1.UpdateOptions) (T, error)
+}
+
+// apply creates want or, when the existing object differs where we care (same), updates it with
+// want's labels, owners and spec, keeping fields the API server fills in (cluster IP, defaults).
+func apply[T object](ctx context.Context, c client[T], want T, same func(cur, want T) bool) error {
+	cur, err := c.Get(ctx, want.GetName(), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		if _, err := c.Create(ctx, want, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create %T %s: %w", want, want.GetName(), err)
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("get %T %s: %w", want, want.GetName(), err)
+	}
+	if !isOwnedBy(cur, want) {
+		// Never take over an object someone else made under the same name.
+		return fmt.Errorf("%T %s exists and is not owned by the Gateway", want, want.GetName())
+	}
+	if same(cur, want) {
+		return nil
+	}
+	want.SetResourceVersion(cur.GetResourceVersion())
+	if _, err := c.Update(ctx, merge(cur, want), metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("update %T %s: %w", want, want.GetName(), err)
+	}
+	return nil
+}
+
+func isOwnedBy(cur, want metav1.Object) bool {
+	for _, o := range cur.GetOwnerReferences() {
+		for _, w := range want.GetOwnerReferences() {
+			if o.UID == w.UID {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// merge keeps what the API server assigned to a Service (its cluster IPs) in the update.
+func merge[T object](cur, want T) T {
+	if cs, ok := any(cur).(*corev1.Service); ok {
+		ws := any(want).(*corev1.Service)
+		ws.Spec.ClusterIP, ws.Spec.ClusterIPs = cs.Spec.ClusterIP, cs.Spec.ClusterIPs
+	}
+	return want
+}
+
+func (r *Reconciler) writeStatus(ctx context.Context, g *gwv1.Gateway, st metav1.ConditionStatus, reason, msg string) error {
+	g = g.DeepCopy()
+	for _, c := range []metav1.Condition{
+		{Type: string(gwv1.GatewayConditionAccepted), Status: metav1.ConditionTrue, Reason: string(gwv1.GatewayReasonAccepted), Message: "waypoint", ObservedGeneration: g.Generation},
+		{Type: string(gwv1.GatewayConditionProgrammed), Status: st, Reason: reason, Message: msg, ObservedGeneration: g.Generation},
+	} {
+		meta.SetStatusCondition(&g.Status.Conditions, c)
+	}
+	if st == metav1.ConditionTrue {
+		g.Status.Addresses = []gwv1.GatewayStatusAddress{{Type: ptr(gwv1.HostnameAddressType),
+			Value: g.Name + "." + g.Namespace + ".svc." + r.clusterDomain}}
+	}
+	if _, err := r.gw.GatewayV1().Gateways(g.Namespace).UpdateStatus(ctx, g, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("update status: %w", err)
+	}
+	return nil
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func intstrFromInt(p int) intstr.IntOrString { return intstr.FromInt32(int32(p)) }

@@ -1,0 +1,107 @@
+package waypoint
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	kubefake "k8s.io/client-go/kubernetes/fake"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gwfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
+)
+
+func gateway(name string, port gwv1.PortNumber) *gwv1.Gateway {
+	return &gwv1.Gateway{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "shop", UID: types.UID("uid-" + name), Generation: 1},
+		Spec: gwv1.GatewaySpec{GatewayClassName: "istio-waypoint",
+			Listeners: []gwv1.Listener{{Name: "mesh", Port: port, Protocol: "HBONE"}}},
+	}
+}
+
+func TestReconcile(t *testing.T) {
+	ctx := context.Background()
+	good, bad := gateway("wp", 15008), gateway("broken", 80)
+	other := gateway("ingress", 15008)
+	other.Spec.GatewayClassName = "nginx"
+	gw := gwfake.NewSimpleClientset()
+	for _, g := range []*gwv1.Gateway{good, bad, other} {
+		if err := gw.Tracker().Create(schema.GroupVersion(gwv1.GroupVersion).WithResource("gateways"), g, g.Namespace); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kube := kubefake.NewClientset()
+	r := New(kube, gw, "ambient/waypoint:test", "cluster.local")
+	if err := r.Reconcile(ctx, []*gwv1.Gateway{good, bad, other}); err != nil {
+		t.Fatal(err)
+	}
+
+	dep, err := kube.AppsV1().Deployments("shop").Get(ctx, "wp", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dep.OwnerReferences) != 1 || dep.OwnerReferences[0].UID != good.UID {
+		t.Errorf("deployment owners = %v", dep.OwnerReferences)
+	}
+	if dep.Spec.Template.Spec.ServiceAccountName != "wp" || dep.Spec.Template.Spec.Containers[0].Image != "ambient/waypoint:test" {
+		t.Errorf("deployment pod spec = %+v", dep.Spec.Template.Spec)
+	}
+	if _, err := kube.CoreV1().Services("shop").Get(ctx, "wp", metav1.GetOptions{}); err != nil {
+		t.Error(err)
+	}
+	if _, err := kube.CoreV1().ServiceAccounts("shop").Get(ctx, "wp", metav1.GetOptions{}); err != nil {
+		t.Error(err)
+	}
+	for name, want := range map[string]metav1.ConditionStatus{"wp": metav1.ConditionTrue, "broken": metav1.ConditionFalse} {
+		g, err := gw.GatewayV1().Gateways("shop").Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := meta.FindStatusCondition(g.Status.Conditions, "Programmed"); c == nil || c.Status != want {
+			t.Errorf("%s: Programmed = %+v, want %s", name, c, want)
+		}
+	}
+	if _, err := kube.AppsV1().Deployments("shop").Get(ctx, "broken", metav1.GetOptions{}); err == nil {
+		t.Error("deployed a waypoint without an HBONE listener")
+	}
+	if _, err := kube.AppsV1().Deployments("shop").Get(ctx, "ingress", metav1.GetOptions{}); err == nil {
+		t.Error("deployed a Gateway of another class")
+	}
+
+	// An unchanged Gateway costs no API calls.
+	kube.ClearActions()
+	if err := r.Reconcile(ctx, []*gwv1.Gateway{good, bad, other}); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(kube.Actions()); n != 0 {
+		t.Errorf("second pass made %d API calls", n)
+	}
+
+	// A Deployment deleted by hand is back after the next resync.
+	if err := kube.AppsV1().Deployments("shop").Delete(ctx, "wp", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	later := time.Now().Add(Resync + time.Second)
+	r.now = func() time.Time { return later }
+	if err := r.Reconcile(ctx, []*gwv1.Gateway{good, bad, other}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.AppsV1().Deployments("shop").Get(ctx, "wp", metav1.GetOptions{}); err != nil {
+		t.Errorf("deployment not restored after resync: %v", err)
+	}
+}
+
+func TestDoesNotTakeOver(t *testing.T) {
+	g := gateway("wp", 15008)
+	kube := kubefake.NewClientset(&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "wp", Namespace: "shop"}})
+	r := New(kube, gwfake.NewSimpleClientset(), "img", "cluster.local")
+	err := r.Reconcile(context.Background(), []*gwv1.Gateway{g})
+	if err == nil || !strings.Contains(err.Error(), "not owned by the Gateway") {
+		t.Fatalf("got %v, want a refusal to take over", err)
+	}
+}

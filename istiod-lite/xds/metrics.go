@@ -1,0 +1,39 @@
+package xds
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the xDS server's Prometheus metrics.
+type Metrics struct {
+	connected     prometheus.Gauge
+	pushes        *prometheus.CounterVec
+	resourcesSent *prometheus.CounterVec
+	pushLatency   prometheus.Histogram
+	nacks         *prometheus.CounterVec
+}
+
+// NewMetrics creates the metrics and registers them with reg (nil: not registered).
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "istiod_lite_xds_connected_clients", Help: "Connected delta xDS streams.",
+		}),
+		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istiod_lite_xds_pushes_total", Help: "Delta xDS responses sent, by resource type.",
+		}, []string{"type"}),
+		resourcesSent: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istiod_lite_xds_resources_sent_total", Help: "Resources and removals sent, by resource type.",
+		}, []string{"type"}),
+		pushLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "istiod_lite_xds_push_latency_seconds",
+			Help:    "Time from a snapshot being published to a response carrying it being sent.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "istiod_lite_xds_nacks_total", Help: "Responses rejected by clients, by resource type.",
+		}, []string{"type"}),
+	}
+	if reg != nil {
+		reg.MustRegister(m.connected, m.pushes, m.resourcesSent, m.pushLatency, m.nacks)
+	}
+	return m
+}

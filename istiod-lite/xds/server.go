@@ -1,0 +1,296 @@
+// Package xds serves model snapshots to proxies over the delta (incremental) xDS protocol
+// (envoy.service.discovery.v3 DeltaAggregatedResources) with the resource types of api/. It owns
+// the connected streams and what each has been sent and has acknowledged; it does not build
+// snapshots (model, controller) and does not authenticate tokens itself (authn).
+package xds
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/ambient-mesh/ambient/istiod-lite/authn"
+)
+
+// Config configures the server.
+type Config struct {
+	// ZtunnelServiceAccounts are "<namespace>/<name>" of the service accounts ztunnels run as.
+	ZtunnelServiceAccounts []string
+}
+
+// Server is the delta xDS server.
+type Server struct {
+	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
+
+	log     *slog.Logger
+	auth    authn.Authenticator
+	metrics *Metrics
+	ztunnel map[string]bool
+
+	mu         sync.Mutex
+	snap       *Snapshot
+	generation uint64
+	conns      map[*conn]struct{}
+}
+
+// New returns a server that authenticates streams with auth. Until the first Update, streams wait.
+func New(log *slog.Logger, cfg Config, auth authn.Authenticator, m *Metrics) *Server {
+	z := map[string]bool{}
+	for _, sa := range cfg.ZtunnelServiceAccounts {
+		z[sa] = true
+	}
+	return &Server{
+		log:     log.With("component", "xds"),
+		auth:    auth,
+		metrics: m,
+		ztunnel: z,
+		conns:   map[*conn]struct{}{},
+	}
+}
+
+// conn is one connected stream.
+type conn struct {
+	proxy       *Proxy
+	connectedAt time.Time
+	wake        chan struct{}
+
+	mu     sync.Mutex
+	dirty  map[string]map[string]struct{} // accumulated changes since the last push; nil: everything
+	full   bool
+	status map[string]TypeStatus
+}
+
+// Update publishes a new snapshot. Connected streams receive only what changed for them.
+func (s *Server) Update(snap *Snapshot) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.generation++
+	snap.version = strconv.FormatUint(s.generation, 10)
+	var d map[string]map[string]struct{}
+	if s.snap != nil {
+		d = changed(s.snap, snap)
+	}
+	s.snap = snap
+	for c := range s.conns {
+		c.mu.Lock()
+		switch {
+		case d == nil:
+			c.full = true
+		case !c.full:
+			if c.dirty == nil {
+				c.dirty = map[string]map[string]struct{}{}
+			}
+			for typ, names := range d {
+				if c.dirty[typ] == nil {
+					c.dirty[typ] = map[string]struct{}{}
+				}
+				for n := range names {
+					c.dirty[typ][n] = struct{}{}
+				}
+			}
+		}
+		c.mu.Unlock()
+		select {
+		case c.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// Ready reports whether a snapshot has been published.
+func (s *Server) Ready() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.snap != nil
+}
+
+// Snapshot returns the current snapshot (nil before the first Update).
+func (s *Server) Snapshot() *Snapshot {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.snap
+}
+
+// Clients lists connected clients, sorted by ID.
+func (s *Server) Clients() []ClientStatus {
+	s.mu.Lock()
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	out := make([]ClientStatus, 0, len(conns))
+	for _, c := range conns {
+		c.mu.Lock()
+		out = append(out, ClientStatus{Proxy: *c.proxy, ConnectedAt: c.connectedAt, Types: c.status})
+		c.mu.Unlock()
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// StreamAggregatedResources is the state-of-the-world protocol, which this server does not speak.
+func (s *Server) StreamAggregatedResources(discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesServer) error {
+	return status.Error(codes.Unimplemented, "only the delta protocol (DeltaAggregatedResources) is served")
+}
+
+// DeltaAggregatedResources serves one client stream.
+func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesServer) error {
+	ctx := gs.Context()
+	caller, err := s.auth.Authenticate(ctx)
+	if err != nil {
+		if errors.Is(err, authn.ErrUnauthenticated) {
+			return status.Error(codes.Unauthenticated, err.Error())
+		}
+		return status.Error(codes.Unavailable, err.Error())
+	}
+	first, err := gs.Recv()
+	if err != nil {
+		return nil
+	}
+	proxy := &Proxy{ID: first.GetNode().GetId(), Role: RoleProxy, Node: caller.NodeName, Namespace: caller.Namespace}
+	if s.ztunnel[caller.Namespace+"/"+caller.ServiceAccount] {
+		proxy.Role = RoleZtunnel
+		if proxy.Node == "" {
+			// Without a bound token the node is unknown and policy cannot be scoped: refuse
+			// rather than send another node's policy or none.
+			return status.Error(codes.PermissionDenied, "ztunnel token is not bound to a pod on a node")
+		}
+	}
+	if proxy.ID == "" {
+		proxy.ID = caller.Namespace + "/" + caller.PodName
+	}
+	log := s.log.With("proxy", proxy.ID, "role", proxy.Role, "node", proxy.Node)
+
+	c := &conn{proxy: proxy, connectedAt: time.Now(), wake: make(chan struct{}, 1), full: true}
+	s.mu.Lock()
+	s.conns[c] = struct{}{}
+	s.mu.Unlock()
+	s.metrics.connected.Inc()
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, c)
+		s.mu.Unlock()
+		s.metrics.connected.Dec()
+	}()
+	log.Info("client connected")
+
+	reqs := make(chan *discoveryv3.DeltaDiscoveryRequest, 16)
+	recvErr := make(chan error, 1)
+	reqs <- first
+	go func() {
+		for {
+			req, err := gs.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case reqs <- req:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	st := newStream(proxy)
+	var snap *Snapshot // what this stream last worked against
+	send := func(r *discoveryv3.DeltaDiscoveryResponse, since time.Time) error {
+		if err := gs.Send(r); err != nil {
+			return err
+		}
+		s.metrics.pushes.WithLabelValues(shortType(r.TypeUrl)).Inc()
+		s.metrics.resourcesSent.WithLabelValues(shortType(r.TypeUrl)).Add(float64(len(r.Resources) + len(r.RemovedResources)))
+		if !since.IsZero() {
+			s.metrics.pushLatency.Observe(time.Since(since).Seconds())
+		}
+		return nil
+	}
+	var queued []*discoveryv3.DeltaDiscoveryRequest
+	for {
+		// Requests wait until there is a snapshot to answer them with.
+		if snap != nil {
+			for _, req := range queued {
+				resp, nack := st.onRequest(req, snap)
+				if nack != nil {
+					s.metrics.nacks.WithLabelValues(shortType(nack.TypeURL)).Inc()
+					log.Warn("client rejected configuration", "type", nack.TypeURL, "nonce", nack.Nonce,
+						"reason", nack.Reason, "resources", nack.Resources)
+				}
+				if resp != nil {
+					if err := send(resp, time.Time{}); err != nil {
+						return nil
+					}
+				}
+			}
+			queued = queued[:0]
+			c.mu.Lock()
+			c.status = st.status()
+			c.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-recvErr:
+			if err == io.EOF {
+				log.Info("client disconnected")
+				return nil
+			}
+			log.Info("client stream ended", "err", err)
+			return nil
+		case req := <-reqs:
+			queued = append(queued, req)
+			if snap == nil {
+				// The requests will be answered from this snapshot; changes after it accumulate
+				// from here on. Both under s.mu, so no Update falls between them.
+				s.mu.Lock()
+				snap = s.snap
+				c.mu.Lock()
+				c.full, c.dirty = false, nil
+				c.mu.Unlock()
+				s.mu.Unlock()
+			}
+		case <-c.wake:
+			// The snapshot and the changes leading to it are taken together (Update holds s.mu
+			// while it records changes), so dirty describes exactly snap -> latest.
+			s.mu.Lock()
+			latest := s.snap
+			c.mu.Lock()
+			dirty, full := c.dirty, c.full
+			c.dirty, c.full = nil, false
+			c.mu.Unlock()
+			s.mu.Unlock()
+			if latest == nil || latest == snap {
+				continue
+			}
+			if full || snap == nil {
+				dirty = nil // everything
+			} else if dirty == nil {
+				dirty = map[string]map[string]struct{}{} // nothing recorded: only authorizations are re-checked
+			}
+			snap = latest
+			for _, r := range st.onPush(snap, dirty) {
+				if err := send(r, snap.created); err != nil {
+					return nil
+				}
+			}
+		}
+	}
+}
+
+func shortType(typeURL string) string {
+	for i := len(typeURL) - 1; i >= 0; i-- {
+		if typeURL[i] == '.' {
+			return typeURL[i+1:]
+		}
+	}
+	return typeURL
+}

@@ -1,0 +1,174 @@
+package xds
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
+	cav1 "github.com/ambient-mesh/ambient/api/ca/v1"
+	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+	"github.com/ambient-mesh/ambient/istiod-lite/model"
+)
+
+// Type URLs of the resources served.
+var (
+	TypeWorkload      = typeURL(&workloadv1.Workload{})
+	TypeService       = typeURL(&workloadv1.Service{})
+	TypeAuthorization = typeURL(&workloadv1.Authorization{})
+	TypeTrustBundle   = typeURL(&cav1.TrustBundle{})
+)
+
+// TrustBundleName is the name of the single TrustBundle resource.
+const TrustBundleName = "trust-bundle"
+
+func typeURL(m proto.Message) string {
+	return "type.googleapis.com/" + string(m.ProtoReflect().Descriptor().FullName())
+}
+
+// resource is one serialised resource. Its version is a hash of its content, so versions agree
+// across istiod-lite replicas and restarts, and a reconnecting client's initial_resource_versions
+// can be compared with what would be sent.
+type resource struct {
+	version string
+	body    *anypb.Any
+}
+
+// Snapshot is an immutable, serialised model snapshot plus the index used to scope it per proxy.
+type Snapshot struct {
+	created time.Time
+	// version names the snapshot in responses (system_version_info); set by Server.Update.
+	version   string
+	resources map[string]map[string]*resource // type URL -> name -> resource
+
+	// Authorization scoping for ztunnels (see visible).
+	authzScope     map[string]workloadv1.Scope
+	authzNamespace map[string]string
+	nodeNamespaces map[string]map[string]bool // node -> namespaces with a workload there
+	nodeBoundAuthz map[string]map[string]bool // node -> selector-bound authorizations of its workloads
+	model          *model.Snapshot
+}
+
+// NewSnapshot serialises m and the trust bundle (nil for none).
+func NewSnapshot(m *model.Snapshot, bundle *cav1.TrustBundle) (*Snapshot, error) {
+	s := &Snapshot{
+		created: time.Now(),
+		resources: map[string]map[string]*resource{
+			TypeWorkload: {}, TypeService: {}, TypeAuthorization: {}, TypeTrustBundle: {},
+		},
+		authzScope:     map[string]workloadv1.Scope{},
+		authzNamespace: map[string]string{},
+		nodeNamespaces: map[string]map[string]bool{},
+		nodeBoundAuthz: map[string]map[string]bool{},
+		model:          m,
+	}
+	add := func(typ, name string, msg proto.Message) error {
+		r, err := newResource(msg)
+		if err != nil {
+			return fmt.Errorf("%s %s: %w", typ, name, err)
+		}
+		s.resources[typ][name] = r
+		return nil
+	}
+	for name, w := range m.Workloads {
+		if err := add(TypeWorkload, name, w); err != nil {
+			return nil, err
+		}
+		node := w.GetNode()
+		if s.nodeNamespaces[node] == nil {
+			s.nodeNamespaces[node] = map[string]bool{}
+			s.nodeBoundAuthz[node] = map[string]bool{}
+		}
+		s.nodeNamespaces[node][w.GetNamespace()] = true
+		for _, a := range w.GetAuthorizationPolicies() {
+			s.nodeBoundAuthz[node][a] = true
+		}
+	}
+	for name, svc := range m.Services {
+		if err := add(TypeService, name, svc); err != nil {
+			return nil, err
+		}
+	}
+	for name, a := range m.Authorizations {
+		if err := add(TypeAuthorization, name, a); err != nil {
+			return nil, err
+		}
+		s.authzScope[name] = a.GetScope()
+		s.authzNamespace[name] = a.GetNamespace()
+	}
+	if bundle != nil {
+		if err := add(TypeTrustBundle, TrustBundleName, bundle); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func newResource(m proto.Message) (*resource, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(b)
+	return &resource{
+		version: hex.EncodeToString(sum[:8]),
+		body:    &anypb.Any{TypeUrl: typeURL(m), Value: b},
+	}, nil
+}
+
+// Model returns the snapshot's model, for the config dump.
+func (s *Snapshot) Model() *model.Snapshot { return s.model }
+
+// visible reports whether p may receive resource name of type typ.
+//
+// Scoping choices: every proxy receives all workloads and services, because a ztunnel routes any
+// pod on its node to any destination in the cluster and a waypoint forwards to any backend; what is
+// node-specific is policy. A ztunnel receives the authorizations that can apply to a workload on its
+// node: mesh-wide ones, namespace-wide ones of namespaces with a workload on the node, and
+// selector-bound ones that a workload on the node lists. Other proxies receive no authorizations
+// (waypoint L7 policy is a separate resource, not yet served).
+func (s *Snapshot) visible(p *Proxy, typ, name string) bool {
+	if typ != TypeAuthorization {
+		return true
+	}
+	if p.Role != RoleZtunnel {
+		return false
+	}
+	switch s.authzScope[name] {
+	case workloadv1.Scope_GLOBAL:
+		return true
+	case workloadv1.Scope_NAMESPACE:
+		return s.nodeNamespaces[p.Node][s.authzNamespace[name]]
+	default:
+		return s.nodeBoundAuthz[p.Node][name]
+	}
+}
+
+// changed returns, per type, the names whose resource differs between old and new (added, changed
+// or removed). Authorizations are not diffed: whether one is visible to a node also depends on the
+// node's workloads, so every push re-evaluates them all (there are few).
+func changed(old, new *Snapshot) map[string]map[string]struct{} {
+	out := map[string]map[string]struct{}{}
+	for typ, nr := range new.resources {
+		if typ == TypeAuthorization {
+			continue
+		}
+		d := map[string]struct{}{}
+		or := old.resources[typ]
+		for name, r := range nr {
+			if o, ok := or[name]; !ok || o.version != r.version {
+				d[name] = struct{}{}
+			}
+		}
+		for name := range or {
+			if _, ok := nr[name]; !ok {
+				d[name] = struct{}{}
+			}
+		}
+		out[typ] = d
+	}
+	return out
+}
