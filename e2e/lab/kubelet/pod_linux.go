@@ -270,7 +270,12 @@ func (w *podWorker) terminate(ctx context.Context, grace time.Duration) {
 // status computes the pod's status from its containers.
 func (w *podWorker) status() corev1.PodStatus {
 	p := w.pod
-	st := corev1.PodStatus{Phase: corev1.PodPending, QOSClass: corev1.PodQOSBestEffort, HostIP: w.k.cfg.NodeIP,
+	// The API server sets the QoS class from the pod's resources at creation and refuses changes.
+	qos := p.Status.QOSClass
+	if qos == "" {
+		qos = corev1.PodQOSBestEffort
+	}
+	st := corev1.PodStatus{Phase: corev1.PodPending, QOSClass: qos, HostIP: w.k.cfg.NodeIP,
 		HostIPs: []corev1.HostIP{{IP: w.k.cfg.NodeIP}}}
 	if w.sb != nil {
 		st.PodIP = w.sb.podIP
