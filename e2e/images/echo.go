@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sort"
 	"time"
 )
 
@@ -100,14 +99,4 @@ func serveTCPEcho(l net.Listener) error {
 			_, _ = io.Copy(c, c)
 		}()
 	}
-}
-
-// SortedHeaderNames is a helper for printing replies deterministically.
-func SortedHeaderNames(h map[string][]string) []string {
-	names := make([]string, 0, len(h))
-	for k := range h {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	return names
 }

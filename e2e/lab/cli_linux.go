@@ -45,7 +45,7 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "exec":
 		return cmdExec(ctx, args[1:], stderr)
 	case "kubelet":
-		err = cmdKubelet(ctx, args[1:], log)
+		err = cmdKubelet(ctx, args[1:])
 	case "podinit":
 		spec, derr := kubelet.DecodeInit(os.Getenv(kubelet.InitEnv))
 		if derr != nil {
@@ -227,8 +227,7 @@ func ExecCommand(ctx context.Context, cfg Config, ns, name string, argv ...strin
 	}
 	cmd := exec.CommandContext(ctx, "nsenter", append(append(nsArgs, "--"), argv...)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: int(cg.Fd())}
-	// The fd must stay open until the child is cloned; closing it after Start or Run is safe.
-	cmd.Cancel = func() error { return cmd.Process.Kill() }
+	// The fd must stay open until the child is cloned; it is closed when ctx ends.
 	cmd.WaitDelay = time.Second
 	go func() { <-ctx.Done(); cg.Close() }()
 	return cmd, nil
@@ -246,7 +245,7 @@ func Exec(ctx context.Context, cfg Config, ns, name string, argv ...string) (str
 	return out.String(), err
 }
 
-func cmdKubelet(ctx context.Context, args []string, log *slog.Logger) error {
+func cmdKubelet(ctx context.Context, args []string) error {
 	var c kubelet.Config
 	var root string
 	fs := flag.NewFlagSet("kubelet", flag.ContinueOnError)

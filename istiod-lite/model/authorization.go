@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -349,7 +350,8 @@ func (t *translator) boundAuthorizations(pod *corev1.Pod, authz map[string]*work
 			out = append(out, name)
 		}
 	}
-	return sortedKeys(setOf(out))
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // effectivePeerAuthn picks the most specific PeerAuthentication for pod whose mode is set:
@@ -373,12 +375,4 @@ func (t *translator) effectivePeerAuthn(pod *corev1.Pod) *secv1.PeerAuthenticati
 		}
 	}
 	return nil
-}
-
-func setOf(s []string) map[string]struct{} {
-	m := make(map[string]struct{}, len(s))
-	for _, v := range s {
-		m[v] = struct{}{}
-	}
-	return m
 }

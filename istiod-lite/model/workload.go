@@ -2,7 +2,6 @@ package model
 
 import (
 	"net/netip"
-	"sort"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -144,13 +143,4 @@ func resolveTargetPort(pod *corev1.Pod, sp corev1.ServicePort) (uint32, bool) {
 		}
 	}
 	return 0, false
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

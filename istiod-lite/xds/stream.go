@@ -1,7 +1,9 @@
 package xds
 
 import (
+	"maps"
 	"math"
+	"slices"
 	"strconv"
 	"time"
 
@@ -92,7 +94,7 @@ func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapsho
 			if d := req.GetErrorDetail(); d != nil {
 				// The client keeps its last good version of what it rejected. We do not resend:
 				// the same content would be rejected again; the next change of a resource does.
-				nack = &NACK{TypeURL: typ, Nonce: nonce, Reason: d.GetMessage(), Resources: sortedNames(p.versions)}
+				nack = &NACK{TypeURL: typ, Nonce: nonce, Reason: d.GetMessage(), Resources: slices.Sorted(maps.Keys(p.versions))}
 				w.lastNACK = d.GetMessage()
 			} else {
 				for n, v := range p.versions {
@@ -214,7 +216,7 @@ func (s *stream) generate(typ string, w *watch, snap *Snapshot, consider map[str
 	var res []*discoveryv3.Resource
 	var removed []string
 	versions := map[string]string{}
-	for _, n := range sortedKeys(consider) {
+	for _, n := range slices.Sorted(maps.Keys(consider)) {
 		r, ok := snap.resources[typ][n]
 		if ok && w.subscribed(n) && snap.visible(s.proxy, typ, n) {
 			if w.sent[n] == r.version {

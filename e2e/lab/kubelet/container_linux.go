@@ -29,7 +29,6 @@ type container struct {
 	lastLive     time.Time
 	waitReason   string
 	waitMessage  string
-	everStarted  bool
 	terminated   *corev1.ContainerStateTerminated
 	lastExitCode int
 }
@@ -70,7 +69,7 @@ func (c *container) start(labBin string, spec InitSpec, cgroupDir, logPath, mark
 	c.cmd = cmd
 	c.exited = make(chan struct{})
 	c.started = time.Now()
-	c.running, c.everStarted, c.ready = true, true, false
+	c.running, c.ready = true, false
 	c.liveFails, c.readyOK = 0, 0
 	c.waitReason, c.waitMessage = "", ""
 	c.terminated = nil

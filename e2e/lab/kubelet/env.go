@@ -2,7 +2,7 @@ package kubelet
 
 import (
 	"fmt"
-	"sort"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 )
@@ -65,7 +65,7 @@ func expand(s string, vars map[string]string) string {
 			continue
 		}
 		if s[i] == '$' && i+1 < len(s) && s[i+1] == '(' {
-			if j := indexByte(s[i+2:], ')'); j >= 0 {
+			if j := strings.IndexByte(s[i+2:], ')'); j >= 0 {
 				name := s[i+2 : i+2+j]
 				if v, ok := vars[name]; ok {
 					out = append(out, v...)
@@ -77,15 +77,6 @@ func expand(s string, vars map[string]string) string {
 		out = append(out, s[i])
 	}
 	return string(out)
-}
-
-func indexByte(s string, b byte) int {
-	for i := 0; i < len(s); i++ {
-		if s[i] == b {
-			return i
-		}
-	}
-	return -1
 }
 
 func fieldValue(e podEnv, path string) (string, error) {
@@ -125,14 +116,4 @@ func subscript(path, prefix string) (string, bool) {
 		}
 	}
 	return "", false
-}
-
-// sortedKeys is used where the order of a map must be stable (files written from ConfigMaps).
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
 }

@@ -3,8 +3,10 @@ package kubelet
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -55,7 +57,7 @@ func writeItems(dir string, data map[string][]byte, items []corev1.KeyToPath) er
 		return err
 	}
 	if len(items) == 0 {
-		for _, k := range sortedKeys(data) {
+		for _, k := range slices.Sorted(maps.Keys(data)) {
 			items = append(items, corev1.KeyToPath{Key: k, Path: k})
 		}
 	}
