@@ -12,7 +12,7 @@ export GOFLAGS := -buildvcs=false
 # (kube-proxy in the lab), clang/llvm (eBPF), protobuf-compiler (api/).
 APT_PKGS := iproute2 nftables iptables conntrack clang llvm libbpf-dev protobuf-compiler
 
-.PHONY: all build unit e2e test lint generate generate-check lab-up lab-down lab-tools deps bench demo clean
+.PHONY: all build unit e2e test lint generate generate-check lab-up lab-down lab-tools deps bench bench-unit bench-scale demo clean
 
 all: build
 
@@ -65,8 +65,17 @@ lab-up: build lab-tools
 lab-down: build
 	$(BIN)/lab down
 
-bench: deps
+bench: bench-unit bench-scale
+
+bench-unit: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+# istiod-lite at 1,000 and 10,000 pods with 100 simulated ztunnels, in the lab (e2e/scale_test.go);
+# 100 single-pod changes per size. Most of its time is loading 10,000 pods into the API server.
+bench-scale: deps build lab-tools
+	$(GO) test -tags e2e -count=1 -timeout 60m -run '^$$' -bench IstiodScale -benchtime 100x -v ./e2e/ 2>&1 | \
+		tee .bench-scale.log | grep -E '^(Benchmark|ok|FAIL|PASS|panic)|scale_test.go' ; \
+	test $${PIPESTATUS[0]} -eq 0
 
 clean:
 	rm -rf $(BIN) .deps.stamp

@@ -10,10 +10,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -45,29 +48,10 @@ func TestIstiodLite(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cs := client(t)
-	for _, f := range []string{"../deploy/crds/istio-security.yaml", "../deploy/crds/gateway-api.yaml"} {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		apply(t, "default", b)
-	}
-	apply(t, "default", []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n"))
-	b, err := os.ReadFile("../deploy/istiod-lite/istiod-lite.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	apply(t, "istio-system", b)
-	t.Cleanup(func() {
-		_ = cs.CoreV1().Namespaces().Delete(context.Background(), "istio-system", metav1.DeleteOptions{})
-	})
+	ist := deployIstiod(t, cs, 2)
 	// A stand-in for node-1's ztunnel: a pod there with the ztunnel service account, whose
 	// bound token tells istiod-lite (through TokenReview) which node the caller runs on.
 	apply(t, "istio-system", []byte(`
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: ztunnel}
----
 apiVersion: v1
 kind: Pod
 metadata: {name: ztunnel-node-1}
@@ -103,54 +87,15 @@ spec:
   serviceAccountName: db
   containers: [{name: c, image: ambient/client}]
 `))
-
-	var istiodIP string
-	eventually(t, 90*time.Second, "istiod-lite ready and test pods running", func() bool {
-		pods, err := cs.CoreV1().Pods("istio-system").List(ctx, metav1.ListOptions{LabelSelector: "app=istiod-lite"})
-		if err != nil {
-			return false
-		}
-		for _, p := range pods.Items {
-			if podReady(&p) {
-				istiodIP = p.Status.PodIP
-			}
-		}
-		return istiodIP != "" && running(ctx, cs, "istio-system", "ztunnel-node-1") && running(ctx, cs, ns, "web") && running(ctx, cs, ns, "db")
-	})
-	var root []byte
-	eventually(t, 30*time.Second, "CA root in its Secret", func() bool {
-		s, err := cs.CoreV1().Secrets("istio-system").Get(ctx, "istio-ca-secret", metav1.GetOptions{})
-		if err == nil {
-			root = s.Data["ca-cert.pem"]
-		}
-		return len(root) > 0
+	eventually(t, 90*time.Second, "test pods running", func() bool {
+		return running(ctx, cs, "istio-system", "ztunnel-node-1") && running(ctx, cs, ns, "web") && running(ctx, cs, ns, "db")
 	})
 	zt, err := cs.CoreV1().Pods("istio-system").Get(ctx, "ztunnel-node-1", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	exp := int64(600)
-	tr, err := cs.CoreV1().ServiceAccounts("istio-system").CreateToken(ctx, "ztunnel", &authv1.TokenRequest{Spec: authv1.TokenRequestSpec{
-		ExpirationSeconds: &exp, BoundObjectRef: &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: zt.Name, UID: zt.UID}}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dial := func(token string) *grpc.ClientConn {
-		pool := x509.NewCertPool()
-		pool.AppendCertsFromPEM(root)
-		cc, err := grpc.NewClient(net.JoinHostPort(istiodIP, "15012"),
-			grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-				return lab.DialInNetns(ctx, lab.NodeAt(1).Netns, addr)
-			}),
-			grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "istiod-lite.istio-system.svc"})),
-			grpc.WithPerRPCCredentials(bearer(token)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cc.Close() })
-		return cc
-	}
-	cc := dial(tr.Status.Token)
+	dial := func(token string) *grpc.ClientConn { return ist.dial(t, token) }
+	cc := dial(boundToken(t, cs, zt))
 
 	// CA: an identity with a pod on the caller's node is issued; one without is refused; a bad
 	// token is refused.
@@ -237,7 +182,7 @@ func resourceNames(r *discoveryv3.DeltaDiscoveryResponse) string {
 	return strings.Join(n, ",")
 }
 
-func csrFor(t *testing.T, id string) string {
+func csrFor(t testing.TB, id string) string {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -252,4 +197,126 @@ func csrFor(t *testing.T, id string) string {
 		t.Fatal(err)
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+}
+
+// istiod is istiod-lite deployed in the lab from deploy/ (istio-system).
+type istiod struct {
+	ip   string // a ready replica's pod IP
+	pod  *corev1.Pod
+	root []byte // the CA root, from its Secret
+}
+
+// deployIstiod installs the CRDs and istiod-lite with the given number of replicas, and waits for
+// a ready replica and the CA root. It first waits out an istio-system left terminating by an
+// earlier test. The namespace is deleted when the test ends.
+func deployIstiod(t testing.TB, cs kubernetes.Interface, replicas int) *istiod {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	eventually(t, 2*time.Minute, "an earlier istio-system to be deleted", func() bool {
+		n, err := cs.CoreV1().Namespaces().Get(ctx, "istio-system", metav1.GetOptions{})
+		return err != nil || n.DeletionTimestamp == nil
+	})
+	for _, f := range []string{"../deploy/crds/istio-security.yaml", "../deploy/crds/gateway-api.yaml"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		apply(t, "default", b)
+	}
+	apply(t, "default", []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n"))
+	b, err := os.ReadFile("../deploy/istiod-lite/istiod-lite.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b = []byte(strings.Replace(string(b), "replicas: 2", fmt.Sprintf("replicas: %d", replicas), 1))
+	apply(t, "istio-system", b)
+	apply(t, "istio-system", []byte("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: ztunnel}\n"))
+	t.Cleanup(func() {
+		_ = cs.CoreV1().Namespaces().Delete(context.Background(), "istio-system", metav1.DeleteOptions{})
+	})
+	ist := &istiod{}
+	eventually(t, 90*time.Second, "istiod-lite ready", func() bool {
+		pods, err := cs.CoreV1().Pods("istio-system").List(ctx, metav1.ListOptions{LabelSelector: "app=istiod-lite"})
+		if err != nil {
+			return false
+		}
+		for i := range pods.Items {
+			if p := &pods.Items[i]; podReady(p) {
+				ist.ip, ist.pod = p.Status.PodIP, p
+			}
+		}
+		return ist.pod != nil
+	})
+	eventually(t, 30*time.Second, "CA root in its Secret", func() bool {
+		s, err := cs.CoreV1().Secrets("istio-system").Get(ctx, "istio-ca-secret", metav1.GetOptions{})
+		if err == nil {
+			ist.root = s.Data["ca-cert.pem"]
+		}
+		return len(ist.root) > 0
+	})
+	return ist
+}
+
+// dial opens a gRPC connection to istiod-lite from node-1's network, authenticated with token.
+// It is closed when the test ends.
+func (ist *istiod) dial(t testing.TB, token string) *grpc.ClientConn {
+	t.Helper()
+	cc, err := ist.conn(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// conn is dial for callers that close the connection themselves.
+func (ist *istiod) conn(token string) (*grpc.ClientConn, error) {
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ist.root)
+	return grpc.NewClient(net.JoinHostPort(ist.ip, "15012"),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return lab.DialInNetns(ctx, lab.NodeAt(1).Netns, addr)
+		}),
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "istiod-lite.istio-system.svc"})),
+		grpc.WithPerRPCCredentials(bearer(token)),
+		// A ztunnel's first push carries every workload of the cluster in one message.
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20)))
+}
+
+// process returns the PID of the istiod-lite process of the ready replica: the lab kubelet
+// runs each pod in its own cgroup under the lab's, named after the node and the pod UID.
+func (ist *istiod) process(t testing.TB) int {
+	t.Helper()
+	parent, err := lab.LabCgroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(parent, ist.pod.Spec.NodeName, string(ist.pod.UID), "cgroup.procs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range strings.Fields(string(b)) {
+		pid, err := strconv.Atoi(f)
+		if err != nil {
+			continue
+		}
+		if comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid)); strings.TrimSpace(string(comm)) == "istiod-lite" {
+			return pid
+		}
+	}
+	t.Fatalf("no istiod-lite process in pod %s/%s", ist.pod.Namespace, ist.pod.Name)
+	return 0
+}
+
+// boundToken returns a ztunnel service-account token bound to pod, as a projected token is.
+func boundToken(t testing.TB, cs kubernetes.Interface, pod *corev1.Pod) string {
+	t.Helper()
+	exp := int64(3600)
+	tr, err := cs.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(context.Background(), pod.Spec.ServiceAccountName, &authv1.TokenRequest{Spec: authv1.TokenRequestSpec{
+		ExpirationSeconds: &exp, BoundObjectRef: &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr.Status.Token
 }

@@ -149,7 +149,7 @@ func TestLabPodsServicesAndDNS(t *testing.T) {
 	})
 }
 
-func client(t *testing.T) *kubernetes.Clientset {
+func client(t testing.TB) *kubernetes.Clientset {
 	t.Helper()
 	cs, err := lab.Client(labCfg)
 	if err != nil {
@@ -159,7 +159,7 @@ func client(t *testing.T) *kubernetes.Clientset {
 }
 
 // newNamespace creates a namespace for one test and deletes it when the test ends.
-func newNamespace(t *testing.T, cs kubernetes.Interface, prefix string) string {
+func newNamespace(t testing.TB, cs kubernetes.Interface, prefix string) string {
 	t.Helper()
 	ns, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{
 		ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"}}, metav1.CreateOptions{})
@@ -172,7 +172,7 @@ func newNamespace(t *testing.T, cs kubernetes.Interface, prefix string) string {
 	return ns.Name
 }
 
-func apply(t *testing.T, ns string, manifest []byte) {
+func apply(t testing.TB, ns string, manifest []byte) {
 	t.Helper()
 	cmd := exec.Command(filepath.Join(labCfg.StateDir(), "bin", "kubectl"), "--kubeconfig", labCfg.Kubeconfig(), "-n", ns, "apply", "-f", "-")
 	cmd.Stdin = strings.NewReader(string(manifest))
@@ -182,7 +182,7 @@ func apply(t *testing.T, ns string, manifest []byte) {
 }
 
 // execIn runs argv in the pod and returns its output; a failure fails the test.
-func execIn(t *testing.T, ns, pod string, argv ...string) string {
+func execIn(t testing.TB, ns, pod string, argv ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -203,7 +203,7 @@ func podReady(p *corev1.Pod) bool {
 }
 
 // eventually polls cond until it holds or timeout passes.
-func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {

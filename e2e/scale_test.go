@@ -1,0 +1,673 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/protobuf/proto"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/util/retry"
+
+	"github.com/ambient-mesh/ambient/api/mesh"
+)
+
+// The istiod-lite scale measurement (issue 4): istiod-lite runs in the lab against the real API
+// server, which holds a simulated cluster: pods and services in ambient namespaces, spread over
+// simulated nodes (Node objects whose Leases the harness renews; no kubelet runs their pods, whose
+// status the harness writes), and one simulated ztunnel per node, each a pod there whose bound
+// token authenticates a delta xDS stream to istiod-lite, as the real ztunnel's would.
+
+// Types a ztunnel subscribes to.
+var ztunnelTypes = []string{
+	"type.googleapis.com/ambient.ca.v1.TrustBundle",
+	"type.googleapis.com/ambient.workload.v1.Service",
+	typeWorkload,
+	"type.googleapis.com/ambient.workload.v1.Authorization",
+}
+
+// simCluster is the simulated cluster, grown on demand (ensure) and removed by Cleanup.
+type simCluster struct {
+	cs    kubernetes.Interface // with a high client-side rate limit, to load quickly
+	nodes int
+	// pods holds the UID of every simulated pod by "<ns>/<name>".
+	mu   sync.Mutex
+	pods map[string]types.UID
+	// disabled holds the pods whose redirection annotation a change set to disabled.
+	disabled map[string]bool
+	stop     context.CancelFunc
+}
+
+const (
+	simNodePrefix = "sim-"
+	simNSPrefix   = "scale-"
+	simTaint      = "ambient.lab/simulated"
+)
+
+func simNodeName(i int) string { return fmt.Sprintf("%s%03d", simNodePrefix, i) }
+
+// newSimCluster creates the simulated nodes and their ztunnel pods, and keeps the nodes' Leases
+// fresh (so that the node lifecycle controller leaves their pods alone) until the test ends,
+// when everything simulated is deleted.
+func newSimCluster(t testing.TB, nodes int) *simCluster {
+	t.Helper()
+	rc, err := clientcmd.BuildConfigFromFlags("", labCfg.Kubeconfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc.QPS, rc.Burst = 2000, 2000
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	sc := &simCluster{cs: cs, nodes: nodes, pods: map[string]types.UID{}, disabled: map[string]bool{}, stop: stop}
+	t.Cleanup(func() { sc.delete(t) })
+	err = parallel(nodes, func(i int) error {
+		name := simNodeName(i)
+		_, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{simTaint: "true"}},
+			// Nothing may be scheduled here: only pods the harness binds itself live here.
+			Spec: corev1.NodeSpec{Taints: []corev1.Taint{{Key: simTaint, Value: "true", Effect: corev1.TaintEffectNoSchedule}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("node %s: %w", name, err)
+		}
+		// The node controllers write to a new Node too (pod CIDR, taints): retry on conflict.
+		err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			n, err := cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue,
+				Reason: "Simulated", LastHeartbeatTime: metav1.Now(), LastTransitionTime: metav1.Now()}}
+			_, err = cs.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("node %s status: %w", name, err)
+		}
+		dur := int32(40)
+		holder := name
+		_, err = cs.CoordinationV1().Leases(corev1.NamespaceNodeLease).Create(ctx, &coordinationv1.Lease{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Spec:       coordinationv1.LeaseSpec{HolderIdentity: &holder, LeaseDurationSeconds: &dur, RenewTime: &metav1.MicroTime{Time: time.Now()}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("lease %s: %w", name, err)
+		}
+		_, err = cs.CoreV1().Pods("istio-system").Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: "ztunnel-" + name},
+			Spec: corev1.PodSpec{NodeName: name, ServiceAccountName: "ztunnel",
+				Containers: []corev1.Container{{Name: "ztunnel", Image: "ambient/client"}}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			return fmt.Errorf("ztunnel pod on %s: %w", name, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go sc.renewLeases(ctx)
+	return sc
+}
+
+func (sc *simCluster) renewLeases(ctx context.Context) {
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		_ = parallel(sc.nodes, func(i int) error {
+			patch := fmt.Sprintf(`{"spec":{"renewTime":%q}}`, metav1.NowMicro().Format(metav1.RFC3339Micro))
+			_, err := sc.cs.CoordinationV1().Leases(corev1.NamespaceNodeLease).Patch(ctx, simNodeName(i),
+				types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+			return err
+		})
+	}
+}
+
+// delete removes what the cluster simulated. Pods bound to a simulated node are deleted at once
+// (no kubelet would ever confirm a graceful deletion).
+func (sc *simCluster) delete(t testing.TB) {
+	sc.stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	now := metav1.DeleteOptions{GracePeriodSeconds: new(int64)}
+	nss, _ := sc.cs.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	for _, ns := range nss.Items {
+		if strings.HasPrefix(ns.Name, simNSPrefix) {
+			_ = sc.cs.CoreV1().Pods(ns.Name).DeleteCollection(ctx, now, metav1.ListOptions{})
+			_ = sc.cs.CoreV1().Namespaces().Delete(ctx, ns.Name, metav1.DeleteOptions{})
+		}
+	}
+	_ = parallel(sc.nodes, func(i int) error {
+		_ = sc.cs.CoreV1().Pods("istio-system").Delete(ctx, "ztunnel-"+simNodeName(i), now)
+		_ = sc.cs.CoordinationV1().Leases(corev1.NamespaceNodeLease).Delete(ctx, simNodeName(i), metav1.DeleteOptions{})
+		return sc.cs.CoreV1().Nodes().Delete(ctx, simNodeName(i), metav1.DeleteOptions{})
+	})
+	t.Logf("simulated cluster deleted")
+}
+
+// ensure grows the simulated cluster to s: namespaces, services, and running pods with IPs (status
+// written as a kubelet would). It is idempotent.
+func (sc *simCluster) ensure(t testing.TB, s scale) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	cs := sc.cs
+	start := time.Now()
+	err := parallel(s.Namespaces, func(n int) error {
+		ns := fmt.Sprintf("%s%03d", simNSPrefix, n)
+		_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+			Name: ns, Labels: map[string]string{mesh.LabelDataplaneMode: mesh.DataplaneModeAmbient}}}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+		// The controller manager creates "default" too, but maybe not before the first pod.
+		_, err = cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{})
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return err
+		}
+		for k := range s.ServicesPerNS {
+			name := fmt.Sprintf("svc-%02d", k)
+			_, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+				ObjectMeta: metav1.ObjectMeta{Name: name},
+				Spec: corev1.ServiceSpec{Selector: map[string]string{"app": name},
+					Ports: []corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+			}, metav1.CreateOptions{})
+			if err != nil && !apierrors.IsAlreadyExists(err) {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = parallel(s.pods(), func(i int) error {
+		n, k := i/s.PodsPerNS, i%s.PodsPerNS
+		ns, name := fmt.Sprintf("%s%03d", simNSPrefix, n), fmt.Sprintf("pod-%04d", k)
+		sc.mu.Lock()
+		_, done := sc.pods[ns+"/"+name]
+		sc.mu.Unlock()
+		if done {
+			return nil
+		}
+		pod, err := cs.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name,
+				Labels:      map[string]string{"app": fmt.Sprintf("svc-%02d", k%s.ServicesPerNS)},
+				Annotations: map[string]string{mesh.AnnotationRedirection: mesh.RedirectionEnabled}},
+			Spec: corev1.PodSpec{NodeName: simNodeName(i % sc.nodes), AutomountServiceAccountToken: new(bool),
+				Containers: []corev1.Container{{Name: "app", Image: "ambient/echo",
+					Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}}}},
+		}, metav1.CreateOptions{})
+		if apierrors.IsAlreadyExists(err) {
+			pod, err = cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		}
+		if err != nil {
+			return fmt.Errorf("pod %s/%s: %w", ns, name, err)
+		}
+		if pod.Status.PodIP == "" {
+			ip := fmt.Sprintf("10.100.%d.%d", i/250, i%250+1)
+			pod.Status = corev1.PodStatus{Phase: corev1.PodRunning, PodIP: ip, PodIPs: []corev1.PodIP{{IP: ip}},
+				HostIP: "10.233.1.1", StartTime: &metav1.Time{Time: time.Now()},
+				Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: metav1.Now()}}}
+			if _, err := cs.CoreV1().Pods(ns).UpdateStatus(ctx, pod, metav1.UpdateOptions{}); err != nil {
+				return fmt.Errorf("pod %s/%s status: %w", ns, name, err)
+			}
+		}
+		sc.mu.Lock()
+		sc.pods[ns+"/"+name] = pod.UID
+		sc.mu.Unlock()
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("simulated cluster at %d pods, %d services on %d nodes (grown in %s)",
+		s.pods(), s.Namespaces*s.ServicesPerNS, sc.nodes, time.Since(start).Round(time.Second))
+}
+
+// uids returns the UIDs of the simulated pods.
+func (sc *simCluster) uids() []types.UID {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	out := make([]types.UID, 0, len(sc.pods))
+	for _, k := range slices.Sorted(maps.Keys(sc.pods)) {
+		out = append(out, sc.pods[k])
+	}
+	return out
+}
+
+// parallel runs f(0..n-1) on 32 workers and returns the first error.
+func parallel(n int, f func(i int) error) error {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make([]error, 32)
+	for w := range errs {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				if err := f(i); err != nil {
+					errs[w] = err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// scale is the size of a simulated cluster.
+type scale struct {
+	Namespaces, PodsPerNS, ServicesPerNS int
+}
+
+func (s scale) pods() int { return s.Namespaces * s.PodsPerNS }
+
+// delivery is a simulated ztunnel's receipt of a resource it was waiting for.
+type delivery struct {
+	at        time.Time
+	resources int // resources in the response that carried it
+	removed   int
+}
+
+// simZtunnel is a ztunnel's delta xDS stream: it subscribes to every type with a wildcard, keeps
+// the resources' versions, ACKs every response, counts the bytes received, and tells waiters when
+// a resource they expect arrives.
+type simZtunnel struct {
+	st     discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
+	synced chan struct{} // closed once every type had its first response
+	done   chan struct{} // closed when the stream ends
+
+	mu      sync.Mutex
+	held    map[string]map[string]string // type -> name -> version
+	first   map[string]bool
+	bytes   int64
+	expect  map[string]chan delivery
+	lastErr error
+}
+
+// connectZtunnel opens a ztunnel's stream with token and subscribes; the connection is closed
+// when ctx ends.
+func connectZtunnel(ctx context.Context, ist *istiod, token, id string) (*simZtunnel, error) {
+	cc, err := ist.conn(token)
+	if err != nil {
+		return nil, err
+	}
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+	if err != nil {
+		cc.Close()
+		return nil, fmt.Errorf("%s: open stream: %w", id, err)
+	}
+	z := &simZtunnel{st: st, synced: make(chan struct{}), done: make(chan struct{}),
+		held: map[string]map[string]string{}, first: map[string]bool{}, expect: map[string]chan delivery{}}
+	for i, typ := range ztunnelTypes {
+		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typ}
+		if i == 0 {
+			req.Node = &corev3.Node{Id: id}
+		}
+		z.held[typ] = map[string]string{}
+		if err := st.Send(req); err != nil {
+			cc.Close()
+			return nil, fmt.Errorf("%s: subscribe: %w", id, err)
+		}
+	}
+	go func() {
+		z.run()
+		cc.Close()
+	}()
+	return z, nil
+}
+
+func (z *simZtunnel) run() {
+	defer close(z.done)
+	for {
+		r, err := z.st.Recv()
+		if err != nil {
+			z.mu.Lock()
+			z.lastErr = err
+			z.mu.Unlock()
+			return
+		}
+		at := time.Now()
+		z.mu.Lock()
+		z.bytes += int64(proto.Size(r))
+		held := z.held[r.TypeUrl]
+		for _, res := range r.Resources {
+			held[res.Name] = res.Version
+			if ch, ok := z.expect[res.Name]; ok {
+				ch <- delivery{at: at, resources: len(r.Resources), removed: len(r.RemovedResources)}
+				delete(z.expect, res.Name)
+			}
+		}
+		for _, n := range r.RemovedResources {
+			delete(held, n)
+		}
+		if !z.first[r.TypeUrl] {
+			z.first[r.TypeUrl] = true
+			if len(z.first) == len(ztunnelTypes) {
+				close(z.synced)
+			}
+		}
+		z.mu.Unlock()
+		if err := z.st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce}); err != nil {
+			return
+		}
+	}
+}
+
+// await registers interest in the next delivery of resource name.
+func (z *simZtunnel) await(name string) <-chan delivery {
+	ch := make(chan delivery, 1)
+	z.mu.Lock()
+	z.expect[name] = ch
+	z.mu.Unlock()
+	return ch
+}
+
+func (z *simZtunnel) received() int64 {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	return z.bytes
+}
+
+// missing returns how many of uids the ztunnel does not hold as workloads.
+func (z *simZtunnel) missing(uids []types.UID) int {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	n := 0
+	for _, u := range uids {
+		if _, ok := z.held[typeWorkload][string(u)]; !ok {
+			n++
+		}
+	}
+	return n
+}
+
+func (z *simZtunnel) count(typ string) int {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	return len(z.held[typ])
+}
+
+func (z *simZtunnel) err() error {
+	z.mu.Lock()
+	defer z.mu.Unlock()
+	return z.lastErr
+}
+
+// fleet is one simulated ztunnel per simulated node.
+type fleet struct {
+	zs     []*simZtunnel
+	cancel context.CancelFunc
+}
+
+// connectFleet connects a ztunnel for each simulated node at once and returns when every one
+// has had its first response of each type (its full initial state), with how long that took.
+func connectFleet(t testing.TB, ist *istiod, sc *simCluster, tokens []string) (*fleet, time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &fleet{zs: make([]*simZtunnel, len(tokens)), cancel: cancel}
+	t.Cleanup(f.close)
+	start := time.Now()
+	err := parallel(len(tokens), func(i int) (err error) {
+		f.zs[i], err = connectZtunnel(ctx, ist, tokens[i], "ztunnel-"+simNodeName(i))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	timeout := time.After(5 * time.Minute)
+	for i, z := range f.zs {
+		select {
+		case <-z.synced:
+		case <-z.done:
+			t.Fatalf("ztunnel on %s: stream ended before its first push: %v", simNodeName(i), z.err())
+		case <-timeout:
+			t.Fatalf("ztunnel on %s: no first push after 5 minutes", simNodeName(i))
+		}
+	}
+	return f, time.Since(start)
+}
+
+func (f *fleet) close() {
+	f.cancel()
+	for _, z := range f.zs {
+		if z != nil {
+			<-z.done
+		}
+	}
+}
+
+func (f *fleet) received() int64 {
+	var n int64
+	for _, z := range f.zs {
+		n += z.received()
+	}
+	return n
+}
+
+// change toggles the redirection annotation of simulated pod key ("<ns>/<name>"), as the node
+// agent would, which changes its workload, and waits until every ztunnel has the change. It
+// returns the time from just before the API call to the last ztunnel's receipt, and the deliveries.
+func (f *fleet) change(t testing.TB, sc *simCluster, key string) (time.Duration, []delivery) {
+	t.Helper()
+	ns, name, _ := strings.Cut(key, "/")
+	sc.mu.Lock()
+	uid := sc.pods[key]
+	sc.disabled[key] = !sc.disabled[key]
+	value := mesh.RedirectionEnabled
+	if sc.disabled[key] {
+		value = mesh.RedirectionDisabled
+	}
+	sc.mu.Unlock()
+	waits := make([]<-chan delivery, len(f.zs))
+	for i, z := range f.zs {
+		waits[i] = z.await(string(uid))
+	}
+	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{mesh.AnnotationRedirection: value}}})
+	start := time.Now()
+	if _, err := sc.cs.CoreV1().Pods(ns).Patch(context.Background(), name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatalf("patch %s/%s: %v", ns, name, err)
+	}
+	out := make([]delivery, len(f.zs))
+	var last time.Time
+	timeout := time.After(30 * time.Second)
+	for i, w := range waits {
+		select {
+		case d := <-w:
+			out[i] = d
+			if d.at.After(last) {
+				last = d.at
+			}
+		case <-f.zs[i].done:
+			t.Fatalf("ztunnel on %s: stream ended: %v", simNodeName(i), f.zs[i].err())
+		case <-timeout:
+			t.Fatalf("ztunnel on %s: the change of %s/%s did not arrive in 30s", simNodeName(i), ns, name)
+		}
+	}
+	return last.Sub(start), out
+}
+
+// ztunnelTokens returns a token bound to each simulated node's ztunnel pod.
+func ztunnelTokens(t testing.TB, sc *simCluster) []string {
+	t.Helper()
+	tokens := make([]string, sc.nodes)
+	for i := range tokens {
+		p, err := sc.cs.CoreV1().Pods("istio-system").Get(context.Background(), "ztunnel-"+simNodeName(i), metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens[i] = boundToken(t, sc.cs, p)
+	}
+	return tokens
+}
+
+// waitModel waits until istiod-lite serves every simulated pod, seen through one ztunnel.
+func waitModel(t testing.TB, ist *istiod, sc *simCluster, token string) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	z, err := connectZtunnel(ctx, ist, token, "probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	uids := sc.uids()
+	eventually(t, 5*time.Minute, fmt.Sprintf("istiod-lite to serve all %d simulated pods", len(uids)), func() bool {
+		return z.missing(uids) == 0
+	})
+	cancel()
+	<-z.done
+}
+
+// procStats reads a process's resident memory (now and peak, bytes) and CPU time used.
+func procStats(t testing.TB, pid int) (rss, peak int64, cpu time.Duration) {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && (f[0] == "VmRSS:" || f[0] == "VmHWM:") {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			if f[0] == "VmRSS:" {
+				rss = kb << 10
+			} else {
+				peak = kb << 10
+			}
+		}
+	}
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Fields after the command (which may hold spaces) start at state, field 3; utime and stime
+	// are fields 14 and 15, in clock ticks (USER_HZ, 100 on Linux).
+	rest := strings.Fields(string(st[strings.LastIndexByte(string(st), ')')+2:]))
+	ut, _ := strconv.ParseInt(rest[11], 10, 64)
+	stime, _ := strconv.ParseInt(rest[12], 10, 64)
+	return rss, peak, time.Duration(ut+stime) * 10 * time.Millisecond
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	s := slices.Clone(d)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+// TestIstiodScaleSmall runs the scale harness on a small cluster, checking what the benchmark
+// measures: every simulated ztunnel gets the full state in its first push, and a single pod change
+// reaches every ztunnel as a response carrying that one workload and nothing else.
+func TestIstiodScaleSmall(t *testing.T) {
+	cs := client(t)
+	ist := deployIstiod(t, cs, 1)
+	sc := newSimCluster(t, 5)
+	s := scale{Namespaces: 4, PodsPerNS: 25, ServicesPerNS: 2}
+	sc.ensure(t, s)
+	tokens := ztunnelTokens(t, sc)
+	waitModel(t, ist, sc, tokens[0])
+	f, first := connectFleet(t, ist, sc, tokens)
+	uids := sc.uids()
+	for i, z := range f.zs {
+		if m := z.missing(uids); m != 0 {
+			t.Errorf("ztunnel on %s: first push lacks %d of %d simulated pods", simNodeName(i), m, len(uids))
+		}
+		if n := z.count(ztunnelTypes[1]); n < s.Namespaces*s.ServicesPerNS {
+			t.Errorf("ztunnel on %s: first push has %d services, want at least %d", simNodeName(i), n, s.Namespaces*s.ServicesPerNS)
+		}
+	}
+	t.Logf("first push to %d ztunnels: %s", len(f.zs), first.Round(time.Millisecond))
+	for c := range 6 {
+		// Pods changed twice go back to where they were: still a change for the ztunnels.
+		i := c / 2 * 17 % s.pods()
+		key := fmt.Sprintf("%s%03d/pod-%04d", simNSPrefix, i/s.PodsPerNS, i%s.PodsPerNS)
+		before := f.received()
+		lat, ds := f.change(t, sc, key)
+		for j, d := range ds {
+			if d.resources != 1 || d.removed != 0 {
+				t.Errorf("change %d: ztunnel on %s got a response with %d resources and %d removals, want only the changed workload",
+					c, simNodeName(j), d.resources, d.removed)
+			}
+		}
+		t.Logf("change %d (%s) reached all %d ztunnels in %s, %d bytes each", c, key, len(f.zs),
+			lat.Round(time.Millisecond), (f.received()-before)/int64(len(f.zs)))
+	}
+}
+
+// BenchmarkIstiodScale measures istiod-lite at 1,000 and at 10,000 pods (100 and 1,000 services)
+// with 100 simulated ztunnels: the time from connecting all of them to all having their first
+// full push, the latency from a single pod change (API call) to every ztunnel having it (one
+// change per iteration; p50/p99 reported), the bytes each ztunnel receives per change, and
+// istiod-lite's resident memory and CPU. Run it with make bench-scale.
+func BenchmarkIstiodScale(b *testing.B) {
+	cs := client(b)
+	ist := deployIstiod(b, cs, 1)
+	sc := newSimCluster(b, 100)
+	tokens := ztunnelTokens(b, sc)
+	pid := ist.process(b)
+	for _, s := range []scale{{Namespaces: 10, PodsPerNS: 100, ServicesPerNS: 10}, {Namespaces: 100, PodsPerNS: 100, ServicesPerNS: 10}} {
+		b.Run(fmt.Sprintf("pods=%d", s.pods()), func(b *testing.B) {
+			sc.ensure(b, s)
+			waitModel(b, ist, sc, tokens[0])
+			_, _, cpu0 := procStats(b, pid)
+			f, first := connectFleet(b, ist, sc, tokens)
+			_, _, cpu1 := procStats(b, pid)
+			uids := sc.uids()
+			names := slices.Sorted(maps.Keys(sc.pods))
+			var lats []time.Duration
+			var bytes int64
+			b.ResetTimer()
+			for i := 0; b.Loop(); i++ {
+				before := f.received()
+				lat, _ := f.change(b, sc, names[(i*7919)%len(names)])
+				bytes += f.received() - before
+				lats = append(lats, lat)
+			}
+			b.StopTimer()
+			rss, peak, cpu2 := procStats(b, pid)
+			b.ReportMetric(float64(percentile(lats, 0.5).Microseconds())/1000, "p50-ms")
+			b.ReportMetric(float64(percentile(lats, 0.99).Microseconds())/1000, "p99-ms")
+			b.ReportMetric(float64(bytes)/float64(len(lats)*len(f.zs)), "bytes/change/ztunnel")
+			b.ReportMetric(first.Seconds(), "first-push-s")
+			b.ReportMetric(float64(rss)/(1<<20), "rss-MiB")
+			b.ReportMetric(float64(peak)/(1<<20), "peak-rss-MiB")
+			b.Logf("%d pods, %d services, %d ztunnels: first push %s (istiod CPU %s); %d changes p50 %s p99 %s, %d B/change/ztunnel; istiod CPU %s during changes; RSS %d MiB (peak %d MiB)",
+				len(uids), s.Namespaces*s.ServicesPerNS, len(f.zs), first.Round(time.Millisecond), cpu1-cpu0,
+				len(lats), percentile(lats, 0.5).Round(100*time.Microsecond), percentile(lats, 0.99).Round(100*time.Microsecond),
+				bytes/int64(len(lats)*len(f.zs)), cpu2-cpu1, rss>>20, peak>>20)
+			f.close()
+		})
+	}
+}
