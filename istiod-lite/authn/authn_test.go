@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/grpc/metadata"
@@ -62,4 +63,44 @@ func TestAuthenticate(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestReviewCache(t *testing.T) {
+	kube := kubefake.NewClientset()
+	reviews := 0
+	valid := map[string]bool{"good": true}
+	kube.PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		reviews++
+		tr := a.(k8stesting.CreateAction).GetObject().(*authnv1.TokenReview).DeepCopy()
+		if valid[tr.Spec.Token] {
+			tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{Username: "system:serviceaccount:ns:sa"}}
+		} else {
+			tr.Status = authnv1.TokenReviewStatus{Error: "invalid"}
+		}
+		return true, tr, nil
+	})
+	r := NewTokenReviewer(kube, nil)
+	now := time.Unix(1000, 0)
+	r.now = func() time.Time { return now }
+	review := func(token string, wantReviews int) {
+		t.Helper()
+		_, err := r.Review(context.Background(), token)
+		if valid[token] != (err == nil) {
+			t.Fatalf("review %q: %v", token, err)
+		}
+		if reviews != wantReviews {
+			t.Fatalf("after reviewing %q: %d TokenReviews, want %d", token, reviews, wantReviews)
+		}
+	}
+	review("good", 1)
+	review("good", 1) // cached
+	review("bad", 2)
+	review("bad", 3) // failures are not cached
+	valid["late"] = false
+	review("late", 4)
+	valid["late"] = true // a token rejected once is accepted as soon as the API server says so
+	review("late", 5)
+	now = now.Add(CacheTTL)
+	review("good", 6) // expired: reviewed again
+	review("good", 6)
 }

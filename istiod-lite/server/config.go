@@ -19,6 +19,11 @@ import (
 type Config struct {
 	// Kubeconfig is a kubeconfig path; empty means in-cluster.
 	Kubeconfig string
+	// KubeQPS and KubeBurst limit requests to the API server. The default client-go limit (5/s)
+	// would make a reconnect storm of proxies (a restart of istiod-lite, each proxy's token
+	// reviewed once) take minutes at 100 nodes.
+	KubeQPS   float32
+	KubeBurst int
 	// Namespace istiod-lite runs in: where the CA Secret and the leader Lease live.
 	Namespace string
 	// ServiceName is istiod-lite's Service, for the DNS names of its serving certificate.
@@ -54,6 +59,8 @@ func Default() Config {
 		AdminAddr:   "127.0.0.1:" + strconv.Itoa(mesh.PortAdmin),
 		MetricsAddr: ":" + strconv.Itoa(mesh.PortMetrics),
 		ReadyAddr:   ":" + strconv.Itoa(mesh.PortReadiness),
+		KubeQPS:     100,
+		KubeBurst:   200,
 		Model:       model.DefaultConfig(),
 		CA:          ca.DefaultConfig(),
 		// A single change reaches proxies about DebounceQuiet plus one translation after it
@@ -85,6 +92,9 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			errs = append(errs, fmt.Errorf("%s address %q: %w", name, addr, err))
 		}
+	}
+	if c.KubeQPS <= 0 || c.KubeBurst < 1 {
+		errs = append(errs, fmt.Errorf("need API server QPS (%v) > 0 and burst (%d) >= 1", c.KubeQPS, c.KubeBurst))
 	}
 	if c.DebounceQuiet <= 0 || c.DebounceMax < c.DebounceQuiet {
 		errs = append(errs, fmt.Errorf("need 0 < debounce quiet (%v) <= debounce max (%v)", c.DebounceQuiet, c.DebounceMax))

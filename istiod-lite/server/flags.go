@@ -2,7 +2,9 @@ package server
 
 import (
 	"flag"
+	"fmt"
 	"os"
+	"strconv"
 	"strings"
 )
 
@@ -14,6 +16,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) (finish func()) {
 		c.Namespace = ns
 	}
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig path (default: in-cluster)")
+	fs.Func("kube-qps", fmt.Sprintf("API server requests per second (default %v)", c.KubeQPS), func(v string) error {
+		f, err := strconv.ParseFloat(v, 32)
+		c.KubeQPS = float32(f)
+		return err
+	})
+	fs.IntVar(&c.KubeBurst, "kube-burst", c.KubeBurst, "API server request burst")
 	fs.StringVar(&c.Namespace, "namespace", c.Namespace, "namespace istiod-lite runs in (env POD_NAMESPACE)")
 	fs.StringVar(&c.PodName, "pod-name", os.Getenv("POD_NAME"), "this replica's pod name, for leader election (env POD_NAME)")
 	fs.StringVar(&c.ServiceName, "service", c.ServiceName, "istiod-lite's Service name")

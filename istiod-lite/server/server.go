@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -48,6 +49,7 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	restCfg.QPS, restCfg.Burst = cfg.KubeQPS, cfg.KubeBurst
 	var c controller.Clients
 	if c.Kube, err = kubernetes.NewForConfig(restCfg); err != nil {
 		return fmt.Errorf("kube client: %w", err)
@@ -331,6 +333,12 @@ func runLeaderElection(ctx context.Context, log *slog.Logger, kube kubernetes.In
 
 func adminHandler(x *xds.Server) http.Handler {
 	mux := http.NewServeMux()
+	// Profiles, as every Go control plane offers them; the admin port is bound to localhost.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/debug/config_dump", func(w http.ResponseWriter, _ *http.Request) {
 		snap := x.Snapshot()
 		if snap == nil {

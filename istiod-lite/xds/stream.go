@@ -29,15 +29,20 @@ type Proxy struct {
 	Namespace string
 }
 
-// watch is the state of one resource type on one stream.
+// watch is the subscription to one resource type on one stream.
+//
+// What the client holds is not stored per resource: after every response the client holds exactly
+// the resources of the stream's base snapshot that are in scope (subscribed to and visible to
+// it), at the base's versions. So a stream costs memory in proportion to its explicit
+// subscriptions, not to the size of the cluster (100 ztunnels each holding 10,000 workloads would
+// otherwise keep a million map entries). A NACK does not change this: the client keeps its last
+// good version, and the server does not resend the same content (see onRequest).
 type watch struct {
 	wildcard bool
-	names    map[string]bool
-	// sent is what the client holds or has been sent and not yet NACKed: name -> version.
-	sent map[string]string
-	// acked is what the client has confirmed: name -> version.
-	acked        map[string]string
-	ackedVersion string // snapshot version of the last ACKed response
+	names    map[string]bool // explicit subscriptions
+	acked    int             // resources held as of the last ACKed response, for the admin page
+	// ackedVersion is the snapshot version of the last ACKed response.
+	ackedVersion string
 	lastNACK     string
 }
 
@@ -45,10 +50,10 @@ func (w *watch) subscribed(name string) bool { return w.wildcard || w.names[name
 
 // pendingResponse is a response awaiting ACK or NACK.
 type pendingResponse struct {
-	typ      string
-	version  string
-	versions map[string]string
-	removed  []string
+	typ     string
+	version string
+	names   []string // resources sent, for the log of a NACK
+	held    int      // resources the client holds once it applies the response
 }
 
 // NACK describes a rejected response, for logs and metrics.
@@ -64,6 +69,8 @@ type stream struct {
 	watches map[string]*watch
 	pending map[string]*pendingResponse
 	nonce   uint64
+	// base is the snapshot the client has been brought to (nil before the first response).
+	base *Snapshot
 }
 
 func newStream(p *Proxy) *stream {
@@ -79,12 +86,72 @@ func known(typ string) bool {
 	return false
 }
 
-// onRequest processes a request against snap. It returns the response to send (nil for none) and,
-// for a NACK, what was rejected.
+// held returns the version of resource name the client holds under w's current scope ("" for
+// none).
+func (s *stream) held(typ string, w *watch, name string) string {
+	if s.base == nil || !w.subscribed(name) || !s.base.visible(s.proxy, typ, name) {
+		return ""
+	}
+	if r, ok := s.base.resources[typ][name]; ok {
+		return r.version
+	}
+	return ""
+}
+
+// holding adds to consider every resource the client holds of typ, at its version.
+func (s *stream) holding(typ string, w *watch, consider map[string]string) {
+	if s.base == nil {
+		return
+	}
+	if w.wildcard {
+		for n := range s.base.resources[typ] {
+			if v := s.held(typ, w, n); v != "" {
+				consider[n] = v
+			}
+		}
+		return
+	}
+	for n := range w.names {
+		if v := s.held(typ, w, n); v != "" {
+			consider[n] = v
+		}
+	}
+}
+
+// count returns how many resources of typ the client holds once brought to snap.
+func (s *stream) count(typ string, w *watch, snap *Snapshot) int {
+	if w.wildcard && typ != TypeAuthorization {
+		return len(snap.resources[typ]) // everything is visible to everyone
+	}
+	n := 0
+	if w.wildcard {
+		for name := range snap.resources[typ] {
+			if snap.visible(s.proxy, typ, name) {
+				n++
+			}
+		}
+		return n
+	}
+	for name := range w.names {
+		if _, ok := snap.resources[typ][name]; ok && snap.visible(s.proxy, typ, name) {
+			n++
+		}
+	}
+	return n
+}
+
+// onRequest processes a request against snap, which must be the snapshot the stream last worked
+// against (the base of its last response, or any snapshot before the first). It returns the
+// response to send (nil for none) and, for a NACK, what was rejected.
 func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapshot) (*discoveryv3.DeltaDiscoveryResponse, *NACK) {
 	typ := req.GetTypeUrl()
 	if !known(typ) {
 		return nil, nil // unknown types are ignored, as xDS servers do
+	}
+	// Until the first response the client holds nothing the stream knows of; after it, snap is
+	// the base (server.go pushes and answers requests against the same snapshot).
+	if s.base == nil {
+		s.base = snap
 	}
 	var nack *NACK
 	if nonce := req.GetResponseNonce(); nonce != "" {
@@ -94,25 +161,22 @@ func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapsho
 			if d := req.GetErrorDetail(); d != nil {
 				// The client keeps its last good version of what it rejected. We do not resend:
 				// the same content would be rejected again; the next change of a resource does.
-				nack = &NACK{TypeURL: typ, Nonce: nonce, Reason: d.GetMessage(), Resources: slices.Sorted(maps.Keys(p.versions))}
+				nack = &NACK{TypeURL: typ, Nonce: nonce, Reason: d.GetMessage(), Resources: slices.Sorted(slices.Values(p.names))}
 				w.lastNACK = d.GetMessage()
 			} else {
-				for n, v := range p.versions {
-					w.acked[n] = v
-				}
-				for _, n := range p.removed {
-					delete(w.acked, n)
-				}
+				w.acked = p.held
 				w.ackedVersion = p.version
 			}
 		}
 		// A stale nonce (superseded, or from before a reconnect) is ignored.
 	}
 
+	// consider maps each name whose state may change to the version the client holds now ("" for
+	// none), taken before the subscription changes.
+	consider := map[string]string{}
 	w, ok := s.watches[typ]
-	consider := map[string]struct{}{}
 	if !ok {
-		w = &watch{names: map[string]bool{}, sent: map[string]string{}, acked: map[string]string{}}
+		w = &watch{names: map[string]bool{}}
 		s.watches[typ] = w
 		subs := req.GetResourceNamesSubscribe()
 		w.wildcard = len(subs) == 0 // legacy wildcard: an empty first request
@@ -123,54 +187,62 @@ func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapsho
 				w.names[n] = true
 			}
 		}
-		// What the client already holds (reconnect) is not sent again; its versions are content
-		// hashes, so equal means identical.
-		for n, v := range req.GetInitialResourceVersions() {
-			w.sent[n] = v
-			w.acked[n] = v
-			consider[n] = struct{}{}
-		}
 		for n := range snap.resources[typ] {
-			consider[n] = struct{}{}
+			consider[n] = ""
 		}
 		for n := range w.names {
-			consider[n] = struct{}{}
+			consider[n] = ""
 		}
+		// What the client already holds (reconnect) is not sent again; its versions are content
+		// hashes, so equal means identical.
+		maps.Copy(consider, req.GetInitialResourceVersions())
 		resp := s.generate(typ, w, snap, consider, w.names)
 		if resp == nil {
 			// Always answer a new subscription, so the client knows it is in sync.
-			resp = s.respond(typ, snap, nil, nil)
+			resp = s.respond(typ, w, snap, nil, nil)
 		}
 		return resp, nack
 	}
 
+	// A name unsubscribed from by name is forgotten by the client itself: no removal is sent, and
+	// if the same request subscribes to it again, it is sent again.
+	forgot := map[string]bool{}
 	for _, n := range req.GetResourceNamesUnsubscribe() {
-		if n == "*" {
-			w.wildcard = false
-			for name := range w.sent {
-				consider[name] = struct{}{}
-			}
-			continue
-		}
-		delete(w.names, n)
-		// The client forgets unsubscribed resources itself; no removal is sent.
-		if !w.wildcard {
-			delete(w.sent, n)
-			delete(w.acked, n)
+		switch {
+		case n == "*" && w.wildcard:
+			// What the client holds through the wildcard alone is removed.
+			s.holding(typ, w, consider)
+		case n != "*" && !w.wildcard:
+			forgot[n] = true
 		}
 	}
 	newNames := map[string]bool{}
 	for _, n := range req.GetResourceNamesSubscribe() {
 		if n == "*" {
-			w.wildcard = true
 			for name := range snap.resources[typ] {
-				consider[name] = struct{}{}
+				consider[name] = s.held(typ, w, name)
 			}
 			continue
 		}
-		w.names[n] = true
 		newNames[n] = true
-		consider[n] = struct{}{}
+		if forgot[n] {
+			consider[n] = ""
+		} else {
+			consider[n] = s.held(typ, w, n)
+		}
+	}
+	for _, n := range req.GetResourceNamesUnsubscribe() {
+		if n == "*" {
+			w.wildcard = false
+		} else {
+			delete(w.names, n)
+		}
+	}
+	for n := range newNames {
+		w.names[n] = true
+	}
+	if slices.Contains(req.GetResourceNamesSubscribe(), "*") {
+		w.wildcard = true
 	}
 	if len(consider) == 0 {
 		return nil, nack
@@ -178,9 +250,9 @@ func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapsho
 	return s.generate(typ, w, snap, consider, newNames), nack
 }
 
-// onPush computes the responses for a new snapshot, given the names that changed per type since
-// the snapshot this stream last saw (nil: consider everything). Authorizations are always
-// re-evaluated in full (see changed).
+// onPush computes the responses that bring the client from the stream's base to snap, given
+// the names that changed per type between the two (nil: consider everything). Authorizations are
+// always re-evaluated in full (see changed).
 func (s *stream) onPush(snap *Snapshot, dirty map[string]map[string]struct{}) []*discoveryv3.DeltaDiscoveryResponse {
 	var out []*discoveryv3.DeltaDiscoveryResponse
 	for _, typ := range []string{TypeTrustBundle, TypeService, TypeWorkload, TypeAuthorization} {
@@ -188,62 +260,63 @@ func (s *stream) onPush(snap *Snapshot, dirty map[string]map[string]struct{}) []
 		if !ok {
 			continue
 		}
-		consider := dirty[typ]
-		if dirty != nil && typ != TypeAuthorization && len(consider) == 0 {
-			continue // nothing of this type changed
-		}
+		consider := map[string]string{}
 		if dirty == nil || typ == TypeAuthorization {
-			consider = map[string]struct{}{}
 			for n := range snap.resources[typ] {
-				consider[n] = struct{}{}
+				consider[n] = s.held(typ, w, n)
 			}
-			for n := range w.sent {
-				consider[n] = struct{}{}
+			s.holding(typ, w, consider)
+		} else {
+			for n := range dirty[typ] {
+				consider[n] = s.held(typ, w, n)
 			}
+		}
+		if len(consider) == 0 {
+			continue // nothing of this type changed
 		}
 		if r := s.generate(typ, w, snap, consider, nil); r != nil {
 			out = append(out, r)
 		}
 	}
+	s.base = snap
 	return out
 }
 
-// generate builds the response that brings the client from w.sent to snap for the names in
-// consider, and records it as sent. Names just subscribed to by name (fresh) that do not exist (or
-// that the proxy may not see) are listed as removed, so the client knows not to wait for them. It
-// returns nil when nothing differs.
-func (s *stream) generate(typ string, w *watch, snap *Snapshot, consider map[string]struct{}, fresh map[string]bool) *discoveryv3.DeltaDiscoveryResponse {
+// generate builds the response that brings the client from the versions in consider (what it
+// holds of those names) to snap; the caller moves the stream's base to snap. consider must hold every
+// name whose state differs between the base and snap. Names just subscribed to by name (fresh)
+// that do not exist (or that the proxy may not see) are listed as removed, so the client knows
+// not to wait for them. It returns nil when nothing differs.
+func (s *stream) generate(typ string, w *watch, snap *Snapshot, consider map[string]string, fresh map[string]bool) *discoveryv3.DeltaDiscoveryResponse {
 	var res []*discoveryv3.Resource
 	var removed []string
-	versions := map[string]string{}
 	for _, n := range slices.Sorted(maps.Keys(consider)) {
+		cur := consider[n]
 		r, ok := snap.resources[typ][n]
 		if ok && w.subscribed(n) && snap.visible(s.proxy, typ, n) {
-			if w.sent[n] == r.version {
-				continue
+			if cur != r.version {
+				res = append(res, &discoveryv3.Resource{Name: n, Version: r.version, Resource: r.body})
 			}
-			res = append(res, &discoveryv3.Resource{Name: n, Version: r.version, Resource: r.body})
-			versions[n] = r.version
-			w.sent[n] = r.version
 			continue
 		}
-		if _, had := w.sent[n]; had || (fresh[n] && w.subscribed(n)) {
+		if cur != "" || (fresh[n] && w.subscribed(n)) {
 			removed = append(removed, n)
-			delete(w.sent, n)
 		}
 	}
 	if len(res) == 0 && len(removed) == 0 {
 		return nil
 	}
-	resp := s.respond(typ, snap, res, removed)
-	s.pending[resp.Nonce].versions = versions
-	return resp
+	return s.respond(typ, w, snap, res, removed)
 }
 
-func (s *stream) respond(typ string, snap *Snapshot, res []*discoveryv3.Resource, removed []string) *discoveryv3.DeltaDiscoveryResponse {
+func (s *stream) respond(typ string, w *watch, snap *Snapshot, res []*discoveryv3.Resource, removed []string) *discoveryv3.DeltaDiscoveryResponse {
 	s.nonce++
 	nonce := strconv.FormatUint(s.nonce, 10)
-	s.pending[nonce] = &pendingResponse{typ: typ, version: snap.version, versions: map[string]string{}, removed: removed}
+	p := &pendingResponse{typ: typ, version: snap.version, held: s.count(typ, w, snap), names: make([]string, len(res))}
+	for i, r := range res {
+		p.names[i] = r.Name
+	}
+	s.pending[nonce] = p
 	// A client that never answers must not make pending grow without bound: drop the oldest
 	// (their ACKs would be stale anyway once newer responses are answered).
 	if len(s.pending) > maxPending {
@@ -270,10 +343,14 @@ const maxPending = 64
 func (s *stream) status() map[string]TypeStatus {
 	out := make(map[string]TypeStatus, len(s.watches))
 	for typ, w := range s.watches {
+		sent := 0
+		if s.base != nil {
+			sent = s.count(typ, w, s.base)
+		}
 		out[typ] = TypeStatus{
 			Wildcard:     w.wildcard,
-			Sent:         len(w.sent),
-			Acked:        len(w.acked),
+			Sent:         sent,
+			Acked:        w.acked,
 			AckedVersion: w.ackedVersion,
 			LastNACK:     w.lastNACK,
 		}
