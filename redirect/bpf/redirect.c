@@ -293,6 +293,13 @@ int track_sockops(struct bpf_sock_ops *ops)
 
 	switch (ops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		/* Every TCP connect on the node comes here; only one connect4/6 rewrote to the
+		 * proxy's port can have an entry. Testing the port first spares the others a socket
+		 * cookie and a map lookup. remote_port holds the network-order port in its upper
+		 * half on little-endian hosts (an ABI quirk), in its lower half elsewhere. */
+		if (ops->remote_port != bpf_htons(PORT_OUTBOUND) &&
+		    ops->remote_port != (__u32)bpf_htons(PORT_OUTBOUND) << 16)
+			break;
 		/* The source port is bound now and the SYN not yet sent, so the entry exists
 		 * before the proxy can accept the connection. */
 		cookie = bpf_get_socket_cookie(ops);
