@@ -181,8 +181,8 @@ func (r *Redirector) Close() error {
 
 // Enrol starts capturing the pod's traffic: outbound at once, inbound once the inbound hooks
 // are attached to its namespace (AttachSKLookup); until the proxy has registered its listeners,
-// inbound connections are dropped. Enrolling an enrolled
-// namespace replaces its addresses and probe ports.
+// inbound connections are dropped. Enrolling an enrolled namespace replaces its addresses and
+// probe ports.
 func (r *Redirector) Enrol(p Pod) error {
 	if err := r.enrol(p); err != nil {
 		return fmt.Errorf("enrol netns cookie %d: %w", p.NetNS, err)
