@@ -37,6 +37,7 @@ type Pod struct {
 }
 
 // ListenerKind names one of the proxy's listeners that sk_lookup assigns inbound connections to.
+// With no listener of the kind registered, such connections are dropped.
 type ListenerKind uint32
 
 // Listener kinds; the values are the kind field of the listeners map key (bpf/redirect.c).
@@ -46,10 +47,6 @@ const (
 	ListenerInbound ListenerKind = 0
 	// ListenerHBONE is the HBONE listener: inbound connections to mesh.PortHBONE.
 	ListenerHBONE ListenerKind = 1
-	// ListenerBlackhole takes the connections no proxy listener is there for; its socket
-	// filter drops every packet, so the SYN is dropped silently and the client retries
-	// (Blackhole). Without it such a SYN is answered with a RST.
-	ListenerBlackhole ListenerKind = 2
 )
 
 func (k ListenerKind) String() string {
@@ -58,8 +55,6 @@ func (k ListenerKind) String() string {
 		return "inbound"
 	case ListenerHBONE:
 		return "hbone"
-	case ListenerBlackhole:
-		return "blackhole"
 	}
 	return fmt.Sprintf("kind(%d)", uint32(k))
 }

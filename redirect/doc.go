@@ -1,7 +1,7 @@
 // Package redirect owns the kernel side of traffic capture (DESIGN.md §5): the eBPF programs
 // that steer a pod's TCP connections into the in-pod proxy, their maps and links pinned under
-// a bpffs directory, and typed operations on them (enrol a network namespace, attach sk_lookup,
-// register proxy listeners, look up original destinations, uninstall).
+// a bpffs directory, and typed operations on them (enrol a network namespace, attach its inbound
+// hooks, register proxy listeners, look up original destinations, uninstall).
 //
 // It must not decide which pods are enrolled, talk to Kubernetes, or open sockets of its own
 // other than to read a network namespace's cookie. It never fails open: a socket that should be

@@ -61,11 +61,12 @@ const (
 	redirectMapProbeSrcs      = "probe_srcs"
 	redirectProgConnect4      = "connect4"
 	redirectProgConnect6      = "connect6"
+	redirectProgDropSyn       = "drop_syn"
 	redirectProgGetpeername4  = "getpeername4"
 	redirectProgGetpeername6  = "getpeername6"
 	redirectProgSteerSkLookup = "steer_sk_lookup"
 	redirectProgTrackSockops  = "track_sockops"
-	redirectVarSkLookupNetns  = "sk_lookup_netns"
+	redirectVarPodNetns       = "pod_netns"
 )
 
 // loadRedirect returns the embedded CollectionSpec for redirect.
@@ -112,6 +113,7 @@ type redirectSpecs struct {
 type redirectProgramSpecs struct {
 	Connect4      *ebpf.ProgramSpec `ebpf:"connect4"`
 	Connect6      *ebpf.ProgramSpec `ebpf:"connect6"`
+	DropSyn       *ebpf.ProgramSpec `ebpf:"drop_syn"`
 	Getpeername4  *ebpf.ProgramSpec `ebpf:"getpeername4"`
 	Getpeername6  *ebpf.ProgramSpec `ebpf:"getpeername6"`
 	SteerSkLookup *ebpf.ProgramSpec `ebpf:"steer_sk_lookup"`
@@ -134,7 +136,7 @@ type redirectMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type redirectVariableSpecs struct {
-	SkLookupNetns *ebpf.VariableSpec `ebpf:"sk_lookup_netns"`
+	PodNetns *ebpf.VariableSpec `ebpf:"pod_netns"`
 }
 
 // redirectObjects contains all objects after they have been loaded into the kernel.
@@ -180,7 +182,7 @@ func (m *redirectMaps) Close() error {
 //
 // It can be passed to loadRedirectObjects or ebpf.CollectionSpec.LoadAndAssign.
 type redirectVariables struct {
-	SkLookupNetns *ebpf.Variable `ebpf:"sk_lookup_netns"`
+	PodNetns *ebpf.Variable `ebpf:"pod_netns"`
 }
 
 // redirectPrograms contains all programs after they have been loaded into the kernel.
@@ -189,6 +191,7 @@ type redirectVariables struct {
 type redirectPrograms struct {
 	Connect4      *ebpf.Program `ebpf:"connect4"`
 	Connect6      *ebpf.Program `ebpf:"connect6"`
+	DropSyn       *ebpf.Program `ebpf:"drop_syn"`
 	Getpeername4  *ebpf.Program `ebpf:"getpeername4"`
 	Getpeername6  *ebpf.Program `ebpf:"getpeername6"`
 	SteerSkLookup *ebpf.Program `ebpf:"steer_sk_lookup"`
@@ -199,6 +202,7 @@ func (p *redirectPrograms) Close() error {
 	return _RedirectClose(
 		p.Connect4,
 		p.Connect6,
+		p.DropSyn,
 		p.Getpeername4,
 		p.Getpeername6,
 		p.SteerSkLookup,

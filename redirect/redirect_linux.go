@@ -6,7 +6,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 
@@ -61,8 +60,6 @@ var cgroupHooks = []struct {
 	{"cgroup_sockops", ebpf.AttachCGroupSockOps, func(o *objects) *ebpf.Program { return o.TrackSockops }},
 }
 
-const skLookupPinPrefix = "sk_lookup_"
-
 // Redirector holds the loaded programs and pinned maps. Its methods are safe for concurrent
 // use (each is a few map operations); Close releases the file descriptors and leaves the
 // pinned state, and so redirection, in place.
@@ -73,8 +70,8 @@ type Redirector struct {
 	objs objects
 }
 
-// objects is what the Redirector holds open: the cgroup programs and the maps. The sk_lookup
-// program is loaded once per namespace (skLookupProgram).
+// objects is what the Redirector holds open: the cgroup programs and the maps. The inbound
+// programs are loaded once per namespace (loadNSPrograms).
 type objects struct {
 	Connect4     *ebpf.Program `ebpf:"connect4"`
 	Connect6     *ebpf.Program `ebpf:"connect6"`
@@ -102,8 +99,9 @@ func (o *objects) Close() error {
 }
 
 // Load loads the programs, creates or reuses the pinned maps and attaches the cgroup hooks.
-// Hooks already pinned by an earlier load, including every sk_lookup link, are switched to the
-// new programs in place (link.Update), so there is no moment without redirection.
+// Hooks already pinned by an earlier load, including every namespace's inbound hooks, are
+// switched to the new programs in place (link.Update), so there is no moment without
+// redirection.
 func Load(cfg Config) (*Redirector, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -140,53 +138,28 @@ func Load(cfg Config) (*Redirector, error) {
 			return nil, fmt.Errorf("attach %s to cgroup %s: %w", h.name, cfg.Cgroup, err)
 		}
 	}
-	pins, err := skLookupPins(cfg)
-	if err != nil {
+	if err := r.updateNSPins(); err != nil {
 		r.Close()
 		return nil, err
-	}
-	for cookie, pin := range pins {
-		prog, err := r.skLookupProgram(cookie)
-		if err == nil {
-			err = attachOrUpdate(pin, prog, nil)
-			prog.Close()
-		}
-		if errors.Is(err, unix.ENOLINK) {
-			// The namespace is gone (pod deleted while no agent ran): drop its pin.
-			err = detachPinned(pin)
-		}
-		if err != nil {
-			r.Close()
-			return nil, fmt.Errorf("update sk_lookup of netns cookie %d: %w", cookie, err)
-		}
 	}
 	return r, nil
 }
 
-// skLookupProgram loads a copy of the sk_lookup program for one namespace: the program cannot
-// ask the kernel which namespace it runs in, so the cookie is a constant of the copy.
-func (r *Redirector) skLookupProgram(netns uint64) (*ebpf.Program, error) {
-	spec := r.spec.Copy()
-	if err := spec.Variables["sk_lookup_netns"].Set(netns); err != nil {
-		return nil, err
-	}
-	var o struct {
-		Prog *ebpf.Program `ebpf:"steer_sk_lookup"`
-	}
-	if err := spec.LoadAndAssign(&o, r.opts); err != nil {
-		return nil, fmt.Errorf("load sk_lookup: %w", err)
-	}
-	return o.Prog, nil
-}
-
 // attachOrUpdate points the link pinned at pin to prog, or, when there is none and attach is
-// not nil, attaches and pins a new one.
+// not nil, attaches and pins a new one. With attach, a pinned link whose target is gone (an
+// interface whose index was reused) is replaced.
 func attachOrUpdate(pin string, prog *ebpf.Program, attach func() (link.Link, error)) error {
 	l, err := link.LoadPinnedLink(pin, nil)
 	switch {
 	case err == nil:
-		defer l.Close()
-		return l.Update(prog)
+		err = l.Update(prog)
+		l.Close()
+		if !errors.Is(err, unix.ENOLINK) || attach == nil {
+			return err
+		}
+		if err := detachPinned(pin); err != nil {
+			return err
+		}
 	case !errors.Is(err, os.ErrNotExist) || attach == nil:
 		return err
 	}
@@ -201,35 +174,15 @@ func attachOrUpdate(pin string, prog *ebpf.Program, attach func() (link.Link, er
 	return nil
 }
 
-// skLookupPins lists the pinned sk_lookup links by netns cookie.
-func skLookupPins(cfg Config) (map[uint64]string, error) {
-	entries, err := os.ReadDir(cfg.linkDir())
-	if err != nil {
-		return nil, fmt.Errorf("list links: %w", err)
-	}
-	pins := map[uint64]string{}
-	for _, e := range entries {
-		s, ok := strings.CutPrefix(e.Name(), skLookupPinPrefix)
-		if !ok {
-			continue
-		}
-		cookie, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			continue
-		}
-		pins[cookie] = filepath.Join(cfg.linkDir(), e.Name())
-	}
-	return pins, nil
-}
-
 // Close releases the file descriptors; pinned maps and links stay.
 func (r *Redirector) Close() error {
 	return r.objs.Close()
 }
 
-// Enrol starts capturing the pod's traffic: outbound at once, inbound once sk_lookup is
-// attached to its namespace and the proxy has registered its listeners. Enrolling an enrolled
-// namespace replaces its addresses and probe ports.
+// Enrol starts capturing the pod's traffic: outbound at once, inbound once the inbound hooks
+// are attached to its namespace (AttachSKLookup); until the proxy has registered its listeners,
+// inbound connections are dropped. Enrolling an enrolled namespace replaces its addresses and
+// probe ports.
 func (r *Redirector) Enrol(p Pod) error {
 	if err := r.enrol(p); err != nil {
 		return fmt.Errorf("enrol netns cookie %d: %w", p.NetNS, err)
@@ -270,7 +223,8 @@ func (r *Redirector) enrol(p Pod) error {
 }
 
 // Unenrol stops capturing the namespace's traffic and forgets its probe ports and listeners.
-// It does not detach sk_lookup; with the namespace unenrolled the program lets everything pass.
+// It does not detach the inbound hooks (DetachSKLookup does); with the namespace unenrolled
+// they let everything pass.
 func (r *Redirector) Unenrol(netns uint64) error {
 	err := r.objs.Enrolled.Delete(netns)
 	if errors.Is(err, ebpf.ErrKeyNotExist) {
@@ -281,7 +235,6 @@ func (r *Redirector) Unenrol(netns uint64) error {
 		deleteWhere(r.objs.ProbeSrcs, func(k redirectProbeSrcKey) bool { return k.Netns == netns }),
 		r.deleteListener(netns, ListenerInbound),
 		r.deleteListener(netns, ListenerHBONE),
-		r.deleteListener(netns, ListenerBlackhole),
 	)
 	if err != nil {
 		return fmt.Errorf("unenrol netns cookie %d: %w", netns, err)
@@ -321,45 +274,6 @@ func deleteWhere[K comparable](m *ebpf.Map, match func(K) bool) error {
 	return nil
 }
 
-// AttachSKLookup attaches the inbound program to the network namespace at nsPath and pins the
-// link, so it lives as long as the namespace or until DetachSKLookup. It is idempotent.
-// It returns the namespace's cookie.
-func (r *Redirector) AttachSKLookup(nsPath string) (uint64, error) {
-	ns, err := os.Open(nsPath)
-	if err != nil {
-		return 0, fmt.Errorf("attach sk_lookup to netns %s: %w", nsPath, err)
-	}
-	defer ns.Close()
-	cookie, err := netnsCookieFD(int(ns.Fd()))
-	if err != nil {
-		return 0, fmt.Errorf("attach sk_lookup to netns %s: %w", nsPath, err)
-	}
-	prog, err := r.skLookupProgram(cookie)
-	if err == nil {
-		err = attachOrUpdate(r.skLookupPin(cookie), prog, func() (link.Link, error) {
-			return link.AttachNetNs(int(ns.Fd()), prog)
-		})
-		prog.Close() // the link holds the program
-	}
-	if err != nil {
-		return 0, fmt.Errorf("attach sk_lookup to netns %s (cookie %d): %w", nsPath, cookie, err)
-	}
-	return cookie, nil
-}
-
-func (r *Redirector) skLookupPin(netns uint64) string {
-	return filepath.Join(r.cfg.linkDir(), skLookupPinPrefix+strconv.FormatUint(netns, 10))
-}
-
-// DetachSKLookup detaches the inbound program from the namespace; a namespace that is gone or
-// was never attached is not an error.
-func (r *Redirector) DetachSKLookup(netns uint64) error {
-	if err := detachPinned(r.skLookupPin(netns)); err != nil {
-		return fmt.Errorf("detach sk_lookup from netns cookie %d: %w", netns, err)
-	}
-	return nil
-}
-
 func detachPinned(pin string) error {
 	l, err := link.LoadPinnedLink(pin, nil)
 	if errors.Is(err, os.ErrNotExist) {
@@ -380,7 +294,8 @@ func detachPinned(pin string) error {
 
 // RegisterListener makes conn, a listening TCP socket the proxy opened inside the namespace,
 // the target of the namespace's inbound connections of that kind. The kernel drops the entry
-// when the socket closes, and inbound SYNs are then dropped until a new one is registered.
+// when the socket closes, and inbound SYNs are then dropped (silently, see AttachSKLookup)
+// until a new one is registered.
 func (r *Redirector) RegisterListener(netns uint64, kind ListenerKind, conn syscall.Conn) error {
 	if err := r.registerListener(netns, kind, conn); err != nil {
 		return fmt.Errorf("register %s listener for netns cookie %d: %w", kind, netns, err)
@@ -389,7 +304,7 @@ func (r *Redirector) RegisterListener(netns uint64, kind ListenerKind, conn sysc
 }
 
 func (r *Redirector) registerListener(netns uint64, kind ListenerKind, conn syscall.Conn) error {
-	if kind != ListenerInbound && kind != ListenerHBONE && kind != ListenerBlackhole {
+	if kind != ListenerInbound && kind != ListenerHBONE {
 		return fmt.Errorf("unknown listener kind")
 	}
 	raw, err := conn.SyscallConn()
@@ -438,7 +353,7 @@ func (r *Redirector) LookupOrigDst(peer netip.AddrPort) (netip.AddrPort, error) 
 
 var _ Datapath = (*Redirector)(nil)
 
-// Uninstall detaches every hook (cgroup and sk_lookup) and removes the pin directory.
+// Uninstall detaches every hook (cgroup, sk_lookup and tcx) and removes the pin directory.
 // The Redirector is closed.
 func (r *Redirector) Uninstall() error {
 	return errors.Join(r.Close(), Uninstall(r.cfg))

@@ -3,6 +3,7 @@ package redirect
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -10,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -189,42 +189,59 @@ func TestInbound(t *testing.T) {
 		})
 	}
 
-	t.Run("listener-closed-fails-closed", func(t *testing.T) {
+	t.Run("listener-closed-drops-syn-silently", func(t *testing.T) {
 		in.proxyIn.ln.Close()
-		// sk_lookup's SK_DROP fails the kernel's socket lookup, which TCP answers with a RST
-		// (ECONNREFUSED) rather than a silent drop; either way the app is never reached.
-		_, err := dialFrom(t, e.peerNS, netip.Addr{}, netip.AddrPortFrom(e.podIP, 8080), 300*time.Millisecond)
-		var ne net.Error
-		if !errors.Is(err, syscall.ECONNREFUSED) && !(errors.As(err, &ne) && ne.Timeout()) {
-			t.Fatalf("dial with proxy listener closed: err = %v, want refused or timeout", err)
+		key := redirectListenerKey{Netns: in.netns, Kind: uint32(ListenerInbound)}
+		if err := eventually(5*time.Second, func() bool {
+			var v uint64
+			return errors.Is(e.r.objs.Listeners.Lookup(key, &v), ebpf.ErrKeyNotExist)
+		}); err != nil {
+			t.Fatal("closed listener still in the listeners map")
 		}
-		in.app8080.none(t)
-		// HBONE still has its listener.
-		in.dial(t, e.peerIP, e.podIP, mesh.PortHBONE)
-		in.proxyHB.accept(t, acceptTimeout)
-	})
-
-	t.Run("blackhole-drops-syn", func(t *testing.T) {
-		bh, err := e.r.Blackhole(e.podNS)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer bh.Close()
+		// No RST (ECONNREFUSED): drop_syn drops the SYN before TCP's socket lookup, so the
+		// client only times out. The app never sees the connection.
 		for _, to := range []netip.Addr{e.podIP, e.podIP6} {
-			_, err = dialFrom(t, e.peerNS, netip.Addr{}, netip.AddrPortFrom(to, 8080), 300*time.Millisecond)
+			_, err := dialFrom(t, e.peerNS, netip.Addr{}, netip.AddrPortFrom(to, 8080), time.Second)
 			var ne net.Error
 			if !errors.As(err, &ne) || !ne.Timeout() {
-				t.Errorf("dial %v with only the blackhole: err = %v, want a timeout (SYN dropped)", to, err)
+				t.Errorf("dial %v:8080 with no proxy listener: err = %v, want a timeout (SYN dropped silently)", to, err)
 			}
 		}
 		in.app8080.none(t)
-		// A proxy listener registered again takes over at once.
+
+		// What is not captured still flows: a probe from the node to its declared port, the
+		// pod's own connections over loopback and to its own address, HBONE (its listener is
+		// still there).
+		in.dial(t, e.peerIP, e.podIP, 8081)
+		in.app8081.accept(t, acceptTimeout)
+		for _, to := range []netip.Addr{netip.MustParseAddr("127.0.0.1"), e.podIP} {
+			if _, err := dialFrom(t, e.podNS, netip.Addr{}, netip.AddrPortFrom(to, 8080), acceptTimeout); err != nil {
+				t.Fatalf("dial %v:8080 inside the pod: %v", to, err)
+			}
+			in.app8080.accept(t, acceptTimeout)
+		}
+		in.dial(t, e.peerIP, e.podIP, mesh.PortHBONE)
+		in.proxyHB.accept(t, acceptTimeout)
+
+		// A client already waiting gets through on a retransmitted SYN once the proxy listens
+		// again, and so does a fresh one; both land on the proxy, never on the app.
+		waiting := connectNonblock(t, e.peerNS, netip.AddrPortFrom(e.podIP, 8080))
+		if err := eventually(5*time.Second, func() bool { return tcpInfo(t, waiting).Retransmits >= 1 }); err != nil {
+			t.Fatalf("client SYN not retransmitted (state %d): %v", tcpInfo(t, waiting).State, err)
+		}
 		in.proxyIn = e.listen(e.podNS, ":"+itoa(mesh.PortInboundPlaintext))
 		if err := e.r.RegisterListener(in.netns, ListenerInbound, in.proxyIn.ln.(*net.TCPListener)); err != nil {
 			t.Fatal(err)
 		}
+		if err := eventually(10*time.Second, func() bool { return tcpInfo(t, waiting).State == tcpEstablished }); err != nil {
+			t.Fatalf("retransmitting client not connected (state %d): %v", tcpInfo(t, waiting).State, err)
+		}
+		if c := in.proxyIn.accept(t, acceptTimeout); addrPortOf(c.LocalAddr()) != netip.AddrPortFrom(e.podIP, 8080) {
+			t.Errorf("proxy accepted the retransmitting client on %v", c.LocalAddr())
+		}
 		in.dial(t, e.peerIP, e.podIP, 8080)
 		in.proxyIn.accept(t, acceptTimeout)
+		in.app8080.none(t)
 	})
 
 	t.Run("unenrol-restores-direct", func(t *testing.T) {
@@ -234,6 +251,37 @@ func TestInbound(t *testing.T) {
 		in.dial(t, e.peerIP, e.podIP, 8080)
 		in.app8080.accept(t, acceptTimeout)
 	})
+}
+
+const tcpEstablished = 1 // tcp_info state
+
+// connectNonblock starts a TCP connect from inside ns and returns the socket without waiting.
+func connectNonblock(t *testing.T, ns string, to netip.AddrPort) int {
+	t.Helper()
+	fd := -1
+	inNS(t, ns, func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		err = unix.Connect(fd, &unix.SockaddrInet4{Addr: to.Addr().As4(), Port: int(to.Port())})
+		if errors.Is(err, unix.EINPROGRESS) {
+			err = nil
+		}
+		return err
+	})
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd
+}
+
+func tcpInfo(t *testing.T, fd int) *unix.TCPInfo {
+	t.Helper()
+	info, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
 }
 
 func TestRegisterListenerWrongNetNS(t *testing.T) {
@@ -257,7 +305,9 @@ func TestReloadFromPins(t *testing.T) {
 		t.Fatalf("reload: %s", r.Err)
 	}
 	after := linkProgIDs(t, e.cfg)
-	if len(after) != len(before) || len(after) != len(cgroupHooks)+1 {
+	// The cgroup hooks, sk_lookup and drop_syn on the pod's eth0.
+	tcx := e.tcxPin(in.netns)
+	if _, ok := after[filepath.Base(tcx)]; !ok || len(after) != len(before) || len(after) != len(cgroupHooks)+2 {
 		t.Fatalf("links before %v, after %v", before, after)
 	}
 	for name, id := range before {
@@ -277,6 +327,50 @@ func TestReloadFromPins(t *testing.T) {
 	waitResult(t, ares)
 	in.dial(t, e.peerIP, e.podIP, 8080)
 	in.proxyIn.accept(t, acceptTimeout)
+	// drop_syn runs the new program too: no listener, a silent drop.
+	in.proxyIn.ln.Close()
+	if err := eventually(5*time.Second, func() bool { return countEntries(e.r.objs.Listeners) == 1 }); err != nil {
+		t.Fatal("closed listener still in the listeners map")
+	}
+	_, err := dialFrom(t, e.peerNS, netip.Addr{}, netip.AddrPortFrom(e.podIP, 8080), time.Second)
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Errorf("dial with no proxy listener after reload: err = %v, want a timeout", err)
+	}
+	in.app8080.none(t)
+}
+
+// tcxPin is the pin of drop_syn's link on the pod's eth0.
+func (e *env) tcxPin(netns uint64) string {
+	e.t.Helper()
+	var ifindex int
+	inNS(e.t, e.podNS, func() error {
+		ifi, err := net.InterfaceByName("eth0")
+		if err == nil {
+			ifindex = ifi.Index
+		}
+		return err
+	})
+	return e.r.tcxPin(netns, ifindex)
+}
+
+// tcxPrograms counts the programs attached at tcx ingress of the pod's eth0.
+func (e *env) tcxPrograms() int {
+	e.t.Helper()
+	var n int
+	inNS(e.t, e.podNS, func() error {
+		ifi, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		q, err := link.QueryPrograms(link.QueryOptions{Target: ifi.Index, Attach: ebpf.AttachTCXIngress})
+		if err != nil {
+			return fmt.Errorf("query tcx: %w", err)
+		}
+		n = len(q.Programs)
+		return nil
+	})
+	return n
 }
 
 func linkProgIDs(t *testing.T, cfg Config) map[string]ebpf.ProgramID {
@@ -336,6 +430,9 @@ func TestUninstall(t *testing.T) {
 	if len(q.Programs) != 0 {
 		t.Errorf("sk_lookup: %d programs still attached", len(q.Programs))
 	}
+	if n := e.tcxPrograms(); n != 0 {
+		t.Errorf("tcx ingress: %d programs still attached", n)
+	}
 	// Traffic flows directly again.
 	in.dial(t, e.peerIP, e.podIP, 8080)
 	in.app8080.accept(t, acceptTimeout)
@@ -343,14 +440,69 @@ func TestUninstall(t *testing.T) {
 
 func TestDetachSKLookup(t *testing.T) {
 	in := newInbound(t)
+	if n := in.e.tcxPrograms(); n != 1 {
+		t.Fatalf("tcx ingress: %d programs attached, want 1", n)
+	}
 	if err := in.e.r.DetachSKLookup(in.netns); err != nil {
 		t.Fatal(err)
 	}
 	if err := in.e.r.DetachSKLookup(in.netns); err != nil {
 		t.Fatalf("second detach: %v", err)
 	}
+	if pins, err := nsPins(in.e.cfg, 0); err != nil || len(pins) != 0 {
+		t.Errorf("pins after detach: %v, %v", pins, err)
+	}
+	if n := in.e.tcxPrograms(); n != 0 {
+		t.Errorf("tcx ingress: %d programs still attached", n)
+	}
+	// Direct again, with or without a proxy listener.
 	in.dial(t, in.e.peerIP, in.e.podIP, 8080)
 	in.app8080.accept(t, acceptTimeout)
+	in.proxyIn.ln.Close()
+	in.dial(t, in.e.peerIP, in.e.podIP, 8080)
+	in.app8080.accept(t, acceptTimeout)
+}
+
+// TestAttachSKLookupFollowsInterfaces: attaching again covers interfaces added since and
+// forgets those removed.
+func TestAttachSKLookupFollowsInterfaces(t *testing.T) {
+	e := newEnv(t)
+	netns := e.enrol()
+	ifaces := func() []int {
+		t.Helper()
+		pins, err := nsPins(e.cfg, netns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var idx []int
+		for _, p := range pins {
+			if p.ifindex != 0 {
+				idx = append(idx, p.ifindex)
+			}
+		}
+		return idx
+	}
+	if _, err := e.r.AttachSKLookup(e.podNS); err != nil {
+		t.Fatal(err)
+	}
+	if got := ifaces(); len(got) != 1 {
+		t.Fatalf("tcx pins %v, want eth0 only", got)
+	}
+	pod := filepath.Base(e.podNS)
+	e.ip("-n", pod, "link", "add", "eth1", "type", "veth", "peer", "name", "eth1", "netns", filepath.Base(e.peerNS))
+	if _, err := e.r.AttachSKLookup(e.podNS); err != nil {
+		t.Fatal(err)
+	}
+	if got := ifaces(); len(got) != 2 {
+		t.Fatalf("tcx pins %v after adding eth1, want 2", got)
+	}
+	e.ip("-n", pod, "link", "del", "eth1")
+	if _, err := e.r.AttachSKLookup(e.podNS); err != nil {
+		t.Fatal(err)
+	}
+	if got := ifaces(); len(got) != 1 {
+		t.Fatalf("tcx pins %v after removing eth1, want 1", got)
+	}
 }
 
 // TestOrigDstBounded runs many short captured connections and checks that both
@@ -417,14 +569,15 @@ func countEntries(m *ebpf.Map) int {
 
 var _ = unix.SO_MARK
 
-// TestLoadDropsSeveredSKLookup: a pod netns that went away while its sk_lookup link stayed
-// pinned must not stop a later Load, and its pin goes.
+// TestLoadDropsSeveredSKLookup: a pod netns that went away while its sk_lookup and tcx links
+// stayed pinned must not stop a later Load, and their pins go.
 func TestLoadDropsSeveredSKLookup(t *testing.T) {
 	e := newEnv(t)
 	netns := e.enrol()
 	if _, err := e.r.AttachSKLookup(e.podNS); err != nil {
 		t.Fatal(err)
 	}
+	tcx := e.tcxPin(netns)
 	pin := e.r.skLookupPin(netns)
 	e.ip("netns", "del", filepath.Base(e.podNS))
 	var lerr error
@@ -434,10 +587,11 @@ func TestLoadDropsSeveredSKLookup(t *testing.T) {
 			return false
 		}
 		r.Close()
-		return !fileExists(pin)
+		return !fileExists(pin) && !fileExists(tcx)
 	})
 	if err != nil {
-		t.Fatalf("pin %s of a deleted netns still there (last load error: %v)", filepath.Base(pin), lerr)
+		t.Fatalf("pins %s, %s of a deleted netns: %v, %v (last load error: %v)",
+			filepath.Base(pin), filepath.Base(tcx), fileExists(pin), fileExists(tcx), lerr)
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"os"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -64,16 +63,9 @@ func socketCookie(t *testing.T, s *server) uint64 {
 func TestSKLookupDecisions(t *testing.T) {
 	e := newEnv(t)
 	netns := e.enrol()
-	prog, err := e.r.skLookupProgram(netns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prog.Close()
-	other, err := e.r.skLookupProgram(netns + 1000) // a namespace that is not enrolled
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
+	progs := e.nsPrograms(netns)
+	prog := progs.SkLookup
+	other := e.nsPrograms(netns + 1000).SkLookup // a namespace that is not enrolled
 
 	run := func(t *testing.T, p *ebpf.Program, ctx skLookupCtx) (uint32, uint64) {
 		t.Helper()
@@ -121,22 +113,6 @@ func TestSKLookupDecisions(t *testing.T) {
 		})
 	}
 
-	bh, err := e.r.Blackhole(e.podNS)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer bh.Close()
-	bhCookie, err := unix.GetsockoptUint64(int(bh.(*os.File).Fd()), unix.SOL_SOCKET, unix.SO_COOKIE)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Run("no listener goes to blackhole", func(t *testing.T) {
-		ret, cookie := run(t, prog, newSKLookupCtx(unix.IPPROTO_TCP, node, to(e.podIP, 8080)))
-		if ret != pass || cookie != bhCookie {
-			t.Errorf("verdict %d, socket cookie %d; want %d, %d (blackhole)", ret, cookie, pass, bhCookie)
-		}
-	})
-
 	in := e.listen(e.podNS, ":15006")
 	hb := e.listen(e.podNS, ":15008")
 	if err := e.r.RegisterListener(netns, ListenerInbound, in.ln.(*net.TCPListener)); err != nil {
@@ -161,4 +137,151 @@ func TestSKLookupDecisions(t *testing.T) {
 			}
 		})
 	}
+}
+
+func (e *env) nsPrograms(netns uint64) *nsPrograms {
+	e.t.Helper()
+	p, err := e.r.loadNSPrograms(netns)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// packet is a TCP segment in an Ethernet frame, as drop_syn sees it at tcx ingress.
+type packet struct {
+	from, to netip.AddrPort
+	flags    uint8 // TCP flags
+	proto    uint8 // IP protocol, TCP if 0
+	ipOpts   int   // IPv4 option bytes (a multiple of 4)
+	fragOff  uint16
+	hopByHop bool // IPv6 with a hop-by-hop options header before TCP
+}
+
+const (
+	tcpSYN = 0x02
+	tcpACK = 0x10
+)
+
+func (p packet) bytes() []byte {
+	be := binary.BigEndian
+	proto := p.proto
+	if proto == 0 {
+		proto = unix.IPPROTO_TCP
+	}
+	tcp := make([]byte, 20)
+	be.PutUint16(tcp[0:], p.from.Port())
+	be.PutUint16(tcp[2:], p.to.Port())
+	tcp[12] = 5 << 4
+	tcp[13] = p.flags
+	eth := make([]byte, 14)
+	copy(eth[0:6], []byte{2, 0, 0, 0, 0, 1})
+	copy(eth[6:12], []byte{2, 0, 0, 0, 0, 2})
+	var ip []byte
+	if p.from.Addr().Is4() {
+		be.PutUint16(eth[12:], unix.ETH_P_IP)
+		ip = make([]byte, 20+p.ipOpts)
+		ip[0] = 4<<4 | byte(len(ip)/4)
+		be.PutUint16(ip[2:], uint16(len(ip)+len(tcp)))
+		be.PutUint16(ip[6:], p.fragOff)
+		ip[8] = 64
+		ip[9] = proto
+		f, t := p.from.Addr().As4(), p.to.Addr().As4()
+		copy(ip[12:], f[:])
+		copy(ip[16:], t[:])
+		for i := 20; i < len(ip); i++ {
+			ip[i] = 1 // NOP options
+		}
+	} else {
+		be.PutUint16(eth[12:], unix.ETH_P_IPV6)
+		ip = make([]byte, 40)
+		ip[0] = 6 << 4
+		ip[6] = proto
+		ip[7] = 64
+		f, t := p.from.Addr().As16(), p.to.Addr().As16()
+		copy(ip[8:], f[:])
+		copy(ip[24:], t[:])
+		if p.hopByHop {
+			ip[6] = 0
+			ip = append(ip, proto, 0, 1, 4, 0, 0, 0, 0) // PadN
+		}
+		be.PutUint16(ip[4:], uint16(len(ip)-40+len(tcp)))
+	}
+	return append(append(eth, ip...), tcp...)
+}
+
+// TestDropSynDecisions runs drop_syn through BPF_PROG_TEST_RUN on crafted frames.
+func TestDropSynDecisions(t *testing.T) {
+	e := newEnv(t)
+	netns := e.enrol()
+	prog := e.nsPrograms(netns).DropSyn
+	other := e.nsPrograms(netns + 1000).DropSyn // a namespace that is not enrolled
+
+	const next, drop = ^uint32(0), 2 // TCX_NEXT (-1), TCX_DROP
+	run := func(t *testing.T, p *ebpf.Program, pkt packet) uint32 {
+		t.Helper()
+		ret, err := p.Run(&ebpf.RunOptions{Data: pkt.bytes()})
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			skipOrFail(t, "kernel lacks BPF_PROG_TEST_RUN for tc: "+err.Error())
+		}
+		if err != nil {
+			t.Fatalf("test run: %v", err)
+		}
+		return ret
+	}
+	node := netip.AddrPortFrom(e.peerIP, 40000)
+	node6 := netip.AddrPortFrom(e.peerIP6, 40000)
+	other4 := netip.AddrPortFrom(e.peerIP2, 40000)
+	to := func(a netip.Addr, port uint16) netip.AddrPort { return netip.AddrPortFrom(a, port) }
+	type tc struct {
+		name string
+		prog *ebpf.Program
+		pkt  packet
+		want uint32
+	}
+	check := func(cases []tc) {
+		for _, c := range cases {
+			t.Run(c.name, func(t *testing.T) {
+				if got := run(t, c.prog, c.pkt); got != c.want {
+					t.Errorf("verdict %d, want %d", int32(got), int32(c.want))
+				}
+			})
+		}
+	}
+	check([]tc{
+		{"syn no listener drops", prog, packet{from: node, to: to(e.podIP, 8080), flags: tcpSYN}, drop},
+		{"ipv6 syn no listener drops", prog, packet{from: node6, to: to(e.podIP6, 8080), flags: tcpSYN}, drop},
+		{"hbone syn no listener drops", prog, packet{from: node, to: to(e.podIP, mesh.PortHBONE), flags: tcpSYN}, drop},
+		{"probe port from elsewhere drops", prog, packet{from: other4, to: to(e.podIP, 8081), flags: tcpSYN}, drop},
+		{"ipv4 options drops", prog, packet{from: node, to: to(e.podIP, 8080), flags: tcpSYN, ipOpts: 8}, drop},
+		{"probe from node passes", prog, packet{from: node, to: to(e.podIP, 8081), flags: tcpSYN}, next},
+		{"syn-ack passes", prog, packet{from: node, to: to(e.podIP, 8080), flags: tcpSYN | tcpACK}, next},
+		{"ack passes", prog, packet{from: node, to: to(e.podIP, 8080), flags: tcpACK}, next},
+		{"udp passes", prog, packet{from: node, to: to(e.podIP, 8080), flags: tcpSYN, proto: unix.IPPROTO_UDP}, next},
+		{"not to the pod passes", prog, packet{from: node, to: to(e.peerIP2, 8080), flags: tcpSYN}, next},
+		{"not enrolled passes", other, packet{from: node, to: to(e.podIP, 8080), flags: tcpSYN}, next},
+		{"pod source passes", prog, packet{from: netip.AddrPortFrom(e.podIP, 4000), to: to(e.podIP, 8080), flags: tcpSYN}, next},
+		{"loopback source passes", prog, packet{from: netip.MustParseAddrPort("127.0.0.1:4000"), to: to(e.podIP, 8080), flags: tcpSYN}, next},
+		{"later fragment passes", prog, packet{from: node, to: to(e.podIP, 8080), flags: tcpSYN, fragOff: 8}, next},
+		// Not parsed: left to sk_lookup, which refuses with a RST.
+		{"ipv6 extension header passes", prog, packet{from: node6, to: to(e.podIP6, 8080), flags: tcpSYN, hopByHop: true}, next},
+	})
+
+	in := e.listen(e.podNS, ":15006")
+	hb := e.listen(e.podNS, ":15008")
+	if err := e.r.RegisterListener(netns, ListenerInbound, in.ln.(*net.TCPListener)); err != nil {
+		t.Fatal(err)
+	}
+	check([]tc{
+		{"syn with listener passes", prog, packet{from: node, to: to(e.podIP, 8080), flags: tcpSYN}, next},
+		{"ipv6 syn with listener passes", prog, packet{from: node6, to: to(e.podIP6, 8080), flags: tcpSYN}, next},
+		{"hbone syn without its listener drops", prog, packet{from: node, to: to(e.podIP, mesh.PortHBONE), flags: tcpSYN}, drop},
+	})
+	if err := e.r.RegisterListener(netns, ListenerHBONE, hb.ln.(*net.TCPListener)); err != nil {
+		t.Fatal(err)
+	}
+	check([]tc{
+		{"hbone syn with listener passes", prog, packet{from: node, to: to(e.podIP, mesh.PortHBONE), flags: tcpSYN}, next},
+	})
 }

@@ -21,7 +21,10 @@
 
 #define LISTENER_INBOUND 0 /* proxy's inbound plaintext listener (15006) */
 #define LISTENER_HBONE 1 /* proxy's HBONE listener (15008) */
-#define LISTENER_BLACKHOLE 2 /* a listener whose socket filter drops every packet */
+#define NOT_CAPTURED -1 /* inbound_kind: the connection goes to its socket, not the proxy */
+
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_ACK 0x10
 
 /* Verdicts of the cgroup sock_addr hooks. */
 #define SOCK_ALLOW 1
@@ -60,10 +63,10 @@ struct listener_key {
 	__u32 _pad;
 };
 
-/* The cookie of the network namespace a copy of steer_sk_lookup is attached to. sk_lookup
- * programs cannot call bpf_get_netns_cookie, so the loader sets this per namespace
- * (one program per enrolled namespace). */
-volatile const __u64 sk_lookup_netns = 0;
+/* The cookie of the network namespace a copy of steer_sk_lookup and drop_syn is attached to.
+ * sk_lookup programs cannot call bpf_get_netns_cookie (nor tc programs before Linux 6.15), so
+ * the loader sets this per namespace (one copy of the programs per enrolled namespace). */
+volatile const __u64 pod_netns = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -290,6 +293,13 @@ int track_sockops(struct bpf_sock_ops *ops)
 
 	switch (ops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
+		/* Every TCP connect on the node comes here; only one connect4/6 rewrote to the
+		 * proxy's port can have an entry. Testing the port first spares the others a socket
+		 * cookie and a map lookup. remote_port holds the network-order port in its upper
+		 * half on little-endian hosts (an ABI quirk), in its lower half elsewhere. */
+		if (ops->remote_port != bpf_htons(PORT_OUTBOUND) &&
+		    ops->remote_port != (__u32)bpf_htons(PORT_OUTBOUND) << 16)
+			break;
 		/* The source port is bound now and the SYN not yet sent, so the entry exists
 		 * before the proxy can accept the connection. */
 		cookie = bpf_get_socket_cookie(ops);
@@ -312,78 +322,188 @@ int track_sockops(struct bpf_sock_ops *ops)
 	return 1;
 }
 
-SEC("sk_lookup")
-int steer_sk_lookup(struct bpf_sk_lookup *ctx)
+/* inbound_kind returns the proxy listener a new inbound TCP connection to port belongs to, or
+ * NOT_CAPTURED. src is the peer, IPv4 as IPv4-mapped; its netns is set here. steer_sk_lookup and
+ * drop_syn decide through this one function, so they cannot disagree. */
+static __always_inline int inbound_kind(const struct pod *pod, __u64 netns, struct probe_src_key *src,
+					__u16 port)
 {
 	struct probe_port_key pk = {};
-	struct probe_src_key src = {};
-	struct listener_key lk = {};
-	struct bpf_sock *sk;
-	struct pod *pod;
-	__u64 netns;
-	long err;
-
-	if (ctx->protocol != IPPROTO_TCP)
-		return SK_PASS;
-	if (ctx->ingress_ifindex == LOOPBACK_IFINDEX)
-		return SK_PASS;
-
-	netns = sk_lookup_netns;
-	pod = bpf_map_lookup_elem(&enrolled, &netns);
-	if (!pod)
-		return SK_PASS;
 
 	/* Connections from inside the pod (the proxy's own to the app, the app's to itself) have
 	 * a loopback or pod source address; ingress_ifindex does not tell, as the kernel reports
 	 * the pod interface for traffic to the pod's own address. A packet from outside with such
 	 * a source is dropped as martian (IPv4) and cannot complete a handshake (the SYN-ACK is
 	 * delivered locally). */
-	if (ctx->family == AF_INET) {
-		__u32 ip = ctx->remote_ip4;
+	if (is_loopback6(src->ip))
+		return NOT_CAPTURED;
+	if (is_v4_mapped(src->ip) &&
+	    (is_loopback4(src->ip[3]) || (pod->has_ip4 && src->ip[3] == pod->ip4)))
+		return NOT_CAPTURED;
+	if (pod->has_ip6 && src->ip[0] == pod->ip6[0] && src->ip[1] == pod->ip6[1] &&
+	    src->ip[2] == pod->ip6[2] && src->ip[3] == pod->ip6[3])
+		return NOT_CAPTURED;
 
-		if (is_loopback4(ip) || (pod->has_ip4 && ip == pod->ip4))
-			return SK_PASS;
-		set_mapped(src.ip, ip);
+	/* Health probes from the node to a declared probe port reach the app directly. */
+	pk.netns = netns;
+	pk.port = port;
+	src->netns = netns;
+	if (bpf_map_lookup_elem(&probe_ports, &pk) && bpf_map_lookup_elem(&probe_srcs, src))
+		return NOT_CAPTURED;
+
+	return port == PORT_HBONE ? LISTENER_HBONE : LISTENER_INBOUND;
+}
+
+SEC("sk_lookup")
+int steer_sk_lookup(struct bpf_sk_lookup *ctx)
+{
+	struct probe_src_key src = {};
+	struct listener_key lk = {};
+	struct bpf_sock *sk;
+	struct pod *pod;
+	__u64 netns;
+	long err;
+	int kind;
+
+	if (ctx->protocol != IPPROTO_TCP)
+		return SK_PASS;
+	if (ctx->ingress_ifindex == LOOPBACK_IFINDEX)
+		return SK_PASS;
+
+	netns = pod_netns;
+	pod = bpf_map_lookup_elem(&enrolled, &netns);
+	if (!pod)
+		return SK_PASS;
+
+	if (ctx->family == AF_INET) {
+		set_mapped(src.ip, ctx->remote_ip4);
 	} else {
 		src.ip[0] = CTX_READ(ctx->remote_ip6[0]);
 		src.ip[1] = CTX_READ(ctx->remote_ip6[1]);
 		src.ip[2] = CTX_READ(ctx->remote_ip6[2]);
 		src.ip[3] = CTX_READ(ctx->remote_ip6[3]);
-		if (is_loopback6(src.ip))
-			return SK_PASS;
-		if (is_v4_mapped(src.ip) &&
-		    (is_loopback4(src.ip[3]) || (pod->has_ip4 && src.ip[3] == pod->ip4)))
-			return SK_PASS;
-		if (pod->has_ip6 && src.ip[0] == pod->ip6[0] && src.ip[1] == pod->ip6[1] &&
-		    src.ip[2] == pod->ip6[2] && src.ip[3] == pod->ip6[3])
-			return SK_PASS;
 	}
-
-	/* Health probes from the node to a declared probe port reach the app directly. */
-	pk.netns = netns;
-	pk.port = ctx->local_port;
-	src.netns = netns;
-	if (bpf_map_lookup_elem(&probe_ports, &pk) && bpf_map_lookup_elem(&probe_srcs, &src))
+	kind = inbound_kind(pod, netns, &src, ctx->local_port);
+	if (kind == NOT_CAPTURED)
 		return SK_PASS;
 
 	lk.netns = netns;
-	lk.kind = ctx->local_port == PORT_HBONE ? LISTENER_HBONE : LISTENER_INBOUND;
-	sk = bpf_map_lookup_elem(&listeners, &lk);
-	if (sk) {
-		err = bpf_sk_assign(ctx, sk, 0);
-		bpf_sk_release(sk);
-		if (!err)
-			return SK_PASS;
-	}
-	/* Fail closed: no proxy, no connection. SK_DROP alone makes TCP answer with a RST; the
-	 * blackhole listener, when registered, swallows the SYN so that the client retries. */
-	lk.kind = LISTENER_BLACKHOLE;
+	lk.kind = kind;
 	sk = bpf_map_lookup_elem(&listeners, &lk);
 	if (!sk)
 		return SK_DROP;
 	err = bpf_sk_assign(ctx, sk, 0);
 	bpf_sk_release(sk);
+	/* Fail closed: no proxy, no connection. drop_syn has already dropped the SYN silently
+	 * when there is no listener; SK_DROP, which TCP answers with a RST, is left for a listener
+	 * that closed in between and for packets drop_syn does not see (see ../README.md). */
 	return err ? SK_DROP : SK_PASS;
+}
+
+/* The headers drop_syn reads, up to the fields it needs. */
+struct ipv4_head {
+	__u8 ver_ihl;
+	__u8 tos;
+	__be16 tot_len;
+	__be16 id;
+	__be16 frag_off;
+	__u8 ttl;
+	__u8 protocol;
+	__u16 check;
+	__be32 saddr;
+	__be32 daddr;
+};
+
+struct ipv6_head {
+	__be32 ver_tc_flow;
+	__be16 payload_len;
+	__u8 nexthdr;
+	__u8 hop_limit;
+	__u32 saddr[4];
+	__u32 daddr[4];
+};
+
+struct tcp_head {
+	__be16 source;
+	__be16 dest;
+	__be32 seq;
+	__be32 ack_seq;
+	__u8 doff;
+	__u8 flags;
+};
+
+/* drop_syn runs at tcx ingress of the pod's interfaces, before the packet reaches TCP's socket
+ * lookup (and steer_sk_lookup). It drops a SYN that steer_sk_lookup would steer to a proxy
+ * listener that is not registered, so the client retransmits instead of getting a RST from
+ * the SK_DROP; everything else goes on to the next program or the stack. The decision is the
+ * one of steer_sk_lookup, restricted to packets addressed to the pod's own addresses. */
+SEC("tcx/ingress")
+int drop_syn(struct __sk_buff *skb)
+{
+	struct probe_src_key src = {};
+	struct listener_key lk = {};
+	struct tcp_head th;
+	struct bpf_sock *sk;
+	struct pod *pod;
+	__u32 l4, daddr4 = 0, daddr6[4] = {};
+	__u64 netns;
+	int kind, v4;
+
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct ipv4_head ip;
+
+		if (bpf_skb_load_bytes_relative(skb, 0, &ip, sizeof(ip), BPF_HDR_START_NET))
+			return TCX_NEXT;
+		/* Only the first fragment has the TCP header; the rest cannot complete without it. */
+		if (ip.protocol != IPPROTO_TCP || (ip.frag_off & bpf_htons(0x1fff)))
+			return TCX_NEXT;
+		l4 = (ip.ver_ihl & 0xf) * 4;
+		set_mapped(src.ip, ip.saddr);
+		daddr4 = ip.daddr;
+		v4 = 1;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6_head ip;
+
+		if (bpf_skb_load_bytes_relative(skb, 0, &ip, sizeof(ip), BPF_HDR_START_NET))
+			return TCX_NEXT;
+		/* Extension headers are not walked: such a SYN meets steer_sk_lookup alone. */
+		if (ip.nexthdr != IPPROTO_TCP)
+			return TCX_NEXT;
+		l4 = sizeof(ip);
+		__builtin_memcpy(src.ip, ip.saddr, sizeof(src.ip));
+		__builtin_memcpy(daddr6, ip.daddr, sizeof(daddr6));
+		v4 = 0;
+	} else {
+		return TCX_NEXT;
+	}
+	if (bpf_skb_load_bytes_relative(skb, l4, &th, sizeof(th), BPF_HDR_START_NET))
+		return TCX_NEXT;
+	if ((th.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) != TCP_FLAG_SYN)
+		return TCX_NEXT;
+
+	netns = pod_netns;
+	pod = bpf_map_lookup_elem(&enrolled, &netns);
+	if (!pod)
+		return TCX_NEXT;
+	if (v4) {
+		if (!pod->has_ip4 || daddr4 != pod->ip4)
+			return TCX_NEXT;
+	} else {
+		if (!pod->has_ip6 || daddr6[0] != pod->ip6[0] || daddr6[1] != pod->ip6[1] ||
+		    daddr6[2] != pod->ip6[2] || daddr6[3] != pod->ip6[3])
+			return TCX_NEXT;
+	}
+
+	kind = inbound_kind(pod, netns, &src, bpf_ntohs(th.dest));
+	if (kind == NOT_CAPTURED)
+		return TCX_NEXT;
+	lk.netns = netns;
+	lk.kind = kind;
+	sk = bpf_map_lookup_elem(&listeners, &lk);
+	if (!sk)
+		return TCX_DROP; /* fail closed, silently: the client retransmits */
+	bpf_sk_release(sk);
+	return TCX_NEXT;
 }
 
 char _license[] SEC("license") = "Dual BSD/GPL";

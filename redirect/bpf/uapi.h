@@ -128,6 +128,28 @@ struct bpf_sk_lookup {
 	__u32 ingress_ifindex;
 };
 
+/* Truncated after protocol, the one field drop_syn reads. */
+struct __sk_buff {
+	__u32 len;
+	__u32 pkt_type;
+	__u32 mark;
+	__u32 queue_mapping;
+	__u32 protocol; /* network byte order */
+};
+
+/* bpf_skb_load_bytes_relative start_header */
+enum {
+	BPF_HDR_START_MAC = 0,
+	BPF_HDR_START_NET,
+};
+
+/* Verdicts of tcx programs. */
+#define TCX_NEXT -1
+#define TCX_DROP 2
+
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+
 #define AF_INET 2
 #define AF_INET6 10
 #define SOCK_STREAM 1
