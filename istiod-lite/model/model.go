@@ -7,11 +7,15 @@ package model
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
+	"slices"
 	"sort"
 
 	secv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
@@ -67,6 +71,30 @@ type Snapshot struct {
 	Problems []string
 }
 
+// GetWorkload returns the workload named name, or nil; s may be nil.
+func (s *Snapshot) GetWorkload(name string) *workloadv1.Workload {
+	if s == nil {
+		return nil
+	}
+	return s.Workloads[name]
+}
+
+// GetService returns the service named name, or nil; s may be nil.
+func (s *Snapshot) GetService(name string) *workloadv1.Service {
+	if s == nil {
+		return nil
+	}
+	return s.Services[name]
+}
+
+// GetAuthorization returns the authorization named name, or nil; s may be nil.
+func (s *Snapshot) GetAuthorization(name string) *workloadv1.Authorization {
+	if s == nil {
+		return nil
+	}
+	return s.Authorizations[name]
+}
+
 // WorkloadName is the xDS resource name of a workload.
 func WorkloadName(w *workloadv1.Workload) string { return w.GetUid() }
 
@@ -80,36 +108,131 @@ func AuthorizationName(a *workloadv1.Authorization) string {
 
 // Translate builds the snapshot for in. It never fails as a whole: an object that cannot be
 // translated is left out (or narrowed, see authorization.go) and reported in Snapshot.Problems.
-func Translate(cfg Config, in Input) *Snapshot {
-	t := newTranslator(cfg, in)
-	snap := &Snapshot{
-		Workloads:      map[string]*workloadv1.Workload{},
-		Services:       map[string]*workloadv1.Service{},
-		Authorizations: map[string]*workloadv1.Authorization{},
-	}
-	for _, s := range in.Services {
-		if svc := t.service(s); svc != nil {
-			snap.Services[ServiceName(svc)] = svc
+func Translate(cfg Config, in Input) *Snapshot { return NewTranslator(cfg).Translate(in) }
+
+// Translator translates repeatedly, reusing what did not change. Pods are by far the most
+// numerous and most often changed objects, and a workload depends only on its pod and on the other
+// (non-pod) objects, while services and authorizations do not depend on pods. So as long as no
+// non-pod object changed, a translation re-translates only the pods whose resourceVersion changed
+// and reuses every other resource of the previous snapshot, pointer for pointer (which lets
+// xds.Snapshot.Next reuse their serialised form too). Any change of a non-pod object, or an
+// object without a resourceVersion (whose changes cannot be told), means a full translation.
+//
+// A Translator is not safe for concurrent use.
+type Translator struct {
+	cfg Config
+	// Of the last translation:
+	last       *Snapshot
+	lastSum    uint64      // fingerprint of the non-pod objects, 0 when not usable
+	t          *translator // built from those objects
+	ctxProblem []string    // problems of the non-pod objects
+	pods       map[types.UID]podResult
+}
+
+type podResult struct {
+	resourceVersion string
+	workload        *workloadv1.Workload // nil: the pod is not a workload
+	problems        []string
+}
+
+// NewTranslator returns a Translator with nothing to reuse yet.
+func NewTranslator(cfg Config) *Translator { return &Translator{cfg: cfg} }
+
+// Translate builds the snapshot for in; see the package function Translate.
+func (tr *Translator) Translate(in Input) *Snapshot {
+	sum := contextSum(in)
+	snap := &Snapshot{Workloads: make(map[string]*workloadv1.Workload, len(in.Pods))}
+	reuse := tr.last != nil && sum != 0 && sum == tr.lastSum
+	if reuse {
+		snap.Services, snap.Authorizations = tr.last.Services, tr.last.Authorizations
+	} else {
+		tr.t = newTranslator(tr.cfg, in)
+		snap.Services = map[string]*workloadv1.Service{}
+		snap.Authorizations = map[string]*workloadv1.Authorization{}
+		for _, s := range in.Services {
+			if svc := tr.t.service(s); svc != nil {
+				snap.Services[ServiceName(svc)] = svc
+			}
 		}
-	}
-	for _, ap := range in.AuthorizationPolicies {
-		if a := t.authorizationPolicy(ap); a != nil {
-			snap.Authorizations[AuthorizationName(a)] = a
+		for _, ap := range in.AuthorizationPolicies {
+			if a := tr.t.authorizationPolicy(ap); a != nil {
+				snap.Authorizations[AuthorizationName(a)] = a
+			}
 		}
-	}
-	for _, pa := range in.PeerAuthentications {
-		if a := t.peerAuthentication(pa); a != nil {
-			snap.Authorizations[AuthorizationName(a)] = a
+		for _, pa := range in.PeerAuthentications {
+			if a := tr.t.peerAuthentication(pa); a != nil {
+				snap.Authorizations[AuthorizationName(a)] = a
+			}
 		}
+		tr.ctxProblem = tr.t.problems
 	}
+	t := tr.t
+	pods := make(map[types.UID]podResult, len(in.Pods))
+	problems := slices.Clone(tr.ctxProblem)
 	for _, p := range in.Pods {
-		if w := t.workload(p, snap.Authorizations); w != nil {
-			snap.Workloads[WorkloadName(w)] = w
+		r, ok := tr.pods[p.UID]
+		if !reuse || !ok || p.ResourceVersion == "" || r.resourceVersion != p.ResourceVersion {
+			t.problems = nil
+			r = podResult{resourceVersion: p.ResourceVersion, workload: t.workload(p, snap.Authorizations), problems: t.problems}
+		}
+		pods[p.UID] = r
+		if r.workload != nil {
+			snap.Workloads[WorkloadName(r.workload)] = r.workload
+		}
+		problems = append(problems, r.problems...)
+	}
+	sort.Strings(problems)
+	snap.Problems = problems
+	tr.last, tr.lastSum, tr.pods = snap, sum, pods
+	return snap
+}
+
+// contextSum fingerprints every object but the pods: the sum of a hash of each one's identity and
+// resourceVersion, so that the order of the input does not matter. It returns 0 when an object has
+// no resourceVersion.
+func contextSum(in Input) uint64 {
+	var sum uint64
+	add := func(kind string, o metav1.Object) bool {
+		if o.GetResourceVersion() == "" {
+			return false
+		}
+		h := fnv.New64a()
+		for _, s := range []string{kind, o.GetNamespace(), o.GetName(), string(o.GetUID()), o.GetResourceVersion()} {
+			h.Write([]byte(s))
+			h.Write([]byte{0})
+		}
+		sum += h.Sum64()
+		return true
+	}
+	for _, o := range in.Namespaces {
+		if !add("Namespace", o) {
+			return 0
 		}
 	}
-	sort.Strings(t.problems)
-	snap.Problems = t.problems
-	return snap
+	for _, o := range in.Services {
+		if !add("Service", o) {
+			return 0
+		}
+	}
+	for _, o := range in.Gateways {
+		if !add("Gateway", o) {
+			return 0
+		}
+	}
+	for _, o := range in.AuthorizationPolicies {
+		if !add("AuthorizationPolicy", o) {
+			return 0
+		}
+	}
+	for _, o := range in.PeerAuthentications {
+		if !add("PeerAuthentication", o) {
+			return 0
+		}
+	}
+	if sum == 0 {
+		sum = 1 // an empty context is usable too
+	}
+	return sum
 }
 
 type translator struct {

@@ -49,3 +49,31 @@ func BenchmarkTranslate10k(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkTranslateOnePodChange10k is the common case at scale: one pod changed since the last
+// translation, nothing else.
+func BenchmarkTranslateOnePodChange10k(b *testing.B) {
+	in := ScaleInput(10000, 1000)
+	for i, ns := range in.Namespaces {
+		ns.ResourceVersion = fmt.Sprint("ns", i)
+	}
+	for i, s := range in.Services {
+		s.ResourceVersion = fmt.Sprint("svc", i)
+	}
+	for i, p := range in.Pods {
+		p.ResourceVersion = fmt.Sprint("pod", i)
+	}
+	tr := NewTranslator(DefaultConfig())
+	tr.Translate(in)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		p := in.Pods[7].DeepCopy()
+		p.ResourceVersion = fmt.Sprint("changed", i)
+		in.Pods[7] = p
+		if snap := tr.Translate(in); len(snap.Workloads) != 10000 {
+			b.Fatalf("%d workloads", len(snap.Workloads))
+		}
+	}
+}

@@ -108,18 +108,22 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 	roots := strings.Join(authority.Roots(), "")
 	published := map[string]bool{} // namespaces whose root ConfigMap this process wrote
 	var publishedAt time.Time
+	// push runs on the debounce goroutine only: translator and last are its own.
+	translator := model.NewTranslator(cfg.Model)
+	var last *xds.Snapshot
 	push := func() {
 		in, err := ctl.Input()
 		if err != nil {
 			log.Error("read cache", "err", err)
 			return
 		}
-		m := model.Translate(cfg.Model, in)
-		snap, err := xds.NewSnapshot(m, bundle)
+		m := translator.Translate(in)
+		snap, err := last.Next(m, bundle)
 		if err != nil {
 			log.Error("serialise snapshot", "err", err)
 			return
 		}
+		last = snap
 		xdsSrv.Update(snap)
 		if leading.Load() {
 			if time.Since(publishedAt) > waypoint.Resync {

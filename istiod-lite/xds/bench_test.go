@@ -2,6 +2,7 @@ package xds
 
 import (
 	"fmt"
+	"maps"
 	"testing"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -37,9 +38,8 @@ func BenchmarkSinglePodChange(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		i++
-		m.Workloads["uid-7"] = proto.Clone(m.Workloads["uid-7"]).(*workloadv1.Workload)
-		m.Workloads["uid-7"].Name = fmt.Sprintf("pod-7-%d", i)
-		next, err := NewSnapshot(m, nil)
+		m = changeOne(m, i)
+		next, err := prev.Next(m, nil)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -50,6 +50,17 @@ func BenchmarkSinglePodChange(b *testing.B) {
 		b.ReportMetric(float64(proto.Size(resps[0])), "bytes/change")
 		prev = next
 	}
+}
+
+// changeOne returns a copy of m (a model snapshot is immutable once used) in which workload uid-7
+// has a new name, as a model.Translator would hand it over: the other messages are shared.
+func changeOne(m *model.Snapshot, i int) *model.Snapshot {
+	next := *m
+	next.Workloads = maps.Clone(m.Workloads)
+	w := proto.Clone(m.Workloads["uid-7"]).(*workloadv1.Workload)
+	w.Name = fmt.Sprintf("pod-7-%d", i)
+	next.Workloads["uid-7"] = w
+	return &next
 }
 
 func mustReq(typ string) *discoveryv3.DeltaDiscoveryRequest {
@@ -88,13 +99,13 @@ func BenchmarkFanOut100(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		i++
-		m.Workloads["uid-7"] = proto.Clone(m.Workloads["uid-7"]).(*workloadv1.Workload)
-		m.Workloads["uid-7"].Name = fmt.Sprintf("pod-7-%d", i)
-		next, err := NewSnapshot(m, nil)
+		m = changeOne(m, i)
+		next, err := snap.Next(m, nil)
 		if err != nil {
 			b.Fatal(err)
 		}
 		e.srv.Update(next)
+		snap = next
 		for range clients {
 			<-got
 		}

@@ -50,10 +50,23 @@ type Snapshot struct {
 	nodeNamespaces map[string]map[string]bool // node -> namespaces with a workload there
 	nodeBoundAuthz map[string]map[string]bool // node -> selector-bound authorizations of its workloads
 	model          *model.Snapshot
+	bundle         *cav1.TrustBundle
 }
 
 // NewSnapshot serialises m and the trust bundle (nil for none).
 func NewSnapshot(m *model.Snapshot, bundle *cav1.TrustBundle) (*Snapshot, error) {
+	return (*Snapshot)(nil).Next(m, bundle)
+}
+
+// Next is NewSnapshot reusing the serialised form of every resource that is the same message (the
+// same pointer) in prev's model: a model.Translator hands unchanged resources over as they were,
+// so a single pod change costs one serialisation, not one per workload in the cluster. prev may
+// be nil.
+func (prev *Snapshot) Next(m *model.Snapshot, bundle *cav1.TrustBundle) (*Snapshot, error) {
+	var old *model.Snapshot
+	if prev != nil {
+		old = prev.model
+	}
 	s := &Snapshot{
 		created: time.Now(),
 		resources: map[string]map[string]*resource{
@@ -65,7 +78,13 @@ func NewSnapshot(m *model.Snapshot, bundle *cav1.TrustBundle) (*Snapshot, error)
 		nodeBoundAuthz: map[string]map[string]bool{},
 		model:          m,
 	}
-	add := func(typ, name string, msg proto.Message) error {
+	add := func(typ, name string, msg, was proto.Message) error {
+		if was == msg && prev != nil {
+			if r, ok := prev.resources[typ][name]; ok {
+				s.resources[typ][name] = r
+				return nil
+			}
+		}
 		r, err := newResource(msg)
 		if err != nil {
 			return fmt.Errorf("%s %s: %w", typ, name, err)
@@ -74,7 +93,7 @@ func NewSnapshot(m *model.Snapshot, bundle *cav1.TrustBundle) (*Snapshot, error)
 		return nil
 	}
 	for name, w := range m.Workloads {
-		if err := add(TypeWorkload, name, w); err != nil {
+		if err := add(TypeWorkload, name, w, old.GetWorkload(name)); err != nil {
 			return nil, err
 		}
 		node := w.GetNode()
@@ -88,19 +107,24 @@ func NewSnapshot(m *model.Snapshot, bundle *cav1.TrustBundle) (*Snapshot, error)
 		}
 	}
 	for name, svc := range m.Services {
-		if err := add(TypeService, name, svc); err != nil {
+		if err := add(TypeService, name, svc, old.GetService(name)); err != nil {
 			return nil, err
 		}
 	}
 	for name, a := range m.Authorizations {
-		if err := add(TypeAuthorization, name, a); err != nil {
+		if err := add(TypeAuthorization, name, a, old.GetAuthorization(name)); err != nil {
 			return nil, err
 		}
 		s.authzScope[name] = a.GetScope()
 		s.authzNamespace[name] = a.GetNamespace()
 	}
 	if bundle != nil {
-		if err := add(TypeTrustBundle, TrustBundleName, bundle); err != nil {
+		var was proto.Message
+		if prev != nil {
+			was = prev.bundle
+		}
+		s.bundle = bundle
+		if err := add(TypeTrustBundle, TrustBundleName, bundle, was); err != nil {
 			return nil, err
 		}
 	}
@@ -159,7 +183,7 @@ func changed(old, new *Snapshot) map[string]map[string]struct{} {
 		d := map[string]struct{}{}
 		or := old.resources[typ]
 		for name, r := range nr {
-			if o, ok := or[name]; !ok || o.version != r.version {
+			if o, ok := or[name]; !ok || (o != r && o.version != r.version) {
 				d[name] = struct{}{}
 			}
 		}
