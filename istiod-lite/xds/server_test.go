@@ -426,3 +426,42 @@ func TestSubscribeMissing(t *testing.T) {
 		t.Errorf("later subscription (-want +got):\n%s", diff)
 	}
 }
+
+// At most bulkInFlight large first pushes are in flight at once; answering one lets the next go.
+func TestBulkResponsesBounded(t *testing.T) {
+	e := newEnv(t)
+	e.update(t, scaleModel(bulkResources))
+	var clients []*client
+	for i := range bulkInFlight + 1 {
+		clients = append(clients, e.connect(t, fmt.Sprintf("istio-system/ztunnel/node-%d", i), fmt.Sprintf("z%d", i), nil))
+	}
+	// Receive from every client; exactly bulkInFlight arrive while none is answered.
+	got := make(chan int, len(clients))
+	for i, c := range clients {
+		go func() {
+			if _, err := c.stream.Recv(); err == nil {
+				got <- i
+			}
+		}()
+	}
+	var first []int
+	for range bulkInFlight {
+		select {
+		case i := <-got:
+			first = append(first, i)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("only %d first pushes arrived, want %d", len(first), bulkInFlight)
+		}
+	}
+	select {
+	case i := <-got:
+		t.Fatalf("client %d got its first push while %d others were unanswered", i, bulkInFlight)
+	case <-time.After(300 * time.Millisecond):
+	}
+	clients[first[0]].send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeWorkload, ResponseNonce: "1"})
+	select {
+	case <-got:
+	case <-time.After(5 * time.Second):
+		t.Fatal("an answered first push did not free its slot")
+	}
+}
