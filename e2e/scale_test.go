@@ -7,7 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
+	"net"
+	"net/http"
 	"os"
 	"slices"
 	"strconv"
@@ -31,6 +34,7 @@ import (
 	"k8s.io/client-go/util/retry"
 
 	"github.com/ambient-mesh/ambient/api/mesh"
+	"github.com/ambient-mesh/ambient/e2e/lab"
 )
 
 // The istiod-lite scale measurement (issue 4): istiod-lite runs in the lab against the real API
@@ -581,6 +585,36 @@ func procStats(t testing.TB, pid int) (rss, peak int64, cpu time.Duration) {
 	return rss, peak, time.Duration(ut+stime) * 10 * time.Millisecond
 }
 
+// metrics returns istiod-lite's metric samples whose line starts with prefix, keyed by the text
+// before the value (name and labels).
+func (ist *istiod) metrics(t testing.TB, prefix string) map[string]float64 {
+	t.Helper()
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return lab.DialInNetns(ctx, lab.NodeAt(1).Netns, addr)
+		}}}
+	resp, err := hc.Get("http://" + net.JoinHostPort(ist.ip, "15020") + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if !strings.HasPrefix(line, prefix) {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
+}
+
 func percentile(d []time.Duration, p float64) time.Duration {
 	s := slices.Clone(d)
 	slices.Sort(s)
@@ -642,6 +676,8 @@ func BenchmarkIstiodScale(b *testing.B) {
 			sc.ensure(b, s)
 			waitModel(b, ist, sc, tokens[0])
 			_, _, cpu0 := procStats(b, pid)
+			const translations = "istiod_lite_translation_seconds_count"
+			tr0 := ist.metrics(b, translations)
 			f, first := connectFleet(b, ist, sc, tokens)
 			_, _, cpu1 := procStats(b, pid)
 			uids := sc.uids()
@@ -657,6 +693,10 @@ func BenchmarkIstiodScale(b *testing.B) {
 			}
 			b.StopTimer()
 			rss, peak, cpu2 := procStats(b, pid)
+			tr1 := ist.metrics(b, translations)
+			for k, v := range tr1 {
+				b.Logf("during the changes: %s %v", k, v-tr0[k])
+			}
 			b.ReportMetric(float64(percentile(lats, 0.5).Microseconds())/1000, "p50-ms")
 			b.ReportMetric(float64(percentile(lats, 0.99).Microseconds())/1000, "p99-ms")
 			b.ReportMetric(float64(bytes)/float64(len(lats)*len(f.zs)), "bytes/change/ztunnel")

@@ -193,15 +193,23 @@ func (c *Controller) Input() (model.Input, error) {
 	return in, nil
 }
 
-// Debounce calls fn after changes settle: once no change arrived for quiet, or at the latest maxDelay
-// after the first change of a burst, so a steady stream of changes cannot starve pushes. It blocks
-// until ctx is done.
+// Debounce calls fn for changes. A change that comes after a quiet period (nothing changed and
+// fn was not called for quiet) is handled at once: a lone change, the common case, is not delayed.
+// Changes that follow closely are coalesced: fn runs once no change arrived for quiet, or at the
+// latest maxDelay after the first change of the burst, so a steady stream of changes cannot starve
+// calls. It blocks until ctx is done.
 func (c *Controller) Debounce(ctx context.Context, quiet, maxDelay time.Duration, fn func()) {
+	var last time.Time // when fn last returned
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-c.changed:
+		}
+		if time.Since(last) >= quiet {
+			fn()
+			last = time.Now()
+			continue
 		}
 		first := time.Now()
 		timer := time.NewTimer(quiet)
@@ -223,6 +231,7 @@ func (c *Controller) Debounce(ctx context.Context, quiet, maxDelay time.Duration
 			}
 		}
 		fn()
+		last = time.Now()
 	}
 }
 

@@ -206,25 +206,49 @@ func TestPodsOnNodeAndChanges(t *testing.T) {
 	}
 }
 
+// A lone change is not delayed by the quiet period; one that follows closely is.
+func TestDebounceLoneChange(t *testing.T) {
+	ctl := &Controller{changed: make(chan struct{}, 1)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	calls := make(chan struct{}, 10)
+	go ctl.Debounce(ctx, time.Hour, time.Hour, func() { calls <- struct{}{} })
+	ctl.notify()
+	select {
+	case <-calls:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a lone change waited for the quiet period")
+	}
+	ctl.notify()
+	select {
+	case <-calls:
+		t.Fatal("a change right after a call was not coalesced")
+	case <-time.After(100 * time.Millisecond):
+	}
+}
+
 func TestDebounce(t *testing.T) {
 	ctl := &Controller{changed: make(chan struct{}, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	calls := make(chan time.Time, 10)
 	go ctl.Debounce(ctx, 20*time.Millisecond, 200*time.Millisecond, func() { calls <- time.Now() })
-	// A burst of changes closer together than the quiet period produces one call.
+	// A burst of changes closer together than the quiet period: the first is handled at once,
+	// the rest coalesced into one more call.
 	for range 5 {
 		ctl.notify()
 		time.Sleep(2 * time.Millisecond)
 	}
-	select {
-	case <-calls:
-	case <-time.After(5 * time.Second):
-		t.Fatal("no call after a burst")
+	for i := range 2 {
+		select {
+		case <-calls:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d calls after a burst, want 2", i)
+		}
 	}
 	select {
 	case <-calls:
-		t.Fatal("a burst produced more than one call")
+		t.Fatal("a burst produced more than two calls")
 	case <-time.After(60 * time.Millisecond):
 	}
 	// A steady stream of changes still produces calls, at most maxDelay apart.

@@ -127,7 +127,17 @@ type Translator struct {
 	t          *translator // built from those objects
 	ctxProblem []string    // problems of the non-pod objects
 	pods       map[types.UID]podResult
+	stats      Stats
 }
+
+// Stats describes a translation, for metrics and logs.
+type Stats struct {
+	Full       bool // everything was translated
+	Translated int  // pods translated (the others were reused)
+}
+
+// Stats describes the last translation.
+func (tr *Translator) Stats() Stats { return tr.stats }
 
 type podResult struct {
 	resourceVersion string
@@ -167,12 +177,14 @@ func (tr *Translator) Translate(in Input) *Snapshot {
 		tr.ctxProblem = tr.t.problems
 	}
 	t := tr.t
+	tr.stats = Stats{Full: !reuse}
 	pods := make(map[types.UID]podResult, len(in.Pods))
 	problems := slices.Clone(tr.ctxProblem)
 	for _, p := range in.Pods {
 		r, ok := tr.pods[p.UID]
 		if !reuse || !ok || p.ResourceVersion == "" || r.resourceVersion != p.ResourceVersion {
 			t.problems = nil
+			tr.stats.Translated++
 			r = podResult{resourceVersion: p.ResourceVersion, workload: t.workload(p, snap.Authorizations), problems: t.problems}
 		}
 		pods[p.UID] = r

@@ -63,9 +63,10 @@ func Default() Config {
 		KubeBurst:   200,
 		Model:       model.DefaultConfig(),
 		CA:          ca.DefaultConfig(),
-		// A single change reaches proxies about DebounceQuiet plus one translation after it
-		// happens (target: under 100 ms); a burst (a rollout) is coalesced into a push at least
-		// every DebounceMax, which bounds the CPU spent re-translating during it.
+		// A lone change (nothing changed for DebounceQuiet) is pushed at once, so it reaches
+		// proxies one incremental translation after it happens (target: under 100 ms); changes
+		// that follow within DebounceQuiet (a rollout) are coalesced into a push at least every
+		// DebounceMax, which bounds the CPU spent re-translating during a burst.
 		DebounceQuiet:  20 * time.Millisecond,
 		DebounceMax:    250 * time.Millisecond,
 		LeaderElection: true,

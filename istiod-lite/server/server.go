@@ -110,6 +110,12 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 	var publishedAt time.Time
 	// push runs on the debounce goroutine only: translator and last are its own.
 	translator := model.NewTranslator(cfg.Model)
+	translations := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "istiod_lite_translation_seconds",
+		Help:    "Time to translate the cluster state and serialise the snapshot, by mode (full, or incremental: changed pods only).",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+	}, []string{"mode"})
+	reg.MustRegister(translations)
 	var last *xds.Snapshot
 	push := func() {
 		in, err := ctl.Input()
@@ -117,6 +123,7 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 			log.Error("read cache", "err", err)
 			return
 		}
+		start := time.Now()
 		m := translator.Translate(in)
 		snap, err := last.Next(m, bundle)
 		if err != nil {
@@ -124,6 +131,14 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 			return
 		}
 		last = snap
+		st := translator.Stats()
+		mode := "incremental"
+		if st.Full {
+			mode = "full"
+		}
+		translations.WithLabelValues(mode).Observe(time.Since(start).Seconds())
+		log.Debug("translated", "mode", mode, "podsTranslated", st.Translated, "workloads", len(m.Workloads),
+			"services", len(m.Services), "authorizations", len(m.Authorizations), "elapsed", time.Since(start))
 		xdsSrv.Update(snap)
 		if leading.Load() {
 			if time.Since(publishedAt) > waypoint.Resync {
