@@ -44,6 +44,7 @@ type Controller struct {
 	synced       []cache.InformerSynced
 
 	namespaces corelisters.NamespaceLister
+	nodes      corelisters.NodeLister
 	pods       corelisters.PodLister
 	services   corelisters.ServiceLister
 	gateways   gwlisters.GatewayLister
@@ -82,6 +83,7 @@ func New(log *slog.Logger, c Clients) (*Controller, error) {
 	sec := ctl.istioFactory.Security().V1()
 	gw := ctl.gwFactory.Gateway().V1()
 	ctl.namespaces = core.Namespaces().Lister()
+	ctl.nodes = core.Nodes().Lister()
 	ctl.pods = core.Pods().Lister()
 	ctl.services = core.Services().Lister()
 	ctl.gateways = gw.Gateways().Lister()
@@ -104,6 +106,28 @@ func New(log *slog.Logger, c Clients) (*Controller, error) {
 		UpdateFunc: func(any, any) { ctl.notify() },
 		DeleteFunc: func(any) { ctl.notify() },
 	}
+	// Nodes: only their names and topology labels matter (workload locality). Their status is
+	// rewritten on every heartbeat and their spec holds nothing translation reads: the cache
+	// keeps a stripped copy, and only a change of topology labels is a change.
+	nodes := core.Nodes().Informer()
+	if err := nodes.SetTransform(stripNode); err != nil {
+		return nil, fmt.Errorf("set node transform: %w", err)
+	}
+	if _, err := nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { ctl.notify() },
+		UpdateFunc: func(old, cur any) {
+			o, ok1 := old.(*corev1.Node)
+			n, ok2 := cur.(*corev1.Node)
+			if !ok1 || !ok2 || topology(o) != topology(n) {
+				ctl.notify()
+			}
+		},
+		DeleteFunc: func(any) { ctl.notify() },
+	}); err != nil {
+		return nil, fmt.Errorf("add node event handler: %w", err)
+	}
+	ctl.synced = append(ctl.synced, nodes.HasSynced)
+
 	for _, inf := range []cache.SharedIndexInformer{
 		core.Namespaces().Informer(), core.Pods().Informer(), core.Services().Informer(),
 		gw.Gateways().Informer(), sec.AuthorizationPolicies().Informer(), sec.PeerAuthentications().Informer(),
@@ -175,6 +199,9 @@ func (c *Controller) Input() (model.Input, error) {
 	if in.Namespaces, err = c.namespaces.List(all); err != nil {
 		return in, fmt.Errorf("list namespaces: %w", err)
 	}
+	if in.Nodes, err = c.nodes.List(all); err != nil {
+		return in, fmt.Errorf("list nodes: %w", err)
+	}
 	if in.Pods, err = c.pods.List(all); err != nil {
 		return in, fmt.Errorf("list pods: %w", err)
 	}
@@ -238,6 +265,23 @@ func (c *Controller) Debounce(ctx context.Context, quiet, maxDelay time.Duration
 // Poke signals a change without one, so that work that depends on more than the cache (a
 // replica becoming leader) runs again.
 func (c *Controller) Poke() { c.notify() }
+
+// stripNode keeps what translation reads of a Node: its identity and labels.
+func stripNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Node{
+		TypeMeta: n.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion,
+			Labels: n.Labels, DeletionTimestamp: n.DeletionTimestamp},
+	}, nil
+}
+
+func topology(n *corev1.Node) [3]string {
+	return [3]string{n.Labels[model.LabelRegion], n.Labels[model.LabelZone], n.Labels[model.LabelSubzone]}
+}
 
 func dropManagedFields(obj any) (any, error) {
 	if m, ok := obj.(metav1.Object); ok {

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
 	istioscheme "istio.io/client-go/pkg/clientset/versioned/scheme"
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
@@ -93,11 +94,17 @@ func NewFake(t *testing.T, objs ...runtime.Object) *Controller {
 			t.Fatal(err)
 		}
 	}
-	ctl, err := New(slog.New(slog.DiscardHandler), Clients{
+	return runFake(t, Clients{
 		Kube:    kubefake.NewClientset(kube...),
 		Istio:   istiofake.NewSimpleClientset(istio...),
 		Gateway: gwClient,
 	})
+}
+
+// runFake runs a controller over clients until the test ends, and waits for its caches.
+func runFake(t *testing.T, clients Clients) *Controller {
+	t.Helper()
+	ctl, err := New(slog.New(slog.DiscardHandler), clients)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,5 +275,47 @@ loop:
 	}
 	if n < 1 {
 		t.Errorf("a steady stream of changes starved calls")
+	}
+}
+
+// A node's heartbeat (status) is not a change; a change of its topology labels is.
+func TestNodeChanges(t *testing.T) {
+	kube := kubefake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{model.LabelZone: "a"}}})
+	ctl := runFake(t, Clients{Kube: kube, Istio: istiofake.NewSimpleClientset(), Gateway: gwfake.NewSimpleClientset()})
+	drain := func() bool {
+		select {
+		case <-ctl.Changed():
+			return true
+		case <-time.After(300 * time.Millisecond):
+			return false
+		}
+	}
+	drain()
+	n, err := kube.CoreV1().Nodes().Get(context.Background(), "n1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Status.Conditions = []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue, LastHeartbeatTime: metav1.Now()}}
+	n.ResourceVersion = "2"
+	if _, err := kube.CoreV1().Nodes().UpdateStatus(context.Background(), n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if drain() {
+		t.Error("a node status update signalled a change")
+	}
+	n.Labels[model.LabelZone] = "b"
+	n.ResourceVersion = "3"
+	if _, err := kube.CoreV1().Nodes().Update(context.Background(), n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if !drain() {
+		t.Error("a node's new zone did not signal a change")
+	}
+	in, err := ctl.Input()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(in.Nodes) != 1 || in.Nodes[0].Labels[model.LabelZone] != "b" || len(in.Nodes[0].Status.Conditions) != 0 {
+		t.Errorf("cached nodes %+v: want n1 in zone b, without status", in.Nodes)
 	}
 }

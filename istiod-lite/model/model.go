@@ -59,6 +59,8 @@ type Input struct {
 	Gateways              []*gwv1.Gateway
 	AuthorizationPolicies []*secv1.AuthorizationPolicy
 	PeerAuthentications   []*secv1.PeerAuthentication
+	// Nodes give workloads their locality; only their names and labels are read.
+	Nodes []*corev1.Node
 }
 
 // Snapshot is the complete translated state, keyed by xDS resource name. A Snapshot is immutable
@@ -241,6 +243,17 @@ func contextSum(in Input) uint64 {
 			return 0
 		}
 	}
+	// A node's status changes often (heartbeats) and does not matter: only what translation
+	// reads of it is fingerprinted, so that a node heartbeat does not cost a full translation.
+	for _, n := range in.Nodes {
+		h := fnv.New64a()
+		l := localityOf(n)
+		for _, s := range []string{"Node", n.Name, l.GetRegion(), l.GetZone(), l.GetSubzone()} {
+			h.Write([]byte(s))
+			h.Write([]byte{0})
+		}
+		sum += h.Sum64()
+	}
 	if sum == 0 {
 		sum = 1 // an empty context is usable too
 	}
@@ -258,7 +271,9 @@ type translator struct {
 	// policies by namespace.
 	authzPolicies map[string][]*secv1.AuthorizationPolicy
 	peerAuthns    map[string][]*secv1.PeerAuthentication
-	problems      []string
+	// localities by node name, for nodes with topology labels.
+	localities map[string]*workloadv1.Locality
+	problems   []string
 }
 
 func newTranslator(cfg Config, in Input) *translator {
@@ -270,6 +285,12 @@ func newTranslator(cfg Config, in Input) *translator {
 		waypoints:     map[string]*gwv1.Gateway{},
 		authzPolicies: map[string][]*secv1.AuthorizationPolicy{},
 		peerAuthns:    map[string][]*secv1.PeerAuthentication{},
+		localities:    map[string]*workloadv1.Locality{},
+	}
+	for _, n := range in.Nodes {
+		if l := localityOf(n); l != nil {
+			t.localities[n.Name] = l
+		}
 	}
 	for _, ns := range in.Namespaces {
 		t.namespaces[ns.Name] = ns

@@ -49,6 +49,7 @@ func (t *translator) workload(pod *corev1.Pod, authz map[string]*workloadv1.Auth
 		WorkloadName:   workloadName(pod),
 		CanonicalName:  pod.Namespace + "/" + pod.Name,
 		Status:         workloadv1.WorkloadStatus_UNHEALTHY,
+		Locality:       t.localities[pod.Spec.NodeName],
 	}
 	for _, ip := range podIPs(pod) {
 		a, err := netip.ParseAddr(ip)
@@ -74,6 +75,22 @@ func (t *translator) workload(pod *corev1.Pod, authz map[string]*workloadv1.Auth
 		w.AuthorizationPolicies = t.boundAuthorizations(pod, authz)
 	}
 	return w
+}
+
+// Node labels of the topology (well-known Kubernetes labels; the subzone is Istio's).
+const (
+	LabelRegion  = "topology.kubernetes.io/region"
+	LabelZone    = "topology.kubernetes.io/zone"
+	LabelSubzone = "topology.istio.io/subzone"
+)
+
+// localityOf returns a node's locality, or nil when it has no topology labels.
+func localityOf(n *corev1.Node) *workloadv1.Locality {
+	l := &workloadv1.Locality{Region: n.Labels[LabelRegion], Zone: n.Labels[LabelZone], Subzone: n.Labels[LabelSubzone]}
+	if l.Region == "" && l.Zone == "" && l.Subzone == "" {
+		return nil
+	}
+	return l
 }
 
 func podIPs(pod *corev1.Pod) []string {

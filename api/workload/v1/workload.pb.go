@@ -394,6 +394,9 @@ type Workload struct {
 	WorkloadName string `protobuf:"bytes,13,opt,name=workload_name,json=workloadName,proto3" json:"workload_name,omitempty"`
 	// Cluster-unique name the ZDS node agent uses: "<namespace>/<name>".
 	CanonicalName string `protobuf:"bytes,14,opt,name=canonical_name,json=canonicalName,proto3" json:"canonical_name,omitempty"`
+	// Where the workload's node is, for locality-aware load balancing; unset when the node carries
+	// no topology labels.
+	Locality      *Locality `protobuf:"bytes,15,opt,name=locality,proto3" json:"locality,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -526,6 +529,75 @@ func (x *Workload) GetCanonicalName() string {
 	return ""
 }
 
+func (x *Workload) GetLocality() *Locality {
+	if x != nil {
+		return x.Locality
+	}
+	return nil
+}
+
+// Locality is a node's place in the topology, from its labels topology.kubernetes.io/region,
+// topology.kubernetes.io/zone and topology.istio.io/subzone.
+type Locality struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Region        string                 `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	Zone          string                 `protobuf:"bytes,2,opt,name=zone,proto3" json:"zone,omitempty"`
+	Subzone       string                 `protobuf:"bytes,3,opt,name=subzone,proto3" json:"subzone,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Locality) Reset() {
+	*x = Locality{}
+	mi := &file_workload_v1_workload_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Locality) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Locality) ProtoMessage() {}
+
+func (x *Locality) ProtoReflect() protoreflect.Message {
+	mi := &file_workload_v1_workload_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Locality.ProtoReflect.Descriptor instead.
+func (*Locality) Descriptor() ([]byte, []int) {
+	return file_workload_v1_workload_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Locality) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *Locality) GetZone() string {
+	if x != nil {
+		return x.Zone
+	}
+	return ""
+}
+
+func (x *Locality) GetSubzone() string {
+	if x != nil {
+		return x.Subzone
+	}
+	return ""
+}
+
 // Service is a Kubernetes Service whose backends may be in the mesh.
 type Service struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -547,7 +619,7 @@ type Service struct {
 
 func (x *Service) Reset() {
 	*x = Service{}
-	mi := &file_workload_v1_workload_proto_msgTypes[5]
+	mi := &file_workload_v1_workload_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -559,7 +631,7 @@ func (x *Service) String() string {
 func (*Service) ProtoMessage() {}
 
 func (x *Service) ProtoReflect() protoreflect.Message {
-	mi := &file_workload_v1_workload_proto_msgTypes[5]
+	mi := &file_workload_v1_workload_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -572,7 +644,7 @@ func (x *Service) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Service.ProtoReflect.Descriptor instead.
 func (*Service) Descriptor() ([]byte, []int) {
-	return file_workload_v1_workload_proto_rawDescGZIP(), []int{5}
+	return file_workload_v1_workload_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Service) GetName() string {
@@ -642,7 +714,7 @@ const file_workload_v1_workload_proto_rawDesc = "" +
 	"\vtarget_port\x18\x02 \x01(\rR\n" +
 	"targetPort\";\n" +
 	"\bPortList\x12/\n" +
-	"\x05ports\x18\x01 \x03(\v2\x19.ambient.workload.v1.PortR\x05ports\"\xc0\x05\n" +
+	"\x05ports\x18\x01 \x03(\v2\x19.ambient.workload.v1.PortR\x05ports\"\xfb\x05\n" +
 	"\bWorkload\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
@@ -658,10 +730,15 @@ const file_workload_v1_workload_proto_rawDesc = "" +
 	"\x06status\x18\v \x01(\x0e2#.ambient.workload.v1.WorkloadStatusR\x06status\x125\n" +
 	"\x16authorization_policies\x18\f \x03(\tR\x15authorizationPolicies\x12#\n" +
 	"\rworkload_name\x18\r \x01(\tR\fworkloadName\x12%\n" +
-	"\x0ecanonical_name\x18\x0e \x01(\tR\rcanonicalName\x1aZ\n" +
+	"\x0ecanonical_name\x18\x0e \x01(\tR\rcanonicalName\x129\n" +
+	"\blocality\x18\x0f \x01(\v2\x1d.ambient.workload.v1.LocalityR\blocality\x1aZ\n" +
 	"\rServicesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x123\n" +
-	"\x05value\x18\x02 \x01(\v2\x1d.ambient.workload.v1.PortListR\x05value:\x028\x01\"\x8a\x03\n" +
+	"\x05value\x18\x02 \x01(\v2\x1d.ambient.workload.v1.PortListR\x05value:\x028\x01\"P\n" +
+	"\bLocality\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\x12\x12\n" +
+	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x18\n" +
+	"\asubzone\x18\x03 \x01(\tR\asubzone\"\x8a\x03\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x1a\n" +
@@ -693,7 +770,7 @@ func file_workload_v1_workload_proto_rawDescGZIP() []byte {
 }
 
 var file_workload_v1_workload_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_workload_v1_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_workload_v1_workload_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_workload_v1_workload_proto_goTypes = []any{
 	(TunnelProtocol)(0),        // 0: ambient.workload.v1.TunnelProtocol
 	(WorkloadStatus)(0),        // 1: ambient.workload.v1.WorkloadStatus
@@ -702,26 +779,28 @@ var file_workload_v1_workload_proto_goTypes = []any{
 	(*Port)(nil),               // 4: ambient.workload.v1.Port
 	(*PortList)(nil),           // 5: ambient.workload.v1.PortList
 	(*Workload)(nil),           // 6: ambient.workload.v1.Workload
-	(*Service)(nil),            // 7: ambient.workload.v1.Service
-	nil,                        // 8: ambient.workload.v1.Workload.ServicesEntry
-	nil,                        // 9: ambient.workload.v1.Service.TargetPortNamesEntry
+	(*Locality)(nil),           // 7: ambient.workload.v1.Locality
+	(*Service)(nil),            // 8: ambient.workload.v1.Service
+	nil,                        // 9: ambient.workload.v1.Workload.ServicesEntry
+	nil,                        // 10: ambient.workload.v1.Service.TargetPortNamesEntry
 }
 var file_workload_v1_workload_proto_depIdxs = []int32{
 	2,  // 0: ambient.workload.v1.GatewayAddress.hostname:type_name -> ambient.workload.v1.NamespacedHostname
 	4,  // 1: ambient.workload.v1.PortList.ports:type_name -> ambient.workload.v1.Port
 	0,  // 2: ambient.workload.v1.Workload.tunnel_protocol:type_name -> ambient.workload.v1.TunnelProtocol
-	8,  // 3: ambient.workload.v1.Workload.services:type_name -> ambient.workload.v1.Workload.ServicesEntry
+	9,  // 3: ambient.workload.v1.Workload.services:type_name -> ambient.workload.v1.Workload.ServicesEntry
 	3,  // 4: ambient.workload.v1.Workload.waypoint:type_name -> ambient.workload.v1.GatewayAddress
 	1,  // 5: ambient.workload.v1.Workload.status:type_name -> ambient.workload.v1.WorkloadStatus
-	4,  // 6: ambient.workload.v1.Service.ports:type_name -> ambient.workload.v1.Port
-	9,  // 7: ambient.workload.v1.Service.target_port_names:type_name -> ambient.workload.v1.Service.TargetPortNamesEntry
-	3,  // 8: ambient.workload.v1.Service.waypoint:type_name -> ambient.workload.v1.GatewayAddress
-	5,  // 9: ambient.workload.v1.Workload.ServicesEntry.value:type_name -> ambient.workload.v1.PortList
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	7,  // 6: ambient.workload.v1.Workload.locality:type_name -> ambient.workload.v1.Locality
+	4,  // 7: ambient.workload.v1.Service.ports:type_name -> ambient.workload.v1.Port
+	10, // 8: ambient.workload.v1.Service.target_port_names:type_name -> ambient.workload.v1.Service.TargetPortNamesEntry
+	3,  // 9: ambient.workload.v1.Service.waypoint:type_name -> ambient.workload.v1.GatewayAddress
+	5,  // 10: ambient.workload.v1.Workload.ServicesEntry.value:type_name -> ambient.workload.v1.PortList
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_workload_v1_workload_proto_init() }
@@ -739,7 +818,7 @@ func file_workload_v1_workload_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_workload_v1_workload_proto_rawDesc), len(file_workload_v1_workload_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
