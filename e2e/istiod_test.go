@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -166,6 +167,41 @@ spec:
 	// Timings are measured, not asserted (the test's context bounds the wait); the log line
 	// gives the lab's propagation time for the note.
 	t.Logf("namespace label reached node-1's ztunnel in %s", time.Since(start).Round(time.Millisecond))
+
+	// Routes: the leader writes the status of an HTTPRoute attached to a Service (GAMMA), one
+	// backend resolved and one missing.
+	apply(t, ns, []byte(`
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: web-route}
+spec:
+  parentRefs: [{group: "", kind: Service, name: web, port: 80}]
+  rules: [{backendRefs: [{name: web, port: 80}, {name: missing, port: 80}]}]
+`))
+	var conds string
+	eventually(t, 60*time.Second, "HTTPRoute status from istiod-lite", func() bool {
+		conds = kubectl(t, "-n", ns, "get", "httproute", "web-route", "-o",
+			`jsonpath={range .status.parents[*]}{.controllerName}{range .conditions[*]} {.type}={.status}/{.reason}{end}{end}`)
+		return strings.Contains(conds, "istio.io/mesh-controller")
+	})
+	if want := "istio.io/mesh-controller Accepted=True/Accepted ResolvedRefs=False/BackendNotFound"; conds != want {
+		t.Errorf("HTTPRoute status %q, want %q", conds, want)
+	}
+}
+
+// kubectl runs the lab's kubectl and returns its output; a failure fails the test.
+func kubectl(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(labCfg.StateDir(), "bin", "kubectl"), append([]string{"--kubeconfig", labCfg.Kubeconfig()}, args...)...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl %v: %v: %s", args, err, out)
+	}
+	return strings.TrimSpace(string(out))
 }
 
 func running(ctx context.Context, cs kubernetes.Interface, ns, name string) bool {

@@ -4,17 +4,19 @@ package mesh
 
 // Labels and annotations of the user-facing API.
 const (
-	LabelDataplaneMode         = "istio.io/dataplane-mode"
-	DataplaneModeAmbient       = "ambient"
-	DataplaneModeNone          = "none"
-	LabelUseWaypoint           = "istio.io/use-waypoint"
-	LabelUseWaypointNamespace  = "istio.io/use-waypoint-namespace"
-	LabelWaypointFor           = "istio.io/waypoint-for"
-	AnnotationRedirection      = "ambient.istio.io/redirection"
-	RedirectionEnabled         = "enabled"
-	RedirectionPending         = "pending"
-	RedirectionDisabled        = "disabled"
-	WaypointGatewayClass       = "istio-waypoint"
+	LabelDataplaneMode        = "istio.io/dataplane-mode"
+	DataplaneModeAmbient      = "ambient"
+	DataplaneModeNone         = "none"
+	LabelUseWaypoint          = "istio.io/use-waypoint"
+	LabelUseWaypointNamespace = "istio.io/use-waypoint-namespace"
+	LabelWaypointFor          = "istio.io/waypoint-for"
+	AnnotationRedirection     = "ambient.istio.io/redirection"
+	RedirectionEnabled        = "enabled"
+	RedirectionPending        = "pending"
+	RedirectionDisabled       = "disabled"
+	WaypointGatewayClass      = "istio-waypoint"
+	// ControllerName is the mesh's Gateway API controller name, in route parent status (Istio's).
+	ControllerName             = "istio.io/mesh-controller"
 	WaypointListenerName       = "mesh"
 	WaypointListenerProtocolHB = "HBONE"
 )

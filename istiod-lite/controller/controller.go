@@ -24,6 +24,7 @@ import (
 	gwlisters "sigs.k8s.io/gateway-api/pkg/client/listers/apis/v1"
 
 	"github.com/ambient-mesh/ambient/istiod-lite/model"
+	"github.com/ambient-mesh/ambient/istiod-lite/routes"
 )
 
 // Clients are the API clients the controller watches through.
@@ -48,6 +49,9 @@ type Controller struct {
 	pods       corelisters.PodLister
 	services   corelisters.ServiceLister
 	gateways   gwlisters.GatewayLister
+	httpRoutes gwlisters.HTTPRouteLister
+	grpcRoutes gwlisters.GRPCRouteLister
+	refGrants  gwlisters.ReferenceGrantLister
 	authz      securitylisters.AuthorizationPolicyLister
 	peerAuthn  securitylisters.PeerAuthenticationLister
 	podIndex   cache.Indexer
@@ -87,6 +91,9 @@ func New(log *slog.Logger, c Clients) (*Controller, error) {
 	ctl.pods = core.Pods().Lister()
 	ctl.services = core.Services().Lister()
 	ctl.gateways = gw.Gateways().Lister()
+	ctl.httpRoutes = gw.HTTPRoutes().Lister()
+	ctl.grpcRoutes = gw.GRPCRoutes().Lister()
+	ctl.refGrants = gw.ReferenceGrants().Lister()
 	ctl.authz = sec.AuthorizationPolicies().Lister()
 	ctl.peerAuthn = sec.PeerAuthentications().Lister()
 
@@ -131,6 +138,7 @@ func New(log *slog.Logger, c Clients) (*Controller, error) {
 	for _, inf := range []cache.SharedIndexInformer{
 		core.Namespaces().Informer(), core.Pods().Informer(), core.Services().Informer(),
 		gw.Gateways().Informer(), sec.AuthorizationPolicies().Informer(), sec.PeerAuthentications().Informer(),
+		gw.HTTPRoutes().Informer(), gw.GRPCRoutes().Informer(), gw.ReferenceGrants().Informer(),
 	} {
 		// managedFields are often the largest part of an object and translation never reads
 		// them: drop them before they reach the cache (RSS at 10k pods).
@@ -216,6 +224,29 @@ func (c *Controller) Input() (model.Input, error) {
 	}
 	if in.PeerAuthentications, err = c.peerAuthn.List(all); err != nil {
 		return in, fmt.Errorf("list peer authentications: %w", err)
+	}
+	return in, nil
+}
+
+// RouteInput reads the cached state route status depends on. The objects are the cache's.
+func (c *Controller) RouteInput() (routes.Input, error) {
+	var in routes.Input
+	var err error
+	all := labels.Everything()
+	if in.HTTPRoutes, err = c.httpRoutes.List(all); err != nil {
+		return in, fmt.Errorf("list HTTPRoutes: %w", err)
+	}
+	if in.GRPCRoutes, err = c.grpcRoutes.List(all); err != nil {
+		return in, fmt.Errorf("list GRPCRoutes: %w", err)
+	}
+	if in.ReferenceGrants, err = c.refGrants.List(all); err != nil {
+		return in, fmt.Errorf("list ReferenceGrants: %w", err)
+	}
+	if in.Services, err = c.services.List(all); err != nil {
+		return in, fmt.Errorf("list services: %w", err)
+	}
+	if in.Gateways, err = c.gateways.List(all); err != nil {
+		return in, fmt.Errorf("list gateways: %w", err)
 	}
 	return in, nil
 }

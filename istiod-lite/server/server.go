@@ -39,6 +39,7 @@ import (
 	"github.com/ambient-mesh/ambient/istiod-lite/ca"
 	"github.com/ambient-mesh/ambient/istiod-lite/controller"
 	"github.com/ambient-mesh/ambient/istiod-lite/model"
+	"github.com/ambient-mesh/ambient/istiod-lite/routes"
 	"github.com/ambient-mesh/ambient/istiod-lite/waypoint"
 	"github.com/ambient-mesh/ambient/istiod-lite/xds"
 )
@@ -105,6 +106,7 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 		leading.Store(true)
 	}
 	waypoints := waypoint.New(kube, clients.Gateway, cfg.WaypointImage, cfg.Model.ClusterDomain)
+	routeStatus := routes.NewWriter(clients.Gateway)
 	roots := strings.Join(authority.Roots(), "")
 	published := map[string]bool{} // namespaces whose root ConfigMap this process wrote
 	var publishedAt time.Time
@@ -148,6 +150,11 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 			publishRoots(ctx, log, kube, in, roots, published)
 			if err := waypoints.Reconcile(ctx, in.Gateways); err != nil {
 				log.Warn("deploy waypoints", "err", err)
+			}
+			if rin, err := ctl.RouteInput(); err != nil {
+				log.Error("read route cache", "err", err)
+			} else if err := routeStatus.Reconcile(ctx, rin); err != nil {
+				log.Warn("write route status", "err", err)
 			}
 		} else {
 			// A future leader term re-checks everything.
