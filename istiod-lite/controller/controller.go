@@ -7,6 +7,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
+	"sync"
 	"time"
 
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
@@ -25,6 +28,7 @@ import (
 
 	"github.com/ambient-mesh/ambient/istiod-lite/model"
 	"github.com/ambient-mesh/ambient/istiod-lite/routes"
+	"github.com/ambient-mesh/ambient/istiod-lite/waypoint"
 )
 
 // Clients are the API clients the controller watches through.
@@ -39,7 +43,14 @@ type Controller struct {
 	log     *slog.Logger
 	changed chan struct{}
 
+	// repairs holds "<namespace>/<gateway>" of waypoints one of whose objects (ServiceAccount,
+	// Deployment, Service) was changed or deleted by someone else, until TakeRepairs.
+	mu      sync.Mutex
+	repairs map[string]bool
+
 	kubeFactory  informers.SharedInformerFactory
+	// waypointFactory watches the ServiceAccounts and Deployments of waypoints.
+	waypointFactory informers.SharedInformerFactory
 	istioFactory istioinformers.SharedInformerFactory
 	gwFactory    gwinformers.SharedInformerFactory
 	synced       []cache.InformerSynced
@@ -82,6 +93,10 @@ func New(log *slog.Logger, c Clients) (*Controller, error) {
 		kubeFactory:  informers.NewSharedInformerFactory(c.Kube, 0),
 		istioFactory: istioinformers.NewSharedInformerFactory(c.Istio, 0),
 		gwFactory:    gwinformers.NewSharedInformerFactory(c.Gateway, 0),
+		repairs:      map[string]bool{},
+		// The objects istiod-lite creates for waypoints, and only those (they carry the label).
+		waypointFactory: informers.NewSharedInformerFactoryWithOptions(c.Kube, 0,
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = waypoint.GatewayNameLabel })),
 	}
 	core := ctl.kubeFactory.Core().V1()
 	sec := ctl.istioFactory.Security().V1()
@@ -135,6 +150,55 @@ func New(log *slog.Logger, c Clients) (*Controller, error) {
 	}
 	ctl.synced = append(ctl.synced, nodes.HasSynced)
 
+	// A waypoint's objects changed or deleted by hand are repaired at the next push (leader only)
+	// rather than at the periodic resync.
+	repair := func(obj any) {
+		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = t.Obj
+		}
+		m, ok := obj.(metav1.Object)
+		if !ok {
+			return
+		}
+		if gw := m.GetLabels()[waypoint.GatewayNameLabel]; gw != "" {
+			ctl.mu.Lock()
+			ctl.repairs[m.GetNamespace()+"/"+gw] = true
+			ctl.mu.Unlock()
+			ctl.notify()
+		}
+	}
+	repairs := cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(old, cur any) {
+			o, ok1 := old.(metav1.Object)
+			c, ok2 := cur.(metav1.Object)
+			// A Deployment's status changes all the time; only a change of what istiod-lite
+			// wrote (its spec, its generation) or of its labels needs a repair.
+			if ok1 && ok2 && (o.GetGeneration() != c.GetGeneration() || (c.GetGeneration() == 0 && o.GetResourceVersion() != c.GetResourceVersion()) ||
+				!maps.Equal(o.GetLabels(), c.GetLabels())) {
+				repair(cur)
+			}
+		},
+		DeleteFunc: repair,
+	}
+	for _, inf := range []cache.SharedIndexInformer{
+		ctl.waypointFactory.Core().V1().ServiceAccounts().Informer(),
+		ctl.waypointFactory.Apps().V1().Deployments().Informer(),
+		core.Services().Informer(),
+	} {
+		if _, err := inf.AddEventHandler(repairs); err != nil {
+			return nil, fmt.Errorf("add repair handler: %w", err)
+		}
+	}
+	for _, inf := range []cache.SharedIndexInformer{
+		ctl.waypointFactory.Core().V1().ServiceAccounts().Informer(),
+		ctl.waypointFactory.Apps().V1().Deployments().Informer(),
+	} {
+		if err := inf.SetTransform(dropManagedFields); err != nil {
+			return nil, fmt.Errorf("set transform: %w", err)
+		}
+		ctl.synced = append(ctl.synced, inf.HasSynced)
+	}
+
 	for _, inf := range []cache.SharedIndexInformer{
 		core.Namespaces().Informer(), core.Pods().Informer(), core.Services().Informer(),
 		gw.Gateways().Informer(), sec.AuthorizationPolicies().Informer(), sec.PeerAuthentications().Informer(),
@@ -167,6 +231,8 @@ func (c *Controller) Changed() <-chan struct{} { return c.changed }
 // Run starts the informers, waits for their caches to fill, and blocks until ctx is done.
 func (c *Controller) Run(ctx context.Context) error {
 	c.kubeFactory.Start(ctx.Done())
+	c.waypointFactory.Start(ctx.Done())
+	defer c.waypointFactory.Shutdown()
 	c.istioFactory.Start(ctx.Done())
 	c.gwFactory.Start(ctx.Done())
 	defer c.kubeFactory.Shutdown()
@@ -226,6 +292,16 @@ func (c *Controller) Input() (model.Input, error) {
 		return in, fmt.Errorf("list peer authentications: %w", err)
 	}
 	return in, nil
+}
+
+// TakeRepairs returns, and forgets, the waypoints ("<namespace>/<gateway>") whose objects were
+// changed or deleted since the last call.
+func (c *Controller) TakeRepairs() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := slices.Sorted(maps.Keys(c.repairs))
+	clear(c.repairs)
+	return out
 }
 
 // RouteInput reads the cached state route status depends on. The objects are the cache's.

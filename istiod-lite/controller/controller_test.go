@@ -16,11 +16,13 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
 	istioscheme "istio.io/client-go/pkg/clientset/versioned/scheme"
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -32,6 +34,7 @@ import (
 	gwscheme "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/scheme"
 
 	"github.com/ambient-mesh/ambient/istiod-lite/model"
+	"github.com/ambient-mesh/ambient/istiod-lite/waypoint"
 )
 
 // TestTranslateGolden feeds each testdata/*.yaml through fake clientsets, the informers and the
@@ -290,7 +293,8 @@ func TestNodeChanges(t *testing.T) {
 			return false
 		}
 	}
-	drain()
+	for drain() { // the initial list and sync
+	}
 	n, err := kube.CoreV1().Nodes().Get(context.Background(), "n1", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -318,4 +322,55 @@ func TestNodeChanges(t *testing.T) {
 	if len(in.Nodes) != 1 || in.Nodes[0].Labels[model.LabelZone] != "b" || len(in.Nodes[0].Status.Conditions) != 0 {
 		t.Errorf("cached nodes %+v: want n1 in zone b, without status", in.Nodes)
 	}
+}
+
+// Objects of a waypoint changed or deleted by someone else are reported for repair; status-only
+// updates are not.
+func TestWaypointRepairs(t *testing.T) {
+	labels := map[string]string{waypoint.GatewayNameLabel: "wp"}
+	kube := kubefake.NewClientset(
+		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "wp", Labels: labels, Generation: 1}},
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "wp", Labels: labels}},
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "unrelated"}},
+	)
+	ctl := runFake(t, Clients{Kube: kube, Istio: istiofake.NewSimpleClientset(), Gateway: gwfake.NewSimpleClientset()})
+	ctx := context.Background()
+	wait := func(want []string) {
+		t.Helper()
+		// Waiting for nothing to happen needs a bound: half a second, in which the fake's watch
+		// delivers the updates above.
+		deadline := time.Now().Add(5 * time.Second)
+		if len(want) == 0 {
+			deadline = time.Now().Add(500 * time.Millisecond)
+		}
+		var got []string
+		for time.Now().Before(deadline) {
+			got = append(got, ctl.TakeRepairs()...)
+			if len(want) > 0 && cmp.Equal(got, want) {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if !cmp.Equal(got, want, cmpopts.EquateEmpty()) {
+			t.Fatalf("repairs %v, want %v", got, want)
+		}
+	}
+	d, err := kube.AppsV1().Deployments("shop").Get(ctx, "wp", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Status.ReadyReplicas = 1
+	d.ResourceVersion = "2"
+	if _, err := kube.AppsV1().Deployments("shop").UpdateStatus(ctx, d, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.CoreV1().ServiceAccounts("shop").Update(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{
+		Namespace: "shop", Name: "unrelated", ResourceVersion: "3"}}, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wait(nil)
+	if err := kube.CoreV1().ServiceAccounts("shop").Delete(ctx, "wp", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wait([]string{"shop/wp"})
 }

@@ -148,6 +148,7 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 				publishedAt = time.Now()
 			}
 			publishRoots(ctx, log, kube, in, roots, published)
+			waypoints.Repair(ctl.TakeRepairs()...)
 			if err := waypoints.Reconcile(ctx, in.Gateways); err != nil {
 				log.Warn("deploy waypoints", "err", err)
 			}

@@ -25,7 +25,8 @@ import (
 	"github.com/ambient-mesh/ambient/api/mesh"
 )
 
-const gatewayNameLabel = "gateway.networking.k8s.io/gateway-name"
+// GatewayNameLabel names, on each object of a waypoint, the Gateway it belongs to.
+const GatewayNameLabel = "gateway.networking.k8s.io/gateway-name"
 
 // Reconciler keeps waypoint deployments in line with their Gateways.
 type Reconciler struct {
@@ -37,6 +38,7 @@ type Reconciler struct {
 	// API calls on later passes. A new leader starts with an empty map and checks everything, and
 	// it is forgotten every Resync so that objects changed or deleted by hand are repaired.
 	done      map[types.UID]int64
+	repair    map[string]bool // "<namespace>/<name>" of Gateways to check at the next pass
 	checkedAt time.Time
 	now       func() time.Time
 }
@@ -48,7 +50,16 @@ const Resync = 5 * time.Minute
 // New returns a reconciler that deploys image.
 func New(kube kubernetes.Interface, gw gwclient.Interface, image, clusterDomain string) *Reconciler {
 	return &Reconciler{kube: kube, gw: gw, image: image, clusterDomain: clusterDomain,
-		done: map[types.UID]int64{}, now: time.Now}
+		done: map[types.UID]int64{}, repair: map[string]bool{}, now: time.Now}
+}
+
+// Repair makes the next Reconcile check the objects of the named waypoint Gateways
+// ("<namespace>/<name>") against the API server even if the Gateways did not change: one of their
+// objects was changed or deleted by someone else.
+func (r *Reconciler) Repair(gateways ...string) {
+	for _, g := range gateways {
+		r.repair[g] = true
+	}
 }
 
 // Reset forgets what was reconciled (on losing leadership).
@@ -66,7 +77,8 @@ func (r *Reconciler) Reconcile(ctx context.Context, gateways []*gwv1.Gateway) er
 		if string(g.Spec.GatewayClassName) != mesh.WaypointGatewayClass || g.DeletionTimestamp != nil {
 			continue
 		}
-		if gen, ok := r.done[g.UID]; ok && gen == g.Generation {
+		key := g.Namespace + "/" + g.Name
+		if gen, ok := r.done[g.UID]; ok && gen == g.Generation && !r.repair[key] {
 			continue
 		}
 		if err := r.reconcile(ctx, g); err != nil {
@@ -75,6 +87,7 @@ func (r *Reconciler) Reconcile(ctx context.Context, gateways []*gwv1.Gateway) er
 		}
 		r.done[g.UID] = g.Generation
 	}
+	clear(r.repair) // attempted; a failure is retried anyway (not in done)
 	return errors.Join(errs...)
 }
 
@@ -115,7 +128,7 @@ func hboneListener(g *gwv1.Gateway) (gwv1.Listener, bool) {
 // Desired returns the objects a waypoint Gateway needs. They are named after the Gateway; the
 // ServiceAccount gives the waypoint its own identity.
 func Desired(g *gwv1.Gateway, image string, l gwv1.Listener) (*corev1.ServiceAccount, *appsv1.Deployment, *corev1.Service) {
-	labels := map[string]string{gatewayNameLabel: g.Name}
+	labels := map[string]string{GatewayNameLabel: g.Name}
 	owner := []metav1.OwnerReference{{
 		APIVersion: gwv1.GroupVersion.String(), Kind: "Gateway", Name: g.Name, UID: g.UID,
 		Controller: ptr(true), BlockOwnerDeletion: ptr(true),

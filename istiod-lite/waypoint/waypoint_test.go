@@ -82,7 +82,19 @@ func TestReconcile(t *testing.T) {
 		t.Errorf("second pass made %d API calls", n)
 	}
 
-	// A Deployment deleted by hand is back after the next resync.
+	// A Deployment deleted by hand, reported by the controller's watch, is back at the next pass.
+	if err := kube.AppsV1().Deployments("shop").Delete(ctx, "wp", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r.Repair("shop/wp")
+	if err := r.Reconcile(ctx, []*gwv1.Gateway{good, bad, other}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kube.AppsV1().Deployments("shop").Get(ctx, "wp", metav1.GetOptions{}); err != nil {
+		t.Errorf("deployment not restored after a repair request: %v", err)
+	}
+
+	// Without a watch event, it is back after the next resync.
 	if err := kube.AppsV1().Deployments("shop").Delete(ctx, "wp", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
