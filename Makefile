@@ -42,7 +42,7 @@ e2e: deps build lab-tools
 	$(GO) test -tags e2e -count=1 -timeout 70m -v ./e2e/... 2>&1 | tee .e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; \
 	test $${PIPESTATUS[0]} -eq 0
 
-test: unit e2e
+test: lint unit e2e
 
 lint: deps
 	@out="$$(gofmt -l $$(git ls-files '*.go' | grep -v '/e2e/tools/'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

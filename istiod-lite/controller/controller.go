@@ -48,12 +48,12 @@ type Controller struct {
 	mu      sync.Mutex
 	repairs map[string]bool
 
-	kubeFactory  informers.SharedInformerFactory
+	kubeFactory informers.SharedInformerFactory
 	// waypointFactory watches the ServiceAccounts and Deployments of waypoints.
 	waypointFactory informers.SharedInformerFactory
-	istioFactory istioinformers.SharedInformerFactory
-	gwFactory    gwinformers.SharedInformerFactory
-	synced       []cache.InformerSynced
+	istioFactory    istioinformers.SharedInformerFactory
+	gwFactory       gwinformers.SharedInformerFactory
+	synced          []cache.InformerSynced
 
 	namespaces corelisters.NamespaceLister
 	nodes      corelisters.NodeLister
