@@ -201,58 +201,44 @@ func (tr *Translator) Translate(in Input) *Snapshot {
 	return snap
 }
 
+// sumObjects adds to sum a hash of each object's kind, identity and resourceVersion; it returns
+// false when an object has no resourceVersion.
+func sumObjects[T metav1.Object](sum *uint64, kind string, objs []T) bool {
+	for _, o := range objs {
+		if o.GetResourceVersion() == "" {
+			return false
+		}
+		*sum += hashFields(kind, o.GetNamespace(), o.GetName(), string(o.GetUID()), o.GetResourceVersion())
+	}
+	return true
+}
+
+// hashFields hashes strings, each terminated by a zero byte (FNV-1a, 64 bits).
+func hashFields(fields ...string) uint64 {
+	h := fnv.New64a()
+	for _, f := range fields {
+		h.Write([]byte(f))
+		h.Write([]byte{0})
+	}
+	return h.Sum64()
+}
+
 // contextSum fingerprints every object but the pods: the sum of a hash of each one's identity and
 // resourceVersion, so that the order of the input does not matter. It returns 0 when an object has
 // no resourceVersion.
 func contextSum(in Input) uint64 {
 	var sum uint64
-	add := func(kind string, o metav1.Object) bool {
-		if o.GetResourceVersion() == "" {
-			return false
-		}
-		h := fnv.New64a()
-		for _, s := range []string{kind, o.GetNamespace(), o.GetName(), string(o.GetUID()), o.GetResourceVersion()} {
-			h.Write([]byte(s))
-			h.Write([]byte{0})
-		}
-		sum += h.Sum64()
-		return true
-	}
-	for _, o := range in.Namespaces {
-		if !add("Namespace", o) {
-			return 0
-		}
-	}
-	for _, o := range in.Services {
-		if !add("Service", o) {
-			return 0
-		}
-	}
-	for _, o := range in.Gateways {
-		if !add("Gateway", o) {
-			return 0
-		}
-	}
-	for _, o := range in.AuthorizationPolicies {
-		if !add("AuthorizationPolicy", o) {
-			return 0
-		}
-	}
-	for _, o := range in.PeerAuthentications {
-		if !add("PeerAuthentication", o) {
-			return 0
-		}
+	ok := sumObjects(&sum, "Namespace", in.Namespaces) && sumObjects(&sum, "Service", in.Services) &&
+		sumObjects(&sum, "Gateway", in.Gateways) && sumObjects(&sum, "AuthorizationPolicy", in.AuthorizationPolicies) &&
+		sumObjects(&sum, "PeerAuthentication", in.PeerAuthentications)
+	if !ok {
+		return 0
 	}
 	// A node's status changes often (heartbeats) and does not matter: only what translation
 	// reads of it is fingerprinted, so that a node heartbeat does not cost a full translation.
 	for _, n := range in.Nodes {
-		h := fnv.New64a()
 		l := localityOf(n)
-		for _, s := range []string{"Node", n.Name, l.GetRegion(), l.GetZone(), l.GetSubzone()} {
-			h.Write([]byte(s))
-			h.Write([]byte{0})
-		}
-		sum += h.Sum64()
+		sum += hashFields("Node", n.Name, l.GetRegion(), l.GetZone(), l.GetSubzone())
 	}
 	if sum == 0 {
 		sum = 1 // an empty context is usable too

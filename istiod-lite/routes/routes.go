@@ -43,48 +43,61 @@ func NewWriter(gw gwclient.Interface) *Writer { return &Writer{gw: gw} }
 // says; it carries on past a failing route and returns every error.
 func (w *Writer) Reconcile(ctx context.Context, in Input) error {
 	idx := newIndex(in)
-	var errs []error
+	var views []route
 	for _, r := range in.HTTPRoutes {
-		if r.DeletionTimestamp != nil {
-			continue
-		}
-		var backends []gwv1.BackendRef
+		v := route{kind: "HTTPRoute", obj: r, parents: r.Spec.ParentRefs, status: r.Status.Parents,
+			update: func(parents []gwv1.RouteParentStatus) error {
+				r = r.DeepCopy()
+				r.Status.Parents = parents
+				_, err := w.gw.GatewayV1().HTTPRoutes(r.Namespace).UpdateStatus(ctx, r, metav1.UpdateOptions{})
+				return err
+			}}
 		for _, rule := range r.Spec.Rules {
 			for _, b := range rule.BackendRefs {
-				backends = append(backends, b.BackendRef)
+				v.backends = append(v.backends, b.BackendRef)
 			}
 		}
-		want, changed := idx.parents("HTTPRoute", r.Namespace, r.Generation, r.Spec.ParentRefs, backends, r.Status.Parents)
-		if !changed {
-			continue
-		}
-		r = r.DeepCopy()
-		r.Status.Parents = want
-		if _, err := w.gw.GatewayV1().HTTPRoutes(r.Namespace).UpdateStatus(ctx, r, metav1.UpdateOptions{}); err != nil {
-			errs = append(errs, fmt.Errorf("HTTPRoute %s/%s status: %w", r.Namespace, r.Name, err))
-		}
+		views = append(views, v)
 	}
 	for _, r := range in.GRPCRoutes {
-		if r.DeletionTimestamp != nil {
-			continue
-		}
-		var backends []gwv1.BackendRef
+		v := route{kind: "GRPCRoute", obj: r, parents: r.Spec.ParentRefs, status: r.Status.Parents,
+			update: func(parents []gwv1.RouteParentStatus) error {
+				r = r.DeepCopy()
+				r.Status.Parents = parents
+				_, err := w.gw.GatewayV1().GRPCRoutes(r.Namespace).UpdateStatus(ctx, r, metav1.UpdateOptions{})
+				return err
+			}}
 		for _, rule := range r.Spec.Rules {
 			for _, b := range rule.BackendRefs {
-				backends = append(backends, b.BackendRef)
+				v.backends = append(v.backends, b.BackendRef)
 			}
 		}
-		want, changed := idx.parents("GRPCRoute", r.Namespace, r.Generation, r.Spec.ParentRefs, backends, r.Status.Parents)
+		views = append(views, v)
+	}
+	var errs []error
+	for _, v := range views {
+		if v.obj.GetDeletionTimestamp() != nil {
+			continue
+		}
+		want, changed := idx.parents(v.kind, v.obj.GetNamespace(), v.obj.GetGeneration(), v.parents, v.backends, v.status)
 		if !changed {
 			continue
 		}
-		r = r.DeepCopy()
-		r.Status.Parents = want
-		if _, err := w.gw.GatewayV1().GRPCRoutes(r.Namespace).UpdateStatus(ctx, r, metav1.UpdateOptions{}); err != nil {
-			errs = append(errs, fmt.Errorf("GRPCRoute %s/%s status: %w", r.Namespace, r.Name, err))
+		if err := v.update(want); err != nil {
+			errs = append(errs, fmt.Errorf("%s %s/%s status: %w", v.kind, v.obj.GetNamespace(), v.obj.GetName(), err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// route is what status is computed from, the same for every route kind.
+type route struct {
+	kind     string
+	obj      metav1.Object
+	parents  []gwv1.ParentReference
+	backends []gwv1.BackendRef
+	status   []gwv1.RouteParentStatus
+	update   func([]gwv1.RouteParentStatus) error
 }
 
 type index struct {
