@@ -137,28 +137,25 @@ func BenchmarkConnectOverhead(b *testing.B) {
 	var plain, captured time.Duration
 	inNS(b, e.podNS, func() error {
 		b.ResetTimer()
+		legs := []struct {
+			cgroup string
+			dst    netip.AddrPort
+			total  *time.Duration
+		}{{orig, direct, &plain}, {e.cgroup, remote, &captured}}
 		for done := 0; done < b.N; done += batch {
 			n := min(batch, b.N-done)
-			b.StopTimer()
-			if err := moveTo(orig); err != nil {
-				return err
+			for _, leg := range legs {
+				b.StopTimer()
+				if err := moveTo(leg.cgroup); err != nil {
+					return err
+				}
+				b.StartTimer()
+				start := time.Now()
+				if err := connectN(leg.dst, n); err != nil {
+					return err
+				}
+				*leg.total += time.Since(start)
 			}
-			b.StartTimer()
-			start := time.Now()
-			if err := connectN(direct, n); err != nil {
-				return err
-			}
-			plain += time.Since(start)
-			b.StopTimer()
-			if err := moveTo(e.cgroup); err != nil {
-				return err
-			}
-			b.StartTimer()
-			start = time.Now()
-			if err := connectN(remote, n); err != nil {
-				return err
-			}
-			captured += time.Since(start)
 		}
 		b.StopTimer()
 		return nil
