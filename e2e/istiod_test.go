@@ -23,6 +23,7 @@ import (
 	"time"
 
 	cav1 "github.com/ambient-mesh/ambient/api/ca/v1"
+	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
 	"github.com/ambient-mesh/ambient/e2e/lab"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -167,6 +168,31 @@ spec:
 	// Timings are measured, not asserted (the test's context bounds the wait); the log line
 	// gives the lab's propagation time for the note.
 	t.Logf("namespace label reached node-1's ztunnel in %s", time.Since(start).Round(time.Millisecond))
+
+	// Nodes: a zone label on node-1 becomes the locality of the workloads there.
+	kubectl(t, "label", "node", "node-1", "topology.kubernetes.io/zone=lab-a")
+	t.Cleanup(func() { kubectl(t, "label", "node", "node-1", "topology.kubernetes.io/zone-") })
+	for zone := ""; zone != "lab-a"; {
+		r, err = st.Recv()
+		if err != nil {
+			t.Fatalf("waiting for web's locality: %v", err)
+		}
+		for _, res := range r.Resources {
+			var w workloadv1.Workload
+			if err := res.Resource.UnmarshalTo(&w); err != nil {
+				t.Fatal(err)
+			}
+			if res.Name == string(db.UID) && w.GetLocality() != nil {
+				t.Errorf("db (on node-2) got locality %v", w.GetLocality())
+			}
+			if res.Name == string(web.UID) {
+				zone = w.GetLocality().GetZone()
+			}
+		}
+		if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce}); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	// Routes: the leader writes the status of an HTTPRoute attached to a Service (GAMMA), one
 	// backend resolved and one missing.
