@@ -416,12 +416,30 @@ func (c *h2conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*s
 	stop := context.AfterFunc(ctx, func() {
 		c.mu.Lock()
 		s.rcond.Broadcast()
+		c.interruptLocked(s)
 		c.mu.Unlock()
 	})
 	defer stop()
 	c.mu.Lock()
 	for s.status == 0 && s.rerr == nil && ctx.Err() == nil {
-		s.rcond.Wait()
+		if c.err != nil {
+			s.failLocked(c.err)
+			break
+		}
+		if c.tHeld {
+			c.waitTurnLocked(s)
+			continue
+		}
+		c.takeTokenLocked(s)
+		c.mu.Unlock()
+		err := c.readFramesUntil(func() bool { return s.status != 0 || s.rerr != nil || ctx.Err() != nil })
+		c.mu.Lock()
+		c.releaseTokenLocked(true)
+		if err != nil {
+			c.mu.Unlock()
+			c.readFailed(err)
+			c.mu.Lock()
+		}
 	}
 	var err error
 	switch {
@@ -470,7 +488,7 @@ func (c *h2conn) clientHeaders(f *http2.MetaHeadersFrame) error {
 		return nil // informational; the final answer follows
 	}
 	s.status = status
-	s.rcond.Broadcast()
+	c.wakeLocked(s)
 	if f.StreamEnded() {
 		c.endRecvLocked(s)
 	}

@@ -105,8 +105,29 @@ func (s *stream) Read(p []byte) (int, error) {
 			c.mu.Unlock()
 			return 0, io.EOF
 		}
+		if c.err != nil {
+			err := c.err
+			c.mu.Unlock()
+			return 0, err
+		}
 		s.waitBuf = p
-		s.rcond.Wait()
+		if c.tHeld {
+			c.waitTurnLocked(s)
+			continue
+		}
+		// Nobody reads the socket: read it here, straight into p when our data comes first.
+		c.takeTokenLocked(s)
+		c.mu.Unlock()
+		err := c.readFramesUntil(func() bool {
+			return s.waitN > 0 || s.recvLen > 0 || s.recvDone || s.rerr != nil
+		})
+		c.mu.Lock()
+		c.releaseTokenLocked(s.waitN > 0 || s.recvLen > 0)
+		if err != nil {
+			c.mu.Unlock()
+			c.readFailed(err)
+			c.mu.Lock()
+		}
 	}
 }
 
@@ -129,8 +150,26 @@ func (s *stream) Write(p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
 		c.mu.Lock()
-		for s.werr == nil && !s.sendDone && (s.sendWindow <= 0 || c.sendWindow <= 0) {
-			c.wcond.Wait()
+		for s.werr == nil && !s.sendDone && (s.sendWindow <= 0 || c.sendWindow <= 0) && c.err == nil {
+			if c.tHeld {
+				c.winWaiters++
+				c.wcond.Wait()
+				c.winWaiters--
+				continue
+			}
+			// Nobody reads the socket: read it here until a WINDOW_UPDATE lets us go on.
+			c.takeTokenLocked(s)
+			c.mu.Unlock()
+			err := c.readFramesUntil(func() bool {
+				return s.werr != nil || s.sendDone || (s.sendWindow > 0 && c.sendWindow > 0)
+			})
+			c.mu.Lock()
+			c.releaseTokenLocked(false)
+			if err != nil {
+				c.mu.Unlock()
+				c.readFailed(err)
+				c.mu.Lock()
+			}
 		}
 		if err := s.writeErrLocked(); err != nil {
 			c.mu.Unlock()
@@ -248,7 +287,8 @@ func (s *stream) failLocked(err error) {
 		s.werr = err
 	}
 	s.dropChunksLocked()
-	s.rcond.Broadcast()
+	s.c.wakeLocked(s)
+	s.c.interruptLocked(s)
 }
 
 func (s *stream) LocalAddr() net.Addr  { return s.local }

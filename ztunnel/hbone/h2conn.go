@@ -1,11 +1,13 @@
 package hbone
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,13 +21,22 @@ import (
 // no trailers, no push and no priorities. Frames are encoded and parsed by x/net's Framer and
 // hpack; this type owns the connection state, flow control and the streams.
 //
-// Goroutines: one reader per connection (readLoop) parses every frame and never blocks on
-// anything but the socket and c.mu. Writers (a stream's Write, CloseWrite, Close, the handler's
-// Accept) write their frames themselves under wmu, straight into the TLS connection, so a 1 KiB
-// message costs no goroutine hand-off on the way out. Frames the reader must send (SETTINGS and
-// PING acknowledgements, RST_STREAM, WINDOW_UPDATE) go through a small queue that whoever holds
-// wmu writes; the reader only tries the lock, so two peers that both write a lot can never
-// deadlock on each other's full socket buffers.
+// Reading: whoever needs a frame reads the socket. One goroutine at a time holds the read token
+// and reads and handles frames for every stream: a Read that finds no data takes the token when
+// it is free and reads until its own data arrives, straight into its buffer, so that on a busy
+// tunnel a message costs no goroutine hand-off at all, as on a plain TLS connection. A Read that
+// finds the token taken waits for the holder to deliver. When nobody holds the token for a
+// while (bgDelay), or a holder leaves for good, the connection's own reader goroutine (readLoop)
+// takes it, so that PINGs, SETTINGS, new streams and a closed socket are always seen; it hands the
+// token back as soon as it has delivered to a waiting Read. A holder blocked on the socket is
+// interrupted with a past read deadline when its stream ends locally, only while it waits for a
+// frame header (a bufio.Reader keeps a partial header across that).
+//
+// Writing: writers (a stream's Write, CloseWrite, Close, the handler's Accept) write their frames
+// themselves under wmu, straight into the TLS connection: no writer goroutine. Frames a reader
+// must send (SETTINGS and PING acknowledgements, RST_STREAM, WINDOW_UPDATE) go through a small
+// queue that whoever holds wmu writes; readers only try the lock, so two peers that both write a
+// lot can never deadlock on each other's full socket buffers.
 //
 // Lock order: wmu before mu. Stream fields marked "c.mu" are guarded by the connection's mu.
 type h2conn struct {
@@ -36,9 +47,10 @@ type h2conn struct {
 	// maxStreams is the SETTINGS_MAX_CONCURRENT_STREAMS a server advertises.
 	maxStreams uint32
 
-	fr *http2.Framer // reads: reader goroutine only; writes: under wmu
+	fr *http2.Framer // reads: read token holder only; writes: under wmu
+	br *bufio.Reader // between the connection and the Framer
 
-	// Reader goroutine only.
+	// Read token holder only.
 	scratch     []byte
 	sawSettings bool
 
@@ -83,6 +95,18 @@ type h2conn struct {
 	kaSeen         uint64
 	kaWaiting      bool
 	ka             *time.Timer
+
+	// The read token (see above), guarded by mu.
+	tHeld        bool
+	tHolder      *stream   // the stream whose Read, Write or CONNECT holds it; nil for readLoop
+	tWaitHeader  bool      // the holder waits for a frame header: it may be interrupted
+	tInterrupted bool      // a past read deadline was set to interrupt the holder
+	tQueue       []*stream // streams waiting for data or a response while someone else reads
+	winWaiters   int       // writers waiting for window while someone else reads
+	delivered    bool      // the holder handed something to a waiter
+	bgIdle       bool      // readLoop waits for bgTimer before taking the free token
+	bgcond       sync.Cond
+	bgTimer      *time.Timer
 }
 
 // Wire constants.
@@ -98,6 +122,11 @@ const (
 	maxWriteBurst = 64 << 10
 	// scratchSize is the reader's buffer for DATA that no Read is waiting for.
 	scratchSize = 16 << 10
+	// bgDelay is how long the read token stays free after a Read took its data before readLoop
+	// takes it: a tunnel's next Read normally comes sooner and then reads the socket itself.
+	bgDelay = 500 * time.Microsecond
+	// frameHeaderLen is the size of an HTTP/2 frame header.
+	frameHeaderLen = 9
 )
 
 var (
@@ -149,7 +178,11 @@ func newH2Conn(nc net.Conn, raw *corkConn, server bool, flow FlowConfig) *h2conn
 		scratch:        make([]byte, scratchSize),
 	}
 	c.wcond.L = &c.mu
-	c.fr = http2.NewFramer(nc, nc)
+	c.bgcond.L = &c.mu
+	c.bgTimer = time.AfterFunc(time.Hour, c.bgWake)
+	c.bgTimer.Stop()
+	c.br = bufio.NewReaderSize(nc, 4<<10)
+	c.fr = http2.NewFramer(nc, c.br)
 	c.fr.SetMaxReadFrameSize(maxFrameRead)
 	c.fr.SetReuseFrames()
 	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
@@ -164,7 +197,7 @@ func (c *h2conn) start(deadline time.Time) error {
 	if c.server {
 		c.nc.SetReadDeadline(deadline)
 		var buf [len(http2.ClientPreface)]byte
-		if _, err := io.ReadFull(c.nc, buf[:]); err != nil {
+		if _, err := io.ReadFull(c.br, buf[:]); err != nil {
 			return fmt.Errorf("read preface: %w", err)
 		}
 		if string(buf[:]) != http2.ClientPreface {
@@ -219,9 +252,142 @@ func (c *h2conn) closedErr() error {
 	return c.err
 }
 
-// readLoop reads frames until the connection ends.
+// readLoop is the connection's own reader: it holds the read token whenever nobody else needs
+// it (see h2conn) and returns when the connection ends.
 func (c *h2conn) readLoop() {
-	err := c.readFrames()
+	c.mu.Lock()
+	for {
+		for c.err == nil && (c.tHeld || c.bgIdle) {
+			c.bgcond.Wait()
+		}
+		if c.err != nil {
+			c.mu.Unlock()
+			return
+		}
+		c.takeTokenLocked(nil)
+		c.delivered = false
+		c.mu.Unlock()
+		err := c.readFramesUntil(func() bool { return c.delivered })
+		c.mu.Lock()
+		c.releaseTokenLocked(true)
+		if err != nil {
+			c.mu.Unlock()
+			c.readFailed(err)
+			c.mu.Lock()
+		}
+	}
+}
+
+// bgWake lets readLoop take the token after bgDelay.
+func (c *h2conn) bgWake() {
+	c.mu.Lock()
+	c.bgIdle = false
+	c.bgcond.Signal()
+	c.mu.Unlock()
+}
+
+func (c *h2conn) takeTokenLocked(holder *stream) {
+	c.tHeld, c.tHolder = true, holder
+}
+
+// releaseTokenLocked gives the read token up and passes it on: to a waiting Read, else to waiting
+// writers, else to readLoop, at once or, when soon is set (the holder got what it waited for
+// and will likely be back), after bgDelay.
+func (c *h2conn) releaseTokenLocked(soon bool) {
+	c.tHeld, c.tHolder = false, nil
+	c.passTokenLocked(soon)
+}
+
+func (c *h2conn) passTokenLocked(soon bool) {
+	switch {
+	case c.tHeld || c.err != nil:
+	case len(c.tQueue) > 0:
+		c.tQueue[0].rcond.Broadcast()
+	case c.winWaiters > 0:
+		c.wcond.Broadcast()
+	case soon:
+		c.bgIdle = true
+		c.bgTimer.Reset(bgDelay)
+	default:
+		c.bgIdle = false
+		c.bgcond.Signal()
+	}
+}
+
+// waitTurnLocked waits on s.rcond for the token holder to deliver to s, or for the token.
+func (c *h2conn) waitTurnLocked(s *stream) {
+	c.tQueue = append(c.tQueue, s)
+	s.rcond.Wait()
+	c.dequeueLocked(s)
+	if !c.tHeld {
+		// Woken to take the free token. If s does not need it after all, the next one must.
+		c.passTokenLocked(true)
+	}
+}
+
+func (c *h2conn) dequeueLocked(s *stream) bool {
+	for i, x := range c.tQueue {
+		if x == s {
+			c.tQueue = append(c.tQueue[:i], c.tQueue[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// wakeLocked hands what arrived for s (data, end of stream, an error, a response) to the Read or
+// CONNECT waiting on it. It takes s out of the token queue at once, so that a holder releasing
+// the token next does not pass it to a waiter that no longer needs it.
+func (c *h2conn) wakeLocked(s *stream) {
+	if c.dequeueLocked(s) || s.waitBuf != nil {
+		c.delivered = true
+	}
+	s.rcond.Broadcast()
+}
+
+// interruptLocked wakes the token holder s from a socket read so that it sees its stream ended.
+func (c *h2conn) interruptLocked(s *stream) {
+	if c.tHeld && c.tHolder == s && c.tWaitHeader && !c.tInterrupted {
+		c.tInterrupted = true
+		c.nc.SetReadDeadline(time.Unix(1, 0))
+	}
+}
+
+// readFramesUntil reads and handles frames as the token holder until done, called with c.mu held
+// before each frame, reports true. It returns read and protocol errors; the caller, once it has
+// released the token, passes them to readFailed.
+func (c *h2conn) readFramesUntil(done func() bool) error {
+	for {
+		c.mu.Lock()
+		if c.err != nil || done() {
+			c.mu.Unlock()
+			return nil
+		}
+		c.tWaitHeader = true
+		c.mu.Unlock()
+		_, err := c.br.Peek(frameHeaderLen)
+		c.mu.Lock()
+		c.tWaitHeader = false
+		interrupted := c.tInterrupted
+		c.tInterrupted = false
+		c.mu.Unlock()
+		if interrupted {
+			c.nc.SetReadDeadline(time.Time{})
+			if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+				continue
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if err := c.readFrame(); err != nil {
+			return err
+		}
+	}
+}
+
+// readFailed ends the connection after a read or protocol error.
+func (c *h2conn) readFailed(err error) {
 	var ce http2.ConnectionError
 	switch {
 	case errors.As(err, &ce):
@@ -233,36 +399,30 @@ func (c *h2conn) readLoop() {
 	}
 }
 
-func (c *h2conn) readFrames() error {
-	for {
-		fh, err := c.fr.ReadFrameHeader()
-		if err != nil {
-			return err
-		}
-		c.framesRead.Add(1)
-		if !c.sawSettings && (fh.Type != http2.FrameSettings || fh.Flags.Has(http2.FlagSettingsAck)) {
-			// The peer's preface is a SETTINGS frame (RFC 9113 §3.4).
-			return http2.ConnectionError(http2.ErrCodeProtocol)
-		}
-		if fh.Type == http2.FrameData {
-			if err := c.readData(fh); err != nil {
-				return err
-			}
-			continue
-		}
-		f, err := c.fr.ReadFrameForHeader(fh)
-		if err != nil {
-			var se http2.StreamError
-			if errors.As(err, &se) {
-				c.streamError(se.StreamID, se.Code)
-				continue
-			}
-			return err
-		}
-		if err := c.handleFrame(f); err != nil {
-			return err
-		}
+// readFrame reads and handles one frame.
+func (c *h2conn) readFrame() error {
+	fh, err := c.fr.ReadFrameHeader()
+	if err != nil {
+		return err
 	}
+	c.framesRead.Add(1)
+	if !c.sawSettings && (fh.Type != http2.FrameSettings || fh.Flags.Has(http2.FlagSettingsAck)) {
+		// The peer's preface is a SETTINGS frame (RFC 9113 §3.4).
+		return http2.ConnectionError(http2.ErrCodeProtocol)
+	}
+	if fh.Type == http2.FrameData {
+		return c.readData(fh)
+	}
+	f, err := c.fr.ReadFrameForHeader(fh)
+	if err != nil {
+		var se http2.StreamError
+		if errors.As(err, &se) {
+			c.streamError(se.StreamID, se.Code)
+			return nil
+		}
+		return err
+	}
+	return c.handleFrame(f)
 }
 
 func (c *h2conn) handleFrame(f http2.Frame) error {
@@ -334,7 +494,7 @@ func (c *h2conn) handleSettings(f *http2.SettingsFrame) error {
 	})
 	if err == nil {
 		c.queueLocked(ctrlFrame{kind: ctrlSettingsAck})
-		c.wcond.Broadcast()
+		c.wakeWritersLocked()
 		if !c.sawSettings {
 			c.sawSettings = true
 			close(c.settingsc)
@@ -349,7 +509,7 @@ func (c *h2conn) handleWindowUpdate(f *http2.WindowUpdateFrame) error {
 	c.mu.Lock()
 	if f.StreamID == 0 {
 		c.sendWindow += int64(f.Increment)
-		c.wcond.Broadcast()
+		c.wakeWritersLocked()
 		over := c.sendWindow > maxWindow
 		c.mu.Unlock()
 		if over {
@@ -370,10 +530,18 @@ func (c *h2conn) handleWindowUpdate(f *http2.WindowUpdateFrame) error {
 	if s.sendWindow > maxWindow {
 		c.resetLocked(s, http2.ErrCodeFlowControl, resetError{http2.ErrCodeFlowControl}, true)
 	}
-	c.wcond.Broadcast()
+	c.wakeWritersLocked()
 	c.mu.Unlock()
 	c.flushCtrl()
 	return nil
+}
+
+// wakeWritersLocked wakes writers waiting for window.
+func (c *h2conn) wakeWritersLocked() {
+	if c.winWaiters > 0 {
+		c.delivered = true
+	}
+	c.wcond.Broadcast()
 }
 
 func (c *h2conn) handleRST(f *http2.RSTStreamFrame) error {
@@ -459,7 +627,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 		if size < 1 {
 			return http2.ConnectionError(http2.ErrCodeFrameSize)
 		}
-		if _, err := io.ReadFull(c.nc, c.scratch[:1]); err != nil {
+		if _, err := io.ReadFull(c.br, c.scratch[:1]); err != nil {
 			return err
 		}
 		pad = int(c.scratch[0])
@@ -519,13 +687,13 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 	c.mu.Unlock()
 
 	if len(direct) > 0 {
-		_, err := io.ReadFull(c.nc, direct)
+		_, err := io.ReadFull(c.br, direct)
 		c.mu.Lock()
 		s.filling = false
 		if err == nil {
 			s.waitN = len(direct)
 		}
-		s.rcond.Signal()
+		c.wakeLocked(s)
 		c.mu.Unlock()
 		if err != nil {
 			return err
@@ -533,7 +701,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 	}
 	for rest := body - len(direct); rest > 0; {
 		m := min(rest, len(c.scratch))
-		if _, err := io.ReadFull(c.nc, c.scratch[:m]); err != nil {
+		if _, err := io.ReadFull(c.br, c.scratch[:m]); err != nil {
 			return err
 		}
 		rest -= m
@@ -543,7 +711,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 		} else {
 			s.appendLocked(c.scratch[:m])
 			if s.waitBuf != nil {
-				s.rcond.Signal()
+				c.wakeLocked(s)
 			}
 		}
 		c.mu.Unlock()
@@ -566,7 +734,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 func (c *h2conn) discard(n int) error {
 	for n > 0 {
 		m := min(n, len(c.scratch))
-		if _, err := io.ReadFull(c.nc, c.scratch[:m]); err != nil {
+		if _, err := io.ReadFull(c.br, c.scratch[:m]); err != nil {
 			return err
 		}
 		n -= m
@@ -580,7 +748,7 @@ func (c *h2conn) endRecvLocked(s *stream) {
 		return
 	}
 	s.recvDone = true
-	s.rcond.Broadcast()
+	c.wakeLocked(s)
 	c.maybeCloseLocked(s)
 }
 
@@ -850,6 +1018,8 @@ func (c *h2conn) fail(err error, code http2.ErrCode, goAway bool) {
 	c.ctrl = nil
 	c.ctrlPending.Store(false)
 	c.wcond.Broadcast()
+	c.bgcond.Broadcast()
+	c.bgTimer.Stop()
 	close(c.done)
 	last := c.lastPeerID
 	c.mu.Unlock()

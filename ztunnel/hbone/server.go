@@ -199,9 +199,14 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	if err != nil {
 		return
 	}
-	hc := newH2Conn(tc, raw, true, s.cfg.FlowConfig)
+	s.serveH2(ctx, tc, raw, connInfo{peer: peer, local: c.LocalAddr(), remote: c.RemoteAddr()})
+}
+
+// serveH2 serves HTTP/2 on an established connection (TLS, or plain in protocol tests) until it
+// ends.
+func (s *Server) serveH2(ctx context.Context, nc net.Conn, raw *corkConn, ci connInfo) {
+	hc := newH2Conn(nc, raw, true, s.cfg.FlowConfig)
 	hc.maxStreams = s.cfg.MaxConcurrentStreams
-	ci := connInfo{peer: peer, local: c.LocalAddr(), remote: c.RemoteAddr()}
 	hc.parse = func(fields []hpack.HeaderField) (*Request, int) { return parseRequest(fields, ci) }
 	// Handlers' contexts do not end with Serve's: on shutdown open tunnels drain (GOAWAY, then
 	// DrainTimeout) instead of being cut at once.
@@ -211,7 +216,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 		go s.serveStream(st, req)
 	}
 	if err := hc.start(time.Now().Add(s.cfg.HandshakeTimeout)); err != nil {
-		s.log.Debug("http2 preface failed", "remote", c.RemoteAddr(), "err", err)
+		s.log.Debug("http2 preface failed", "remote", ci.remote, "err", err)
 		hc.close()
 		return
 	}
