@@ -97,16 +97,17 @@ type h2conn struct {
 	ka             *time.Timer
 
 	// The read token (see above), guarded by mu.
-	tHeld        bool
-	tHolder      *stream   // the stream whose Read, Write or CONNECT holds it; nil for readLoop
-	tWaitHeader  bool      // the holder waits for a frame header: it may be interrupted
-	tInterrupted bool      // a past read deadline was set to interrupt the holder
-	tQueue       []*stream // streams waiting for data or a response while someone else reads
-	winWaiters   int       // writers waiting for window while someone else reads
-	delivered    bool      // the holder handed something to a waiter
-	bgIdle       bool      // readLoop waits for bgTimer before taking the free token
-	bgcond       sync.Cond
-	bgTimer      *time.Timer
+	tHeld         bool
+	tHolder       *stream   // the stream whose Read, Write or CONNECT holds it; nil for readLoop
+	tWaitHeader   bool      // the holder waits for a frame header: it may be interrupted
+	tInterrupted  bool      // a past read deadline was set to interrupt the holder
+	tQueue        []*stream // streams waiting for data or a response while someone else reads
+	winWaiters    int       // writers waiting for window while someone else reads
+	delivered     bool      // the holder handed something to a waiter
+	deliveredData bool      // ... and it was data: that Read will likely be back for more
+	bgIdle        bool      // readLoop waits for bgTimer before taking the free token
+	bgcond        sync.Cond
+	bgTimer       *time.Timer
 }
 
 // Wire constants.
@@ -124,7 +125,7 @@ const (
 	scratchSize = 16 << 10
 	// bgDelay is how long the read token stays free after a Read took its data before readLoop
 	// takes it: a tunnel's next Read normally comes sooner and then reads the socket itself.
-	bgDelay = 500 * time.Microsecond
+	bgDelay = 200 * time.Microsecond
 	// frameHeaderLen is the size of an HTTP/2 frame header.
 	frameHeaderLen = 9
 )
@@ -265,11 +266,13 @@ func (c *h2conn) readLoop() {
 			return
 		}
 		c.takeTokenLocked(nil)
-		c.delivered = false
+		c.delivered, c.deliveredData = false, false
 		c.mu.Unlock()
 		err := c.readFramesUntil(func() bool { return c.delivered })
 		c.mu.Lock()
-		c.releaseTokenLocked(true)
+		// After handing data to a Read, let that Read read the socket next; after an end or
+		// an error, read on at once: nobody else may come.
+		c.releaseTokenLocked(c.deliveredData)
 		if err != nil {
 			c.mu.Unlock()
 			c.readFailed(err)
@@ -692,6 +695,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 		s.filling = false
 		if err == nil {
 			s.waitN = len(direct)
+			c.deliveredData = true
 		}
 		c.wakeLocked(s)
 		c.mu.Unlock()
@@ -711,6 +715,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 		} else {
 			s.appendLocked(c.scratch[:m])
 			if s.waitBuf != nil {
+				c.deliveredData = true
 				c.wakeLocked(s)
 			}
 		}
