@@ -1012,7 +1012,15 @@ func (c *h2conn) fail(err error, code http2.ErrCode, goAway bool) {
 	}
 	c.err = err
 	for _, s := range c.streams {
-		s.failLocked(err)
+		if s.recvDone {
+			// Everything the peer sent arrived: it stays readable, as after a TCP FIN.
+			if s.werr == nil {
+				s.werr = err
+			}
+			s.c.interruptLocked(s)
+		} else {
+			s.failLocked(err)
+		}
 		s.reset = true
 		s.wireClosed = true
 		if s.cancel != nil {
