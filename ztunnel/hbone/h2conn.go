@@ -126,6 +126,9 @@ const (
 	// bgDelay is how long the read token stays free after a Read took its data before readLoop
 	// takes it: a tunnel's next Read normally comes sooner and then reads the socket itself.
 	bgDelay = 200 * time.Microsecond
+	// goAwayWait bounds how long a connection ending on a protocol error waits for the write
+	// lock to send its GOAWAY.
+	goAwayWait = 100 * time.Millisecond
 	// frameHeaderLen is the size of an HTTP/2 frame header.
 	frameHeaderLen = 9
 )
@@ -1039,20 +1042,31 @@ func (c *h2conn) fail(err error, code http2.ErrCode, goAway bool) {
 	if c.ka != nil {
 		c.ka.Stop()
 	}
-	if goAway && c.wmu.TryLock() {
-		// Best effort: tell the peer why. A write blocked on a full socket holds the lock, and
-		// then the peer learns from the closed connection alone.
-		if c.raw != nil {
-			c.raw.cork()
-		}
-		werr := c.fr.WriteGoAway(last, code, nil)
-		if c.raw != nil {
-			if ferr := c.raw.uncork(); werr == nil {
-				werr = ferr
+	if goAway {
+		// Tell the peer why, if a write in progress lets us within goAwayWait: it may be
+		// blocked on a peer that stopped reading, and then closing the socket is the answer.
+		written := make(chan struct{})
+		go func() {
+			defer close(written)
+			c.wmu.Lock()
+			defer c.wmu.Unlock()
+			if c.raw != nil {
+				c.raw.cork()
 			}
+			werr := c.fr.WriteGoAway(last, code, nil)
+			if c.raw != nil {
+				if ferr := c.raw.uncork(); werr == nil {
+					werr = ferr
+				}
+			}
+			_ = werr // best effort: the connection closes either way
+		}()
+		t := time.NewTimer(goAwayWait)
+		select {
+		case <-written:
+		case <-t.C:
 		}
-		_ = werr
-		c.wmu.Unlock()
+		t.Stop()
 	}
 	if c.raw != nil {
 		// Skip TLS's close_notify, which could wait on a peer that stopped reading.
