@@ -54,8 +54,8 @@ type h2conn struct {
 	scratch     []byte
 	sawSettings bool
 
-	// Server hooks, called on the reader goroutine without locks held. parse checks a request;
-	// serve runs a stream whose request was accepted (it must not block).
+	// Server hooks, called by the read token holder without locks held. parse checks a
+	// request; serve runs a stream whose request was accepted (it must not block).
 	parse func(fields []hpack.HeaderField) (*Request, int)
 	serve func(s *stream, req *Request)
 	// onGone is called once the connection no longer takes new streams (GOAWAY either way, or
