@@ -1,10 +1,16 @@
 package hbone
 
 import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"testing"
 
+	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 )
 
@@ -50,5 +56,59 @@ func FuzzServeCONNECT(f *testing.F) {
 		default:
 			t.Fatalf("status %d", status)
 		}
+	})
+}
+
+// FuzzServerFrames feeds arbitrary frames, after a valid preface, to the server's connection. It
+// must never panic or hang, whatever the frames say.
+func FuzzServerFrames(f *testing.F) {
+	frames := func(write func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer)) []byte {
+		var buf, hb bytes.Buffer
+		fr := http2.NewFramer(&buf, nil)
+		fr.AllowIllegalWrites = true
+		write(fr, hpack.NewEncoder(&hb), &hb)
+		return buf.Bytes()
+	}
+	connect := func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer, id uint32, end bool) {
+		hb.Reset()
+		enc.WriteField(hpack.HeaderField{Name: ":method", Value: "CONNECT"})
+		enc.WriteField(hpack.HeaderField{Name: ":authority", Value: "10.0.0.1:80"})
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndStream: end, EndHeaders: true})
+	}
+	f.Add(frames(func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer) {
+		connect(fr, enc, hb, 1, false)
+		fr.WriteData(1, false, []byte("hello"))
+		fr.WriteWindowUpdate(1, 100)
+		fr.WriteData(1, true, []byte("bye"))
+	}))
+	f.Add(frames(func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer) {
+		connect(fr, enc, hb, 1, true)
+		fr.WritePing(false, [8]byte{1})
+		fr.WriteRSTStream(1, http2.ErrCodeCancel)
+		fr.WriteGoAway(0, http2.ErrCodeNo, nil)
+	}))
+	f.Add(frames(func(fr *http2.Framer, enc *hpack.Encoder, hb *bytes.Buffer) {
+		connect(fr, enc, hb, 3, false)
+		fr.WriteDataPadded(3, false, []byte("x"), make([]byte, 7))
+		fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1})
+		fr.WriteContinuation(3, true, []byte{0x82})
+	}))
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, frames []byte) {
+		a, b := net.Pipe()
+		srv := &Server{cfg: DefaultServerConfig(), handler: echoHandler, log: slog.New(slog.DiscardHandler)}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			srv.serveH2(context.Background(), a, nil, connInfo{peer: idClient})
+			a.Close()
+		}()
+		go io.Copy(io.Discard, b)
+		fr := http2.NewFramer(b, nil)
+		if _, err := io.WriteString(b, http2.ClientPreface); err == nil && fr.WriteSettings() == nil {
+			b.Write(frames)
+		}
+		b.Close()
+		<-done
 	})
 }
