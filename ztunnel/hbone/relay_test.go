@@ -264,3 +264,46 @@ func TestServerHalfClose(t *testing.T) {
 		t.Errorf("server read %d bytes, want %d", len(s), len(payload))
 	}
 }
+
+// TestCloseInterruptsRead: Close from another goroutine ends a Read blocked on the socket (the
+// Read holds the connection's read token), and the connection stays usable: the interruption
+// leaves no deadline behind.
+func TestCloseInterruptsRead(t *testing.T) {
+	srv := startServer(t, DefaultServerConfig(), echoHandler)
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	for range 3 {
+		conn := mustDial(t, cl, target(srv))
+		errc := make(chan error, 1)
+		go func() {
+			_, err := conn.Read(make([]byte, 1))
+			errc <- err
+		}()
+		// Once the Read waits (holding the token or waiting for its holder), Close must end it.
+		st := conn.(*stream)
+		eventually(t, testTimeout(), func() bool {
+			st.c.mu.Lock()
+			defer st.c.mu.Unlock()
+			return st.waitBuf != nil
+		})
+		conn.Close()
+		select {
+		case err := <-errc:
+			if !errors.Is(err, net.ErrClosed) {
+				t.Errorf("Read after Close = %v, want net.ErrClosed", err)
+			}
+		case <-time.After(testTimeout()):
+			t.Fatal("Read still blocked after Close")
+		}
+	}
+	// The same pooled connection still carries data.
+	conn := mustDial(t, cl, target(srv))
+	defer conn.Close()
+	io.WriteString(conn, "ok")
+	conn.CloseWrite()
+	if b, err := io.ReadAll(conn); err != nil || string(b) != "ok" {
+		t.Errorf("echo = %q, %v", b, err)
+	}
+	if s := cl.Stats(target(srv).Key); s.Conns != 1 {
+		t.Errorf("stats %+v, want one connection throughout", s)
+	}
+}
