@@ -488,6 +488,8 @@ func (c *h2conn) clientHeaders(f *http2.MetaHeadersFrame) error {
 		return nil // informational; the final answer follows
 	}
 	s.status = status
+	// A tunnel reads next: leave the socket to it rather than to readLoop.
+	c.deliveredData = status == 200
 	c.wakeLocked(s)
 	if f.StreamEnded() {
 		c.endRecvLocked(s)

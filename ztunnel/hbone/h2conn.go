@@ -233,7 +233,9 @@ func (c *h2conn) start(deadline time.Time) error {
 	if err := c.endWrite(err); err != nil {
 		return err
 	}
+	c.mu.Lock() // keepalive reads c.ka under mu
 	c.ka = time.AfterFunc(c.flow.PingInterval, c.keepalive)
+	c.mu.Unlock()
 	return nil
 }
 
@@ -1038,9 +1040,10 @@ func (c *h2conn) fail(err error, code http2.ErrCode, goAway bool) {
 	c.bgTimer.Stop()
 	close(c.done)
 	last := c.lastPeerID
+	ka := c.ka
 	c.mu.Unlock()
-	if c.ka != nil {
-		c.ka.Stop()
+	if ka != nil {
+		ka.Stop()
 	}
 	if goAway {
 		// Tell the peer why, if a write in progress lets us within goAwayWait: it may be

@@ -175,6 +175,12 @@ func pipeServer(t *testing.T, cfg ServerConfig, h Handler) *rawPeer {
 // pipeClient runs our client connection on one end of a pipe and returns it with a raw server on
 // the other, which has sent settings.
 func pipeClient(t *testing.T, settings ...http2.Setting) (*h2conn, *rawPeer) {
+	return pipeClientWith(t, true, settings...)
+}
+
+// pipeClientWith is pipeClient, without the connection's reader goroutine unless bg is set: then
+// only the goroutines that need frames read them.
+func pipeClientWith(t *testing.T, bg bool, settings ...http2.Setting) (*h2conn, *rawPeer) {
 	t.Helper()
 	a, b := net.Pipe()
 	hc := newH2Conn(a, nil, false, DefaultClientConfig().FlowConfig)
@@ -198,12 +204,31 @@ func pipeClient(t *testing.T, settings ...http2.Setting) (*h2conn, *rawPeer) {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
-	go func() { hc.readLoop(); close(done) }()
+	if bg {
+		go func() { hc.readLoop(); close(done) }()
+	} else {
+		close(done)
+	}
 	t.Cleanup(func() { hc.close(); b.Close(); <-done })
-	p.must(p.fr.WriteSettings(settings...))
+	// On a pipe a write waits for its reader: without readLoop, the one below.
+	wrote := make(chan error, 1)
+	go func() { wrote <- p.fr.WriteSettings(settings...) }()
+	if !bg {
+		hc.mu.Lock()
+		hc.takeTokenLocked(nil)
+		hc.mu.Unlock()
+		err := hc.readFramesUntil(func() bool { return hc.sawSettings })
+		hc.mu.Lock()
+		hc.releaseTokenLocked(true)
+		hc.mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	if err := hc.waitSettings(nil); err != nil {
 		t.Fatal(err)
 	}
+	p.must(<-wrote)
 	return hc, p
 }
 
@@ -550,4 +575,43 @@ func TestH2ClientResetAndErrors(t *testing.T) {
 	if ga := p.closed(); ga == nil || ga.code != http2.ErrCodeProtocol {
 		t.Errorf("GOAWAY %+v, want PROTOCOL_ERROR", ga)
 	}
+}
+
+// TestH2InterruptHolder: a Read that holds the read token and waits on the socket is interrupted
+// by Close (a past read deadline, at a frame boundary), and the connection reads on afterwards.
+func TestH2InterruptHolder(t *testing.T) {
+	hc, p := pipeClientWith(t, false)
+	open := func(id uint32) *stream {
+		st, errc := openAsync(hc)
+		p.next(ofType(http2.FrameHeaders, id))
+		p.headers(id, false, ":status", "200")
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		return <-st
+	}
+	s1 := open(1)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := s1.Read(make([]byte, 8))
+		errc <- err
+	}()
+	eventually(t, testTimeout(), func() bool {
+		hc.mu.Lock()
+		defer hc.mu.Unlock()
+		return hc.tHolder == s1 && hc.tWaitHeader
+	})
+	s1.Close()
+	if err := <-errc; !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Read = %v, want net.ErrClosed", err)
+	}
+	p.next(ofType(http2.FrameRSTStream, 1))
+	// The next stream reads normally: no deadline was left behind.
+	s3 := open(3)
+	wrote := make(chan error, 1)
+	go func() { wrote <- p.fr.WriteData(3, true, []byte("after")) }() // read by ReadAll
+	if b, err := io.ReadAll(s3); err != nil || string(b) != "after" {
+		t.Errorf("ReadAll = %q, %v", b, err)
+	}
+	p.must(<-wrote)
 }
