@@ -400,7 +400,7 @@ func (c *Client) Close() error {
 // errConnUnusable means the server did not process the request, so another connection may.
 func (c *h2conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*stream, error) {
 	// Stream IDs must reach the wire in increasing order: take one under the write lock.
-	c.beginWrite()
+	c.beginWrite(false)
 	c.mu.Lock()
 	if c.err != nil || c.goAwayRecv || c.goAwaySent || c.nextID > 1<<31-1 {
 		c.mu.Unlock()

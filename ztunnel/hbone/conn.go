@@ -344,7 +344,7 @@ func stopTimer(t *time.Timer) {
 // respond sends a response HEADERS (server).
 func (s *stream) respond(status int, end bool) error {
 	c := s.c
-	c.beginWrite()
+	c.beginWrite(false)
 	c.mu.Lock()
 	err := s.writeErrLocked()
 	if err == nil && end {

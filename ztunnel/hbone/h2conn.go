@@ -99,16 +99,30 @@ type h2conn struct {
 	// The read token (see above), guarded by mu.
 	tHeld         bool
 	tHolder       *stream   // the stream whose Read, Write or CONNECT holds it; nil for readLoop
-	tWaitHeader   bool      // the holder waits for a frame header: it may be interrupted
-	tInterrupted  bool      // a past read deadline was set to interrupt the holder
 	tQueue        []*stream // streams waiting for data or a response while someone else reads
 	winWaiters    int       // writers waiting for window while someone else reads
 	delivered     bool      // the holder handed something to a waiter
 	deliveredData bool      // ... and it was data: that Read will likely be back for more
 	bgIdle        bool      // readLoop waits for bgTimer before taking the free token
+	bgArmed       bool      // bgTimer runs
+	bgReleases    uint64    // token releases that left it to bgTimer
+	bgArmedAt     uint64    // bgReleases when bgTimer was armed
 	bgcond        sync.Cond
 	bgTimer       *time.Timer
+
+	// tState tells an interrupter whether the token holder waits for a frame header, the only
+	// place a read may be cut short: readIdle, readWaitHeader, or readInterrupted once a past
+	// read deadline was set (under mu).
+	tState atomic.Int32
+	// corked: the current write session collects its records in raw (wmu).
+	corked bool
 }
+
+const (
+	readBusy int32 = iota
+	readWaitHeader
+	readInterrupted
+)
 
 // Wire constants.
 const (
@@ -131,6 +145,8 @@ const (
 	goAwayWait = 100 * time.Millisecond
 	// frameHeaderLen is the size of an HTTP/2 frame header.
 	frameHeaderLen = 9
+	// recordData is the most DATA payload whose frame fits one TLS record.
+	recordData = 16<<10 - frameHeaderLen
 )
 
 var (
@@ -209,7 +225,7 @@ func (c *h2conn) start(deadline time.Time) error {
 		}
 		c.nc.SetReadDeadline(time.Time{})
 	}
-	c.beginWrite()
+	c.beginWrite(true)
 	var err error
 	if !c.server {
 		_, err = io.WriteString(c.nc, http2.ClientPreface)
@@ -286,12 +302,29 @@ func (c *h2conn) readLoop() {
 	}
 }
 
-// bgWake lets readLoop take the token after bgDelay.
+// bgWake lets readLoop take the token once it has stayed free for bgDelay. The timer is armed
+// at most once per bgDelay, not at every release: a busy tunnel releases the token at every
+// message.
 func (c *h2conn) bgWake() {
 	c.mu.Lock()
-	c.bgIdle = false
-	c.bgcond.Signal()
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	c.bgArmed = false
+	switch {
+	case !c.bgIdle || c.tHeld || c.err != nil:
+		// Someone reads; the next release that leaves the token free arms the timer again.
+	case c.bgReleases != c.bgArmedAt:
+		// Taken and released again meanwhile: give that release its own bgDelay.
+		c.armBgLocked()
+	default:
+		c.bgIdle = false
+		c.bgcond.Signal()
+	}
+}
+
+func (c *h2conn) armBgLocked() {
+	c.bgArmed = true
+	c.bgArmedAt = c.bgReleases
+	c.bgTimer.Reset(bgDelay)
 }
 
 func (c *h2conn) takeTokenLocked(holder *stream) {
@@ -315,7 +348,10 @@ func (c *h2conn) passTokenLocked(soon bool) {
 		c.wcond.Broadcast()
 	case soon:
 		c.bgIdle = true
-		c.bgTimer.Reset(bgDelay)
+		c.bgReleases++
+		if !c.bgArmed {
+			c.armBgLocked()
+		}
 	default:
 		c.bgIdle = false
 		c.bgcond.Signal()
@@ -355,8 +391,7 @@ func (c *h2conn) wakeLocked(s *stream) {
 
 // interruptLocked wakes the token holder s from a socket read so that it sees its stream ended.
 func (c *h2conn) interruptLocked(s *stream) {
-	if c.tHeld && c.tHolder == s && c.tWaitHeader && !c.tInterrupted {
-		c.tInterrupted = true
+	if c.tHeld && c.tHolder == s && c.tState.CompareAndSwap(readWaitHeader, readInterrupted) {
 		c.nc.SetReadDeadline(time.Unix(1, 0))
 	}
 }
@@ -371,15 +406,14 @@ func (c *h2conn) readFramesUntil(done func() bool) error {
 			c.mu.Unlock()
 			return nil
 		}
-		c.tWaitHeader = true
+		c.tState.Store(readWaitHeader)
 		c.mu.Unlock()
 		_, err := c.br.Peek(frameHeaderLen)
-		c.mu.Lock()
-		c.tWaitHeader = false
-		interrupted := c.tInterrupted
-		c.tInterrupted = false
-		c.mu.Unlock()
-		if interrupted {
+		if c.tState.Swap(readBusy) == readInterrupted {
+			// The interrupter set the deadline under mu: wait for it to finish, then clear it
+			// before reading the frame, which must not be cut short.
+			c.mu.Lock()
+			c.mu.Unlock()
 			c.nc.SetReadDeadline(time.Time{})
 			if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
 				continue
@@ -833,30 +867,36 @@ func (c *h2conn) flushCtrl() {
 		if !c.wmu.TryLock() {
 			return
 		}
-		if c.raw != nil {
-			c.raw.cork()
-		}
 		if err := c.endWrite(nil); err != nil {
 			return
 		}
 	}
 }
 
-// beginWrite takes the write lock. Frames written until endWrite leave in one socket write.
-func (c *h2conn) beginWrite() {
+// beginWrite takes the write lock. With cork set, the frames written until endWrite leave in one
+// socket write; without, each TLS record goes out as it is written (for a session of one small
+// frame, which saves copying it once more).
+func (c *h2conn) beginWrite(cork bool) {
 	c.wmu.Lock()
-	if c.raw != nil {
+	c.setCorkLocked(cork || c.ctrlPending.Load())
+}
+
+func (c *h2conn) setCorkLocked(cork bool) {
+	if cork && !c.corked && c.raw != nil {
 		c.raw.cork()
+		c.corked = true
 	}
 }
 
 // endWrite writes queued control frames, flushes and releases the write lock. A write error ends
 // the connection: a frame may have been cut in half.
 func (c *h2conn) endWrite(err error) error {
-	if err == nil {
+	if err == nil && c.ctrlPending.Load() {
+		c.setCorkLocked(true)
 		err = c.writeCtrlLocked()
 	}
-	if c.raw != nil {
+	if c.corked {
+		c.corked = false
 		if ferr := c.raw.uncork(); err == nil {
 			err = ferr
 		}
@@ -944,7 +984,7 @@ func (c *h2conn) writeHeadersLocked(id uint32, fields []hpack.HeaderField, endSt
 // writeData writes p as DATA frames of at most maxFrame bytes, the last with END_STREAM when end
 // is set. The caller has taken the flow-control window for p.
 func (c *h2conn) writeData(id uint32, p []byte, maxFrame int, end bool) error {
-	c.beginWrite()
+	c.beginWrite(len(p) > recordData)
 	var err error
 	for {
 		n := min(len(p), maxFrame)

@@ -599,7 +599,7 @@ func TestH2InterruptHolder(t *testing.T) {
 	eventually(t, testTimeout(), func() bool {
 		hc.mu.Lock()
 		defer hc.mu.Unlock()
-		return hc.tHolder == s1 && hc.tWaitHeader
+		return hc.tHolder == s1 && hc.tState.Load() == readWaitHeader
 	})
 	s1.Close()
 	if err := <-errc; !errors.Is(err, net.ErrClosed) {
