@@ -431,9 +431,7 @@ func (c *h2conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*s
 			continue
 		}
 		c.takeTokenLocked(s)
-		c.mu.Unlock()
-		err := c.readFramesUntil(func() bool { return s.status != 0 || s.rerr != nil || ctx.Err() != nil })
-		c.mu.Lock()
+		err := c.readFramesLocked(func() bool { return s.status != 0 || s.rerr != nil || ctx.Err() != nil })
 		c.releaseTokenLocked(true)
 		if err != nil {
 			c.mu.Unlock()

@@ -117,11 +117,9 @@ func (s *stream) Read(p []byte) (int, error) {
 		}
 		// Nobody reads the socket: read it here, straight into p when our data comes first.
 		c.takeTokenLocked(s)
-		c.mu.Unlock()
-		err := c.readFramesUntil(func() bool {
+		err := c.readFramesLocked(func() bool {
 			return s.waitN > 0 || s.recvLen > 0 || s.recvDone || s.rerr != nil
 		})
-		c.mu.Lock()
 		c.releaseTokenLocked(s.waitN > 0 || s.recvLen > 0)
 		if err != nil {
 			c.mu.Unlock()
@@ -159,11 +157,9 @@ func (s *stream) Write(p []byte) (int, error) {
 			}
 			// Nobody reads the socket: read it here until a WINDOW_UPDATE lets us go on.
 			c.takeTokenLocked(s)
-			c.mu.Unlock()
-			err := c.readFramesUntil(func() bool {
+			err := c.readFramesLocked(func() bool {
 				return s.werr != nil || s.sendDone || (s.sendWindow > 0 && c.sendWindow > 0)
 			})
-			c.mu.Lock()
 			c.releaseTokenLocked(false)
 			if err != nil {
 				c.mu.Unlock()

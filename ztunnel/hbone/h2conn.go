@@ -139,7 +139,7 @@ const (
 	scratchSize = 16 << 10
 	// bgDelay is how long the read token stays free after a Read took its data before readLoop
 	// takes it: a tunnel's next Read normally comes sooner and then reads the socket itself.
-	bgDelay = 200 * time.Microsecond
+	bgDelay = 500 * time.Microsecond
 	// goAwayWait bounds how long a connection ending on a protocol error waits for the write
 	// lock to send its GOAWAY.
 	goAwayWait = 100 * time.Millisecond
@@ -288,9 +288,7 @@ func (c *h2conn) readLoop() {
 		}
 		c.takeTokenLocked(nil)
 		c.delivered, c.deliveredData = false, false
-		c.mu.Unlock()
-		err := c.readFramesUntil(func() bool { return c.delivered })
-		c.mu.Lock()
+		err := c.readFramesLocked(func() bool { return c.delivered })
 		// After handing data to a Read, let that Read read the socket next; after an end or
 		// an error, read on at once: nobody else may come.
 		c.releaseTokenLocked(c.deliveredData)
@@ -396,16 +394,12 @@ func (c *h2conn) interruptLocked(s *stream) {
 	}
 }
 
-// readFramesUntil reads and handles frames as the token holder until done, called with c.mu held
-// before each frame, reports true. It returns read and protocol errors; the caller, once it has
-// released the token, passes them to readFailed.
-func (c *h2conn) readFramesUntil(done func() bool) error {
-	for {
-		c.mu.Lock()
-		if c.err != nil || done() {
-			c.mu.Unlock()
-			return nil
-		}
+// readFramesLocked reads and handles frames as the token holder until done reports true. It is
+// called, and returns, with c.mu held; done is checked with it held before each frame. It
+// returns read and protocol errors; the caller, once it has released the token, passes them to
+// readFailed.
+func (c *h2conn) readFramesLocked(done func() bool) error {
+	for c.err == nil && !done() {
 		c.tState.Store(readWaitHeader)
 		c.mu.Unlock()
 		_, err := c.br.Peek(frameHeaderLen)
@@ -416,16 +410,17 @@ func (c *h2conn) readFramesUntil(done func() bool) error {
 			c.mu.Unlock()
 			c.nc.SetReadDeadline(time.Time{})
 			if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-				continue
+				err = nil
 			}
+		} else if err == nil {
+			err = c.readFrame()
 		}
+		c.mu.Lock()
 		if err != nil {
 			return err
 		}
-		if err := c.readFrame(); err != nil {
-			return err
-		}
 	}
+	return nil
 }
 
 // readFailed ends the connection after a read or protocol error.

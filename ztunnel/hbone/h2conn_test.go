@@ -216,9 +216,7 @@ func pipeClientWith(t *testing.T, bg bool, settings ...http2.Setting) (*h2conn, 
 	if !bg {
 		hc.mu.Lock()
 		hc.takeTokenLocked(nil)
-		hc.mu.Unlock()
-		err := hc.readFramesUntil(func() bool { return hc.sawSettings })
-		hc.mu.Lock()
+		err := hc.readFramesLocked(func() bool { return hc.sawSettings })
 		hc.releaseTokenLocked(true)
 		hc.mu.Unlock()
 		if err != nil {
