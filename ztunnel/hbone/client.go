@@ -430,7 +430,7 @@ func (c *h2conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*s
 			c.waitTurnLocked(s)
 			continue
 		}
-		c.takeTokenLocked(s)
+		c.takeTokenLocked(s, false)
 		err := c.readFramesLocked(func() bool { return s.status != 0 || s.rerr != nil || ctx.Err() != nil })
 		c.releaseTokenLocked(true)
 		if err != nil {

@@ -26,7 +26,6 @@ type stream struct {
 	id            uint32
 	local, remote net.Addr
 
-	rmu sync.Mutex // one Read at a time: a waiting Read lends its buffer to the reader goroutine
 	wmu sync.Mutex // one Write at a time, so that concurrent writes do not interleave
 
 	// Server: the Handler's context, cancelled when the stream ends.
@@ -55,6 +54,8 @@ type stream struct {
 	status         int  // client: the response status, 0 until it arrives
 	handlerRunning bool // server
 	closed         bool
+	reading        bool // a Read is under way
+	readQueue      int  // Reads waiting for it
 	rtimer, wtimer *time.Timer
 }
 
@@ -78,10 +79,15 @@ func (s *stream) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	s.rmu.Lock()
-	defer s.rmu.Unlock()
 	c := s.c
 	c.mu.Lock()
+	// One Read at a time: a waiting Read lends its buffer to whoever reads the socket.
+	for s.reading {
+		s.readQueue++
+		s.rcond.Wait()
+		s.readQueue--
+	}
+	s.reading = true
 	for {
 		if s.waitN > 0 {
 			n := s.waitN
@@ -97,18 +103,13 @@ func (s *stream) Read(p []byte) (int, error) {
 			return s.consumed(s.readChunksLocked(p))
 		}
 		if s.rerr != nil {
-			err := s.rerr
-			c.mu.Unlock()
-			return 0, err
+			return s.endRead(0, s.rerr)
 		}
 		if s.recvDone {
-			c.mu.Unlock()
-			return 0, io.EOF
+			return s.endRead(0, io.EOF)
 		}
 		if c.err != nil {
-			err := c.err
-			c.mu.Unlock()
-			return 0, err
+			return s.endRead(0, c.err)
 		}
 		s.waitBuf = p
 		if c.tHeld {
@@ -116,7 +117,7 @@ func (s *stream) Read(p []byte) (int, error) {
 			continue
 		}
 		// Nobody reads the socket: read it here, straight into p when our data comes first.
-		c.takeTokenLocked(s)
+		c.takeTokenLocked(s, true)
 		err := c.readFramesLocked(func() bool {
 			return s.waitN > 0 || s.recvLen > 0 || s.recvDone || s.rerr != nil
 		})
@@ -132,11 +133,20 @@ func (s *stream) Read(p []byte) (int, error) {
 // consumed credits n read bytes to flow control and returns them from Read. Called with c.mu
 // held; unlocks it.
 func (s *stream) consumed(n int) (int, error) {
+	s.c.consumedLocked(s, n)
+	return s.endRead(n, nil)
+}
+
+// endRead ends a Read: called with c.mu held; unlocks it.
+func (s *stream) endRead(n int, err error) (int, error) {
 	c := s.c
-	c.consumedLocked(s, n)
+	s.reading = false
+	if s.readQueue > 0 {
+		s.rcond.Broadcast()
+	}
 	c.mu.Unlock()
 	c.flushCtrl()
-	return n, nil
+	return n, err
 }
 
 // Write sends p as DATA frames as the flow-control windows allow, written by this goroutine: no
@@ -156,7 +166,7 @@ func (s *stream) Write(p []byte) (int, error) {
 				continue
 			}
 			// Nobody reads the socket: read it here until a WINDOW_UPDATE lets us go on.
-			c.takeTokenLocked(s)
+			c.takeTokenLocked(s, false)
 			err := c.readFramesLocked(func() bool {
 				return s.werr != nil || s.sendDone || (s.sendWindow > 0 && c.sendWindow > 0)
 			})

@@ -53,6 +53,8 @@ type h2conn struct {
 	// Read token holder only.
 	scratch     []byte
 	sawSettings bool
+	direct      *stream // the holder's own stream, whose Read buffer is directBuf
+	directBuf   []byte
 
 	// Server hooks, called by the read token holder without locks held. parse checks a
 	// request; serve runs a stream whose request was accepted (it must not block).
@@ -99,6 +101,7 @@ type h2conn struct {
 	// The read token (see above), guarded by mu.
 	tHeld         bool
 	tHolder       *stream   // the stream whose Read, Write or CONNECT holds it; nil for readLoop
+	tReader       bool      // the holder is tHolder's Read
 	tQueue        []*stream // streams waiting for data or a response while someone else reads
 	winWaiters    int       // writers waiting for window while someone else reads
 	delivered     bool      // the holder handed something to a waiter
@@ -286,7 +289,7 @@ func (c *h2conn) readLoop() {
 			c.mu.Unlock()
 			return
 		}
-		c.takeTokenLocked(nil)
+		c.takeTokenLocked(nil, false)
 		c.delivered, c.deliveredData = false, false
 		err := c.readFramesLocked(func() bool { return c.delivered })
 		// After handing data to a Read, let that Read read the socket next; after an end or
@@ -325,15 +328,17 @@ func (c *h2conn) armBgLocked() {
 	c.bgTimer.Reset(bgDelay)
 }
 
-func (c *h2conn) takeTokenLocked(holder *stream) {
-	c.tHeld, c.tHolder = true, holder
+// takeTokenLocked makes holder (nil for readLoop) the one goroutine that reads frames; reader is
+// set when it is holder's Read, whose buffer it then fills directly.
+func (c *h2conn) takeTokenLocked(holder *stream, reader bool) {
+	c.tHeld, c.tHolder, c.tReader = true, holder, reader
 }
 
 // releaseTokenLocked gives the read token up and passes it on: to a waiting Read, else to waiting
 // writers, else to readLoop, at once or, when soon is set (the holder got what it waited for
 // and will likely be back), after bgDelay.
 func (c *h2conn) releaseTokenLocked(soon bool) {
-	c.tHeld, c.tHolder = false, nil
+	c.tHeld, c.tHolder, c.tReader = false, nil, false
 	c.passTokenLocked(soon)
 }
 
@@ -400,6 +405,11 @@ func (c *h2conn) interruptLocked(s *stream) {
 // readFailed.
 func (c *h2conn) readFramesLocked(done func() bool) error {
 	for c.err == nil && !done() {
+		// A Read holding the token takes its own stream's next DATA straight into its buffer.
+		c.direct, c.directBuf = nil, nil
+		if h := c.tHolder; c.tReader && h.waitBuf != nil && h.recvLen == 0 && !h.filling {
+			c.direct, c.directBuf = h, h.waitBuf
+		}
 		c.tState.Store(readWaitHeader)
 		c.mu.Unlock()
 		_, err := c.br.Peek(frameHeaderLen)
@@ -416,6 +426,7 @@ func (c *h2conn) readFramesLocked(done func() bool) error {
 			err = c.readFrame()
 		}
 		c.mu.Lock()
+		c.direct, c.directBuf = nil, nil
 		if err != nil {
 			return err
 		}
@@ -673,6 +684,18 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 		}
 		body = size - 1 - pad
 	}
+	unread := body + pad // payload bytes still in the connection
+	// The holder's own Read gets the payload before the checks, without taking the lock twice:
+	// a Read may use all of its buffer as scratch space, so bytes that turn out not to be
+	// deliverable are simply not reported.
+	var pre []byte
+	if c.direct != nil && c.direct.id == fh.StreamID && body > 0 {
+		pre = c.directBuf[:min(body, len(c.directBuf))]
+		if _, err := io.ReadFull(c.br, pre); err != nil {
+			return err
+		}
+		unread -= len(pre)
+	}
 	c.mu.Lock()
 	if int64(size) > c.recvWindow {
 		c.mu.Unlock()
@@ -706,25 +729,38 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 		}
 		c.mu.Unlock()
 		c.flushCtrl()
-		if fh.Flags.Has(http2.FlagDataPadded) {
-			size-- // the pad length, read above
-		}
-		return c.discard(size)
+		return c.discard(unread)
 	}
 	s.recvWindow -= int32(size)
 	if size > body {
 		c.consumedLocked(s, size-body) // padding counts against the window but reaches no one
 	}
 	var direct []byte
-	if body > 0 && s.waitBuf != nil && s.recvLen == 0 {
+	switch {
+	case pre != nil && s.waitBuf != nil && s.recvLen == 0:
+		s.waitN = len(pre)
+		s.waitBuf = nil
+		c.deliveredData = true
+		c.wakeLocked(s)
+	case pre != nil:
+		s.appendLocked(pre) // not reachable while the holder waits in Read; kept for safety
+	case body > 0 && s.waitBuf != nil && s.recvLen == 0:
+		// Another goroutine's Read waits: fill its buffer outside the lock.
 		direct = s.waitBuf[:min(body, len(s.waitBuf))]
 		s.waitBuf = nil
 		s.filling = true
+	}
+	if unread == 0 && fh.Flags.Has(http2.FlagDataEndStream) && direct == nil {
+		c.endRecvLocked(s)
+		c.mu.Unlock()
+		c.flushCtrl()
+		return nil
 	}
 	c.mu.Unlock()
 
 	if len(direct) > 0 {
 		_, err := io.ReadFull(c.br, direct)
+		unread -= len(direct)
 		c.mu.Lock()
 		s.filling = false
 		if err == nil {
@@ -737,7 +773,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 			return err
 		}
 	}
-	for rest := body - len(direct); rest > 0; {
+	for rest := unread - pad; rest > 0; {
 		m := min(rest, len(c.scratch))
 		if _, err := io.ReadFull(c.br, c.scratch[:m]); err != nil {
 			return err
@@ -1137,18 +1173,29 @@ func (c *h2conn) usable() (bool, uint32) {
 
 // corkConn sits under the TLS connection. While corked it collects what TLS writes, so that the
 // records of one write session (several frames, or a DATA frame bigger than a record) leave in
-// one syscall instead of one per record.
+// one syscall instead of one per record. Uncorked, a write goes straight through without a lock.
 type corkConn struct {
 	net.Conn
-	mu     sync.Mutex
-	corked bool
-	buf    []byte
+	state atomic.Int32 // corkOpen, corkCorked, corkFlushing; changed under mu
+	mu    sync.Mutex
+	buf   []byte
 }
 
+const (
+	corkOpen int32 = iota
+	corkCorked
+	corkFlushing
+)
+
+// Write is called by TLS with its output lock held, so records arrive in order. One written
+// while a flush is under way (a TLS alert from the reading side) waits for the flush.
 func (c *corkConn) Write(p []byte) (int, error) {
+	if c.state.Load() == corkOpen {
+		return c.Conn.Write(p)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.corked {
+	if c.state.Load() == corkCorked {
 		c.buf = append(c.buf, p...)
 		return len(p), nil
 	}
@@ -1157,22 +1204,23 @@ func (c *corkConn) Write(p []byte) (int, error) {
 
 func (c *corkConn) cork() {
 	c.mu.Lock()
-	c.corked = true
+	c.state.Store(corkCorked)
 	c.mu.Unlock()
 }
 
 func (c *corkConn) uncork() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.corked = false
-	if len(c.buf) == 0 {
-		return nil
+	c.state.Store(corkFlushing)
+	var err error
+	if len(c.buf) > 0 {
+		_, err = c.Conn.Write(c.buf)
 	}
-	_, err := c.Conn.Write(c.buf)
 	if cap(c.buf) > 256<<10 {
 		c.buf = nil // a burst of control frames must not pin a large buffer
 	} else {
 		c.buf = c.buf[:0]
 	}
+	c.state.Store(corkOpen)
 	return err
 }

@@ -215,7 +215,7 @@ func pipeClientWith(t *testing.T, bg bool, settings ...http2.Setting) (*h2conn, 
 	go func() { wrote <- p.fr.WriteSettings(settings...) }()
 	if !bg {
 		hc.mu.Lock()
-		hc.takeTokenLocked(nil)
+		hc.takeTokenLocked(nil, false)
 		err := hc.readFramesLocked(func() bool { return hc.sawSettings })
 		hc.releaseTokenLocked(true)
 		hc.mu.Unlock()
