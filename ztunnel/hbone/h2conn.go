@@ -142,7 +142,7 @@ const (
 	scratchSize = 16 << 10
 	// bgDelay is how long the read token stays free after a Read took its data before readLoop
 	// takes it: a tunnel's next Read normally comes sooner and then reads the socket itself.
-	bgDelay = 500 * time.Microsecond
+	bgDelay = time.Millisecond
 	// goAwayWait bounds how long a connection ending on a protocol error waits for the write
 	// lock to send its GOAWAY.
 	goAwayWait = 100 * time.Millisecond
