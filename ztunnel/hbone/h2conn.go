@@ -414,11 +414,11 @@ func (c *h2conn) readFramesLocked(done func() bool) error {
 		c.mu.Unlock()
 		_, err := c.br.Peek(frameHeaderLen)
 		if c.tState.Swap(readBusy) == readInterrupted {
-			// The interrupter set the deadline under mu: wait for it to finish, then clear it
-			// before reading the frame, which must not be cut short.
+			// The interrupter sets the deadline under mu: clearing it under mu too orders the
+			// two, and no frame may be cut short.
 			c.mu.Lock()
-			c.mu.Unlock()
 			c.nc.SetReadDeadline(time.Time{})
+			c.mu.Unlock()
 			if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
 				err = nil
 			}
