@@ -65,11 +65,12 @@ type h2conn struct {
 	onGone  func()
 	onClose func()
 
-	wmu       sync.Mutex
-	henc      *hpack.Encoder
-	hbuf      bytes.Buffer
-	encLimit  uint32
-	ctrlSpare []ctrlFrame
+	wmu        sync.Mutex
+	henc       *hpack.Encoder
+	hbuf       bytes.Buffer
+	encLimit   uint32
+	ctrlSpare  []ctrlFrame
+	dataHeader [frameHeaderLen]byte
 
 	ctrlPending atomic.Bool
 	framesRead  atomic.Uint64
@@ -1020,12 +1021,38 @@ func (c *h2conn) writeData(id uint32, p []byte, maxFrame int, end bool) error {
 	for {
 		n := min(len(p), maxFrame)
 		last := n == len(p)
-		if err = c.fr.WriteData(id, end && last, p[:n]); err != nil || last {
+		if n <= recordData {
+			err = c.fr.WriteData(id, end && last, p[:n])
+		} else {
+			// A frame that spans TLS records anyway: its header goes as a record of its own and
+			// the payload straight from p, not copied into the Framer's buffer first. Corked,
+			// both still leave in one socket write.
+			err = c.writeDataHeader(id, n, end && last)
+			if err == nil {
+				_, err = c.nc.Write(p[:n])
+			}
+		}
+		if err != nil || last {
 			break
 		}
 		p = p[n:]
 	}
 	return c.endWrite(err)
+}
+
+// writeDataHeader writes the 9-byte header of a DATA frame of n payload bytes (RFC 9113 §4.1,
+// §6.1), for a payload written next. Called with wmu held.
+func (c *h2conn) writeDataHeader(id uint32, n int, end bool) error {
+	var flags http2.Flags
+	if end {
+		flags = http2.FlagDataEndStream
+	}
+	h := &c.dataHeader
+	h[0], h[1], h[2] = byte(n>>16), byte(n>>8), byte(n)
+	h[3], h[4] = byte(http2.FrameData), byte(flags)
+	h[5], h[6], h[7], h[8] = byte(id>>24&0x7f), byte(id>>16), byte(id>>8), byte(id)
+	_, err := c.nc.Write(h[:])
+	return err
 }
 
 // keepalive runs every PingInterval: after a whole interval without a frame from the peer it
