@@ -3,6 +3,7 @@ package hbone
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -60,6 +61,8 @@ type h2conn struct {
 	// request; serve runs a stream whose request was accepted (it must not block).
 	parse func(fields []hpack.HeaderField) (*Request, int)
 	serve func(s *stream, req *Request)
+	// baseCtx is the parent of the server's per-stream Handler contexts.
+	baseCtx context.Context
 	// onGone is called once the connection no longer takes new streams (GOAWAY either way, or
 	// closed); onClose once it is closed. Both without locks held.
 	onGone  func()

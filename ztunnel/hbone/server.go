@@ -210,11 +210,8 @@ func (s *Server) serveH2(ctx context.Context, nc net.Conn, raw *corkConn, ci con
 	hc.parse = func(fields []hpack.HeaderField) (*Request, int) { return parseRequest(fields, ci) }
 	// Handlers' contexts do not end with Serve's: on shutdown open tunnels drain (GOAWAY, then
 	// DrainTimeout) instead of being cut at once.
-	base := context.WithoutCancel(ctx)
-	hc.serve = func(st *stream, req *Request) {
-		st.ctx, st.cancel = context.WithCancel(base)
-		go s.serveStream(st, req)
-	}
+	hc.baseCtx = context.WithoutCancel(ctx)
+	hc.serve = func(st *stream, req *Request) { go s.serveStream(st, req) }
 	if err := hc.start(time.Now().Add(s.cfg.HandshakeTimeout)); err != nil {
 		s.log.Debug("http2 preface failed", "remote", ci.remote, "err", err)
 		hc.close()
@@ -297,6 +294,7 @@ func (c *h2conn) serverHeaders(f *http2.MetaHeadersFrame) error {
 		return nil
 	}
 	st := c.newStreamLocked(id)
+	st.ctx, st.cancel = context.WithCancel(c.baseCtx)
 	st.recvDone = f.StreamEnded()
 	st.handlerRunning = true
 	c.handlers++
