@@ -706,7 +706,10 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 		return http2.ConnectionError(http2.ErrCodeFlowControl)
 	}
 	c.recvWindow -= int64(size)
-	s := c.streams[fh.StreamID]
+	s := c.direct
+	if s == nil || s.id != fh.StreamID || s.wireClosed {
+		s = c.streams[fh.StreamID]
+	}
 	var rstCode http2.ErrCode
 	deliver := false
 	switch {
