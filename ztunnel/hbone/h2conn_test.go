@@ -421,15 +421,15 @@ func TestH2ServerWindowUpdates(t *testing.T) {
 		p.must(p.fr.WriteData(1, false, chunk))
 		sent += len(chunk)
 	}
+	// One update once half the stream window was read (before END_STREAM: a finished stream
+	// gets none); none for the connection yet (its window is four times larger).
+	f := p.next(func(f rawFrame) bool { return f.typ == http2.FrameWindowUpdate })
+	if f.id != 1 || int(f.incr) < window/2 {
+		t.Errorf("WINDOW_UPDATE %+v, want one for stream 1 of at least half the window %d", f, window/2)
+	}
 	p.must(p.fr.WriteData(1, true, nil))
 	if got := <-read; got != sent {
 		t.Fatalf("handler read %d, want %d", got, sent)
-	}
-	// One update once half the stream window was read; none for the connection yet (its window
-	// is four times larger).
-	f := p.next(func(f rawFrame) bool { return f.typ == http2.FrameWindowUpdate && f.id == 1 })
-	if int(f.incr) < window/2 {
-		t.Errorf("stream WINDOW_UPDATE %d, want at least half the window %d", f.incr, window/2)
 	}
 
 	// Overrun: more than the stream window without waiting for updates.
