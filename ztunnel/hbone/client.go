@@ -5,16 +5,16 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
-	"net/url"
+	"strconv"
 	"sync"
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambient-mesh/ambient/api/identity"
 	"github.com/ambient-mesh/ambient/api/mesh"
@@ -52,11 +52,10 @@ type Client struct {
 	creds func(src identity.Identity) (Credentials, error)
 	dial  Dialer
 	log   *slog.Logger
-	t     *http2.Transport
 
 	mu     sync.Mutex
 	pools  map[Key]*pool
-	byConn map[*http2.ClientConn]*pconn
+	byConn map[*h2conn]*pconn
 	closed bool
 }
 
@@ -74,8 +73,7 @@ type dialCall struct {
 // none.
 type pconn struct {
 	key    Key
-	cc     *http2.ClientConn
-	raw    net.Conn
+	cc     *h2conn
 	active int
 	idle   *time.Timer
 	dead   bool // closed; guarded by Client.mu
@@ -99,26 +97,8 @@ func NewClient(cfg ClientConfig, creds func(src identity.Identity) (Credentials,
 	}
 	c := &Client{
 		cfg: cfg, creds: creds, dial: dial, log: log.With("component", "hbone-client"),
-		pools: map[Key]*pool{}, byConn: map[*http2.ClientConn]*pconn{},
+		pools: map[Key]*pool{}, byConn: map[*h2conn]*pconn{},
 	}
-	t1 := &http.Transport{HTTP2: &http.HTTP2Config{
-		MaxReceiveBufferPerStream:     int(cfg.streamWindow()),
-		MaxReceiveBufferPerConnection: int(cfg.connWindow()),
-		MaxReadFrameSize:              16 << 10,
-		SendPingTimeout:               cfg.PingInterval,
-		PingTimeout:                   cfg.PingTimeout,
-	}}
-	t2, err := http2.ConfigureTransports(t1)
-	if err != nil {
-		return nil, fmt.Errorf("configure http2: %w", err)
-	}
-	t2.MaxHeaderListSize = uint32(cfg.MaxHeaderBytes)
-	// Not strict: in strict mode x/net reserves streams past the server's limit and queues the
-	// requests, where the pool must open another connection instead.
-	// The transport tells its pool when a connection dies (read error, failed PING, GOAWAY);
-	// making this client that pool is how dead connections leave it.
-	t2.ConnPool = (*connPool)(c)
-	c.t = t2
 	return c, nil
 }
 
@@ -162,65 +142,37 @@ var errConnUnusable = errors.New("hbone: pooled connection unusable")
 
 // open sends the CONNECT on pc, whose stream is already reserved.
 func (c *Client) open(ctx context.Context, pc *pconn, target Target) (Conn, error) {
-	pr, pw := io.Pipe()
-	req := &http.Request{
-		Method:        http.MethodConnect,
-		URL:           &url.URL{Host: target.Authority.String()},
-		Host:          target.Authority.String(),
-		Header:        make(http.Header, 3),
-		Body:          pr,
-		ContentLength: -1,
-	}
+	fields := make([]hpack.HeaderField, 0, 5)
+	fields = append(fields,
+		hpack.HeaderField{Name: ":method", Value: http.MethodConnect},
+		hpack.HeaderField{Name: ":authority", Value: target.Authority.String()})
 	if target.Forwarded != "" {
-		req.Header[HeaderForwarded] = []string{target.Forwarded}
+		fields = append(fields, hpack.HeaderField{Name: "forwarded", Value: target.Forwarded})
 	}
 	if target.Baggage != "" {
-		req.Header[HeaderBaggage] = []string{target.Baggage}
+		fields = append(fields, hpack.HeaderField{Name: "baggage", Value: target.Baggage})
 	}
 	if target.Traceparent != "" {
-		req.Header[HeaderTraceparent] = []string{target.Traceparent}
+		fields = append(fields, hpack.HeaderField{Name: "traceparent", Value: target.Traceparent})
 	}
-	// The stream outlives ctx, which bounds only the CONNECT exchange.
-	streamCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	stop := context.AfterFunc(ctx, cancel)
-	resp, err := pc.cc.RoundTrip(req.WithContext(streamCtx))
-	stopped := stop()
-	if err != nil || !stopped {
-		cancel()
-		pw.CloseWithError(net.ErrClosed)
+	st, err := pc.cc.openStream(ctx, fields)
+	if err != nil {
 		c.release(pc)
-		if err == nil {
-			resp.Body.Close()
-			return nil, ctx.Err()
-		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if st := pc.cc.State(); st.Closed || st.Closing {
-			return nil, fmt.Errorf("%w: %w", errConnUnusable, err)
+		if errors.Is(err, errConnUnusable) {
+			return nil, err
 		}
 		return nil, fmt.Errorf("connect %s via %s: %w", target.Authority, target.Addr, err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		cancel()
-		pw.CloseWithError(net.ErrClosed)
-		resp.Body.Close()
+	if st.status != http.StatusOK {
+		st.Close()
 		c.release(pc)
-		return nil, ErrStatus{Code: resp.StatusCode}
+		return nil, ErrStatus{Code: st.status}
 	}
-	var once sync.Once
-	return &tunnel{
-		body:   resp.Body,
-		pw:     pw,
-		local:  pc.raw.LocalAddr(),
-		remote: pc.raw.RemoteAddr(),
-		release: func() {
-			once.Do(func() {
-				cancel()
-				c.release(pc)
-			})
-		},
-	}, nil
+	st.onClose = func() { c.release(pc) }
+	return st, nil
 }
 
 // acquire returns a pooled connection with a stream reserved for the caller.
@@ -244,7 +196,7 @@ func (c *Client) acquire(ctx context.Context, key Key) (*pconn, error) {
 			c.pools[key] = p
 		}
 		for _, pc := range p.conns {
-			if pc.active < c.cfg.MaxStreamsPerConn && pc.cc.ReserveNewRequest() {
+			if ok, limit := pc.cc.usable(); ok && pc.active < c.cfg.MaxStreamsPerConn && uint32(pc.active) < limit {
 				pc.active++
 				if pc.idle != nil {
 					pc.idle.Stop()
@@ -289,7 +241,7 @@ func (c *Client) dialShared(key Key, p *pool, call *dialCall) {
 		}
 	case c.closed:
 		call.err = net.ErrClosed
-		pc.cc.Close()
+		pc.cc.close()
 	case pc.dead:
 		call.err = fmt.Errorf("%w: closed right after dialing", errConnUnusable)
 	default:
@@ -314,7 +266,8 @@ func (c *Client) dialConn(ctx context.Context, key Key) (*pconn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", key.Addr, err)
 	}
-	tc := tls.Client(raw, tlsCfg)
+	cork := &corkConn{Conn: raw}
+	tc := tls.Client(cork, tlsCfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("tls handshake with %s: %w", key.Addr, err)
@@ -323,47 +276,31 @@ func (c *Client) dialConn(ctx context.Context, key Key) (*pconn, error) {
 		tc.Close()
 		return nil, fmt.Errorf("tls handshake with %s: negotiated %q, want %q", key.Addr, p, ALPN)
 	}
-	pc := &pconn{key: key, raw: raw}
-	// x/net closes the connection when it dies (read error, unanswered PING, GOAWAY done) but
-	// tells its pool only seconds later for connections it never reused; watching the close
-	// evicts at once.
-	nc := &closeNotifyConn{Conn: tc, onClose: func() { c.evict(pc) }}
-	cc, err := c.t.NewClientConn(nc)
-	if err != nil {
-		nc.Close()
+	hc := newH2Conn(tc, cork, false, c.cfg.FlowConfig)
+	pc := &pconn{key: key, cc: hc}
+	// A connection that stops taking streams (GOAWAY, closed, unanswered PING) leaves the pool
+	// at once; its open tunnels run on until they end.
+	hc.onGone = func() { c.evict(pc) }
+	if err := hc.start(time.Time{}); err != nil {
+		hc.close()
 		return nil, fmt.Errorf("http2 with %s: %w", key.Addr, err)
 	}
-	c.mu.Lock() // evict may already run, on x/net's read goroutine
-	pc.cc = cc
-	c.mu.Unlock()
-	// One round trip before the connection takes tunnels: the server's SETTINGS arrive before
-	// the PING's answer, so its stream limit is known before the pool counts on it (x/net assumes
-	// 100 until then), and a server that rejected our certificate (TLS 1.3 tells the client only
-	// after its handshake returns) fails the dial here, cleanly.
-	if err := cc.Ping(ctx); err != nil {
-		cc.Close()
+	go hc.readLoop()
+	// The server's SETTINGS before the connection takes tunnels: its stream limit is known
+	// before the pool counts on it, and a server that rejected our certificate (TLS 1.3 tells
+	// the client only after its handshake returns) fails the dial here, cleanly.
+	if err := hc.waitSettings(ctx.Done()); err != nil {
+		hc.close()
 		return nil, fmt.Errorf("http2 with %s: %w", key.Addr, err)
 	}
 	return pc, nil
-}
-
-// closeNotifyConn calls onClose once, when the connection is closed.
-type closeNotifyConn struct {
-	net.Conn
-	once    sync.Once
-	onClose func()
-}
-
-func (c *closeNotifyConn) Close() error {
-	c.once.Do(c.onClose)
-	return c.Conn.Close()
 }
 
 // evict drops a dead connection from the pool.
 func (c *Client) evict(pc *pconn) {
 	c.mu.Lock()
 	pc.dead = true
-	if pc.cc != nil && c.byConn[pc.cc] == pc {
+	if c.byConn[pc.cc] == pc {
 		c.removeLocked(pc)
 	}
 	c.mu.Unlock()
@@ -390,7 +327,7 @@ func (c *Client) armIdle(pc *pconn) {
 		}
 		c.removeLocked(pc)
 		c.mu.Unlock()
-		pc.cc.Close()
+		pc.cc.shutdown()
 	})
 }
 
@@ -441,7 +378,7 @@ func (c *Client) Stats(key Key) PoolStats {
 func (c *Client) Close() error {
 	c.mu.Lock()
 	c.closed = true
-	var ccs []*http2.ClientConn
+	var ccs []*h2conn
 	for _, p := range c.pools {
 		for _, pc := range p.conns {
 			ccs = append(ccs, pc.cc)
@@ -454,28 +391,106 @@ func (c *Client) Close() error {
 	}
 	c.mu.Unlock()
 	for _, cc := range ccs {
-		cc.Close()
+		cc.close()
 	}
 	return nil
 }
 
-// connPool receives the transport's notices that a connection died.
-type connPool Client
-
-func (p *connPool) GetClientConn(*http.Request, string) (*http2.ClientConn, error) {
-	// Requests go through ClientConn.RoundTrip directly; the transport never asks.
-	return nil, errors.New("hbone: no transport-level dialing")
-}
-
-func (p *connPool) MarkDead(cc *http2.ClientConn) {
-	c := (*Client)(p)
+// openStream sends a CONNECT and waits for the response HEADERS. An error wrapping
+// errConnUnusable means the server did not process the request, so another connection may.
+func (c *h2conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*stream, error) {
+	// Stream IDs must reach the wire in increasing order: take one under the write lock.
+	c.beginWrite(false)
 	c.mu.Lock()
-	pc := c.byConn[cc]
-	if pc != nil {
-		c.removeLocked(pc)
+	if c.err != nil || c.goAwayRecv || c.goAwaySent || c.nextID > 1<<31-1 {
+		c.mu.Unlock()
+		c.endWrite(nil)
+		return nil, errConnUnusable
+	}
+	s := c.newStreamLocked(c.nextID)
+	c.nextID += 2
+	c.mu.Unlock()
+	if err := c.endWrite(c.writeHeadersLocked(s.id, fields, false)); err != nil {
+		return nil, fmt.Errorf("%w: %w", errConnUnusable, err)
+	}
+	stop := context.AfterFunc(ctx, func() {
+		c.mu.Lock()
+		s.rcond.Broadcast()
+		c.interruptLocked(s)
+		c.mu.Unlock()
+	})
+	defer stop()
+	c.mu.Lock()
+	for s.status == 0 && s.rerr == nil && ctx.Err() == nil {
+		if c.err != nil {
+			s.failLocked(c.err)
+			break
+		}
+		if c.tHeld {
+			c.waitTurnLocked(s)
+			continue
+		}
+		c.takeTokenLocked(s, false)
+		err := c.readFramesLocked(func() bool { return s.status != 0 || s.rerr != nil || ctx.Err() != nil })
+		c.releaseTokenLocked(true)
+		if err != nil {
+			c.mu.Unlock()
+			c.readFailed(err)
+			c.mu.Lock()
+		}
+	}
+	var err error
+	switch {
+	case s.status != 0:
+	case s.rerr != nil:
+		err = s.rerr
+		if !errors.Is(err, errConnUnusable) && errors.Is(err, errConnGone) {
+			// The connection died before the answer: the server never opened the tunnel,
+			// or it closes its upstream with the connection.
+			err = fmt.Errorf("%w: %w", errConnUnusable, err)
+		}
+	default:
+		err = ctx.Err()
+		c.resetLocked(s, http2.ErrCodeCancel, err, true)
 	}
 	c.mu.Unlock()
-	if pc != nil {
-		c.log.Debug("pooled connection died", "dst", pc.key.Addr)
+	c.flushCtrl()
+	if err != nil {
+		return nil, err
 	}
+	return s, nil
+}
+
+// clientHeaders handles a response HEADERS on the reader goroutine.
+func (c *h2conn) clientHeaders(f *http2.MetaHeadersFrame) error {
+	c.mu.Lock()
+	defer c.flushCtrl()
+	defer c.mu.Unlock()
+	s := c.streams[f.StreamID]
+	if s == nil {
+		if c.idleLocked(f.StreamID) {
+			return http2.ConnectionError(http2.ErrCodeProtocol)
+		}
+		return nil // a stream we reset
+	}
+	status, err := strconv.Atoi(f.PseudoValue("status"))
+	if s.status != 0 || f.Truncated || err != nil || status < 100 || status > 999 {
+		// A second HEADERS (CONNECT streams carry only DATA, RFC 9113 §8.5), or no valid status.
+		c.resetLocked(s, http2.ErrCodeProtocol, resetError{http2.ErrCodeProtocol}, true)
+		return nil
+	}
+	if status < 200 {
+		if f.StreamEnded() {
+			c.resetLocked(s, http2.ErrCodeProtocol, resetError{http2.ErrCodeProtocol}, true)
+		}
+		return nil // informational; the final answer follows
+	}
+	s.status = status
+	// A tunnel reads next: leave the socket to it rather than to readLoop.
+	c.deliveredData = status == 200
+	c.wakeLocked(s)
+	if f.StreamEnded() {
+		c.endRecvLocked(s)
+	}
+	return nil
 }

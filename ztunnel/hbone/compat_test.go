@@ -1,9 +1,11 @@
 package hbone
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -104,7 +106,6 @@ func TestRawClientAgainstServer(t *testing.T) {
 
 // TestClientAgainstRawServer points our client at a minimal CONNECT server written here on x/net.
 func TestClientAgainstRawServer(t *testing.T) {
-	c, _ := cas(t)
 	type seen struct{ authority, forwarded string }
 	seenc := make(chan seen, 1)
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -127,6 +128,40 @@ func TestClientAgainstRawServer(t *testing.T) {
 			}
 		}
 	})
+	addr := rawServer(t, handler)
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+
+	tg := Target{
+		Key:       Key{Src: idClient, Dst: idServer, Addr: addr},
+		Authority: netip.MustParseAddrPort("10.1.2.3:9090"),
+		Forwarded: `for="10.0.0.1:1234"`,
+	}
+	conn, err := cl.Dial(context.Background(), tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "hello raw server"); err != nil {
+		t.Fatal(err)
+	}
+	conn.CloseWrite()
+	got, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != "HELLO RAW SERVER" {
+		t.Errorf("reply = %q", got)
+	}
+	if got, want := <-seenc, (seen{"10.1.2.3:9090", tg.Forwarded}); got != want {
+		t.Errorf("server saw %+v, want %+v", got, want)
+	}
+}
+
+// rawServer serves handler with x/net's HTTP/2 server over mutual TLS on loopback: a CONNECT
+// server that is not ours.
+func rawServer(t *testing.T, handler http.Handler) netip.AddrPort {
+	t.Helper()
+	c, _ := cas(t)
 	tlsCfg := &tls.Config{
 		Certificates: []tls.Certificate{*c.leaf(t, idServer)},
 		ClientCAs:    c.pool,
@@ -164,31 +199,88 @@ func TestClientAgainstRawServer(t *testing.T) {
 			}()
 		}
 	}()
-	cl := newTestClient(t, DefaultClientConfig(), nil)
-	t.Cleanup(func() { cl.Close(); ln.Close(); <-done })
+	t.Cleanup(func() { ln.Close(); <-done })
+	return netip.MustParseAddrPort(ln.Addr().String())
+}
 
-	tg := Target{
-		Key:       Key{Src: idClient, Dst: idServer, Addr: netip.MustParseAddrPort(ln.Addr().String())},
-		Authority: netip.MustParseAddrPort("10.1.2.3:9090"),
-		Forwarded: `for="10.0.0.1:1234"`,
-	}
-	conn, err := cl.Dial(context.Background(), tg)
+// TestClientAgainstRawServerLarge: megabytes both ways through x/net's server, which advertises
+// its own frame size and windows: big frames, flow control and half-close against an
+// implementation that is not ours.
+func TestClientAgainstRawServerLarge(t *testing.T) {
+	addr := rawServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := r.Body.Read(buf)
+			if n > 0 {
+				w.Write(buf[:n])
+				w.(http.Flusher).Flush()
+			}
+			if err != nil {
+				return
+			}
+		}
+	}))
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	conn, err := cl.Dial(context.Background(), Target{Key: Key{Src: idClient, Dst: idServer, Addr: addr}, Authority: netip.MustParseAddrPort("10.1.2.3:9090")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if _, err := io.WriteString(conn, "hello raw server"); err != nil {
-		t.Fatal(err)
-	}
-	conn.CloseWrite()
+	payload := make([]byte, 8<<20)
+	rand.NewChaCha8([32]byte{7}).Read(payload)
+	go func() {
+		for p := payload; len(p) > 0; {
+			n := min(len(p), 100<<10) // past one record and one frame per write
+			if _, err := conn.Write(p[:n]); err != nil {
+				return
+			}
+			p = p[n:]
+		}
+		conn.CloseWrite()
+	}()
 	got, err := io.ReadAll(conn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(got) != "HELLO RAW SERVER" {
-		t.Errorf("reply = %q", got)
+	if !bytes.Equal(got, payload) {
+		t.Fatalf("echo of %d bytes differs (got %d bytes)", len(payload), len(got))
 	}
-	if got, want := <-seenc, (seen{"10.1.2.3:9090", tg.Forwarded}); got != want {
-		t.Errorf("server saw %+v, want %+v", got, want)
+}
+
+// TestRawClientAgainstServerLarge: megabytes both ways from x/net's client through our server:
+// its frame sizes and flow control against ours.
+func TestRawClientAgainstServerLarge(t *testing.T) {
+	srv := startServer(t, DefaultServerConfig(), echoHandler)
+	cc := rawClientConn(t, srv)
+	pr, pw := io.Pipe()
+	req := &http.Request{
+		Method: http.MethodConnect,
+		URL:    &url.URL{Host: "10.0.0.7:8080"},
+		Host:   "10.0.0.7:8080",
+		Header: http.Header{},
+		Body:   pr,
+	}
+	resp, err := cc.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	payload := make([]byte, 8<<20)
+	rand.NewChaCha8([32]byte{9}).Read(payload)
+	go func() {
+		pw.Write(payload)
+		pw.Close() // END_STREAM
+	}()
+	got, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatalf("echo of %d bytes differs (got %d bytes)", len(payload), len(got))
 	}
 }

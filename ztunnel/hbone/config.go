@@ -7,8 +7,8 @@ import (
 )
 
 // Window sizing. HTTP/2 flow control is the tunnel's backpressure; windows must cover the
-// bandwidth-delay product or a single stream stalls. x/net/http2 allocates receive buffers as data
-// arrives, so a large window costs memory only while data is in flight.
+// bandwidth-delay product or a single stream stalls. Receive buffers are pooled chunks taken as
+// data arrives and returned as it is read, so a large window costs memory only while data waits.
 const (
 	maxWindow = 1<<31 - 1
 	mib       = 1 << 20

@@ -1,13 +1,16 @@
 package hbone
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 )
 
 // Conn is one tunnel: a full-duplex byte stream. CloseWrite half-closes it: the peer reads end of
@@ -17,210 +20,407 @@ type Conn interface {
 	CloseWrite() error
 }
 
-// serverStream is the server's end of a tunnel: the request body in, the response body out.
-type serverStream struct {
-	body          io.ReadCloser
-	w             http.ResponseWriter
-	rc            *http.ResponseController
+// stream is one end of a tunnel, client or server: an HTTP/2 stream carrying bytes both ways.
+type stream struct {
+	c             *h2conn
+	id            uint32
 	local, remote net.Addr
 
-	// mu orders writes against the handler's return: x/net panics on a Write to a
-	// ResponseWriter whose handler has returned.
-	mu          sync.Mutex
-	writeClosed bool
-	finished    bool
+	wmu sync.Mutex // one Write at a time, so that concurrent writes do not interleave
 
-	ended   chan struct{} // closed at CloseWrite or Close: the server ends the stream
-	endOnce sync.Once
-}
-
-var _ Conn = (*serverStream)(nil)
-
-func (s *serverStream) Read(p []byte) (int, error) { return s.body.Read(p) }
-
-// Write sends p and flushes, so that a relay's bytes leave at once; x/net buffers 4 KiB
-// otherwise. Writes of 4 KiB or more bypass that buffer without copying.
-func (s *serverStream) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.finished || s.writeClosed {
-		return 0, net.ErrClosed
-	}
-	n, err := s.w.Write(p)
-	if err == nil {
-		err = s.rc.Flush()
-	}
-	return n, err
-}
-
-// CloseWrite flushes and ends the server's side of the stream: the client reads end of stream.
-// x/net/http2's server cannot keep reading a stream it has ended, so this ends reads too (see
-// README.md, Known limits).
-func (s *serverStream) CloseWrite() error {
-	s.mu.Lock()
-	var err error
-	if !s.writeClosed && !s.finished {
-		s.writeClosed = true
-		err = s.rc.Flush()
-	}
-	s.mu.Unlock()
-	s.end()
-	return err
-}
-
-// Close ends the stream both ways.
-func (s *serverStream) Close() error {
-	s.mu.Lock()
-	s.writeClosed = true
-	s.mu.Unlock()
-	err := s.body.Close()
-	s.end()
-	return err
-}
-
-func (s *serverStream) end() { s.endOnce.Do(func() { close(s.ended) }) }
-
-func (s *serverStream) finish() {
-	s.mu.Lock()
-	s.finished = true
-	s.mu.Unlock()
-}
-
-func (s *serverStream) LocalAddr() net.Addr  { return s.local }
-func (s *serverStream) RemoteAddr() net.Addr { return s.remote }
-
-func (s *serverStream) SetDeadline(t time.Time) error {
-	return errors.Join(s.SetReadDeadline(t), s.SetWriteDeadline(t))
-}
-func (s *serverStream) SetReadDeadline(t time.Time) error {
-	return s.withWriter(func() error { return s.rc.SetReadDeadline(t) })
-}
-func (s *serverStream) SetWriteDeadline(t time.Time) error {
-	return s.withWriter(func() error { return s.rc.SetWriteDeadline(t) })
-}
-
-// withWriter runs f unless the stream has ended: x/net panics on any use of a ResponseWriter
-// after its handler returned.
-func (s *serverStream) withWriter(f func() error) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.finished {
-		return net.ErrClosed
-	}
-	return f()
-}
-
-// tunnel is the client's end: writes go into the request body through a pipe, reads come from the
-// response body.
-type tunnel struct {
-	body          io.ReadCloser  // response body
-	pw            *io.PipeWriter // request body
-	local, remote net.Addr
-	release       func() // gives the stream back to the pool; called once
-
+	// Server: the Handler's context, cancelled when the stream ends.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// onClose runs once, at Close (the client gives the stream back to its pool).
+	onClose   func()
 	closeOnce sync.Once
 
-	mu            sync.Mutex
-	readTimer     *time.Timer
-	writeTimer    *time.Timer
-	deadlineFired bool
+	// Guarded by c.mu.
+	rcond          sync.Cond
+	chunks         []*chunk // received bytes no Read has taken yet, in order
+	recvLen        int
+	waitBuf        []byte // a waiting Read's buffer, for the reader goroutine to fill directly
+	waitN          int    // bytes the reader goroutine put in waitBuf
+	filling        bool   // the reader goroutine is writing into waitBuf outside the lock
+	recvDone       bool   // the peer's END_STREAM arrived
+	recvWindow     int32
+	recvUnacked    int32
+	sendWindow     int64
+	sendDone       bool // no more writes: CloseWrite or Close
+	sendEnded      bool // our END_STREAM is on the wire
+	reset          bool // RST_STREAM sent or received, or the connection ended
+	wireClosed     bool // closed on the wire; no longer in c.streams
+	rerr, werr     error
+	status         int  // client: the response status, 0 until it arrives
+	handlerRunning bool // server
+	closed         bool
+	reading        bool // a Read is under way
+	readQueue      int  // Reads waiting for it
+	rtimer, wtimer *time.Timer
 }
 
-var _ Conn = (*tunnel)(nil)
+var _ Conn = (*stream)(nil)
 
-func (t *tunnel) Read(p []byte) (int, error) {
-	n, err := t.body.Read(p)
-	if err != nil && err != io.EOF && t.expired() {
-		err = os.ErrDeadlineExceeded
+// newStreamLocked makes stream id and registers it. Called with c.mu held.
+func (c *h2conn) newStreamLocked(id uint32) *stream {
+	s := &stream{
+		c: c, id: id,
+		local: c.nc.LocalAddr(), remote: c.nc.RemoteAddr(),
+		recvWindow: c.flow.streamWindow(),
+		sendWindow: int64(c.peerInitWindow),
 	}
+	s.rcond.L = &c.mu
+	c.streams[id] = s
+	return s
+}
+
+// Read returns received bytes, then io.EOF after the peer's END_STREAM.
+func (s *stream) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c := s.c
+	c.mu.Lock()
+	// One Read at a time: a waiting Read lends its buffer to whoever reads the socket.
+	for s.reading {
+		s.readQueue++
+		s.rcond.Wait()
+		s.readQueue--
+	}
+	s.reading = true
+	for {
+		if s.waitN > 0 {
+			n := s.waitN
+			s.waitN = 0
+			return s.consumed(n)
+		}
+		if s.filling {
+			s.rcond.Wait()
+			continue
+		}
+		s.waitBuf = nil
+		if s.recvLen > 0 && s.rerr == nil {
+			return s.consumed(s.readChunksLocked(p))
+		}
+		if s.rerr != nil {
+			return s.endRead(0, s.rerr)
+		}
+		if s.recvDone {
+			return s.endRead(0, io.EOF)
+		}
+		if c.err != nil {
+			return s.endRead(0, c.err)
+		}
+		s.waitBuf = p
+		if c.tHeld {
+			c.waitTurnLocked(s)
+			continue
+		}
+		// Nobody reads the socket: read it here, straight into p when our data comes first.
+		c.takeTokenLocked(s, true)
+		err := c.readFramesLocked(func() bool {
+			return s.waitN > 0 || s.recvLen > 0 || s.recvDone || s.rerr != nil
+		})
+		c.releaseTokenLocked(s.waitN > 0 || s.recvLen > 0)
+		if err != nil {
+			c.mu.Unlock()
+			c.readFailed(err)
+			c.mu.Lock()
+		}
+	}
+}
+
+// consumed credits n read bytes to flow control and returns them from Read. Called with c.mu
+// held; unlocks it.
+func (s *stream) consumed(n int) (int, error) {
+	s.c.consumedLocked(s, n)
+	return s.endRead(n, nil)
+}
+
+// endRead ends a Read: called with c.mu held; unlocks it.
+func (s *stream) endRead(n int, err error) (int, error) {
+	c := s.c
+	s.reading = false
+	if s.readQueue > 0 {
+		s.rcond.Broadcast()
+	}
+	c.mu.Unlock()
+	c.flushCtrl()
 	return n, err
 }
 
-// frameData is the DATA payload that, with its 9-byte frame header, fills one TLS record
-// (16 KiB of plaintext). The transport sends one frame per read of the request body, so feeding it
-// this much at a time makes every frame one record and one write; a 16 KiB payload would be a full
-// record plus a 9-byte one, two writes.
-const frameData = 16<<10 - 9
-
-// Write hands p to x/net's request body writer through a synchronous pipe: no copy here and no
-// allocation; the transport copies into its frame buffer.
-func (t *tunnel) Write(p []byte) (int, error) {
-	var written int
+// Write sends p as DATA frames as the flow-control windows allow, written by this goroutine: no
+// copy beyond the frame encoding, no hand-off, no allocation.
+func (s *stream) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	c := s.c
+	written := 0
 	for len(p) > 0 {
-		chunk := p[:min(len(p), frameData)]
-		n, err := t.pw.Write(chunk)
-		written += n
-		if err != nil {
-			if t.expired() {
-				err = os.ErrDeadlineExceeded
+		c.mu.Lock()
+		for s.werr == nil && !s.sendDone && (s.sendWindow <= 0 || c.sendWindow <= 0) && c.err == nil {
+			if c.tHeld {
+				c.winWaiters++
+				c.wcond.Wait()
+				c.winWaiters--
+				continue
 			}
+			// Nobody reads the socket: read it here until a WINDOW_UPDATE lets us go on.
+			c.takeTokenLocked(s, false)
+			err := c.readFramesLocked(func() bool {
+				return s.werr != nil || s.sendDone || (s.sendWindow > 0 && c.sendWindow > 0)
+			})
+			c.releaseTokenLocked(false)
+			if err != nil {
+				c.mu.Unlock()
+				c.readFailed(err)
+				c.mu.Lock()
+			}
+		}
+		if err := s.writeErrLocked(); err != nil {
+			c.mu.Unlock()
 			return written, err
 		}
+		n := int(min(int64(len(p)), maxWriteBurst, s.sendWindow, c.sendWindow))
+		s.sendWindow -= int64(n)
+		c.sendWindow -= int64(n)
+		maxFrame := int(c.peerMaxFrame)
+		c.mu.Unlock()
+		if err := c.writeData(s.id, p[:n], maxFrame, false); err != nil {
+			return written, err
+		}
+		written += n
 		p = p[n:]
 	}
 	return written, nil
 }
 
-// CloseWrite ends the request body: the server reads end of stream; responses keep coming.
-func (t *tunnel) CloseWrite() error { return t.pw.Close() }
+func (s *stream) writeErrLocked() error {
+	if s.werr != nil {
+		return s.werr
+	}
+	if s.sendDone {
+		return net.ErrClosed
+	}
+	return nil
+}
 
-// Close resets the stream if it is still open and returns it to the pool.
-func (t *tunnel) Close() error {
-	t.closeOnce.Do(func() {
-		t.mu.Lock()
-		stopTimer(t.readTimer)
-		stopTimer(t.writeTimer)
-		t.mu.Unlock()
-		t.pw.CloseWithError(net.ErrClosed)
-		t.body.Close()
-		t.release()
+// CloseWrite sends END_STREAM: the peer reads end of stream, and this end keeps reading.
+func (s *stream) CloseWrite() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.endSend()
+}
+
+// endSend sends END_STREAM unless sending has ended already.
+func (s *stream) endSend() error {
+	c := s.c
+	c.mu.Lock()
+	if s.sendDone || s.werr != nil {
+		c.mu.Unlock()
+		return nil
+	}
+	s.sendDone = true
+	c.wcond.Broadcast()
+	c.mu.Unlock()
+	err := c.writeData(s.id, nil, 0, true)
+	c.mu.Lock()
+	s.sendEnded = err == nil
+	c.maybeCloseLocked(s)
+	c.mu.Unlock()
+	return err
+}
+
+// Close ends the tunnel. A client resets a stream that is still open (RST_STREAM CANCEL). A
+// server ends it in order, as a TCP close would: END_STREAM after what was written, then, if the
+// client is still sending, RST_STREAM NO_ERROR ("stop sending", RFC 9113 §8.1). Reads and
+// writes after Close fail with net.ErrClosed.
+func (s *stream) Close() error {
+	s.closeOnce.Do(func() {
+		c := s.c
+		if c.server {
+			s.endSendOnClose()
+		}
+		c.mu.Lock()
+		s.closed = true
+		stopTimer(s.rtimer)
+		stopTimer(s.wtimer)
+		code := http2.ErrCodeCancel
+		if c.server {
+			code = http2.ErrCodeNo
+		}
+		if !s.wireClosed {
+			c.resetLocked(s, code, net.ErrClosed, true)
+		} else {
+			s.failLocked(net.ErrClosed)
+		}
+		c.mu.Unlock()
+		c.flushCtrl()
+		if s.onClose != nil {
+			s.onClose()
+		}
 	})
 	return nil
 }
 
-func (t *tunnel) LocalAddr() net.Addr  { return t.local }
-func (t *tunnel) RemoteAddr() net.Addr { return t.remote }
-
-// Deadlines: an HTTP/2 stream cannot abandon a blocked Read or Write and stay usable, so a deadline
-// that passes ends the tunnel, and the blocked and later calls fail with os.ErrDeadlineExceeded.
-// A deadline moved or cleared before it passes has no effect.
-func (t *tunnel) SetDeadline(d time.Time) error {
-	return errors.Join(t.SetReadDeadline(d), t.SetWriteDeadline(d))
+// endSendOnClose sends a server's END_STREAM at Close. It does not wait for a Write in progress,
+// which Close must be able to interrupt.
+func (s *stream) endSendOnClose() {
+	c := s.c
+	c.mu.Lock()
+	if s.sendDone || s.werr != nil {
+		c.mu.Unlock()
+		return
+	}
+	s.sendDone = true
+	s.werr = net.ErrClosed
+	c.wcond.Broadcast()
+	c.mu.Unlock()
+	err := c.writeData(s.id, nil, 0, true)
+	c.mu.Lock()
+	s.sendEnded = err == nil
+	c.maybeCloseLocked(s)
+	c.mu.Unlock()
 }
-func (t *tunnel) SetReadDeadline(d time.Time) error  { return t.setDeadline(&t.readTimer, d) }
-func (t *tunnel) SetWriteDeadline(d time.Time) error { return t.setDeadline(&t.writeTimer, d) }
 
-func (t *tunnel) setDeadline(timer **time.Timer, d time.Time) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.deadlineFired {
+// failLocked makes reads and writes return err (keeping an earlier error) and drops what was
+// received and not read.
+func (s *stream) failLocked(err error) {
+	if s.rerr == nil {
+		s.rerr = err
+	}
+	if s.werr == nil {
+		s.werr = err
+	}
+	s.dropChunksLocked()
+	s.c.wakeLocked(s)
+	s.c.interruptLocked(s)
+}
+
+func (s *stream) LocalAddr() net.Addr  { return s.local }
+func (s *stream) RemoteAddr() net.Addr { return s.remote }
+
+// Deadlines: a stream cannot abandon a blocked Read or Write and stay in a known state with its
+// peer, so a deadline that passes resets the stream (RST_STREAM CANCEL), and the blocked and
+// later calls fail with os.ErrDeadlineExceeded. A deadline moved or cleared before it passes has
+// no effect.
+func (s *stream) SetDeadline(t time.Time) error {
+	return errors.Join(s.SetReadDeadline(t), s.SetWriteDeadline(t))
+}
+func (s *stream) SetReadDeadline(t time.Time) error  { return s.setDeadline(&s.rtimer, t) }
+func (s *stream) SetWriteDeadline(t time.Time) error { return s.setDeadline(&s.wtimer, t) }
+
+func (s *stream) setDeadline(timer **time.Timer, t time.Time) error {
+	c := s.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s.closed || (s.wireClosed && s.rerr != nil && s.rerr != os.ErrDeadlineExceeded) {
+		return net.ErrClosed
+	}
+	if s.rerr == os.ErrDeadlineExceeded {
 		return os.ErrDeadlineExceeded
 	}
 	stopTimer(*timer)
 	*timer = nil
-	if d.IsZero() {
+	if t.IsZero() {
 		return nil
 	}
-	*timer = time.AfterFunc(time.Until(d), t.onDeadline)
+	*timer = time.AfterFunc(time.Until(t), s.onDeadline)
 	return nil
 }
 
-func (t *tunnel) onDeadline() {
-	t.mu.Lock()
-	t.deadlineFired = true
-	t.mu.Unlock()
-	t.pw.CloseWithError(os.ErrDeadlineExceeded)
-	t.body.Close()
-}
-
-func (t *tunnel) expired() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.deadlineFired
+func (s *stream) onDeadline() {
+	c := s.c
+	c.mu.Lock()
+	if !s.closed {
+		c.resetLocked(s, http2.ErrCodeCancel, os.ErrDeadlineExceeded, true)
+		// An ended stream still reports the deadline to its next calls.
+		s.rerr, s.werr = os.ErrDeadlineExceeded, os.ErrDeadlineExceeded
+	}
+	c.mu.Unlock()
+	c.flushCtrl()
 }
 
 func stopTimer(t *time.Timer) {
 	if t != nil {
 		t.Stop()
 	}
+}
+
+// respond sends a response HEADERS (server).
+func (s *stream) respond(status int, end bool) error {
+	c := s.c
+	c.beginWrite(false)
+	c.mu.Lock()
+	err := s.writeErrLocked()
+	if err == nil && end {
+		s.sendDone = true
+	}
+	c.mu.Unlock()
+	if err == nil {
+		err = c.writeHeadersLocked(s.id, []hpack.HeaderField{statusField(status)}, end)
+	}
+	err = c.endWrite(err)
+	if end {
+		c.mu.Lock()
+		s.sendEnded = err == nil
+		c.maybeCloseLocked(s)
+		c.mu.Unlock()
+	}
+	return err
+}
+
+// Received bytes wait in chunks from a pool: an idle stream holds none, and a busy one holds
+// what its window lets the peer send ahead of the reader.
+const chunkSize = 16 << 10
+
+type chunk struct {
+	b    [chunkSize]byte
+	r, w int
+}
+
+var chunkPool = sync.Pool{New: func() any { return new(chunk) }}
+
+func (s *stream) appendLocked(p []byte) {
+	for len(p) > 0 {
+		var t *chunk
+		if n := len(s.chunks); n > 0 && s.chunks[n-1].w < chunkSize {
+			t = s.chunks[n-1]
+		} else {
+			t = chunkPool.Get().(*chunk)
+			t.r, t.w = 0, 0
+			s.chunks = append(s.chunks, t)
+		}
+		m := copy(t.b[t.w:], p)
+		t.w += m
+		s.recvLen += m
+		p = p[m:]
+	}
+}
+
+func (s *stream) readChunksLocked(p []byte) int {
+	n := 0
+	for n < len(p) && len(s.chunks) > 0 {
+		h := s.chunks[0]
+		m := copy(p[n:], h.b[h.r:h.w])
+		h.r += m
+		n += m
+		if h.r == h.w {
+			chunkPool.Put(h)
+			copy(s.chunks, s.chunks[1:])
+			s.chunks[len(s.chunks)-1] = nil
+			s.chunks = s.chunks[:len(s.chunks)-1]
+		}
+	}
+	s.recvLen -= n
+	return n
+}
+
+func (s *stream) dropChunksLocked() {
+	for i, h := range s.chunks {
+		chunkPool.Put(h)
+		s.chunks[i] = nil
+	}
+	s.chunks = s.chunks[:0]
+	s.recvLen = 0
 }

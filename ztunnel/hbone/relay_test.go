@@ -1,6 +1,7 @@
 package hbone
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -190,8 +191,8 @@ func TestRelayUpstreamClosesFirst(t *testing.T) {
 	}
 }
 
-// TestServerStreamAfterEnd: once the server has ended a stream, using it fails cleanly instead of
-// reaching x/net's ResponseWriter, which panics after ServeHTTP returned.
+// TestServerStreamAfterEnd: once the server has closed a stream, using it fails cleanly, and the
+// Handler's context ends with the stream.
 func TestServerStreamAfterEnd(t *testing.T) {
 	checked := make(chan []error, 1)
 	srv := startServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
@@ -199,14 +200,14 @@ func TestServerStreamAfterEnd(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		c.CloseWrite() // ends the stream; the handler goes on
-		// The stream's context ends with it.
+		c.Close() // ends the stream both ways; the handler goes on
 		select {
 		case <-ctx.Done():
 		case <-time.After(testTimeout()):
 		}
 		_, werr := c.Write([]byte("late"))
-		checked <- []error{werr, c.SetReadDeadline(time.Now()), c.SetWriteDeadline(time.Now())}
+		_, rerr := c.Read(make([]byte, 1))
+		checked <- []error{werr, rerr, c.SetReadDeadline(time.Now()), c.SetWriteDeadline(time.Now())}
 		return nil
 	}))
 	cl := newTestClient(t, DefaultClientConfig(), nil)
@@ -219,5 +220,90 @@ func TestServerStreamAfterEnd(t *testing.T) {
 		if !errors.Is(err, net.ErrClosed) {
 			t.Errorf("call %d after end = %v, want net.ErrClosed", i, err)
 		}
+	}
+}
+
+// TestServerHalfClose: the server half-closes first and keeps reading; the client reads end of
+// stream, keeps sending, and its own half-close reaches the server.
+func TestServerHalfClose(t *testing.T) {
+	got := make(chan string, 1)
+	srv := startServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
+		c, err := req.Accept()
+		if err != nil {
+			return err
+		}
+		if _, err := io.WriteString(c, "banner"); err != nil {
+			return err
+		}
+		if err := c.CloseWrite(); err != nil {
+			return err
+		}
+		if _, err := c.Write([]byte("x")); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("Write after CloseWrite = %v, want net.ErrClosed", err)
+		}
+		in, err := io.ReadAll(c)
+		got <- string(in)
+		return err
+	}))
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	conn := mustDial(t, cl, target(srv))
+	defer conn.Close()
+	b, err := io.ReadAll(conn)
+	if err != nil || string(b) != "banner" {
+		t.Fatalf("ReadAll = %q, %v; want banner then end of stream", b, err)
+	}
+	// The server's end does not stop the client: 1 MiB more, past the first window update.
+	payload := bytes.Repeat([]byte("after the server's FIN;"), 1<<20/23)
+	if _, err := conn.Write(payload); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if s := <-got; s != string(payload) {
+		t.Errorf("server read %d bytes, want %d", len(s), len(payload))
+	}
+}
+
+// TestCloseInterruptsRead: Close from another goroutine ends a Read blocked on the socket (the
+// Read holds the connection's read token), and the connection stays usable: the interruption
+// leaves no deadline behind.
+func TestCloseInterruptsRead(t *testing.T) {
+	srv := startServer(t, DefaultServerConfig(), echoHandler)
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	for range 3 {
+		conn := mustDial(t, cl, target(srv))
+		errc := make(chan error, 1)
+		go func() {
+			_, err := conn.Read(make([]byte, 1))
+			errc <- err
+		}()
+		// Once the Read waits (holding the token or waiting for its holder), Close must end it.
+		st := conn.(*stream)
+		eventually(t, testTimeout(), func() bool {
+			st.c.mu.Lock()
+			defer st.c.mu.Unlock()
+			return st.waitBuf != nil
+		})
+		conn.Close()
+		select {
+		case err := <-errc:
+			if !errors.Is(err, net.ErrClosed) {
+				t.Errorf("Read after Close = %v, want net.ErrClosed", err)
+			}
+		case <-time.After(testTimeout()):
+			t.Fatal("Read still blocked after Close")
+		}
+	}
+	// The same pooled connection still carries data.
+	conn := mustDial(t, cl, target(srv))
+	defer conn.Close()
+	io.WriteString(conn, "ok")
+	conn.CloseWrite()
+	if b, err := io.ReadAll(conn); err != nil || string(b) != "ok" {
+		t.Errorf("echo = %q, %v", b, err)
+	}
+	if s := cl.Stats(target(srv).Key); s.Conns != 1 {
+		t.Errorf("stats %+v, want one connection throughout", s)
 	}
 }

@@ -9,10 +9,12 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"strconv"
 	"sync"
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambient-mesh/ambient/api/identity"
 )
@@ -35,10 +37,13 @@ const (
 )
 
 // Handler decides on and serves one tunnel. It authorizes req.Peer for req.Authority, connects
-// upstream, then calls req.Accept, which answers 200 and returns the stream. The stream ends (END_STREAM to
-// the client) when the Handler returns or closes the stream's write side, whichever comes first;
-// after that, reads fail and data the client still sends is refused (RST_STREAM NO_ERROR). Returning without accepting answers with the status the error
-// maps to: ErrDenied 401, ErrBadRequest 400, anything else (ErrUpstreamUnreachable included) 503.
+// upstream, then calls req.Accept, which answers 200 and returns the stream. The stream is a
+// full-duplex Conn with half-close both ways: CloseWrite sends END_STREAM and the Handler keeps
+// reading what the client sends, until its END_STREAM (io.EOF). Returning from ServeHBONE closes
+// the stream as Conn.Close does (END_STREAM, then RST_STREAM NO_ERROR if the client is still
+// sending). Returning without accepting answers with the status the error maps to: ErrDenied
+// 401, ErrBadRequest 400, anything else (ErrUpstreamUnreachable included) 503. ctx ends when the
+// stream has ended both ways or was reset, or the connection is gone.
 type Handler interface {
 	ServeHBONE(ctx context.Context, req *Request) error
 }
@@ -57,29 +62,28 @@ type Request struct {
 	Peer identity.Identity
 	// Forwarded, Baggage and Traceparent are the request headers of those names, verbatim.
 	Forwarded, Baggage, Traceparent string
-	// Header holds every request header; read-only.
+	// Header holds every request header, with canonical names; read-only.
 	Header http.Header
 	// LocalAddr and RemoteAddr are the addresses of the TCP connection the tunnel arrived on.
 	LocalAddr, RemoteAddr net.Addr
 
-	w        http.ResponseWriter
-	r        *http.Request
-	accepted *serverStream
-	ended    chan struct{} // closed when the accepted stream's write side closes
+	st       *stream
+	accepted bool
 }
 
 // Accept answers 200 and returns the tunnel. Call it once, after the upstream is connected.
 func (r *Request) Accept() (Conn, error) {
-	if r.accepted != nil {
+	if r.st == nil {
+		return nil, errors.New("hbone: request not from a server")
+	}
+	if r.accepted {
 		return nil, errors.New("hbone: Accept called twice")
 	}
-	r.w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(r.w)
-	if err := rc.Flush(); err != nil {
+	r.accepted = true
+	if err := r.st.respond(http.StatusOK, false); err != nil {
 		return nil, fmt.Errorf("send 200: %w", err)
 	}
-	r.accepted = &serverStream{body: r.r.Body, w: r.w, rc: rc, local: r.LocalAddr, remote: r.RemoteAddr, ended: r.ended}
-	return r.accepted, nil
+	return r.st, nil
 }
 
 // Server accepts HBONE connections and hands each tunnel to a Handler.
@@ -88,8 +92,6 @@ type Server struct {
 	tls     *tls.Config
 	handler Handler
 	log     *slog.Logger
-	h1      *http.Server // carries the HTTP/2 settings and the graceful-shutdown hook
-	h2      *http2.Server
 }
 
 // NewServer returns a server; it does not listen. tlsCfg is normally ServerTLSConfig's.
@@ -103,26 +105,7 @@ func NewServer(cfg ServerConfig, tlsCfg *tls.Config, h Handler, log *slog.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, tls: tlsCfg, handler: h, log: log.With("component", "hbone-server")}
-	s.h1 = &http.Server{
-		MaxHeaderBytes: cfg.MaxHeaderBytes,
-		HTTP2: &http.HTTP2Config{
-			MaxConcurrentStreams:          int(cfg.MaxConcurrentStreams),
-			MaxReceiveBufferPerStream:     int(cfg.streamWindow()),
-			MaxReceiveBufferPerConnection: int(cfg.connWindow()),
-			// The smallest frame size: x/net's client holds a send buffer of this size for every
-			// open stream, idle or not. 64 KiB frames gave ~10% more single-stream throughput
-			// but 83 KiB per idle tunnel, past the 64 KiB budget.
-			MaxReadFrameSize: 16 << 10,
-			SendPingTimeout:  cfg.PingInterval,
-			PingTimeout:      cfg.PingTimeout,
-		},
-	}
-	s.h2 = &http2.Server{}
-	if err := http2.ConfigureServer(s.h1, s.h2); err != nil {
-		return nil, fmt.Errorf("configure http2: %w", err)
-	}
-	return s, nil
+	return &Server{cfg: cfg, tls: tlsCfg, handler: h, log: log.With("component", "hbone-server")}, nil
 }
 
 // Serve accepts connections on ln until ctx ends, then closes ln, asks every connection to finish
@@ -174,10 +157,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	} else {
 		err = nil
 	}
-	// Graceful first: GOAWAY lets clients finish open tunnels and move new ones elsewhere.
-	if sErr := s.h1.Shutdown(ctx); sErr != nil && !errors.Is(sErr, context.Canceled) {
-		s.log.Debug("http2 shutdown", "err", sErr)
-	}
+	// ServeConn sends GOAWAY when ctx ends: clients finish open tunnels and move new ones
+	// elsewhere, and each connection closes when its last tunnel ends.
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 	t := time.NewTimer(s.cfg.DrainTimeout)
@@ -196,109 +177,194 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	return err
 }
 
-// ServeConn runs the TLS handshake on c and serves HTTP/2 on it until the connection ends. It
-// closes c.
+// ServeConn runs the TLS handshake on c and serves HTTP/2 on it until the connection ends. When
+// ctx ends it sends GOAWAY and keeps serving open tunnels. It closes c.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
-	tc := tls.Server(c, s.tls)
+	raw := &corkConn{Conn: c}
+	tc := tls.Server(raw, s.tls)
+	defer tc.Close()
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
 		s.log.Debug("tls handshake failed", "remote", c.RemoteAddr(), "err", err)
-		c.Close()
 		return
 	}
 	if p := tc.ConnectionState().NegotiatedProtocol; p != ALPN {
 		s.log.Debug("peer did not negotiate h2", "remote", c.RemoteAddr(), "alpn", p)
-		tc.Close()
 		return
 	}
-	// The identity was verified in the handshake (VerifyConnection); this only reads it. x/net
-	// does not expose the TLS state on CONNECT requests (no :scheme), so it travels in the context.
-	state := tc.ConnectionState()
-	peer, err := IdentityOf(state.PeerCertificates[0])
+	// The identity was verified in the handshake (VerifyConnection); this only reads it.
+	peer, err := IdentityOf(tc.ConnectionState().PeerCertificates[0])
 	if err != nil {
-		tc.Close()
 		return
 	}
-	// Handlers' contexts do not end with Serve's: on shutdown open tunnels drain (GOAWAY, then
-	// DrainTimeout) instead of being cut at once.
-	base := context.WithValue(context.WithoutCancel(ctx), connInfoKey{}, connInfo{peer: peer, local: c.LocalAddr(), remote: c.RemoteAddr()})
-	s.h2.ServeConn(tc, &http2.ServeConnOpts{Context: base, BaseConfig: s.h1, Handler: http.HandlerFunc(s.serveHTTP)})
-	tc.Close()
+	s.serveH2(ctx, tc, raw, connInfo{peer: peer, local: c.LocalAddr(), remote: c.RemoteAddr()})
 }
 
-type connInfoKey struct{}
+// serveH2 serves HTTP/2 on an established connection (TLS, or plain in protocol tests) until it
+// ends.
+func (s *Server) serveH2(ctx context.Context, nc net.Conn, raw *corkConn, ci connInfo) {
+	hc := newH2Conn(nc, raw, true, s.cfg.FlowConfig)
+	hc.maxStreams = s.cfg.MaxConcurrentStreams
+	hc.parse = func(fields []hpack.HeaderField) (*Request, int) { return parseRequest(fields, ci) }
+	// Handlers' contexts do not end with Serve's: on shutdown open tunnels drain (GOAWAY, then
+	// DrainTimeout) instead of being cut at once.
+	hc.baseCtx = context.WithoutCancel(ctx)
+	hc.serve = func(st *stream, req *Request) { go s.serveStream(st, req) }
+	if err := hc.start(time.Now().Add(s.cfg.HandshakeTimeout)); err != nil {
+		s.log.Debug("http2 preface failed", "remote", ci.remote, "err", err)
+		hc.close()
+		return
+	}
+	stop := context.AfterFunc(ctx, hc.shutdown)
+	defer stop()
+	hc.readLoop()
+}
 
-// connInfo is what the server knows about a connection, for every request on it.
+// serveStream runs the Handler for one accepted request and ends its stream.
+func (s *Server) serveStream(st *stream, req *Request) {
+	err := s.handler.ServeHBONE(st.ctx, req)
+	if !req.accepted {
+		status := http.StatusServiceUnavailable // unreachable upstream, and anything else
+		switch {
+		case errors.Is(err, ErrDenied):
+			status = http.StatusUnauthorized
+		case errors.Is(err, ErrBadRequest):
+			status = http.StatusBadRequest
+		}
+		st.respond(status, true)
+	}
+	st.Close()
+	c := st.c
+	c.mu.Lock()
+	st.handlerRunning = false
+	if st.wireClosed {
+		c.handlers--
+	}
+	c.mu.Unlock()
+	st.cancel()
+}
+
 type connInfo struct {
 	peer          identity.Identity
 	local, remote net.Addr
 }
 
-// serveHTTP checks one request and hands it to the Handler.
-func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	req, status := s.parse(r)
-	if status != http.StatusOK {
-		w.WriteHeader(status)
-		return
+// serverHeaders handles a request HEADERS on the reader goroutine.
+func (c *h2conn) serverHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	c.mu.Lock()
+	if s := c.streams[id]; s != nil {
+		// A second HEADERS (trailers): CONNECT streams carry only DATA (RFC 9113 §8.5).
+		c.resetLocked(s, http2.ErrCodeProtocol, resetError{http2.ErrCodeProtocol}, true)
+		c.mu.Unlock()
+		c.flushCtrl()
+		return nil
 	}
-	req.w, req.r = w, r
-	req.ended = make(chan struct{})
-	// The Handler runs on its own goroutine so that this one can return, and so end the stream,
-	// as soon as the Handler closes its write side: x/net/http2 sends END_STREAM only when
-	// ServeHTTP returns. Waiting for the Handler instead would leave a client that reads to end of
-	// stream (an HTTP/1.0 response delimited by close) hanging after the upstream's FIN.
-	done := make(chan error, 1)
-	go func() { done <- s.handler.ServeHBONE(r.Context(), req) }()
-	var err error
-	select {
-	case err = <-done:
-	case <-req.ended:
+	if id%2 == 0 || id <= c.lastPeerID {
+		c.mu.Unlock()
+		return http2.ConnectionError(http2.ErrCodeProtocol)
 	}
-	if st := req.accepted; st != nil {
-		// Returning ends the stream: END_STREAM, and RST_STREAM(NO_ERROR) if the client is still
-		// sending; the Handler's reads then fail. Its later writes must not reach the
-		// ResponseWriter, which x/net forbids after return.
-		st.finish()
-		return
-	}
+	c.lastPeerID = id
+	var refuse http2.ErrCode
 	switch {
-	case errors.Is(err, ErrDenied):
-		status = http.StatusUnauthorized
-	case errors.Is(err, ErrBadRequest):
-		status = http.StatusBadRequest
-	default:
-		// Unreachable upstream, and anything else that kept the tunnel from opening.
-		status = http.StatusServiceUnavailable
+	case c.goAwaySent, c.handlers >= c.maxStreams:
+		refuse = http2.ErrCodeRefusedStream
+	case f.Truncated:
+		c.rejectLocked(id, http.StatusRequestHeaderFieldsTooLarge, f.StreamEnded())
 	}
-	w.WriteHeader(status)
+	if refuse != 0 || f.Truncated {
+		if refuse != 0 {
+			c.queueLocked(ctrlFrame{kind: ctrlRST, id: id, val: uint32(refuse)})
+		}
+		c.mu.Unlock()
+		c.flushCtrl()
+		return nil
+	}
+	c.mu.Unlock()
+
+	req, status := c.parse(f.Fields)
+
+	c.mu.Lock()
+	if status != http.StatusOK {
+		c.rejectLocked(id, status, f.StreamEnded())
+		c.mu.Unlock()
+		c.flushCtrl()
+		return nil
+	}
+	st := c.newStreamLocked(id)
+	st.ctx, st.cancel = context.WithCancel(c.baseCtx)
+	st.recvDone = f.StreamEnded()
+	st.handlerRunning = true
+	c.handlers++
+	req.st = st
+	c.mu.Unlock()
+	c.serve(st, req)
+	return nil
 }
 
-// parse validates a request and builds the Request a Handler sees, or returns the status to answer.
-func (s *Server) parse(r *http.Request) (*Request, int) {
-	if r.Method != http.MethodConnect {
+// rejectLocked answers a request the Handler never sees.
+func (c *h2conn) rejectLocked(id uint32, status int, ended bool) {
+	c.queueLocked(ctrlFrame{kind: ctrlStatus, id: id, val: uint32(status)})
+	if !ended {
+		c.queueLocked(ctrlFrame{kind: ctrlRST, id: id, val: uint32(http2.ErrCodeNo)})
+	}
+}
+
+func statusField(status int) hpack.HeaderField {
+	return hpack.HeaderField{Name: ":status", Value: strconv.Itoa(status)}
+}
+
+// parseRequest validates a request's header fields and builds the Request a Handler sees, or
+// returns the status to answer.
+func parseRequest(fields []hpack.HeaderField, ci connInfo) (*Request, int) {
+	var method, authority string
+	var extra bool // :scheme, :path or :protocol, which a CONNECT must not carry (RFC 9113 §8.5)
+	header := make(http.Header, len(fields))
+	for _, f := range fields {
+		if f.IsPseudo() {
+			switch f.Name {
+			case ":method":
+				method = f.Value
+			case ":authority":
+				authority = f.Value
+			default:
+				extra = true
+			}
+			continue
+		}
+		// Connection-specific fields make a request malformed (RFC 9113 §8.2.2).
+		switch f.Name {
+		case "connection", "proxy-connection", "keep-alive", "transfer-encoding", "upgrade":
+			return nil, http.StatusBadRequest
+		case "te":
+			if f.Value != "trailers" {
+				return nil, http.StatusBadRequest
+			}
+		}
+		k := http.CanonicalHeaderKey(f.Name)
+		header[k] = append(header[k], f.Value)
+	}
+	if method != http.MethodConnect || extra {
 		return nil, http.StatusBadRequest
 	}
-	// CONNECT carries only :authority (RFC 9113 §8.5); x/net already rejects :path and :scheme.
-	ap, err := netip.ParseAddrPort(r.Host)
+	ap, err := netip.ParseAddrPort(authority)
 	if err != nil || ap.Port() == 0 || !ap.Addr().IsValid() || ap.Addr().Zone() != "" {
 		return nil, http.StatusBadRequest
 	}
-	ci, ok := r.Context().Value(connInfoKey{}).(connInfo)
-	if !ok || ci.peer.IsZero() {
+	if ci.peer.IsZero() {
 		// Not reachable through ServeConn, which requires a verified client certificate.
 		return nil, http.StatusUnauthorized
 	}
-	req := &Request{
+	return &Request{
 		Authority:   ap,
 		Peer:        ci.peer,
-		Forwarded:   r.Header.Get(HeaderForwarded),
-		Baggage:     r.Header.Get(HeaderBaggage),
-		Traceparent: r.Header.Get(HeaderTraceparent),
-		Header:      r.Header,
+		Forwarded:   header.Get(HeaderForwarded),
+		Baggage:     header.Get(HeaderBaggage),
+		Traceparent: header.Get(HeaderTraceparent),
+		Header:      header,
 		LocalAddr:   ci.local,
 		RemoteAddr:  ci.remote,
-	}
-	return req, http.StatusOK
+	}, http.StatusOK
 }
