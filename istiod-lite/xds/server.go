@@ -221,21 +221,45 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 	// The bulk slot this stream holds, by the nonce of the response that took it; freed when that
 	// response is answered, or on exit. A stream holds at most one, and its later bulk responses
 	// ride on it: a stream waiting for a slot then never holds one, so waiting cannot deadlock.
+	// The slot is taken before a response that will likely be large is even built (reserve), so
+	// that proxies waiting for one do not hold their built responses in memory meanwhile.
 	slots := map[string]func(){}
+	var reserved func() // a slot taken and not yet bound to a response
 	defer func() {
 		for _, free := range slots {
 			free()
 		}
+		if reserved != nil {
+			reserved()
+		}
 	}()
+	reserve := func() error {
+		if len(slots) > 0 || reserved != nil {
+			return nil
+		}
+		select {
+		case s.bulk <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		var once sync.Once
+		reserved = func() { once.Do(func() { <-s.bulk }) }
+		return nil
+	}
+	// unreserve frees a reserved slot no bulk response used.
+	unreserve := func() {
+		if reserved != nil {
+			reserved()
+			reserved = nil
+		}
+	}
 	send := func(r *discoveryv3.DeltaDiscoveryResponse, since time.Time) error {
 		if len(r.Resources) >= bulkResources && len(slots) == 0 {
-			select {
-			case s.bulk <- struct{}{}:
-			case <-ctx.Done():
-				return ctx.Err()
+			if err := reserve(); err != nil {
+				return err
 			}
-			var once sync.Once
-			free := func() { once.Do(func() { <-s.bulk }) }
+			free := reserved
+			reserved = nil
 			t := time.AfterFunc(bulkTimeout, free)
 			slots[r.Nonce] = func() { t.Stop(); free() }
 		}
@@ -258,6 +282,11 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 					free()
 					delete(slots, req.GetResponseNonce())
 				}
+				if st.mayBeBulk(req, snap) {
+					if err := reserve(); err != nil {
+						return nil
+					}
+				}
 				resp, nack := st.onRequest(req, snap)
 				if nack != nil {
 					s.metrics.nacks.WithLabelValues(shortType(nack.TypeURL)).Inc()
@@ -269,6 +298,7 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 						return nil
 					}
 				}
+				unreserve()
 			}
 			queued = queued[:0]
 			c.mu.Lock()
@@ -315,14 +345,34 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 			} else if dirty == nil {
 				dirty = map[string]map[string]struct{}{} // nothing recorded: only authorizations are re-checked
 			}
+			if mayBeBulk(dirty) {
+				if err := reserve(); err != nil {
+					return nil
+				}
+			}
 			snap = latest
 			for _, r := range st.onPush(snap, dirty) {
 				if err := send(r, snap.created); err != nil {
 					return nil
 				}
 			}
+			unreserve()
 		}
 	}
+}
+
+// mayBeBulk reports whether a push of the changes dirty (nil: everything) will likely carry
+// bulkResources or more resources of a type.
+func mayBeBulk(dirty map[string]map[string]struct{}) bool {
+	if dirty == nil {
+		return true
+	}
+	for _, names := range dirty {
+		if len(names) >= bulkResources {
+			return true
+		}
+	}
+	return false
 }
 
 func shortType(typeURL string) string {

@@ -4,8 +4,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"maps"
+	"slices"
+	"sync"
 	"time"
 
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -32,9 +36,12 @@ func typeURL(m proto.Message) string {
 // resource is one serialised resource. Its version is a hash of its content, so versions agree
 // across istiod-lite replicas and restarts, and a reconnecting client's initial_resource_versions
 // can be compared with what would be sent.
+//
+// msg is the resource as sent, built once and shared by every stream (gRPC only reads it).
 type resource struct {
 	version string
 	body    *anypb.Any
+	msg     *discoveryv3.Resource
 }
 
 // Snapshot is an immutable, serialised model snapshot plus the index used to scope it per proxy.
@@ -51,6 +58,9 @@ type Snapshot struct {
 	nodeBoundAuthz map[string]map[string]bool // node -> selector-bound authorizations of its workloads
 	model          *model.Snapshot
 	bundle         *cav1.TrustBundle
+
+	sortedMu sync.Mutex
+	sorted   map[string][]string // type URL -> names, sorted (see sortedNames)
 }
 
 // NewSnapshot serialises m and the trust bundle (nil for none).
@@ -85,7 +95,7 @@ func (prev *Snapshot) Next(m *model.Snapshot, bundle *cav1.TrustBundle) (*Snapsh
 				return nil
 			}
 		}
-		r, err := newResource(msg)
+		r, err := newResource(name, msg)
 		if err != nil {
 			return fmt.Errorf("%s %s: %w", typ, name, err)
 		}
@@ -131,16 +141,34 @@ func (prev *Snapshot) Next(m *model.Snapshot, bundle *cav1.TrustBundle) (*Snapsh
 	return s, nil
 }
 
-func newResource(m proto.Message) (*resource, error) {
+func newResource(name string, m proto.Message) (*resource, error) {
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(m)
 	if err != nil {
 		return nil, err
 	}
 	sum := sha256.Sum256(b)
-	return &resource{
+	r := &resource{
 		version: hex.EncodeToString(sum[:8]),
 		body:    &anypb.Any{TypeUrl: typeURL(m), Value: b},
-	}, nil
+	}
+	r.msg = &discoveryv3.Resource{Name: name, Version: r.version, Resource: r.body}
+	return r, nil
+}
+
+// sortedNames returns the names of the resources of typ, sorted; computed once per snapshot and
+// type, on first use (a first push), and shared.
+func (s *Snapshot) sortedNames(typ string) []string {
+	s.sortedMu.Lock()
+	defer s.sortedMu.Unlock()
+	if names, ok := s.sorted[typ]; ok {
+		return names
+	}
+	if s.sorted == nil {
+		s.sorted = map[string][]string{}
+	}
+	names := slices.Sorted(maps.Keys(s.resources[typ]))
+	s.sorted[typ] = names
+	return names
 }
 
 // Model returns the snapshot's model, for the config dump.

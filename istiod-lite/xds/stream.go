@@ -140,6 +140,24 @@ func (s *stream) count(typ string, w *watch, snap *Snapshot) int {
 	return n
 }
 
+// mayBeBulk reports whether answering req against snap will likely send bulkResources or more
+// resources: a first or wildcard subscription to a large type, or many names.
+func (s *stream) mayBeBulk(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapshot) bool {
+	typ := req.GetTypeUrl()
+	if !known(typ) || snap == nil {
+		return false
+	}
+	subs := req.GetResourceNamesSubscribe()
+	if len(subs) >= bulkResources {
+		return true
+	}
+	if len(snap.resources[typ]) < bulkResources {
+		return false
+	}
+	_, watched := s.watches[typ]
+	return (!watched && len(subs) == 0) || slices.Contains(subs, "*")
+}
+
 // onRequest processes a request against snap, which must be the snapshot the stream last worked
 // against (the base of its last response, or any snapshot before the first). It returns the
 // response to send (nil for none) and, for a NACK, what was rejected.
@@ -186,6 +204,14 @@ func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapsho
 			} else {
 				w.names[n] = true
 			}
+		}
+		if w.wildcard && len(w.names) == 0 && len(req.GetInitialResourceVersions()) == 0 {
+			// The common first request of a proxy: everything visible, in the snapshot's order.
+			resp := s.generateAll(typ, w, snap)
+			if resp == nil {
+				resp = s.respond(typ, w, snap, nil, nil)
+			}
+			return resp, nack
 		}
 		for n := range snap.resources[typ] {
 			consider[n] = ""
@@ -295,7 +321,7 @@ func (s *stream) generate(typ string, w *watch, snap *Snapshot, consider map[str
 		r, ok := snap.resources[typ][n]
 		if ok && w.subscribed(n) && snap.visible(s.proxy, typ, n) {
 			if cur != r.version {
-				res = append(res, &discoveryv3.Resource{Name: n, Version: r.version, Resource: r.body})
+				res = append(res, r.msg)
 			}
 			continue
 		}
@@ -307,6 +333,22 @@ func (s *stream) generate(typ string, w *watch, snap *Snapshot, consider map[str
 		return nil
 	}
 	return s.respond(typ, w, snap, res, removed)
+}
+
+// generateAll builds the response of a first wildcard subscription from a client that holds
+// nothing: every visible resource of typ. It returns nil when there is none.
+func (s *stream) generateAll(typ string, w *watch, snap *Snapshot) *discoveryv3.DeltaDiscoveryResponse {
+	names := snap.sortedNames(typ)
+	res := make([]*discoveryv3.Resource, 0, len(names))
+	for _, n := range names {
+		if snap.visible(s.proxy, typ, n) {
+			res = append(res, snap.resources[typ][n].msg)
+		}
+	}
+	if len(res) == 0 {
+		return nil
+	}
+	return s.respond(typ, w, snap, res, nil)
 }
 
 func (s *stream) respond(typ string, w *watch, snap *Snapshot, res []*discoveryv3.Resource, removed []string) *discoveryv3.DeltaDiscoveryResponse {
