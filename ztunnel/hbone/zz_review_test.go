@@ -292,3 +292,156 @@ func TestReviewPingFloodQueue(t *testing.T) {
 }
 
 func unsafeSizeofCtrl() uintptr { var f [1]ctrlFrame; return uintptr(len(f)) * 20 }
+
+// R1b: the same leak on the client side: a client that closes a tunnel without reading what the
+// server sent loses that much of its connection window for good.
+func TestReviewConnWindowLeakClient(t *testing.T) {
+	cfg := DefaultServerConfig()
+	cfg.StreamWindowMiB, cfg.ConnWindowMultiple = 1, 1
+	srv := startServer(t, cfg, HandlerFunc(func(ctx context.Context, req *Request) error {
+		c, err := req.Accept()
+		if err != nil {
+			return err
+		}
+		n := 768 << 10
+		if req.Authority.Port() == 2 {
+			n = 1 << 20
+		}
+		c.Write(make([]byte, n))
+		c.CloseWrite()
+		<-ctx.Done()
+		return nil
+	}))
+	ccfg := DefaultClientConfig()
+	ccfg.StreamWindowMiB, ccfg.ConnWindowMultiple = 1, 1
+	cl := newTestClient(t, ccfg, nil)
+	tg := target(srv)
+	tg.Authority = netip.MustParseAddrPort("10.0.0.7:1")
+	c1 := mustDial(t, cl, tg)
+	time.Sleep(200 * time.Millisecond) // the response waits unread in the client
+	c1.Close()
+	tg.Authority = netip.MustParseAddrPort("10.0.0.7:2")
+	c2 := mustDial(t, cl, tg)
+	defer c2.Close()
+	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := io.Copy(io.Discard, c2)
+	t.Logf("second tunnel read %d of %d bytes: %v", n, 1<<20, err)
+	if n != 1<<20 {
+		t.Fail()
+	}
+}
+
+// R5: a Write blocked in the socket (peer granted window but stopped reading TCP) ignores its
+// write deadline, and another stream's Close blocks behind it on the connection write lock.
+func TestReviewWriteDeadlineBlockedSocket(t *testing.T) {
+	res := make(chan string, 4)
+	hold := make(chan struct{})
+	_, p, b := tcpServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
+		c, err := req.Accept()
+		if err != nil {
+			return err
+		}
+		if req.Authority.Port() == 3 {
+			<-hold
+			start := time.Now()
+			c.Close()
+			res <- "stream 3 Close returned after " + time.Since(start).String()
+			return nil
+		}
+		c.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
+		start := time.Now()
+		buf := make([]byte, 1<<20)
+		for {
+			if _, err := c.Write(buf); err != nil {
+				res <- "stream 1 Write returned after " + time.Since(start).String() + ": " + err.Error()
+				return nil
+			}
+		}
+	}), http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+	p.must(p.fr.WriteWindowUpdate(0, 1<<31-1-65535))
+	p.headers(1, false, ":method", "CONNECT", ":authority", "10.0.0.7:1")
+	p.headers(3, false, ":method", "CONNECT", ":authority", "10.0.0.7:3")
+	time.Sleep(500 * time.Millisecond)
+	close(hold)
+	for i := 0; i < 2; i++ {
+		select {
+		case r := <-res:
+			t.Log(r)
+		case <-time.After(3 * time.Second):
+			t.Errorf("still blocked after 3s (deadline was 300ms)")
+		}
+	}
+	b.Close()
+	for i := 0; i < 2; i++ {
+		select {
+		case r := <-res:
+			t.Log("after the peer closed: ", r)
+		case <-time.After(3 * time.Second):
+		}
+	}
+}
+
+// R6: the server counts a stream until its Handler returns, the client until Close: a client that
+// opens a tunnel right after closing one is refused, and Dial's retries pick the same connection.
+func TestReviewRefusedUnderChurn(t *testing.T) {
+	cfg := DefaultServerConfig()
+	cfg.MaxConcurrentStreams = 1
+	srv := startServer(t, cfg, HandlerFunc(func(ctx context.Context, req *Request) error {
+		if _, err := req.Accept(); err != nil {
+			return err
+		}
+		<-ctx.Done()
+		time.Sleep(20 * time.Millisecond) // closing the upstream and the like
+		return nil
+	}))
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	c1 := mustDial(t, cl, target(srv))
+	c1.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c2, err := cl.Dial(ctx, target(srv))
+	t.Logf("Dial right after Close: %v (pool %+v)", err, cl.Stats(target(srv).Key))
+	if c2 != nil {
+		c2.Close()
+	}
+}
+
+// R7: connection WINDOW_UPDATE only after half the configured connection window was consumed:
+// when streams whose reader is slow hold more than half of it unread, the other streams stall.
+func TestReviewConnWindowThresholdStall(t *testing.T) {
+	cfg := DefaultServerConfig()
+	cfg.StreamWindowMiB, cfg.ConnWindowMultiple = 1, 4 // 4 MiB connection window
+	srv := startServer(t, cfg, HandlerFunc(func(ctx context.Context, req *Request) error {
+		c, err := req.Accept()
+		if err != nil {
+			return err
+		}
+		n := 1 << 20 // a slow tunnel: its client does not read (yet)
+		if req.Authority.Port() == 2 {
+			n = 4 << 20
+		}
+		c.Write(make([]byte, n))
+		c.CloseWrite()
+		<-ctx.Done()
+		return nil
+	}))
+	ccfg := DefaultClientConfig()
+	ccfg.StreamWindowMiB, ccfg.ConnWindowMultiple = 1, 4
+	cl := newTestClient(t, ccfg, nil)
+	tg := target(srv)
+	tg.Authority = netip.MustParseAddrPort("10.0.0.7:1")
+	for i := 0; i < 3; i++ {
+		c := mustDial(t, cl, tg)
+		defer c.Close()
+	}
+	time.Sleep(300 * time.Millisecond) // 3 MiB wait unread
+	tg.Authority = netip.MustParseAddrPort("10.0.0.7:2")
+	c2 := mustDial(t, cl, tg)
+	defer c2.Close()
+	c2.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := io.Copy(io.Discard, c2)
+	t.Logf("pool %+v; busy tunnel read %d of %d bytes: %v", cl.Stats(tg.Key), n, 4<<20, err)
+	if n != 4<<20 {
+		t.Fail()
+	}
+}
