@@ -242,20 +242,22 @@ func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapsho
 			forgot[n] = true
 		}
 	}
+	cur := func(n string) string {
+		if forgot[n] {
+			return ""
+		}
+		return s.held(typ, w, n)
+	}
 	newNames := map[string]bool{}
 	for _, n := range req.GetResourceNamesSubscribe() {
 		if n == "*" {
 			for name := range snap.resources[typ] {
-				consider[name] = s.held(typ, w, name)
+				consider[name] = cur(name)
 			}
 			continue
 		}
 		newNames[n] = true
-		if forgot[n] {
-			consider[n] = ""
-		} else {
-			consider[n] = s.held(typ, w, n)
-		}
+		consider[n] = cur(n)
 	}
 	for _, n := range req.GetResourceNamesUnsubscribe() {
 		if n == "*" {
