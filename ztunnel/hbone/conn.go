@@ -284,7 +284,9 @@ func (s *stream) endSendOnClose() {
 }
 
 // failLocked makes reads and writes return err (keeping an earlier error) and drops what was
-// received and not read.
+// received and not read, returning those bytes to the connection window: the peer counted them
+// as sent, and a long-lived connection must not lose window to every stream reset with unread
+// data. Callers flush the queued WINDOW_UPDATE (flushCtrl) after unlocking.
 func (s *stream) failLocked(err error) {
 	if s.rerr == nil {
 		s.rerr = err
@@ -417,6 +419,9 @@ func (s *stream) readChunksLocked(p []byte) int {
 }
 
 func (s *stream) dropChunksLocked() {
+	if s.recvLen > 0 {
+		s.c.consumedLocked(nil, s.recvLen)
+	}
 	for i, h := range s.chunks {
 		chunkPool.Put(h)
 		s.chunks[i] = nil

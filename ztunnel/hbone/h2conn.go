@@ -598,6 +598,7 @@ func (c *h2conn) wakeWritersLocked() {
 
 func (c *h2conn) handleRST(f *http2.RSTStreamFrame) error {
 	c.mu.Lock()
+	defer c.flushCtrl() // the window of dropped unread bytes
 	defer c.mu.Unlock()
 	s := c.streams[f.StreamID]
 	if s == nil {
@@ -635,6 +636,7 @@ func (c *h2conn) handleGoAway(f *http2.GoAwayFrame) {
 	}
 	idle := len(c.streams) == 0
 	c.mu.Unlock()
+	c.flushCtrl()
 	c.notifyGone()
 	if idle {
 		c.close()

@@ -1,0 +1,117 @@
+package hbone
+
+import (
+	"context"
+	"io"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+// bufferedLen returns how many received bytes wait unread in c, a tunnel of this package.
+func bufferedLen(c Conn) int {
+	s := c.(*stream)
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	return s.recvLen
+}
+
+// smallWindows makes the connection window one stream window (1 MiB), so that a leak of part of
+// it shows at once.
+func smallWindows(f *FlowConfig) { f.StreamWindowMiB, f.ConnWindowMultiple = 1, 1 }
+
+// TestResetReturnsConnWindowServer: a server stream that ends with bytes buffered and unread gives
+// them back to the connection window, so the next tunnel on the connection is not starved.
+func TestResetReturnsConnWindowServer(t *testing.T) {
+	cfg := DefaultServerConfig()
+	smallWindows(&cfg.FlowConfig)
+	const unread = 768 << 10
+	idle := make(chan Conn, 1)
+	gate := make(chan struct{})
+	got := make(chan int64, 1)
+	srv := startServer(t, cfg, HandlerFunc(func(ctx context.Context, req *Request) error {
+		c, err := req.Accept()
+		if err != nil {
+			return err
+		}
+		if req.Authority.Port() == 1 {
+			idle <- c
+			<-gate // never reads; returning closes the stream
+			return nil
+		}
+		n, err := io.Copy(io.Discard, c)
+		got <- n
+		return err
+	}))
+	ccfg := DefaultClientConfig()
+	smallWindows(&ccfg.FlowConfig)
+	cl := newTestClient(t, ccfg, nil)
+	tg := target(srv)
+	tg.Authority = netip.MustParseAddrPort("10.0.0.7:1")
+	c1 := mustDial(t, cl, tg)
+	if _, err := c1.Write(make([]byte, unread)); err != nil {
+		t.Fatal(err)
+	}
+	sc := <-idle
+	eventually(t, testTimeout(), func() bool { return bufferedLen(sc) == unread })
+	close(gate)
+	io.Copy(io.Discard, c1)
+	c1.Close()
+
+	tg.Authority = netip.MustParseAddrPort("10.0.0.7:2")
+	c2 := mustDial(t, cl, tg)
+	defer c2.Close()
+	if st := cl.Stats(tg.Key); st.Conns != 1 {
+		t.Fatalf("pool %+v: want the one connection", st)
+	}
+	go func() {
+		c2.Write(make([]byte, 1<<20))
+		c2.CloseWrite()
+	}()
+	select {
+	case n := <-got:
+		if n != 1<<20 {
+			t.Errorf("second tunnel delivered %d bytes, want %d", n, 1<<20)
+		}
+	case <-time.After(testTimeout()):
+		t.Fatal("second tunnel stalled: the reset stream's unread bytes were not returned to the connection window")
+	}
+}
+
+// TestResetReturnsConnWindowClient: the same on the client: a tunnel closed without reading what
+// the server sent does not shrink the connection window.
+func TestResetReturnsConnWindowClient(t *testing.T) {
+	cfg := DefaultServerConfig()
+	smallWindows(&cfg.FlowConfig)
+	const unread = 768 << 10
+	srv := startServer(t, cfg, HandlerFunc(func(ctx context.Context, req *Request) error {
+		c, err := req.Accept()
+		if err != nil {
+			return err
+		}
+		n := unread
+		if req.Authority.Port() == 2 {
+			n = 1 << 20
+		}
+		c.Write(make([]byte, n))
+		c.CloseWrite()
+		<-ctx.Done()
+		return nil
+	}))
+	ccfg := DefaultClientConfig()
+	smallWindows(&ccfg.FlowConfig)
+	cl := newTestClient(t, ccfg, nil)
+	tg := target(srv)
+	tg.Authority = netip.MustParseAddrPort("10.0.0.7:1")
+	c1 := mustDial(t, cl, tg)
+	eventually(t, testTimeout(), func() bool { return bufferedLen(c1) == unread })
+	c1.Close()
+
+	tg.Authority = netip.MustParseAddrPort("10.0.0.7:2")
+	c2 := mustDial(t, cl, tg)
+	defer c2.Close()
+	c2.SetReadDeadline(time.Now().Add(testTimeout()))
+	if n, err := io.Copy(io.Discard, c2); n != 1<<20 {
+		t.Fatalf("second tunnel read %d of %d bytes: %v", n, 1<<20, err)
+	}
+}
