@@ -231,6 +231,7 @@ func (c *Client) dialShared(key Key, p *pool, call *dialCall) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.DialTimeout)
 	defer cancel()
 	pc, err := c.dialConn(ctx, key)
+	var discard *h2conn
 	c.mu.Lock()
 	p.dialing = nil
 	switch {
@@ -241,7 +242,8 @@ func (c *Client) dialShared(key Key, p *pool, call *dialCall) {
 		}
 	case c.closed:
 		call.err = net.ErrClosed
-		pc.cc.close()
+		// Closed below, without c.mu: closing calls onGone, which takes it.
+		discard = pc.cc
 	case pc.dead:
 		call.err = fmt.Errorf("%w: closed right after dialing", errConnUnusable)
 	default:
@@ -250,6 +252,9 @@ func (c *Client) dialShared(key Key, p *pool, call *dialCall) {
 		c.armIdle(pc)
 	}
 	c.mu.Unlock()
+	if discard != nil {
+		discard.close()
+	}
 	close(call.done)
 }
 
