@@ -163,6 +163,10 @@ func (s *stream) Write(p []byte) (int, error) {
 				c.winWaiters++
 				c.wcond.Wait()
 				c.winWaiters--
+				if !c.tHeld && (s.werr != nil || s.sendDone || (s.sendWindow > 0 && c.sendWindow > 0) || c.err != nil) {
+					// Woken to take the free token but no longer waiting: the next one must.
+					c.passTokenLocked(true)
+				}
 				continue
 			}
 			// Nobody reads the socket: read it here until a WINDOW_UPDATE lets us go on.

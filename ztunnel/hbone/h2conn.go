@@ -346,23 +346,38 @@ func (c *h2conn) releaseTokenLocked(soon bool) {
 	c.passTokenLocked(soon)
 }
 
+// Invariant (tokenLostLocked): while the connection runs, the token is held, or readLoop may
+// take it (bgIdle unset: it was signalled), or bgTimer is armed to let it. A waiter woken to take
+// the token may find it no longer needs it; the armed timer is the backstop for that case, so
+// the socket is never left unread.
 func (c *h2conn) passTokenLocked(soon bool) {
+	if c.tHeld || c.err != nil {
+		return
+	}
 	switch {
-	case c.tHeld || c.err != nil:
 	case len(c.tQueue) > 0:
 		c.tQueue[0].rcond.Broadcast()
 	case c.winWaiters > 0:
 		c.wcond.Broadcast()
-	case soon:
+	case !soon:
+		c.bgIdle = false
+		c.bgcond.Signal()
+		return
+	default:
 		c.bgIdle = true
+	}
+	if c.bgIdle {
 		c.bgReleases++
 		if !c.bgArmed {
 			c.armBgLocked()
 		}
-	default:
-		c.bgIdle = false
-		c.bgcond.Signal()
 	}
+}
+
+// tokenLostLocked reports a broken token invariant (see passTokenLocked): nobody holds the read
+// token and nobody will take it.
+func (c *h2conn) tokenLostLocked() bool {
+	return c.err == nil && !c.tHeld && c.bgIdle && !c.bgArmed
 }
 
 // waitTurnLocked waits on s.rcond for the token holder to deliver to s, or for the token.

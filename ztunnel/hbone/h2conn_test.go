@@ -613,3 +613,55 @@ func TestH2InterruptHolder(t *testing.T) {
 	}
 	p.must(<-wrote)
 }
+
+// tcpServer serves a Server's HTTP/2 (without TLS) on one end of a loopback TCP connection and
+// returns the connection and a raw client on the other, which has sent its preface and settings.
+// Unlike a pipe, TCP buffers: a peer that stops reading blocks the server's writes only once the
+// socket buffers fill, as in production.
+func tcpServer(t *testing.T, cfg ServerConfig, h Handler, settings ...http2.Setting) (*h2conn, *rawPeer, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	hcc := make(chan *h2conn, 1)
+	done := make(chan struct{})
+	srv := &Server{cfg: cfg, handler: h, log: slog.New(slog.DiscardHandler)}
+	go func() {
+		defer close(done)
+		a, err := ln.Accept()
+		if err != nil {
+			close(hcc)
+			return
+		}
+		hc := newH2Conn(a, nil, true, cfg.FlowConfig)
+		hc.maxStreams = cfg.MaxConcurrentStreams
+		ci := connInfo{peer: idClient, local: a.LocalAddr(), remote: a.RemoteAddr()}
+		hc.parse = func(fields []hpack.HeaderField) (*Request, int) { return parseRequest(fields, ci) }
+		hc.baseCtx = context.Background()
+		hc.serve = func(st *stream, req *Request) { go srv.serveStream(st, req) }
+		if err := hc.start(time.Now().Add(testTimeout())); err != nil {
+			a.Close()
+			close(hcc)
+			return
+		}
+		hcc <- hc
+		hc.readLoop()
+	}()
+	b, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close(); <-done })
+	p := newRawPeer(t, b)
+	if _, err := io.WriteString(b, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	p.must(p.fr.WriteSettings(settings...))
+	hc := <-hcc
+	if hc == nil {
+		t.Fatal("server preface failed")
+	}
+	return hc, p, b
+}
