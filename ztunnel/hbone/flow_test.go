@@ -115,3 +115,67 @@ func TestResetReturnsConnWindowClient(t *testing.T) {
 		t.Fatalf("second tunnel read %d of %d bytes: %v", n, 1<<20, err)
 	}
 }
+
+// TestSlowReadersDoNotStarveConn: streams whose readers are slow hold most of the connection
+// window unread; a stream that reads still gets WINDOW_UPDATEs for the connection, not only
+// once half the whole window was read.
+func TestSlowReadersDoNotStarveConn(t *testing.T) {
+	cfg := DefaultServerConfig()
+	cfg.StreamWindowMiB, cfg.ConnWindowMultiple = 1, 4
+	const busy = 4 << 20
+	srv := startServer(t, cfg, HandlerFunc(func(ctx context.Context, req *Request) error {
+		c, err := req.Accept()
+		if err != nil {
+			return err
+		}
+		n := 1 << 20 // a slow tunnel: its client does not read
+		if req.Authority.Port() == 2 {
+			n = busy
+		}
+		c.Write(make([]byte, n))
+		c.CloseWrite()
+		<-ctx.Done()
+		return nil
+	}))
+	ccfg := DefaultClientConfig()
+	ccfg.StreamWindowMiB, ccfg.ConnWindowMultiple = 1, 4
+	cl := newTestClient(t, ccfg, nil)
+	tg := target(srv)
+	tg.Authority = netip.MustParseAddrPort("10.0.0.7:1")
+	for range 3 {
+		c := mustDial(t, cl, tg)
+		defer c.Close()
+		eventually(t, testTimeout(), func() bool { return bufferedLen(c) == 1<<20 })
+	}
+	tg.Authority = netip.MustParseAddrPort("10.0.0.7:2")
+	c2 := mustDial(t, cl, tg)
+	defer c2.Close()
+	if st := cl.Stats(tg.Key); st.Conns != 1 {
+		t.Fatalf("pool %+v: want the one connection", st)
+	}
+	c2.SetReadDeadline(time.Now().Add(testTimeout()))
+	if n, err := io.Copy(io.Discard, c2); n != busy {
+		t.Fatalf("busy tunnel read %d of %d bytes: %v", n, busy, err)
+	}
+}
+
+func TestRefreshWindow(t *testing.T) {
+	const w = 4 << 20
+	for _, tc := range []struct {
+		unacked, remaining int64
+		want               bool
+	}{
+		{0, 0, false},
+		{w / 2, w / 2, true},       // half the window read
+		{1 << 20, 3 << 20, false},  // the peer has plenty left
+		{1 << 20, 1 << 20, true},   // read as much as the peer may still send
+		{1 << 20, 0, true},         // the peer ran dry
+		{4 << 10, 32 << 10, false}, // not in slivers while the peer has room
+		{4 << 10, 4 << 10, true},   // ... but the peer is about to run dry
+		{minRefresh, minRefresh, true},
+	} {
+		if got := refreshWindow(tc.unacked, tc.remaining, w); got != tc.want {
+			t.Errorf("refreshWindow(%d, %d, %d) = %v, want %v", tc.unacked, tc.remaining, w, got, tc.want)
+		}
+	}
+}

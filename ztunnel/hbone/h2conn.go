@@ -852,11 +852,13 @@ func (c *h2conn) endRecvLocked(s *stream) {
 }
 
 // consumedLocked returns n received bytes to the peer's send windows: the connection's, and the
-// stream's when s is not nil. WINDOW_UPDATEs go out once half a window has been consumed, so a
-// steady stream costs one every few MiB.
+// stream's when s is not nil. A WINDOW_UPDATE goes out once half the window has been consumed,
+// so a steady stream costs one every few MiB, or sooner once what was consumed reaches what the
+// peer may still send (x/net's rule): when slow readers hold most of the connection window
+// unread, the streams that do read must not wait for half of it.
 func (c *h2conn) consumedLocked(s *stream, n int) {
 	c.recvUnacked += int64(n)
-	if c.recvUnacked >= int64(c.flow.connWindow())/2 {
+	if refreshWindow(c.recvUnacked, c.recvWindow, int64(c.flow.connWindow())) {
 		c.queueLocked(ctrlFrame{kind: ctrlWindowUpdate, val: uint32(c.recvUnacked)})
 		c.recvWindow += c.recvUnacked
 		c.recvUnacked = 0
@@ -865,10 +867,26 @@ func (c *h2conn) consumedLocked(s *stream, n int) {
 		return
 	}
 	s.recvUnacked += int32(n)
-	if s.recvUnacked >= c.flow.streamWindow()/2 {
+	if refreshWindow(int64(s.recvUnacked), int64(s.recvWindow), int64(c.flow.streamWindow())) {
 		c.queueLocked(ctrlFrame{kind: ctrlWindowUpdate, id: s.id, val: uint32(s.recvUnacked)})
 		s.recvWindow += s.recvUnacked
 		s.recvUnacked = 0
+	}
+}
+
+// minRefresh is the least WINDOW_UPDATE increment sent while the peer still has that much window.
+const minRefresh = 16 << 10
+
+// refreshWindow reports whether to return unacked consumed bytes of a window of size window, of
+// which the peer may still send remaining.
+func refreshWindow(unacked, remaining, window int64) bool {
+	switch {
+	case unacked <= 0:
+		return false
+	case unacked >= window/2:
+		return true
+	default:
+		return unacked >= remaining && (unacked >= minRefresh || remaining < minRefresh)
 	}
 }
 
