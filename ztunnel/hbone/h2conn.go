@@ -82,6 +82,7 @@ type h2conn struct {
 	wcond          sync.Cond // writers waiting for send window; broadcast on any window or error change
 	streams        map[uint32]*stream
 	ctrl           []ctrlFrame
+	ctrlOverflow   bool   // the peer made us queue more than maxCtrlQueue frames
 	nextID         uint32 // client: the next stream to open
 	lastPeerID     uint32 // server: the highest stream the client opened
 	handlers       uint32 // server: streams open or whose handler still runs
@@ -150,6 +151,8 @@ const (
 	// goAwayWait bounds how long a connection ending on a protocol error waits for the write
 	// lock to send its GOAWAY.
 	goAwayWait = 100 * time.Millisecond
+	// maxCtrlQueue bounds the control frames waiting for the write lock (x/net's limit).
+	maxCtrlQueue = 10000
 	// frameHeaderLen is the size of an HTTP/2 frame header.
 	frameHeaderLen = 9
 	// recordData is the most DATA payload whose frame fits one TLS record.
@@ -448,6 +451,9 @@ func (c *h2conn) readFramesLocked(done func() bool) error {
 		c.direct, c.directBuf = nil, nil
 		if err != nil {
 			return err
+		}
+		if c.ctrlOverflow {
+			return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
 		}
 	}
 	return nil
@@ -925,8 +931,24 @@ func (c *h2conn) maybeCloseLocked(s *stream) {
 
 // queueLocked queues a frame for the next holder of the write lock; callers call flushCtrl after
 // unlocking c.mu.
+//
+// The queue is bounded: a peer that floods frames needing an answer (PING, SETTINGS, frames
+// answered with RST_STREAM) while the write lock is held, e.g. by a write blocked on a peer that
+// does not read, would otherwise grow it without bound. Past maxCtrlQueue the connection fails
+// with ENHANCE_YOUR_CALM (as x/net's server does); the token holder sees ctrlOverflow after the
+// frame that caused it.
 func (c *h2conn) queueLocked(f ctrlFrame) {
 	if c.err != nil {
+		return
+	}
+	if n := len(c.ctrl); f.kind == ctrlWindowUpdate && n > 0 {
+		if last := &c.ctrl[n-1]; last.kind == ctrlWindowUpdate && last.id == f.id {
+			last.val += f.val // both within one window: no overflow
+			return
+		}
+	}
+	if len(c.ctrl) >= maxCtrlQueue {
+		c.ctrlOverflow = true
 		return
 	}
 	c.ctrl = append(c.ctrl, f)

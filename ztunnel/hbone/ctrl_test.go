@@ -1,0 +1,65 @@
+package hbone
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// TestControlQueueBounded: a peer that floods PINGs while the write lock is held (a write
+// blocked on a peer that does not read) does not grow the control-frame queue without bound: past
+// maxCtrlQueue frames the connection ends with ENHANCE_YOUR_CALM.
+func TestControlQueueBounded(t *testing.T) {
+	hc, p, b := tcpServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
+		return nil
+	}))
+	go p.readFrames()
+	p.next(ofType(http2.FrameSettings, 0))
+	p.must(p.fr.WriteSettingsAck())
+	// As a writer blocked on the socket would, hold the write lock: nothing queued can leave.
+	hc.wmu.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			hc.wmu.Unlock()
+		}
+	}()
+	var buf bytes.Buffer
+	fr := http2.NewFramer(&buf, nil)
+	for i := range maxCtrlQueue + 10 {
+		fr.WritePing(false, [8]byte{byte(i), byte(i >> 8)})
+	}
+	wrote := make(chan error, 1)
+	go func() { _, err := b.Write(buf.Bytes()); wrote <- err }()
+	select {
+	case <-hc.done:
+	case <-time.After(testTimeout()):
+		hc.mu.Lock()
+		n := len(hc.ctrl)
+		hc.mu.Unlock()
+		t.Fatalf("connection still open with %d control frames queued", n)
+	}
+	hc.wmu.Unlock() // let fail's GOAWAY go
+	locked = false
+	if err := hc.closedErr(); err == nil || !strings.Contains(err.Error(), "ENHANCE_YOUR_CALM") {
+		t.Errorf("connection ended with %v, want ENHANCE_YOUR_CALM", err)
+	}
+	b.Close()
+	<-wrote
+}
+
+// TestWindowUpdatesCoalesce: WINDOW_UPDATEs queued for one stream back to back take one slot.
+func TestWindowUpdatesCoalesce(t *testing.T) {
+	c := &h2conn{}
+	for range 3 {
+		c.queueLocked(ctrlFrame{kind: ctrlWindowUpdate, id: 1, val: 10})
+	}
+	c.queueLocked(ctrlFrame{kind: ctrlWindowUpdate, id: 0, val: 5})
+	if len(c.ctrl) != 2 || c.ctrl[0].val != 30 || c.ctrl[1].val != 5 {
+		t.Errorf("queued %+v, want stream 1 +30, connection +5", c.ctrl)
+	}
+}
