@@ -190,13 +190,27 @@ func (s *stream) Write(p []byte) (int, error) {
 		c.sendWindow -= int64(n)
 		maxFrame := int(c.peerMaxFrame)
 		c.mu.Unlock()
-		if err := c.writeData(s.id, p[:n], maxFrame, false); err != nil {
+		if err := c.writeData(s, p[:n], maxFrame); err != nil {
 			return written, err
 		}
 		written += n
 		p = p[n:]
 	}
 	return written, nil
+}
+
+// sendErrLocked says why s may not send DATA (end unset) or its END_STREAM (end set) now.
+func (s *stream) sendErrLocked(end bool) error {
+	if s.sendEnded || s.reset {
+		if s.werr != nil {
+			return s.werr
+		}
+		return net.ErrClosed
+	}
+	if !end {
+		return s.werr
+	}
+	return nil
 }
 
 func (s *stream) writeErrLocked() error {
@@ -227,12 +241,7 @@ func (s *stream) endSend() error {
 	s.sendDone = true
 	c.wcond.Broadcast()
 	c.mu.Unlock()
-	err := c.writeData(s.id, nil, 0, true)
-	c.mu.Lock()
-	s.sendEnded = err == nil
-	c.maybeCloseLocked(s)
-	c.mu.Unlock()
-	return err
+	return c.writeEnd(s, true)
 }
 
 // Close ends the tunnel. A client resets a stream that is still open (RST_STREAM CANCEL). A
@@ -268,7 +277,7 @@ func (s *stream) Close() error {
 }
 
 // endSendOnClose sends a server's END_STREAM at Close. It does not wait for a Write in progress,
-// which Close must be able to interrupt.
+// which Close must be able to interrupt, nor for another writer that holds the write lock.
 func (s *stream) endSendOnClose() {
 	c := s.c
 	c.mu.Lock()
@@ -278,13 +287,9 @@ func (s *stream) endSendOnClose() {
 	}
 	s.sendDone = true
 	s.werr = net.ErrClosed
-	c.wcond.Broadcast()
+	c.abortWritersLocked() // a Write of s waiting for the write lock gives up
 	c.mu.Unlock()
-	err := c.writeData(s.id, nil, 0, true)
-	c.mu.Lock()
-	s.sendEnded = err == nil
-	c.maybeCloseLocked(s)
-	c.mu.Unlock()
+	c.writeEnd(s, false)
 }
 
 // failLocked makes reads and writes return err (keeping an earlier error) and drops what was

@@ -25,7 +25,7 @@ func TestControlQueueBounded(t *testing.T) {
 	locked := true
 	defer func() {
 		if locked {
-			hc.wmu.Unlock()
+			hc.unlockWrite()
 		}
 	}()
 	var buf bytes.Buffer
@@ -43,7 +43,7 @@ func TestControlQueueBounded(t *testing.T) {
 		hc.mu.Unlock()
 		t.Fatalf("connection still open with %d control frames queued", n)
 	}
-	hc.wmu.Unlock() // let fail's GOAWAY go
+	hc.unlockWrite() // let fail's GOAWAY go
 	locked = false
 	if err := hc.closedErr(); err == nil || !strings.Contains(err.Error(), "ENHANCE_YOUR_CALM") {
 		t.Errorf("connection ended with %v, want ENHANCE_YOUR_CALM", err)

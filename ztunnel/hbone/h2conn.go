@@ -68,7 +68,11 @@ type h2conn struct {
 	onGone  func()
 	onClose func()
 
+	// wmu is the write lock. A stream's writer that finds it taken waits in lockStreamWrite, so
+	// that it can give up when its deadline passes or it is closed (abortWritersLocked).
 	wmu        sync.Mutex
+	wmuWaiting atomic.Int32 // lockStreamWrite waiters, changed under mu: unlockWrite wakes them
+	wdeadline  time.Time    // the write deadline set on nc (wmu)
 	henc       *hpack.Encoder
 	hbuf       bytes.Buffer
 	encLimit   uint32
@@ -82,10 +86,11 @@ type h2conn struct {
 	wcond          sync.Cond // writers waiting for send window; broadcast on any window or error change
 	streams        map[uint32]*stream
 	ctrl           []ctrlFrame
-	ctrlOverflow   bool   // the peer made us queue more than maxCtrlQueue frames
-	nextID         uint32 // client: the next stream to open
-	lastPeerID     uint32 // server: the highest stream the client opened
-	handlers       uint32 // server: streams open or whose handler still runs
+	ctrlOverflow   bool          // the peer made us queue more than maxCtrlQueue frames
+	wabort         chan struct{} // closed and replaced to wake them (abortWritersLocked)
+	nextID         uint32        // client: the next stream to open
+	lastPeerID     uint32        // server: the highest stream the client opened
+	handlers       uint32        // server: streams open or whose handler still runs
 	peerMaxFrame   uint32
 	peerInitWindow uint32
 	peerMaxStreams uint32
@@ -188,7 +193,8 @@ const (
 	ctrlWindowUpdate
 	ctrlRST
 	ctrlGoAway
-	ctrlStatus // a response HEADERS with END_STREAM, for requests refused on the reader goroutine
+	ctrlStatus    // a response HEADERS with END_STREAM, for requests refused on the reader goroutine
+	ctrlEndStream // an empty DATA with END_STREAM, from a Close that found the write lock taken
 )
 
 func newH2Conn(nc net.Conn, raw *corkConn, server bool, flow FlowConfig) *h2conn {
@@ -206,6 +212,7 @@ func newH2Conn(nc net.Conn, raw *corkConn, server bool, flow FlowConfig) *h2conn
 		settingsc:      make(chan struct{}),
 		done:           make(chan struct{}),
 		scratch:        make([]byte, scratchSize),
+		wabort:         make(chan struct{}),
 	}
 	c.wcond.L = &c.mu
 	c.bgcond.L = &c.mu
@@ -609,6 +616,16 @@ func (c *h2conn) handleWindowUpdate(f *http2.WindowUpdateFrame) error {
 	return nil
 }
 
+// abortWritersLocked wakes writers waiting for window or for the write lock after a stream's
+// write state or the connection's changed: each checks whether it can still write.
+func (c *h2conn) abortWritersLocked() {
+	c.wcond.Broadcast()
+	if c.wmuWaiting.Load() > 0 {
+		close(c.wabort)
+		c.wabort = make(chan struct{})
+	}
+}
+
 // wakeWritersLocked wakes writers waiting for window.
 func (c *h2conn) wakeWritersLocked() {
 	if c.winWaiters > 0 {
@@ -636,7 +653,7 @@ func (c *h2conn) handleRST(f *http2.RSTStreamFrame) error {
 			s.werr = resetError{http2.ErrCodeNo}
 		}
 		s.reset = true
-		c.wcond.Broadcast()
+		c.abortWritersLocked()
 		c.maybeCloseLocked(s)
 	case f.ErrCode == http2.ErrCodeRefusedStream:
 		c.resetLocked(s, f.ErrCode, fmt.Errorf("%w: %w", errConnUnusable, errRefused), false)
@@ -904,7 +921,7 @@ func (c *h2conn) resetLocked(s *stream, code http2.ErrCode, err error, send bool
 	}
 	s.failLocked(err)
 	s.reset = true
-	c.wcond.Broadcast()
+	c.abortWritersLocked()
 	c.maybeCloseLocked(s)
 }
 
@@ -959,7 +976,7 @@ func (c *h2conn) queueLocked(f ctrlFrame) {
 // that one writes them before letting go (see endWrite).
 func (c *h2conn) flushCtrl() {
 	for c.ctrlPending.Load() {
-		if !c.wmu.TryLock() {
+		if !c.tryLockWrite() {
 			return
 		}
 		if err := c.endWrite(nil); err != nil {
@@ -973,7 +990,74 @@ func (c *h2conn) flushCtrl() {
 // frame, which saves copying it once more).
 func (c *h2conn) beginWrite(cork bool) {
 	c.wmu.Lock()
+	c.startWriteLocked(cork)
+}
+
+// tryLockWrite takes the write lock if it is free, for beginWrite's work without waiting.
+func (c *h2conn) tryLockWrite() bool {
+	if !c.wmu.TryLock() {
+		return false
+	}
+	c.startWriteLocked(false)
+	return true
+}
+
+// unlockWrite releases the write lock and wakes the writers waiting for it in lockStreamWrite.
+func (c *h2conn) unlockWrite() {
+	c.wmu.Unlock()
+	if c.wmuWaiting.Load() > 0 {
+		c.mu.Lock()
+		c.abortWritersLocked()
+		c.mu.Unlock()
+	}
+}
+
+// lockStreamWrite is beginWrite for frames of s (DATA, or its END_STREAM when end is set): it
+// gives up, returning why, when s can no longer send (deadline, Close, reset) or the connection
+// ends while it waits behind another writer, which may be blocked on a peer that does not read.
+func (c *h2conn) lockStreamWrite(s *stream, cork, end bool) error {
+	for !c.wmu.TryLock() {
+		c.mu.Lock()
+		err := s.sendErrLocked(end)
+		if err == nil && c.err != nil {
+			err = c.err
+		}
+		if err != nil {
+			c.mu.Unlock()
+			return err
+		}
+		c.wmuWaiting.Add(1)
+		wake := c.wabort
+		c.mu.Unlock()
+		// Released between the TryLock and the registration: its wake-up came too early.
+		if c.wmu.TryLock() {
+			c.mu.Lock()
+			c.wmuWaiting.Add(-1)
+			c.mu.Unlock()
+			break
+		}
+		<-wake
+		c.mu.Lock()
+		c.wmuWaiting.Add(-1)
+		c.mu.Unlock()
+	}
+	c.startWriteLocked(cork)
+	return nil
+}
+
+// startWriteLocked starts a write session under wmu: corked as asked or when control frames
+// wait, and with a write deadline, so that a peer that stops reading cannot hold the write lock,
+// and with it every stream's writes and Close, for ever: a socket write that does not complete
+// within PingTimeout ends the connection, as an unanswered PING does. The deadline moves only
+// when half of it has passed, which saves a timer update per write.
+func (c *h2conn) startWriteLocked(cork bool) {
 	c.setCorkLocked(cork || c.ctrlPending.Load())
+	if d := c.flow.PingTimeout; d > 0 {
+		if now := time.Now(); now.Add(d / 2).After(c.wdeadline) {
+			c.wdeadline = now.Add(d)
+			c.nc.SetWriteDeadline(c.wdeadline)
+		}
+	}
 }
 
 func (c *h2conn) setCorkLocked(cork bool) {
@@ -996,7 +1080,7 @@ func (c *h2conn) endWrite(err error) error {
 			err = ferr
 		}
 	}
-	c.wmu.Unlock()
+	c.unlockWrite()
 	if err != nil {
 		c.fail(fmt.Errorf("%w: write: %w", errConnGone, err), http2.ErrCodeNo, false)
 		if cerr := c.closedErr(); cerr != nil {
@@ -1035,6 +1119,8 @@ func (c *h2conn) writeCtrlLocked() error {
 			err = c.fr.WriteGoAway(f.id, http2.ErrCode(f.val), nil)
 		case ctrlStatus:
 			err = c.writeHeadersLocked(f.id, []hpack.HeaderField{statusField(int(f.val))}, true)
+		case ctrlEndStream:
+			err = c.fr.WriteData(f.id, true, nil)
 		}
 		if err != nil {
 			break
@@ -1076,21 +1162,38 @@ func (c *h2conn) writeHeadersLocked(id uint32, fields []hpack.HeaderField, endSt
 	return err
 }
 
-// writeData writes p as DATA frames of at most maxFrame bytes, the last with END_STREAM when end
-// is set. The caller has taken the flow-control window for p.
-func (c *h2conn) writeData(id uint32, p []byte, maxFrame int, end bool) error {
-	c.beginWrite(len(p) > recordData)
-	var err error
+// writeData writes p as DATA frames of s of at most maxFrame bytes. The caller has taken the
+// flow-control window for p. When s can no longer send DATA by the time this holds the write
+// lock (closed, reset or ended meanwhile: nothing may follow END_STREAM or RST_STREAM, RFC 9113
+// §5.1), or gives up waiting for it (a deadline, Close), nothing is written and the connection
+// window goes back.
+func (c *h2conn) writeData(s *stream, p []byte, maxFrame int) error {
+	err := c.lockStreamWrite(s, len(p) > recordData, false)
+	if err == nil {
+		c.mu.Lock()
+		err = s.sendErrLocked(false)
+		c.mu.Unlock()
+		if err != nil {
+			c.endWrite(nil)
+		}
+	}
+	if err != nil {
+		c.mu.Lock()
+		c.sendWindow += int64(len(p))
+		c.wcond.Broadcast()
+		c.mu.Unlock()
+		return err
+	}
 	for {
 		n := min(len(p), maxFrame)
 		last := n == len(p)
 		if n <= recordData {
-			err = c.fr.WriteData(id, end && last, p[:n])
+			err = c.fr.WriteData(s.id, false, p[:n])
 		} else {
 			// A frame that spans TLS records anyway: its header goes as a record of its own and
 			// the payload straight from p, not copied into the Framer's buffer first. Corked,
 			// both still leave in one socket write.
-			err = c.writeDataHeader(id, n, end && last)
+			err = c.writeDataHeader(s.id, n, false)
 			if err == nil {
 				_, err = c.nc.Write(p[:n])
 			}
@@ -1101,6 +1204,41 @@ func (c *h2conn) writeData(id uint32, p []byte, maxFrame int, end bool) error {
 		p = p[n:]
 	}
 	return c.endWrite(err)
+}
+
+// writeEnd sends s's END_STREAM, an empty DATA frame. With wait unset (Close) it does not wait
+// for the write lock: when another writer holds it, perhaps blocked on a peer that does not
+// read, the frame is queued for that writer to send after its own frames.
+func (c *h2conn) writeEnd(s *stream, wait bool) error {
+	if wait {
+		if err := c.lockStreamWrite(s, false, true); err != nil {
+			return err
+		}
+	} else if !c.tryLockWrite() {
+		c.mu.Lock()
+		if s.sendErrLocked(true) == nil {
+			s.sendEnded = true
+			c.queueLocked(ctrlFrame{kind: ctrlEndStream, id: s.id})
+			c.maybeCloseLocked(s)
+		}
+		c.mu.Unlock()
+		c.flushCtrl() // the holder may have let go meanwhile
+		return nil
+	}
+	c.mu.Lock()
+	err := s.sendErrLocked(true)
+	// Set before the write lock is released, so that no DATA of a Write can follow.
+	s.sendEnded = err == nil
+	c.mu.Unlock()
+	if err != nil {
+		c.endWrite(nil)
+		return err
+	}
+	err = c.endWrite(c.fr.WriteData(s.id, true, nil))
+	c.mu.Lock()
+	c.maybeCloseLocked(s)
+	c.mu.Unlock()
+	return err
 }
 
 // writeDataHeader writes the 9-byte header of a DATA frame of n payload bytes (RFC 9113 §4.1,
@@ -1196,7 +1334,7 @@ func (c *h2conn) fail(err error, code http2.ErrCode, goAway bool) {
 	clear(c.streams)
 	c.ctrl = nil
 	c.ctrlPending.Store(false)
-	c.wcond.Broadcast()
+	c.abortWritersLocked()
 	c.bgcond.Broadcast()
 	c.bgTimer.Stop()
 	close(c.done)
@@ -1213,7 +1351,7 @@ func (c *h2conn) fail(err error, code http2.ErrCode, goAway bool) {
 		go func() {
 			defer close(written)
 			c.wmu.Lock()
-			defer c.wmu.Unlock()
+			defer c.unlockWrite()
 			if c.raw != nil {
 				c.raw.cork()
 			}

@@ -1,0 +1,114 @@
+package hbone
+
+import (
+	"context"
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// TestWriteBehindStuckWriter: while another writer holds the connection's write lock (blocked on
+// a peer that does not read, simulated here by holding the lock), a Write waiting for it returns
+// at its deadline, and a server Close returns at once: its END_STREAM and RST_STREAM leave, in
+// that order, when the lock is free again.
+func TestWriteBehindStuckWriter(t *testing.T) {
+	cfg := DefaultServerConfig()
+	cfg.PingTimeout = time.Hour // no write timeout here: see TestWriteTimeoutEndsConn
+	conns := make(chan Conn, 2)
+	hold := make(chan struct{})
+	defer close(hold)
+	hc, p, _ := tcpServer(t, cfg, HandlerFunc(func(ctx context.Context, req *Request) error {
+		c, err := req.Accept()
+		if err != nil {
+			return err
+		}
+		conns <- c
+		<-hold
+		return nil
+	}))
+	go p.readFrames()
+	p.next(ofType(http2.FrameSettings, 0))
+	p.must(p.fr.WriteSettingsAck())
+	p.headers(1, false, ":method", "CONNECT", ":authority", "10.0.0.7:1")
+	p.next(ofType(http2.FrameHeaders, 1))
+	w := <-conns
+	p.headers(3, false, ":method", "CONNECT", ":authority", "10.0.0.7:3")
+	p.next(ofType(http2.FrameHeaders, 3))
+	cl := <-conns
+
+	hc.wmu.Lock() // the stuck writer
+	wrote := make(chan error, 1)
+	w.SetWriteDeadline(time.Now().Add(50 * time.Millisecond))
+	go func() { _, err := w.Write([]byte("late")); wrote <- err }()
+	closed := make(chan struct{})
+	go func() { cl.Close(); close(closed) }()
+	for range 2 {
+		select {
+		case err := <-wrote:
+			if !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Errorf("Write behind a stuck writer: %v, want os.ErrDeadlineExceeded", err)
+			}
+			wrote = nil
+		case <-closed:
+			closed = nil
+		case <-time.After(testTimeout()):
+			t.Fatalf("blocked behind the write lock: Write returned %v, Close returned %v", wrote == nil, closed == nil)
+		}
+	}
+	hc.mu.Lock()
+	window := hc.sendWindow
+	hc.mu.Unlock()
+	if window != initialWindow {
+		t.Errorf("connection send window %d after the aborted Write, want %d back", window, initialWindow)
+	}
+	hc.unlockWrite()
+	hc.flushCtrl()
+	if f := p.next(func(f rawFrame) bool { return f.id == 3 }); f.typ != http2.FrameData || !f.flags.Has(http2.FlagDataEndStream) || len(f.data) != 0 {
+		t.Errorf("first frame on stream 3 after Close: %+v, want END_STREAM", f)
+	}
+	if f := p.next(func(f rawFrame) bool { return f.id == 3 }); f.typ != http2.FrameRSTStream || f.code != http2.ErrCodeNo {
+		t.Errorf("second frame on stream 3: %+v, want RST_STREAM NO_ERROR", f)
+	}
+	if f := p.next(func(f rawFrame) bool { return f.id == 1 }); f.typ != http2.FrameRSTStream || f.code != http2.ErrCodeCancel {
+		t.Errorf("stream 1 after its deadline: %+v, want RST_STREAM CANCEL, no DATA", f)
+	}
+}
+
+// TestWriteTimeoutEndsConn: a socket write that a peer which stopped reading keeps blocked ends
+// the connection after PingTimeout, so that the writer, and every stream behind it, is freed.
+func TestWriteTimeoutEndsConn(t *testing.T) {
+	cfg := DefaultServerConfig()
+	cfg.PingTimeout = 200 * time.Millisecond
+	wrote := make(chan error, 1)
+	hc, p, _ := tcpServer(t, cfg, HandlerFunc(func(ctx context.Context, req *Request) error {
+		c, err := req.Accept()
+		if err != nil {
+			return err
+		}
+		buf := make([]byte, 1<<20)
+		for {
+			if _, err := c.Write(buf); err != nil {
+				wrote <- err
+				return nil
+			}
+		}
+	}), http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+	// The peer grants every window and never reads.
+	p.must(p.fr.WriteWindowUpdate(0, 1<<31-1-initialWindow))
+	p.headers(1, false, ":method", "CONNECT", ":authority", "10.0.0.7:1")
+	select {
+	case err := <-wrote:
+		if err == nil {
+			t.Error("Write returned no error")
+		}
+	case <-time.After(testTimeout()):
+		t.Fatal("Write still blocked on a peer that does not read")
+	}
+	<-hc.done
+	if err := hc.closedErr(); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("connection ended with %v, want a write timeout", err)
+	}
+}
