@@ -112,3 +112,48 @@ func TestWriteTimeoutEndsConn(t *testing.T) {
 		t.Errorf("connection ended with %v, want a write timeout", err)
 	}
 }
+
+// TestNoDataAfterEndStream: a Write that took its window and waits for the write lock while
+// Close ends the stream sends nothing: no DATA may follow END_STREAM or RST_STREAM on the wire.
+func TestNoDataAfterEndStream(t *testing.T) {
+	cfg := DefaultServerConfig()
+	cfg.PingTimeout = time.Hour
+	conns := make(chan Conn, 1)
+	hold := make(chan struct{})
+	defer close(hold)
+	hc, p, _ := tcpServer(t, cfg, HandlerFunc(func(ctx context.Context, req *Request) error {
+		c, err := req.Accept()
+		if err != nil {
+			return err
+		}
+		conns <- c
+		<-hold
+		return nil
+	}))
+	go p.readFrames()
+	p.next(ofType(http2.FrameSettings, 0))
+	p.must(p.fr.WriteSettingsAck())
+	p.headers(1, false, ":method", "CONNECT", ":authority", "10.0.0.7:1")
+	p.next(ofType(http2.FrameHeaders, 1))
+	c := <-conns
+
+	hc.wmu.Lock()
+	wrote := make(chan error, 1)
+	go func() { _, err := c.Write([]byte("after")); wrote <- err }()
+	eventually(t, testTimeout(), func() bool { return hc.wmuWaiting.Load() == 1 })
+	c.Close()
+	if err := <-wrote; err == nil {
+		t.Error("Write raced by Close returned no error")
+	}
+	hc.unlockWrite()
+	hc.flushCtrl()
+	if f := p.next(ofType(http2.FrameData, 1)); !f.flags.Has(http2.FlagDataEndStream) || len(f.data) != 0 {
+		t.Errorf("DATA %q (flags %v) on stream 1, want only END_STREAM", f.data, f.flags)
+	}
+	p.must(p.fr.WritePing(false, [8]byte{'x'}))
+	for f := p.next(func(f rawFrame) bool { return f.id == 1 || f.typ == http2.FramePing }); f.typ != http2.FramePing; f = p.next(func(f rawFrame) bool { return f.id == 1 || f.typ == http2.FramePing }) {
+		if f.typ == http2.FrameData {
+			t.Errorf("DATA %q on stream 1 after END_STREAM", f.data)
+		}
+	}
+}
