@@ -77,6 +77,10 @@ type pconn struct {
 	active int
 	idle   *time.Timer
 	dead   bool // closed; guarded by Client.mu
+	// refused: the server refused a stream (its MAX_CONCURRENT_STREAMS was reached: it counts
+	// a stream until its handler returns, which is after our Close). Not picked again until
+	// one of its streams ends; guarded by Client.mu.
+	refused bool
 }
 
 // NewClient returns a client. creds returns the credentials of a source identity (its certificate
@@ -157,7 +161,11 @@ func (c *Client) open(ctx context.Context, pc *pconn, target Target) (Conn, erro
 	}
 	st, err := pc.cc.openStream(ctx, fields)
 	if err != nil {
-		c.release(pc)
+		if errors.Is(err, errRefused) {
+			c.releaseRefused(pc)
+		} else {
+			c.release(pc)
+		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -195,16 +203,39 @@ func (c *Client) acquire(ctx context.Context, key Key) (*pconn, error) {
 			p = &pool{}
 			c.pools[key] = p
 		}
+		var picked *pconn
+		var spent []*pconn
 		for _, pc := range p.conns {
-			if ok, limit := pc.cc.usable(); ok && pc.active < c.cfg.MaxStreamsPerConn && uint32(pc.active) < limit {
-				pc.active++
-				if pc.idle != nil {
-					pc.idle.Stop()
-					pc.idle = nil
-				}
-				c.mu.Unlock()
-				return pc, nil
+			ok, limit, exhausted := pc.cc.usable()
+			if exhausted {
+				spent = append(spent, pc)
+				continue
 			}
+			if ok && !pc.refused && pc.active < c.cfg.MaxStreamsPerConn && uint32(pc.active) < limit {
+				picked = pc
+				break
+			}
+		}
+		for _, pc := range spent {
+			// Out of stream IDs: it leaves the pool now and closes when its tunnels end.
+			c.removeLocked(pc)
+		}
+		if picked != nil {
+			picked.active++
+			if picked.idle != nil {
+				picked.idle.Stop()
+				picked.idle = nil
+			}
+		}
+		if picked != nil || len(spent) > 0 {
+			c.mu.Unlock()
+			for _, pc := range spent {
+				pc.cc.shutdown() // without c.mu: it calls onGone
+			}
+			if picked != nil {
+				return picked, nil
+			}
+			continue // look again, with the spent connections gone
 		}
 		call := p.dialing
 		if call == nil {
@@ -316,6 +347,16 @@ func (c *Client) release(pc *pconn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	pc.active--
+	pc.refused = false
+	c.armIdle(pc)
+}
+
+// releaseRefused gives back the stream of pc that the server refused.
+func (c *Client) releaseRefused(pc *pconn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	pc.active--
+	pc.refused = true
 	c.armIdle(pc)
 }
 
@@ -407,7 +448,7 @@ func (c *h2conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*s
 	// Stream IDs must reach the wire in increasing order: take one under the write lock.
 	c.beginWrite(false)
 	c.mu.Lock()
-	if c.err != nil || c.goAwayRecv || c.goAwaySent || c.nextID > 1<<31-1 {
+	if c.err != nil || c.goAwayRecv || c.goAwaySent || c.nextID > maxStreamID {
 		c.mu.Unlock()
 		c.endWrite(nil)
 		return nil, errConnUnusable

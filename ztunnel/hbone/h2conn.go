@@ -156,6 +156,10 @@ const (
 	// goAwayWait bounds how long a connection ending on a protocol error waits for the write
 	// lock to send its GOAWAY.
 	goAwayWait = 100 * time.Millisecond
+	// maxStreamID is the largest stream ID (RFC 9113 §5.1.1); idReserve is how many IDs
+	// before it a client connection stops taking new streams (see usable).
+	maxStreamID = 1<<31 - 1
+	idReserve   = 1 << 16
 	// maxCtrlQueue bounds the control frames waiting for the write lock (x/net's limit).
 	maxCtrlQueue = 10000
 	// frameHeaderLen is the size of an HTTP/2 frame header.
@@ -1393,10 +1397,15 @@ func (c *h2conn) notifyGone() {
 }
 
 // usable reports whether the connection takes new streams, and how many at once the peer allows.
-func (c *h2conn) usable() (bool, uint32) {
+// exhausted reports a client connection near the end of its stream IDs, which is to be shut
+// down gracefully and replaced: it is not usable from idReserve IDs before the end, so that
+// the streams several callers reserved at once still get IDs.
+func (c *h2conn) usable() (ok bool, limit uint32, exhausted bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.err == nil && !c.goAwayRecv && !c.goAwaySent, c.peerMaxStreams
+	running := c.err == nil && !c.goAwayRecv && !c.goAwaySent
+	exhausted = running && !c.server && c.nextID > maxStreamID-idReserve
+	return running && !exhausted, c.peerMaxStreams, exhausted
 }
 
 // corkConn sits under the TLS connection. While corked it collects what TLS writes, so that the

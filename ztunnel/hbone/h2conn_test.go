@@ -518,7 +518,7 @@ func TestH2ClientGoAway(t *testing.T) {
 		t.Errorf("stream past GOAWAY: %v, want errConnUnusable", err)
 	}
 	<-gone
-	if ok, _ := hc.usable(); ok {
+	if ok, _, _ := hc.usable(); ok {
 		t.Error("connection still takes streams after GOAWAY")
 	}
 	if _, err := hc.openStream(context.Background(), connectFields); !errors.Is(err, errConnUnusable) {
