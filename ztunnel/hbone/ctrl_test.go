@@ -63,3 +63,24 @@ func TestWindowUpdatesCoalesce(t *testing.T) {
 		t.Errorf("queued %+v, want stream 1 +30, connection +5", c.ctrl)
 	}
 }
+
+// TestShutdownIdleSendsGoAway: shutting down an idle connection while the write lock is taken
+// still sends the GOAWAY it queued, once the lock is free, before the socket closes.
+func TestShutdownIdleSendsGoAway(t *testing.T) {
+	hc, p, _ := tcpServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
+		return nil
+	}))
+	go p.readFrames()
+	p.next(ofType(http2.FrameSettings, 0))
+	p.must(p.fr.WriteSettingsAck())
+	hc.goAwayWait = testTimeout()
+	hc.wmu.Lock()
+	shut := make(chan struct{})
+	go func() { hc.shutdown(); close(shut) }()
+	<-hc.done
+	hc.unlockWrite()
+	<-shut
+	if f := p.closed(); f == nil || f.code != http2.ErrCodeNo {
+		t.Errorf("GOAWAY before close: %+v, want NO_ERROR", f)
+	}
+}

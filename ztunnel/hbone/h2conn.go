@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,6 +68,8 @@ type h2conn struct {
 	// closed); onClose once it is closed. Both without locks held.
 	onGone  func()
 	onClose func()
+	// goAwayWait is the constant of that name; tests lengthen it.
+	goAwayWait time.Duration
 
 	// wmu is the write lock. A stream's writer that finds it taken waits in lockStreamWrite, so
 	// that it can give up when its deadline passes or it is closed (abortWritersLocked).
@@ -216,6 +219,7 @@ func newH2Conn(nc net.Conn, raw *corkConn, server bool, flow FlowConfig) *h2conn
 		settingsc:      make(chan struct{}),
 		done:           make(chan struct{}),
 		scratch:        make([]byte, scratchSize),
+		goAwayWait:     goAwayWait,
 		wabort:         make(chan struct{}),
 	}
 	c.wcond.L = &c.mu
@@ -946,7 +950,7 @@ func (c *h2conn) maybeCloseLocked(s *stream) {
 		s.cancel()
 	}
 	if (c.goAwaySent || c.goAwayRecv) && len(c.streams) == 0 && c.err == nil {
-		go c.close()
+		go c.closeGracefully()
 	}
 }
 
@@ -1106,6 +1110,13 @@ func (c *h2conn) writeCtrlLocked() error {
 	frames := c.ctrl
 	c.ctrl = c.ctrlSpare[:0]
 	c.mu.Unlock()
+	err := c.writeFramesLocked(frames)
+	c.ctrlSpare = frames[:0]
+	return err
+}
+
+// writeFramesLocked writes control frames. Called with wmu held.
+func (c *h2conn) writeFramesLocked(frames []ctrlFrame) error {
 	var err error
 	for _, f := range frames {
 		switch f.kind {
@@ -1130,7 +1141,6 @@ func (c *h2conn) writeCtrlLocked() error {
 			break
 		}
 	}
-	c.ctrlSpare = frames[:0]
 	return err
 }
 
@@ -1303,9 +1313,13 @@ func (c *h2conn) shutdown() {
 	c.flushCtrl()
 	c.notifyGone()
 	if idle {
-		c.close()
+		c.closeGracefully()
 	}
 }
+
+// closeGracefully closes a connection that has no streams left, sending what is still queued
+// (the GOAWAY, a last RST_STREAM) if the write lock lets it within goAwayWait.
+func (c *h2conn) closeGracefully() { c.fail(errConnGone, http2.ErrCodeNo, true) }
 
 // close ends the connection, cutting open streams.
 func (c *h2conn) close() { c.fail(errConnGone, http2.ErrCodeNo, false) }
@@ -1336,6 +1350,12 @@ func (c *h2conn) fail(err error, code http2.ErrCode, goAway bool) {
 		}
 	}
 	clear(c.streams)
+	var pending []ctrlFrame
+	if goAway {
+		// What was queued before the end (a last END_STREAM or RST_STREAM, a graceful GOAWAY)
+		// goes out with the final GOAWAY.
+		pending = c.ctrl
+	}
 	c.ctrl = nil
 	c.ctrlPending.Store(false)
 	c.abortWritersLocked()
@@ -1359,7 +1379,10 @@ func (c *h2conn) fail(err error, code http2.ErrCode, goAway bool) {
 			if c.raw != nil {
 				c.raw.cork()
 			}
-			werr := c.fr.WriteGoAway(last, code, nil)
+			werr := c.writeFramesLocked(pending)
+			if werr == nil && !(code == http2.ErrCodeNo && slices.ContainsFunc(pending, func(f ctrlFrame) bool { return f.kind == ctrlGoAway })) {
+				werr = c.fr.WriteGoAway(last, code, nil)
+			}
 			if c.raw != nil {
 				if ferr := c.raw.uncork(); werr == nil {
 					werr = ferr
@@ -1367,7 +1390,7 @@ func (c *h2conn) fail(err error, code http2.ErrCode, goAway bool) {
 			}
 			_ = werr // best effort: the connection closes either way
 		}()
-		t := time.NewTimer(goAwayWait)
+		t := time.NewTimer(c.goAwayWait)
 		select {
 		case <-written:
 		case <-t.C:
