@@ -230,11 +230,17 @@ func (s *stream) CloseWrite() error {
 	return s.endSend()
 }
 
-// endSend sends END_STREAM unless sending has ended already.
+// endSend sends END_STREAM unless sending has ended already. On a stream that can no longer
+// send (reset, closed, past its deadline) it returns why, as shutdown(2) does on a reset socket.
 func (s *stream) endSend() error {
 	c := s.c
 	c.mu.Lock()
-	if s.sendDone || s.werr != nil {
+	if s.werr != nil {
+		err := s.werr
+		c.mu.Unlock()
+		return err
+	}
+	if s.sendDone {
 		c.mu.Unlock()
 		return nil
 	}

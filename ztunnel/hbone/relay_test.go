@@ -10,6 +10,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http2"
 )
 
 // TestRelayHalfClose runs a tunnel through to a real TCP upstream with Relay, the way ztunnel's
@@ -306,4 +308,37 @@ func TestCloseInterruptsRead(t *testing.T) {
 	if s := cl.Stats(target(srv).Key); s.Conns != 1 {
 		t.Errorf("stats %+v, want one connection throughout", s)
 	}
+}
+
+// TestCloseWriteAfterReset: CloseWrite on a tunnel the peer reset reports the reset, as
+// shutdown(2) on a reset TCP socket does, instead of claiming to have sent END_STREAM.
+func TestCloseWriteAfterReset(t *testing.T) {
+	srv := startServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
+		c, err := req.Accept()
+		if err != nil {
+			return err
+		}
+		return c.(*stream).resetForTest()
+	}))
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	c := mustDial(t, cl, target(srv))
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(testTimeout()))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("Read on a reset tunnel returned no error")
+	}
+	var re resetError
+	if err := c.CloseWrite(); !errors.As(err, &re) {
+		t.Errorf("CloseWrite after reset: %v, want the reset", err)
+	}
+}
+
+// resetForTest resets s (RST_STREAM CANCEL), as a deadline would.
+func (s *stream) resetForTest() error {
+	c := s.c
+	c.mu.Lock()
+	c.resetLocked(s, http2.ErrCodeCancel, net.ErrClosed, true)
+	c.mu.Unlock()
+	c.flushCtrl()
+	return nil
 }
