@@ -64,6 +64,8 @@ type h2conn struct {
 	serve func(s *stream, req *Request)
 	// baseCtx is the parent of the server's per-stream Handler contexts.
 	baseCtx context.Context
+	// handlerWG counts the Handlers running (server).
+	handlerWG sync.WaitGroup
 	// onGone is called once the connection no longer takes new streams (GOAWAY either way, or
 	// closed); onClose once it is closed. Both without locks held.
 	onGone  func()

@@ -8,7 +8,9 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestServeDrains: after Serve's context ends, an open tunnel keeps working until it finishes, new
@@ -141,5 +143,48 @@ func TestServeSurvivesAcceptErrors(t *testing.T) {
 	cancel()
 	if err := <-served; err != nil {
 		t.Errorf("Serve = %v, want nil", err)
+	}
+}
+
+// TestServeWaitsForHandlers: Serve returns only after every Handler has returned.
+func TestServeWaitsForHandlers(t *testing.T) {
+	c, _ := cas(t)
+	tlsCfg, err := ServerTLSConfig(staticCreds(c.leaf(t, idServer), c.pool))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var returned atomic.Bool
+	accepted := make(chan struct{})
+	srv, err := NewServer(DefaultServerConfig(), tlsCfg, HandlerFunc(func(ctx context.Context, req *Request) error {
+		if _, err := req.Accept(); err != nil {
+			return err
+		}
+		close(accepted)
+		<-ctx.Done()
+		time.Sleep(20 * time.Millisecond) // cleanup after the tunnel ended, e.g. closing an upstream
+		returned.Store(true)
+		return nil
+	}), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	tg := target(&testServer{addr: addrOf(t, ln)})
+	conn := mustDial(t, cl, tg)
+	<-accepted
+	cancel()
+	conn.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	if !returned.Load() {
+		t.Error("Serve returned before the Handler did")
 	}
 }

@@ -220,6 +220,8 @@ func (s *Server) serveH2(ctx context.Context, nc net.Conn, raw *corkConn, ci con
 	stop := context.AfterFunc(ctx, hc.shutdown)
 	defer stop()
 	hc.readLoop()
+	// Serve returns only once every Handler has: they end with their streams' contexts.
+	hc.handlerWG.Wait()
 }
 
 // serveStream runs the Handler for one accepted request and ends its stream.
@@ -244,6 +246,7 @@ func (s *Server) serveStream(st *stream, req *Request) {
 	}
 	c.mu.Unlock()
 	st.cancel()
+	c.handlerWG.Done()
 }
 
 type connInfo struct {
@@ -287,6 +290,10 @@ func (c *h2conn) serverHeaders(f *http2.MetaHeadersFrame) error {
 	req, status := c.parse(f.Fields)
 
 	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return nil
+	}
 	if status != http.StatusOK {
 		c.rejectLocked(id, status, f.StreamEnded())
 		c.mu.Unlock()
@@ -298,6 +305,8 @@ func (c *h2conn) serverHeaders(f *http2.MetaHeadersFrame) error {
 	st.recvDone = f.StreamEnded()
 	st.handlerRunning = true
 	c.handlers++
+	// Under mu and while the connection runs, so before serveH2's Wait, which follows c.err.
+	c.handlerWG.Add(1)
 	req.st = st
 	c.mu.Unlock()
 	c.serve(st, req)
