@@ -87,15 +87,19 @@ type h2conn struct {
 	ctrlPending atomic.Bool
 	framesRead  atomic.Uint64
 
-	mu             sync.Mutex
-	wcond          sync.Cond // writers waiting for send window; broadcast on any window or error change
-	streams        map[uint32]*stream
-	ctrl           []ctrlFrame
-	ctrlOverflow   bool          // the peer made us queue more than maxCtrlQueue frames
-	wabort         chan struct{} // closed and replaced to wake them (abortWritersLocked)
-	nextID         uint32        // client: the next stream to open
-	lastPeerID     uint32        // server: the highest stream the client opened
-	handlers       uint32        // server: streams open or whose handler still runs
+	mu           sync.Mutex
+	wcond        sync.Cond // writers waiting for send window; broadcast on any window or error change
+	streams      map[uint32]*stream
+	ctrl         []ctrlFrame
+	ctrlOverflow bool          // the peer made us queue more than maxCtrlQueue frames
+	wabort       chan struct{} // closed and replaced to wake them (abortWritersLocked)
+	nextID       uint32        // client: the next stream to open
+	lastPeerID   uint32        // server: the highest stream the client opened
+	handlers     uint32        // server: streams open or whose handler still runs
+	// The last streams that closed, to tell a frame that crossed their end from a stream ID out
+	// of order (RFC 9113 §5.1).
+	recentClosed   [16]uint32
+	recentNext     uint32
 	peerMaxFrame   uint32
 	peerInitWindow uint32
 	peerMaxStreams uint32
@@ -714,6 +718,11 @@ func (c *h2conn) idleLocked(id uint32) bool {
 	return id%2 == 0 || id >= c.nextID
 }
 
+// recentlyClosedLocked reports whether stream id was open and closed lately.
+func (c *h2conn) recentlyClosedLocked(id uint32) bool {
+	return id != 0 && slices.Contains(c.recentClosed[:], id)
+}
+
 // ownLocked reports whether this end opened stream id.
 func (c *h2conn) ownLocked(id uint32) bool { return !c.server && id%2 == 1 }
 
@@ -945,6 +954,8 @@ func (c *h2conn) maybeCloseLocked(s *stream) {
 	if c.streams[s.id] == s {
 		delete(c.streams, s.id)
 	}
+	c.recentClosed[c.recentNext%uint32(len(c.recentClosed))] = s.id
+	c.recentNext++
 	if c.server && !s.handlerRunning {
 		c.handlers--
 	}

@@ -665,3 +665,24 @@ func tcpServer(t *testing.T, cfg ServerConfig, h Handler, settings ...http2.Sett
 	}
 	return hc, p, b
 }
+
+// TestH2HeadersOnClosedStream: HEADERS on a stream that just closed (it may have crossed our
+// RST_STREAM) is a stream error, STREAM_CLOSED; the connection carries on.
+func TestH2HeadersOnClosedStream(t *testing.T) {
+	p := pipeServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
+		_, err := req.Accept()
+		return err // returning closes the stream: END_STREAM, RST_STREAM NO_ERROR
+	}))
+	p.headers(1, false, ":method", "CONNECT", ":authority", "10.0.0.7:80")
+	if f := p.next(ofType(http2.FrameRSTStream, 1)); f.code != http2.ErrCodeNo {
+		t.Fatalf("RST_STREAM %v, want NO_ERROR", f.code)
+	}
+	p.headers(1, false, ":method", "CONNECT", ":authority", "10.0.0.7:80")
+	if f := p.next(func(f rawFrame) bool { return f.id == 1 || f.typ == http2.FrameGoAway }); f.typ != http2.FrameRSTStream || f.code != http2.ErrCodeStreamClosed {
+		t.Fatalf("after HEADERS on the closed stream: %+v, want RST_STREAM STREAM_CLOSED", f)
+	}
+	p.must(p.fr.WritePing(false, [8]byte{'k'}))
+	if f := p.next(func(f rawFrame) bool { return f.typ == http2.FramePing || f.typ == http2.FrameGoAway }); f.typ != http2.FramePing {
+		t.Fatalf("connection ended: %+v", f)
+	}
+}

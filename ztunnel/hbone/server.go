@@ -265,6 +265,14 @@ func (c *h2conn) serverHeaders(f *http2.MetaHeadersFrame) error {
 		c.flushCtrl()
 		return nil
 	}
+	if id%2 == 1 && c.recentlyClosedLocked(id) {
+		// A closed stream, whose end (maybe our RST_STREAM) the HEADERS crossed: a stream
+		// error, the connection and its hpack state are fine (RFC 9113 §5.1).
+		c.queueLocked(ctrlFrame{kind: ctrlRST, id: id, val: uint32(http2.ErrCodeStreamClosed)})
+		c.mu.Unlock()
+		c.flushCtrl()
+		return nil
+	}
 	if id%2 == 0 || id <= c.lastPeerID {
 		c.mu.Unlock()
 		return http2.ConnectionError(http2.ErrCodeProtocol)
