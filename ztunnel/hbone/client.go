@@ -510,7 +510,7 @@ func (c *h2conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*s
 // clientHeaders handles a response HEADERS on the reader goroutine.
 func (c *h2conn) clientHeaders(f *http2.MetaHeadersFrame) error {
 	c.mu.Lock()
-	defer c.flushCtrl()
+	defer c.flushCtrlAsync()
 	defer c.mu.Unlock()
 	s := c.streams[f.StreamID]
 	if s == nil {

@@ -535,7 +535,7 @@ func (c *h2conn) handleFrame(f http2.Frame) error {
 			c.mu.Lock()
 			c.queueLocked(ctrlFrame{kind: ctrlPingAck, data: f.Data})
 			c.mu.Unlock()
-			c.flushCtrl()
+			c.flushCtrlAsync()
 		}
 		// An answer needs no bookkeeping: any frame read proves the peer alive (keepalive).
 		return nil
@@ -595,7 +595,7 @@ func (c *h2conn) handleSettings(f *http2.SettingsFrame) error {
 		}
 	}
 	c.mu.Unlock()
-	c.flushCtrl()
+	c.flushCtrlAsync()
 	return err
 }
 
@@ -626,7 +626,7 @@ func (c *h2conn) handleWindowUpdate(f *http2.WindowUpdateFrame) error {
 	}
 	c.wakeWritersLocked()
 	c.mu.Unlock()
-	c.flushCtrl()
+	c.flushCtrlAsync()
 	return nil
 }
 
@@ -650,7 +650,7 @@ func (c *h2conn) wakeWritersLocked() {
 
 func (c *h2conn) handleRST(f *http2.RSTStreamFrame) error {
 	c.mu.Lock()
-	defer c.flushCtrl() // the window of dropped unread bytes
+	defer c.flushCtrlAsync() // the window of dropped unread bytes
 	defer c.mu.Unlock()
 	s := c.streams[f.StreamID]
 	if s == nil {
@@ -688,7 +688,7 @@ func (c *h2conn) handleGoAway(f *http2.GoAwayFrame) {
 	}
 	idle := len(c.streams) == 0
 	c.mu.Unlock()
-	c.flushCtrl()
+	c.flushCtrlAsync()
 	c.notifyGone()
 	if idle {
 		c.close()
@@ -707,7 +707,7 @@ func (c *h2conn) streamError(id uint32, code http2.ErrCode) {
 		c.queueLocked(ctrlFrame{kind: ctrlRST, id: id, val: uint32(code)})
 	}
 	c.mu.Unlock()
-	c.flushCtrl()
+	c.flushCtrlAsync()
 }
 
 // idleLocked reports whether id names a stream that was never opened (RFC 9113 §5.1).
@@ -794,7 +794,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 			c.resetLocked(s, rstCode, fmt.Errorf("hbone: stream protocol error: %v", rstCode), true)
 		}
 		c.mu.Unlock()
-		c.flushCtrl()
+		c.flushCtrlAsync()
 		return c.discard(unread)
 	}
 	s.recvWindow -= int32(size)
@@ -819,7 +819,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 	if unread == 0 && fh.Flags.Has(http2.FlagDataEndStream) && direct == nil {
 		c.endRecvLocked(s)
 		c.mu.Unlock()
-		c.flushCtrl()
+		c.flushCtrlAsync()
 		return nil
 	}
 	c.mu.Unlock()
@@ -867,7 +867,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 		c.endRecvLocked(s)
 		c.mu.Unlock()
 	}
-	c.flushCtrl()
+	c.flushCtrlAsync()
 	return nil
 }
 
@@ -1003,6 +1003,18 @@ func (c *h2conn) flushCtrl() {
 		if err := c.endWrite(nil); err != nil {
 			return
 		}
+	}
+}
+
+// flushCtrlAsync is flushCtrl for the read token holder, which must never block on a socket
+// write: under bulk traffic both ways, the peer's reader may itself be blocked writing to us,
+// waiting for us to read, and two readers stuck writing control frames would stall the
+// connection until the write timeout. When the write lock is free, a goroutine takes it over
+// and writes the queued frames, and the holder reads on. (Other writers write the queue at
+// their endWrite.) Control frames that need an answer are rare, so is the goroutine.
+func (c *h2conn) flushCtrlAsync() {
+	if c.ctrlPending.Load() && c.tryLockWrite() {
+		go c.endWrite(nil)
 	}
 }
 

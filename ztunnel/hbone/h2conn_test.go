@@ -620,6 +620,12 @@ func TestH2InterruptHolder(t *testing.T) {
 // socket buffers fill, as in production.
 func tcpServer(t *testing.T, cfg ServerConfig, h Handler, settings ...http2.Setting) (*h2conn, *rawPeer, net.Conn) {
 	t.Helper()
+	return tcpServerWrap(t, cfg, h, nil, settings...)
+}
+
+// tcpServerWrap is tcpServer with the server's end of the connection wrapped by wrap.
+func tcpServerWrap(t *testing.T, cfg ServerConfig, h Handler, wrap func(net.Conn) net.Conn, settings ...http2.Setting) (*h2conn, *rawPeer, net.Conn) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -634,6 +640,9 @@ func tcpServer(t *testing.T, cfg ServerConfig, h Handler, settings ...http2.Sett
 		if err != nil {
 			close(hcc)
 			return
+		}
+		if wrap != nil {
+			a = wrap(a)
 		}
 		hc := newH2Conn(a, nil, true, cfg.FlowConfig)
 		hc.maxStreams = cfg.MaxConcurrentStreams

@@ -262,7 +262,7 @@ func (c *h2conn) serverHeaders(f *http2.MetaHeadersFrame) error {
 		// A second HEADERS (trailers): CONNECT streams carry only DATA (RFC 9113 §8.5).
 		c.resetLocked(s, http2.ErrCodeProtocol, resetError{http2.ErrCodeProtocol}, true)
 		c.mu.Unlock()
-		c.flushCtrl()
+		c.flushCtrlAsync()
 		return nil
 	}
 	if id%2 == 1 && c.recentlyClosedLocked(id) {
@@ -270,7 +270,7 @@ func (c *h2conn) serverHeaders(f *http2.MetaHeadersFrame) error {
 		// error, the connection and its hpack state are fine (RFC 9113 §5.1).
 		c.queueLocked(ctrlFrame{kind: ctrlRST, id: id, val: uint32(http2.ErrCodeStreamClosed)})
 		c.mu.Unlock()
-		c.flushCtrl()
+		c.flushCtrlAsync()
 		return nil
 	}
 	if id%2 == 0 || id <= c.lastPeerID {
@@ -290,7 +290,7 @@ func (c *h2conn) serverHeaders(f *http2.MetaHeadersFrame) error {
 			c.queueLocked(ctrlFrame{kind: ctrlRST, id: id, val: uint32(refuse)})
 		}
 		c.mu.Unlock()
-		c.flushCtrl()
+		c.flushCtrlAsync()
 		return nil
 	}
 	c.mu.Unlock()
@@ -305,7 +305,7 @@ func (c *h2conn) serverHeaders(f *http2.MetaHeadersFrame) error {
 	if status != http.StatusOK {
 		c.rejectLocked(id, status, f.StreamEnded())
 		c.mu.Unlock()
-		c.flushCtrl()
+		c.flushCtrlAsync()
 		return nil
 	}
 	st := c.newStreamLocked(id)
