@@ -1376,9 +1376,10 @@ func (c *h2conn) fail(err error, code http2.ErrCode, goAway bool) {
 	}
 	clear(c.streams)
 	var pending []ctrlFrame
-	if goAway {
-		// What was queued before the end (a last END_STREAM or RST_STREAM, a graceful GOAWAY)
-		// goes out with the final GOAWAY.
+	if goAway && code == http2.ErrCodeNo {
+		// Closing gracefully: what was queued before the end (a last END_STREAM or
+		// RST_STREAM, the GOAWAY itself) goes out first. After a protocol error (a flood,
+		// say) only the GOAWAY does.
 		pending = c.ctrl
 	}
 	c.ctrl = nil
