@@ -231,13 +231,18 @@ func (s *stream) CloseWrite() error {
 }
 
 // endSend sends END_STREAM unless sending has ended already. On a stream that can no longer
-// send (reset, closed, past its deadline) it returns why, as shutdown(2) does on a reset socket.
+// send (reset, closed, past its deadline) it returns why, as shutdown(2) does on a reset socket;
+// not after the peer's "stop sending" (RST_STREAM NO_ERROR after its END_STREAM), an orderly
+// end that asked for just this.
 func (s *stream) endSend() error {
 	c := s.c
 	c.mu.Lock()
 	if s.werr != nil {
 		err := s.werr
 		c.mu.Unlock()
+		if err == (resetError{http2.ErrCodeNo}) {
+			return nil
+		}
 		return err
 	}
 	if s.sendDone {
