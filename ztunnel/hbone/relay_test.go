@@ -342,3 +342,28 @@ func (s *stream) resetForTest() error {
 	c.flushCtrl()
 	return nil
 }
+
+// TestCloseWriteAfterStopSending: CloseWrite after the server ended and asked us to stop sending
+// (END_STREAM, then RST_STREAM NO_ERROR) is an orderly end, not an error.
+func TestCloseWriteAfterStopSending(t *testing.T) {
+	srv := startServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
+		_, err := req.Accept()
+		return err // returning closes: END_STREAM, then RST_STREAM NO_ERROR
+	}))
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	c := mustDial(t, cl, target(srv))
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(testTimeout()))
+	if _, err := io.ReadAll(c); err != nil {
+		t.Fatal(err)
+	}
+	s := c.(*stream)
+	eventually(t, testTimeout(), func() bool {
+		s.c.mu.Lock()
+		defer s.c.mu.Unlock()
+		return s.werr != nil
+	})
+	if err := c.CloseWrite(); err != nil {
+		t.Errorf("CloseWrite after stop sending: %v", err)
+	}
+}
