@@ -84,3 +84,27 @@ func TestShutdownIdleSendsGoAway(t *testing.T) {
 		t.Errorf("GOAWAY before close: %+v, want NO_ERROR", f)
 	}
 }
+
+// TestShutdownAfterLongIdleSendsGoAway: the final GOAWAY of a connection idle for longer than
+// its write timeout is not lost to the write deadline that passed meanwhile.
+func TestShutdownAfterLongIdleSendsGoAway(t *testing.T) {
+	hc, p, _ := tcpServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
+		return nil
+	}))
+	go p.readFrames()
+	p.next(ofType(http2.FrameSettings, 0))
+	p.must(p.fr.WriteSettingsAck())
+	hc.goAwayWait = testTimeout()
+	hc.wmu.Lock()
+	hc.nc.SetWriteDeadline(time.Unix(1, 0)) // as after a long idle
+	hc.wdeadline = time.Time{}
+	shut := make(chan struct{})
+	go func() { hc.shutdown(); close(shut) }()
+	<-hc.done
+	hc.nc.SetWriteDeadline(time.Unix(1, 0)) // still passed when fail's writer gets the lock
+	hc.unlockWrite()
+	<-shut
+	if f := p.closed(); f == nil || f.code != http2.ErrCodeNo {
+		t.Errorf("GOAWAY before close: %+v, want NO_ERROR", f)
+	}
+}

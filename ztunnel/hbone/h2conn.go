@@ -1402,6 +1402,8 @@ func (c *h2conn) fail(err error, code http2.ErrCode, goAway bool) {
 			defer close(written)
 			c.wmu.Lock()
 			defer c.unlockWrite()
+			// The write deadline of an idle connection may have passed: this write has its own.
+			c.nc.SetWriteDeadline(time.Now().Add(c.goAwayWait))
 			if c.raw != nil {
 				c.raw.cork()
 			}
