@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -195,6 +196,11 @@ func (s *stream) Write(p []byte) (int, error) {
 		}
 		written += n
 		p = p[n:]
+		if len(p) > 0 && c.wmuWaiting.Load() > 0 {
+			// Other streams wait for the write lock, just woken by its release: let them take
+			// it before this Write's next burst, so that streams take turns (maxWriteBurst).
+			runtime.Gosched()
+		}
 	}
 	return written, nil
 }

@@ -108,6 +108,7 @@ type h2conn struct {
 	recvWindow     int64 // bytes the peer may still send on the connection
 	recvUnacked    int64 // bytes consumed and not yet returned with WINDOW_UPDATE
 	goAwaySent     bool
+	goAwayLast     uint32 // the last-stream-id of the GOAWAY sent (server): later ones never exceed it
 	goAwayRecv     bool
 	goneNotified   bool
 	err            error         // why the connection ended; nil while it runs
@@ -1332,6 +1333,7 @@ func (c *h2conn) shutdown() {
 		return
 	}
 	c.goAwaySent = true
+	c.goAwayLast = c.lastPeerID
 	c.queueLocked(ctrlFrame{kind: ctrlGoAway, id: c.lastPeerID, val: uint32(http2.ErrCodeNo)})
 	idle := len(c.streams) == 0
 	c.mu.Unlock()
@@ -1389,6 +1391,11 @@ func (c *h2conn) fail(err error, code http2.ErrCode, goAway bool) {
 	c.bgTimer.Stop()
 	close(c.done)
 	last := c.lastPeerID
+	if c.goAwaySent {
+		// Streams that crossed our first GOAWAY were refused; a later GOAWAY must not claim
+		// them (RFC 9113 §6.8: the last-stream-id never increases).
+		last = min(last, c.goAwayLast)
+	}
 	ka := c.ka
 	c.mu.Unlock()
 	if ka != nil {
