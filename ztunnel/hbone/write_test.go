@@ -10,16 +10,16 @@ import (
 	"golang.org/x/net/http2"
 )
 
-// TestWriteBehindStuckWriter: while another writer holds the connection's write lock (blocked on
-// a peer that does not read, simulated here by holding the lock), a Write waiting for it returns
-// at its deadline, and a server Close returns at once: its END_STREAM and RST_STREAM leave, in
-// that order, when the lock is free again.
-func TestWriteBehindStuckWriter(t *testing.T) {
+// holdingServer starts a server over TCP whose Handler accepts each tunnel, hands it over on the
+// returned channel and holds it until the test ends, with no write timeout (see
+// TestWriteTimeoutEndsConn), and opens stream 1 from the raw peer.
+func holdingServer(t *testing.T) (*h2conn, *rawPeer, <-chan Conn) {
+	t.Helper()
 	cfg := DefaultServerConfig()
-	cfg.PingTimeout = time.Hour // no write timeout here: see TestWriteTimeoutEndsConn
+	cfg.PingTimeout = time.Hour
 	conns := make(chan Conn, 2)
 	hold := make(chan struct{})
-	defer close(hold)
+	t.Cleanup(func() { close(hold) })
 	hc, p, _ := tcpServer(t, cfg, HandlerFunc(func(ctx context.Context, req *Request) error {
 		c, err := req.Accept()
 		if err != nil {
@@ -34,6 +34,15 @@ func TestWriteBehindStuckWriter(t *testing.T) {
 	p.must(p.fr.WriteSettingsAck())
 	p.headers(1, false, ":method", "CONNECT", ":authority", "10.0.0.7:1")
 	p.next(ofType(http2.FrameHeaders, 1))
+	return hc, p, conns
+}
+
+// TestWriteBehindStuckWriter: while another writer holds the connection's write lock (blocked on
+// a peer that does not read, simulated here by holding the lock), a Write waiting for it returns
+// at its deadline, and a server Close returns at once: its END_STREAM and RST_STREAM leave, in
+// that order, when the lock is free again.
+func TestWriteBehindStuckWriter(t *testing.T) {
+	hc, p, conns := holdingServer(t)
 	w := <-conns
 	p.headers(3, false, ":method", "CONNECT", ":authority", "10.0.0.7:3")
 	p.next(ofType(http2.FrameHeaders, 3))
@@ -116,25 +125,7 @@ func TestWriteTimeoutEndsConn(t *testing.T) {
 // TestNoDataAfterEndStream: a Write that took its window and waits for the write lock while
 // Close ends the stream sends nothing: no DATA may follow END_STREAM or RST_STREAM on the wire.
 func TestNoDataAfterEndStream(t *testing.T) {
-	cfg := DefaultServerConfig()
-	cfg.PingTimeout = time.Hour
-	conns := make(chan Conn, 1)
-	hold := make(chan struct{})
-	defer close(hold)
-	hc, p, _ := tcpServer(t, cfg, HandlerFunc(func(ctx context.Context, req *Request) error {
-		c, err := req.Accept()
-		if err != nil {
-			return err
-		}
-		conns <- c
-		<-hold
-		return nil
-	}))
-	go p.readFrames()
-	p.next(ofType(http2.FrameSettings, 0))
-	p.must(p.fr.WriteSettingsAck())
-	p.headers(1, false, ":method", "CONNECT", ":authority", "10.0.0.7:1")
-	p.next(ofType(http2.FrameHeaders, 1))
+	hc, p, conns := holdingServer(t)
 	c := <-conns
 
 	hc.wmu.Lock()
