@@ -439,7 +439,7 @@ type fleet struct {
 
 // connectFleet connects a ztunnel for each simulated node at once and returns when every one
 // has had its first response of each type (its full initial state), with how long that took.
-func connectFleet(t testing.TB, ist *istiod, sc *simCluster, tokens []string) (*fleet, time.Duration) {
+func connectFleet(t testing.TB, ist *istiod, tokens []string) (*fleet, time.Duration) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	f := &fleet{zs: make([]*simZtunnel, len(tokens)), cancel: cancel}
@@ -641,7 +641,7 @@ func TestIstiodScaleSmall(t *testing.T) {
 	sc.ensure(t, s)
 	tokens := ztunnelTokens(t, sc)
 	waitModel(t, ist, sc, tokens[0])
-	f, first := connectFleet(t, ist, sc, tokens)
+	f, first := connectFleet(t, ist, tokens)
 	uids := sc.uids()
 	for i, z := range f.zs {
 		if m := z.missing(uids); m != 0 {
@@ -689,7 +689,7 @@ func BenchmarkIstiodScale(b *testing.B) {
 			const translations = "istiod_lite_translation_seconds_count"
 			tr0 := ist.metrics(b, translations)
 			resetPeak(b, pid)
-			f, first := connectFleet(b, ist, sc, tokens)
+			f, first := connectFleet(b, ist, tokens)
 			_, pushPeak, cpu1 := procStats(b, pid)
 			resetPeak(b, pid)
 			uids := sc.uids()

@@ -93,15 +93,20 @@ func drain(s *server) {
 	}()
 }
 
+// connectEnv is a pod with an app listening on :8080 and a proxy on :15001, both accepting and
+// closing whatever arrives, for the connect() benchmarks.
+func connectEnv(b *testing.B) *env {
+	e := newEnv(b)
+	drain(e.listen(e.podNS, netip.AddrPortFrom(e.podIP, 8080).String()))
+	drain(e.proxyOutbound())
+	return e
+}
+
 // BenchmarkConnect measures connect() to a listener in the pod netns: without hooks, with the
 // hooks attached but the netns not enrolled (every other socket on a node), and captured.
 // Compare ns/op of the sub-benchmarks of one run.
 func BenchmarkConnect(b *testing.B) {
-	e := newEnv(b)
-	app := e.listen(e.podNS, netip.AddrPortFrom(e.podIP, 8080).String())
-	proxy := e.proxyOutbound()
-	drain(app)
-	drain(proxy)
+	e := connectEnv(b)
 	direct := netip.AddrPortFrom(e.podIP, 8080)
 
 	b.Run("no-hooks", func(b *testing.B) { connectLoop(b, e.podNS, direct) })
@@ -120,11 +125,7 @@ func BenchmarkConnect(b *testing.B) {
 // both alike. It reports both per-connect times and their difference (the target: under
 // 2 µs); ns/op is the time of one pair.
 func BenchmarkConnectOverhead(b *testing.B) {
-	e := newEnv(b)
-	app := e.listen(e.podNS, netip.AddrPortFrom(e.podIP, 8080).String())
-	proxy := e.proxyOutbound()
-	drain(app)
-	drain(proxy)
+	e := connectEnv(b)
 	e.enrol()
 	orig := ownCgroup(b)
 	b.Cleanup(func() {
@@ -172,11 +173,7 @@ func BenchmarkConnectOverhead(b *testing.B) {
 // are on for the benchmark only (BPF_ENABLE_STATS, off again when its fd closes); they add a
 // clock read or two per program run to the figures.
 func BenchmarkHookRuntime(b *testing.B) {
-	e := newEnv(b)
-	app := e.listen(e.podNS, netip.AddrPortFrom(e.podIP, 8080).String())
-	proxy := e.proxyOutbound()
-	drain(app)
-	drain(proxy)
+	e := connectEnv(b)
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		skipOrFail(b, "kernel lacks BPF_ENABLE_STATS: "+err.Error())

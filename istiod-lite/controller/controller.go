@@ -180,14 +180,8 @@ func New(log *slog.Logger, c Clients) (*Controller, error) {
 		},
 		DeleteFunc: repair,
 	}
-	for _, inf := range []cache.SharedIndexInformer{
-		ctl.waypointFactory.Core().V1().ServiceAccounts().Informer(),
-		ctl.waypointFactory.Apps().V1().Deployments().Informer(),
-		core.Services().Informer(),
-	} {
-		if _, err := inf.AddEventHandler(repairs); err != nil {
-			return nil, fmt.Errorf("add repair handler: %w", err)
-		}
+	if _, err := core.Services().Informer().AddEventHandler(repairs); err != nil {
+		return nil, fmt.Errorf("add repair handler: %w", err)
 	}
 	for _, inf := range []cache.SharedIndexInformer{
 		ctl.waypointFactory.Core().V1().ServiceAccounts().Informer(),
@@ -195,6 +189,9 @@ func New(log *slog.Logger, c Clients) (*Controller, error) {
 	} {
 		if err := inf.SetTransform(dropManagedFields); err != nil {
 			return nil, fmt.Errorf("set transform: %w", err)
+		}
+		if _, err := inf.AddEventHandler(repairs); err != nil {
+			return nil, fmt.Errorf("add repair handler: %w", err)
 		}
 		ctl.synced = append(ctl.synced, inf.HasSynced)
 	}
@@ -304,7 +301,8 @@ func (c *Controller) TakeRepairs() []string {
 	return out
 }
 
-// RouteInput reads the cached state route status depends on. The objects are the cache's.
+// RouteInput reads the cached routes and ReferenceGrants; the Services and Gateways route status
+// also depends on are the caller's, from Input. The objects are the cache's.
 func (c *Controller) RouteInput() (routes.Input, error) {
 	var in routes.Input
 	var err error
@@ -317,12 +315,6 @@ func (c *Controller) RouteInput() (routes.Input, error) {
 	}
 	if in.ReferenceGrants, err = c.refGrants.List(all); err != nil {
 		return in, fmt.Errorf("list ReferenceGrants: %w", err)
-	}
-	if in.Services, err = c.services.List(all); err != nil {
-		return in, fmt.Errorf("list services: %w", err)
-	}
-	if in.Gateways, err = c.gateways.List(all); err != nil {
-		return in, fmt.Errorf("list gateways: %w", err)
 	}
 	return in, nil
 }

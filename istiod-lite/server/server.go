@@ -154,8 +154,11 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 			}
 			if rin, err := ctl.RouteInput(); err != nil {
 				log.Error("read route cache", "err", err)
-			} else if err := routeStatus.Reconcile(ctx, rin); err != nil {
-				log.Warn("write route status", "err", err)
+			} else {
+				rin.Services, rin.Gateways = in.Services, in.Gateways
+				if err := routeStatus.Reconcile(ctx, rin); err != nil {
+					log.Warn("write route status", "err", err)
+				}
 			}
 		} else {
 			// A future leader term re-checks everything.

@@ -218,23 +218,29 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 
 	st := newStream(proxy)
 	var snap *Snapshot // what this stream last worked against
-	// The bulk slot this stream holds, by the nonce of the response that took it; freed when that
-	// response is answered, or on exit. A stream holds at most one, and its later bulk responses
-	// ride on it: a stream waiting for a slot then never holds one, so waiting cannot deadlock.
-	// The slot is taken before a response that will likely be large is even built (reserve), so
-	// that proxies waiting for one do not hold their built responses in memory meanwhile.
-	slots := map[string]func(){}
-	var reserved func() // a slot taken and not yet bound to a response
-	defer func() {
-		for _, free := range slots {
-			free()
+	// The bulk slot this stream holds: taken (reserve) before a response that will likely be large
+	// is even built, so that proxies waiting for one do not hold their built responses in memory
+	// meanwhile; bound to the nonce of the first bulk response sent; freed when that response is
+	// answered (or after bulkTimeout), when no bulk response used it, or on exit. A stream holds
+	// at most one, and its later bulk responses ride on it: a stream waiting for a slot never
+	// holds one, so waiting cannot deadlock.
+	var slot struct {
+		free  func() // nil: none held
+		nonce string // "": not yet bound to a response
+		timer *time.Timer
+	}
+	release := func() {
+		if slot.timer != nil {
+			slot.timer.Stop()
 		}
-		if reserved != nil {
-			reserved()
+		if slot.free != nil {
+			slot.free()
 		}
-	}()
+		slot.free, slot.nonce, slot.timer = nil, "", nil
+	}
+	defer release()
 	reserve := func() error {
-		if len(slots) > 0 || reserved != nil {
+		if slot.free != nil {
 			return nil
 		}
 		select {
@@ -243,25 +249,22 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 			return ctx.Err()
 		}
 		var once sync.Once
-		reserved = func() { once.Do(func() { <-s.bulk }) }
+		slot.free = func() { once.Do(func() { <-s.bulk }) }
 		return nil
 	}
-	// unreserve frees a reserved slot no bulk response used.
+	// unreserve frees a slot taken for a response that turned out small (or none).
 	unreserve := func() {
-		if reserved != nil {
-			reserved()
-			reserved = nil
+		if slot.nonce == "" {
+			release()
 		}
 	}
 	send := func(r *discoveryv3.DeltaDiscoveryResponse, since time.Time) error {
-		if len(r.Resources) >= bulkResources && len(slots) == 0 {
+		if len(r.Resources) >= bulkResources && slot.nonce == "" {
 			if err := reserve(); err != nil {
 				return err
 			}
-			free := reserved
-			reserved = nil
-			t := time.AfterFunc(bulkTimeout, free)
-			slots[r.Nonce] = func() { t.Stop(); free() }
+			slot.nonce = r.Nonce
+			slot.timer = time.AfterFunc(bulkTimeout, slot.free)
 		}
 		if err := gs.Send(r); err != nil {
 			return err
@@ -278,9 +281,8 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 		// Requests wait until there is a snapshot to answer them with.
 		if snap != nil {
 			for _, req := range queued {
-				if free, ok := slots[req.GetResponseNonce()]; ok {
-					free()
-					delete(slots, req.GetResponseNonce())
+				if slot.nonce != "" && req.GetResponseNonce() == slot.nonce {
+					release()
 				}
 				if st.mayBeBulk(req, snap) {
 					if err := reserve(); err != nil {

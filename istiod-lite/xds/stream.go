@@ -52,7 +52,7 @@ func (w *watch) subscribed(name string) bool { return w.wildcard || w.names[name
 type pendingResponse struct {
 	typ     string
 	version string
-	names   []string // resources sent, for the log of a NACK
+	names   []string // resources sent (sorted, as responses are), for the log of a NACK
 	held    int      // resources the client holds once it applies the response
 }
 
@@ -179,7 +179,7 @@ func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapsho
 			if d := req.GetErrorDetail(); d != nil {
 				// The client keeps its last good version of what it rejected. We do not resend:
 				// the same content would be rejected again; the next change of a resource does.
-				nack = &NACK{TypeURL: typ, Nonce: nonce, Reason: d.GetMessage(), Resources: slices.Sorted(slices.Values(p.names))}
+				nack = &NACK{TypeURL: typ, Nonce: nonce, Reason: d.GetMessage(), Resources: p.names}
 				w.lastNACK = d.GetMessage()
 			} else {
 				w.acked = p.held

@@ -67,13 +67,7 @@ func TestWindowUpdatesCoalesce(t *testing.T) {
 // TestShutdownIdleSendsGoAway: shutting down an idle connection while the write lock is taken
 // still sends the GOAWAY it queued, once the lock is free, before the socket closes.
 func TestShutdownIdleSendsGoAway(t *testing.T) {
-	hc, p, _ := tcpServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
-		return nil
-	}))
-	go p.readFrames()
-	p.next(ofType(http2.FrameSettings, 0))
-	p.must(p.fr.WriteSettingsAck())
-	hc.goAwayWait = testTimeout()
+	hc, p := idleServer(t)
 	hc.wmu.Lock()
 	shut := make(chan struct{})
 	go func() { hc.shutdown(); close(shut) }()
@@ -88,13 +82,7 @@ func TestShutdownIdleSendsGoAway(t *testing.T) {
 // TestShutdownAfterLongIdleSendsGoAway: the final GOAWAY of a connection idle for longer than
 // its write timeout is not lost to the write deadline that passed meanwhile.
 func TestShutdownAfterLongIdleSendsGoAway(t *testing.T) {
-	hc, p, _ := tcpServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
-		return nil
-	}))
-	go p.readFrames()
-	p.next(ofType(http2.FrameSettings, 0))
-	p.must(p.fr.WriteSettingsAck())
-	hc.goAwayWait = testTimeout()
+	hc, p := idleServer(t)
 	hc.wmu.Lock()
 	hc.nc.SetWriteDeadline(time.Unix(1, 0)) // as after a long idle
 	hc.wdeadline = time.Time{}
@@ -107,4 +95,18 @@ func TestShutdownAfterLongIdleSendsGoAway(t *testing.T) {
 	if f := p.closed(); f == nil || f.code != http2.ErrCodeNo {
 		t.Errorf("GOAWAY before close: %+v, want NO_ERROR", f)
 	}
+}
+
+// idleServer is a server connection over TCP with SETTINGS exchanged and no stream, whose final
+// GOAWAY may wait for the write lock as long as the test allows.
+func idleServer(t *testing.T) (*h2conn, *rawPeer) {
+	t.Helper()
+	hc, p, _ := tcpServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
+		return nil
+	}))
+	go p.readFrames()
+	p.next(ofType(http2.FrameSettings, 0))
+	p.must(p.fr.WriteSettingsAck())
+	hc.goAwayWait = testTimeout()
+	return hc, p
 }

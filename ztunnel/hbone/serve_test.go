@@ -27,13 +27,7 @@ func TestServeDrains(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, ln) }()
+	ln, cancel, served := serveLoopback(t, srv, nil)
 
 	cl := newTestClient(t, DefaultClientConfig(), nil)
 	tg := target(&testServer{addr: addrOf(t, ln)})
@@ -129,13 +123,7 @@ func TestServeSurvivesAcceptErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ctx, &flakyListener{Listener: ln, failures: 3}) }()
+	ln, cancel, served := serveLoopback(t, srv, func(ln net.Listener) net.Listener { return &flakyListener{Listener: ln, failures: 3} })
 	cl := newTestClient(t, DefaultClientConfig(), nil)
 	conn := mustDial(t, cl, target(&testServer{addr: addrOf(t, ln)}))
 	conn.Close()
@@ -168,13 +156,7 @@ func TestServeWaitsForHandlers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, ln) }()
+	ln, cancel, done := serveLoopback(t, srv, nil)
 	cl := newTestClient(t, DefaultClientConfig(), nil)
 	tg := target(&testServer{addr: addrOf(t, ln)})
 	conn := mustDial(t, cl, tg)
@@ -187,4 +169,22 @@ func TestServeWaitsForHandlers(t *testing.T) {
 	if !returned.Load() {
 		t.Error("Serve returned before the Handler did")
 	}
+}
+
+// serveLoopback runs srv.Serve on a new loopback listener (wrapped by wrap, if not nil) until
+// cancel, and returns the listener and Serve's result.
+func serveLoopback(t *testing.T, srv *Server, wrap func(net.Listener) net.Listener) (net.Listener, context.CancelFunc, <-chan error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serving := ln
+	if wrap != nil {
+		serving = wrap(ln)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ctx, serving) }()
+	return ln, cancel, served
 }
