@@ -42,6 +42,8 @@ type Clients struct {
 type Controller struct {
 	log     *slog.Logger
 	changed chan struct{}
+	// cachesSynced is closed by Run once every cache holds its initial list.
+	cachesSynced chan struct{}
 
 	// repairs holds "<namespace>/<gateway>" of waypoints one of whose objects (ServiceAccount,
 	// Deployment, Service) was changed or deleted by someone else, until TakeRepairs.
@@ -90,6 +92,7 @@ func New(log *slog.Logger, c Clients) (*Controller, error) {
 	ctl := &Controller{
 		log:          log.With("component", "controller"),
 		changed:      make(chan struct{}, 1),
+		cachesSynced: make(chan struct{}),
 		kubeFactory:  informers.NewSharedInformerFactory(c.Kube, 0),
 		istioFactory: istioinformers.NewSharedInformerFactory(c.Istio, 0),
 		gwFactory:    gwinformers.NewSharedInformerFactory(c.Gateway, 0),
@@ -242,6 +245,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		return fmt.Errorf("informer caches did not sync")
 	}
 	c.log.Info("caches synced")
+	close(c.cachesSynced)
 	c.notify()
 	<-ctx.Done()
 	return nil
@@ -324,7 +328,15 @@ func (c *Controller) RouteInput() (routes.Input, error) {
 // Changes that follow closely are coalesced: fn runs once no change arrived for quiet, or at the
 // latest maxDelay after the first change of the burst, so a steady stream of changes cannot starve
 // calls. It blocks until ctx is done.
+//
+// fn is first called once every cache holds its initial list: a translation of a partly listed
+// cluster would publish a partial configuration (a missing DENY policy allows what it denies).
 func (c *Controller) Debounce(ctx context.Context, quiet, maxDelay time.Duration, fn func()) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-c.cachesSynced:
+	}
 	var last time.Time // when fn last returned
 	for {
 		select {

@@ -216,9 +216,38 @@ func TestPodsOnNodeAndChanges(t *testing.T) {
 	}
 }
 
+// syncedController is a Controller without informers whose caches count as synced.
+func syncedController() *Controller {
+	c := &Controller{changed: make(chan struct{}, 1), cachesSynced: make(chan struct{})}
+	close(c.cachesSynced)
+	return c
+}
+
+// Nothing is pushed before every cache holds its initial list, however many changes the lists
+// themselves signal: a partial translation could lack a DENY policy.
+func TestDebounceWaitsForSync(t *testing.T) {
+	c := &Controller{changed: make(chan struct{}, 1), cachesSynced: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	calls := make(chan struct{}, 10)
+	go c.Debounce(ctx, time.Millisecond, time.Millisecond, func() { calls <- struct{}{} })
+	c.notify()
+	select {
+	case <-calls:
+		t.Fatal("called before the caches synced")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(c.cachesSynced)
+	select {
+	case <-calls:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the change signalled during the initial list was lost")
+	}
+}
+
 // A lone change is not delayed by the quiet period; one that follows closely is.
 func TestDebounceLoneChange(t *testing.T) {
-	ctl := &Controller{changed: make(chan struct{}, 1)}
+	ctl := syncedController()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	calls := make(chan struct{}, 10)
@@ -238,7 +267,7 @@ func TestDebounceLoneChange(t *testing.T) {
 }
 
 func TestDebounce(t *testing.T) {
-	ctl := &Controller{changed: make(chan struct{}, 1)}
+	ctl := syncedController()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	calls := make(chan time.Time, 10)
