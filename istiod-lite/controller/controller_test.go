@@ -271,27 +271,30 @@ func TestDebounce(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	calls := make(chan time.Time, 10)
-	go ctl.Debounce(ctx, 20*time.Millisecond, 200*time.Millisecond, func() { calls <- time.Now() })
+	// The quiet period is far longer than the gaps of the burst below, even on a loaded machine.
+	const quiet, maxDelay = 300 * time.Millisecond, time.Second
+	go ctl.Debounce(ctx, quiet, maxDelay, func() { calls <- time.Now() })
 	// A burst of changes closer together than the quiet period: the first is handled at once,
 	// the rest coalesced into one more call.
 	for range 5 {
 		ctl.notify()
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(time.Millisecond)
 	}
 	for i := range 2 {
 		select {
 		case <-calls:
-		case <-time.After(5 * time.Second):
+		case <-time.After(10 * time.Second):
 			t.Fatalf("%d calls after a burst, want 2", i)
 		}
 	}
 	select {
 	case <-calls:
 		t.Fatal("a burst produced more than two calls")
-	case <-time.After(60 * time.Millisecond):
+	case <-time.After(2 * quiet):
 	}
-	// A steady stream of changes still produces calls, at most maxDelay apart.
-	stop := time.After(500 * time.Millisecond)
+	// A steady stream of changes, each within the quiet period of the one before, still produces
+	// calls: at the latest maxDelay after the first of them.
+	stop := time.After(5 * maxDelay)
 	n := 0
 loop:
 	for {
@@ -300,13 +303,15 @@ loop:
 			break loop
 		case <-calls:
 			n++
-		default:
+			if n == 2 {
+				break loop
+			}
+		case <-time.After(quiet / 10):
 			ctl.notify()
-			time.Sleep(5 * time.Millisecond)
 		}
 	}
-	if n < 1 {
-		t.Errorf("a steady stream of changes starved calls")
+	if n < 2 {
+		t.Errorf("a steady stream of changes starved calls: %d in %v", n, 5*maxDelay)
 	}
 }
 
