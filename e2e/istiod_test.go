@@ -218,6 +218,20 @@ spec:
 	if want := "istio.io/mesh-controller Accepted=True/Accepted ResolvedRefs=False/BackendNotFound"; conds != want {
 		t.Errorf("HTTPRoute status %q, want %q", conds, want)
 	}
+
+	// The root certificate ConfigMap: published into the namespace, and rewritten by the leader
+	// when deleted or edited by hand (it watches those ConfigMaps, by name only, as its RBAC allows).
+	rootsPublished := func() bool {
+		cm, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, "istio-ca-root-cert", metav1.GetOptions{})
+		return err == nil && cm.Data["root-cert.pem"] == string(ist.root)
+	}
+	eventually(t, 60*time.Second, "root ConfigMap published", rootsPublished)
+	kubectl(t, "-n", ns, "delete", "configmap", "istio-ca-root-cert")
+	start = time.Now()
+	eventually(t, 60*time.Second, "deleted root ConfigMap rewritten", rootsPublished)
+	t.Logf("deleted root ConfigMap rewritten in %s", time.Since(start).Round(time.Millisecond))
+	kubectl(t, "-n", ns, "patch", "configmap", "istio-ca-root-cert", "-p", `{"data":{"root-cert.pem":"edited"}}`)
+	eventually(t, 60*time.Second, "edited root ConfigMap rewritten", rootsPublished)
 }
 
 // kubectl runs the lab's kubectl and returns its output; a failure fails the test.

@@ -26,6 +26,7 @@ import (
 	gwinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 	gwlisters "sigs.k8s.io/gateway-api/pkg/client/listers/apis/v1"
 
+	"github.com/ambient-mesh/ambient/istiod-lite/ca"
 	"github.com/ambient-mesh/ambient/istiod-lite/model"
 	"github.com/ambient-mesh/ambient/istiod-lite/routes"
 	"github.com/ambient-mesh/ambient/istiod-lite/waypoint"
@@ -53,9 +54,11 @@ type Controller struct {
 	kubeFactory informers.SharedInformerFactory
 	// waypointFactory watches the ServiceAccounts and Deployments of waypoints.
 	waypointFactory informers.SharedInformerFactory
-	istioFactory    istioinformers.SharedInformerFactory
-	gwFactory       gwinformers.SharedInformerFactory
-	synced          []cache.InformerSynced
+	// rootFactory watches the root certificate ConfigMaps (ca.RootConfigMap), and no other.
+	rootFactory  informers.SharedInformerFactory
+	istioFactory istioinformers.SharedInformerFactory
+	gwFactory    gwinformers.SharedInformerFactory
+	synced       []cache.InformerSynced
 
 	namespaces corelisters.NamespaceLister
 	nodes      corelisters.NodeLister
@@ -67,6 +70,7 @@ type Controller struct {
 	refGrants  gwlisters.ReferenceGrantLister
 	authz      securitylisters.AuthorizationPolicyLister
 	peerAuthn  securitylisters.PeerAuthenticationLister
+	rootCMs    corelisters.ConfigMapLister
 	podIndex   cache.Indexer
 }
 
@@ -100,6 +104,8 @@ func New(log *slog.Logger, c Clients) (*Controller, error) {
 		// The objects istiod-lite creates for waypoints, and only those (they carry the label).
 		waypointFactory: informers.NewSharedInformerFactoryWithOptions(c.Kube, 0,
 			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = waypoint.GatewayNameLabel })),
+		rootFactory: informers.NewSharedInformerFactoryWithOptions(c.Kube, 0,
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + ca.RootConfigMap })),
 	}
 	core := ctl.kubeFactory.Core().V1()
 	sec := ctl.istioFactory.Security().V1()
@@ -199,6 +205,26 @@ func New(log *slog.Logger, c Clients) (*Controller, error) {
 		ctl.synced = append(ctl.synced, inf.HasSynced)
 	}
 
+	// Root certificate ConfigMaps: one edited or deleted by hand is rewritten at the next push.
+	roots := ctl.rootFactory.Core().V1().ConfigMaps()
+	ctl.rootCMs = roots.Lister()
+	if err := roots.Informer().SetTransform(dropManagedFields); err != nil {
+		return nil, fmt.Errorf("set transform: %w", err)
+	}
+	if _, err := roots.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		UpdateFunc: func(old, cur any) {
+			o, ok1 := old.(*corev1.ConfigMap)
+			c, ok2 := cur.(*corev1.ConfigMap)
+			if !ok1 || !ok2 || !maps.Equal(o.Data, c.Data) {
+				ctl.notify()
+			}
+		},
+		DeleteFunc: func(any) { ctl.notify() },
+	}); err != nil {
+		return nil, fmt.Errorf("add root configmap handler: %w", err)
+	}
+	ctl.synced = append(ctl.synced, roots.Informer().HasSynced)
+
 	for _, inf := range []cache.SharedIndexInformer{
 		core.Namespaces().Informer(), core.Pods().Informer(), core.Services().Informer(),
 		gw.Gateways().Informer(), sec.AuthorizationPolicies().Informer(), sec.PeerAuthentications().Informer(),
@@ -233,6 +259,8 @@ func (c *Controller) Run(ctx context.Context) error {
 	c.kubeFactory.Start(ctx.Done())
 	c.waypointFactory.Start(ctx.Done())
 	defer c.waypointFactory.Shutdown()
+	c.rootFactory.Start(ctx.Done())
+	defer c.rootFactory.Shutdown()
 	c.istioFactory.Start(ctx.Done())
 	c.gwFactory.Start(ctx.Done())
 	defer c.kubeFactory.Shutdown()
@@ -293,6 +321,12 @@ func (c *Controller) Input() (model.Input, error) {
 		return in, fmt.Errorf("list peer authentications: %w", err)
 	}
 	return in, nil
+}
+
+// RootsPublished reports whether namespace's root certificate ConfigMap, as cached, holds roots.
+func (c *Controller) RootsPublished(namespace, roots string) bool {
+	cm, err := c.rootCMs.ConfigMaps(namespace).Get(ca.RootConfigMap)
+	return err == nil && cm.Data[ca.RootConfigMapKey] == roots
 }
 
 // TakeRepairs returns, and forgets, the waypoints ("<namespace>/<gateway>") whose objects were

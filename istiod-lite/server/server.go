@@ -108,8 +108,6 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 	waypoints := waypoint.New(kube, clients.Gateway, cfg.WaypointImage, cfg.Model.ClusterDomain)
 	routeStatus := routes.NewWriter(clients.Gateway)
 	roots := strings.Join(authority.Roots(), "")
-	published := map[string]bool{} // namespaces whose root ConfigMap this process wrote
-	var publishedAt time.Time
 	// push runs on the debounce goroutine only: translator and last are its own.
 	translator := model.NewTranslator(cfg.Model)
 	translations := prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -143,11 +141,7 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 			"services", len(m.Services), "authorizations", len(m.Authorizations), "elapsed", time.Since(start))
 		xdsSrv.Update(snap)
 		if leading.Load() {
-			if time.Since(publishedAt) > waypoint.Resync {
-				clear(published) // re-check every namespace now and then: repair hand edits
-				publishedAt = time.Now()
-			}
-			publishRoots(ctx, log, kube, in, roots, published)
+			publishRoots(ctx, log, kube, ctl, in, roots)
 			waypoints.Repair(ctl.TakeRepairs()...)
 			if err := waypoints.Reconcile(ctx, in.Gateways); err != nil {
 				log.Warn("deploy waypoints", "err", err)
@@ -162,7 +156,6 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 			}
 		} else {
 			// A future leader term re-checks everything.
-			clear(published)
 			waypoints.Reset()
 		}
 	}
@@ -314,17 +307,16 @@ func (s *servingCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return s.cert, nil
 }
 
-// publishRoots writes the root ConfigMap into every namespace not yet done by this leader term.
-func publishRoots(ctx context.Context, log *slog.Logger, kube kubernetes.Interface, in model.Input, roots string, done map[string]bool) {
+// publishRoots writes the root ConfigMap into every namespace whose cached copy lacks or differs
+// from roots: new namespaces, and ConfigMaps deleted or edited by hand.
+func publishRoots(ctx context.Context, log *slog.Logger, kube kubernetes.Interface, ctl *controller.Controller, in model.Input, roots string) {
 	for _, ns := range in.Namespaces {
-		if done[ns.Name] || ns.DeletionTimestamp != nil {
+		if ns.DeletionTimestamp != nil || ctl.RootsPublished(ns.Name, roots) {
 			continue
 		}
 		if err := ca.PublishRoots(ctx, kube, ns.Name, roots); err != nil {
 			log.Warn("publish root certificate", "namespace", ns.Name, "err", err)
-			continue
 		}
-		done[ns.Name] = true
 	}
 }
 

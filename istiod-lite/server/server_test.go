@@ -233,10 +233,26 @@ func TestRun(t *testing.T) {
 		_, err := kube.AppsV1().Deployments("shop").Get(ctx, "waypoint", metav1.GetOptions{})
 		return err == nil
 	})
-	eventually(t, func() bool {
+	rootsPublished := func() bool {
 		cm, err := kube.CoreV1().ConfigMaps("shop").Get(ctx, ca.RootConfigMap, metav1.GetOptions{})
 		return err == nil && cm.Data[ca.RootConfigMapKey] == string(secret.Data[ca.KeyCACert])
-	})
+	}
+	eventually(t, rootsPublished)
+
+	// A root ConfigMap edited or deleted by hand is rewritten at once, not at a resync.
+	cm, err := kube.CoreV1().ConfigMaps("shop").Get(ctx, ca.RootConfigMap, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm.Data[ca.RootConfigMapKey] = "edited"
+	if _, err := kube.CoreV1().ConfigMaps("shop").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, rootsPublished)
+	if err := kube.CoreV1().ConfigMaps("shop").Delete(ctx, ca.RootConfigMap, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, rootsPublished)
 }
 
 func names(r *discoveryv3.DeltaDiscoveryResponse) string {
