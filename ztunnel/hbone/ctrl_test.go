@@ -79,13 +79,12 @@ func TestShutdownIdleSendsGoAway(t *testing.T) {
 	}
 }
 
-// TestShutdownAfterLongIdleSendsGoAway: the final GOAWAY of a connection idle for longer than
-// its write timeout is not lost to the write deadline that passed meanwhile.
+// TestShutdownAfterLongIdleSendsGoAway: the final GOAWAY is bounded by a write deadline of its
+// own, which a deadline that passed earlier does not cut short.
 func TestShutdownAfterLongIdleSendsGoAway(t *testing.T) {
 	hc, p := idleServer(t)
 	hc.wmu.Lock()
-	hc.nc.SetWriteDeadline(time.Unix(1, 0)) // as after a long idle
-	hc.wdeadline = time.Time{}
+	hc.nc.SetWriteDeadline(time.Unix(1, 0))
 	shut := make(chan struct{})
 	go func() { hc.shutdown(); close(shut) }()
 	<-hc.done
@@ -94,6 +93,26 @@ func TestShutdownAfterLongIdleSendsGoAway(t *testing.T) {
 	<-shut
 	if f := p.closed(); f == nil || f.code != http2.ErrCodeNo {
 		t.Errorf("GOAWAY before close: %+v, want NO_ERROR", f)
+	}
+}
+
+// TestIdleConnWritesOnItsOwn: after an idle spell longer than PingTimeout, a write the TLS stack
+// makes on its own from the reading side (its answer to the peer's KeyUpdate) is not refused
+// by a write timeout left over from the last write session, and the idle connection stays up.
+func TestIdleConnWritesOnItsOwn(t *testing.T) {
+	cfg := DefaultServerConfig()
+	cfg.PingInterval = time.Hour
+	cfg.PingTimeout = 50 * time.Millisecond
+	hc, p, _ := tcpServer(t, cfg, HandlerFunc(func(ctx context.Context, req *Request) error { return nil }))
+	go p.readFrames()
+	p.next(ofType(http2.FrameSettings, 0))
+	p.must(p.fr.WriteSettingsAck())
+	time.Sleep(4 * cfg.PingTimeout)
+	if _, err := hc.nc.Write(nil); err != nil {
+		t.Errorf("a write after an idle spell: %v", err)
+	}
+	if err := hc.closedErr(); err != nil {
+		t.Errorf("idle connection ended: %v", err)
 	}
 }
 

@@ -77,7 +77,13 @@ type h2conn struct {
 	// that it can give up when its deadline passes or it is closed (abortWritersLocked).
 	wmu        sync.Mutex
 	wmuWaiting atomic.Int32 // lockStreamWrite waiters, changed under mu: unlockWrite wakes them
-	wdeadline  time.Time    // the write deadline set on nc (wmu)
+	// The write watchdog (startWriteLocked): wstart is when the write session in progress began,
+	// in nanoseconds since epoch plus one (0: none); wdog fires at wdogAt, both set under wdogMu.
+	epoch      time.Time
+	wstart     atomic.Int64
+	wdogAt     atomic.Int64
+	wdogMu     sync.Mutex
+	wdog       *time.Timer
 	henc       *hpack.Encoder
 	hbuf       bytes.Buffer
 	encLimit   uint32
@@ -181,8 +187,10 @@ const (
 var (
 	errConnGone    = errors.New("hbone: connection closed")
 	errPingTimeout = errors.New("hbone: peer did not answer PING")
-	errGoAway      = errors.New("hbone: stream not processed before GOAWAY")
-	errRefused     = errors.New("hbone: stream refused")
+	// errWriteTimeout: a socket write blocked for PingTimeout (the peer stopped reading).
+	errWriteTimeout = fmt.Errorf("%w: write blocked for PingTimeout: %w", errConnGone, os.ErrDeadlineExceeded)
+	errGoAway       = errors.New("hbone: stream not processed before GOAWAY")
+	errRefused      = errors.New("hbone: stream refused")
 )
 
 // resetError is the error a stream's reads and writes return after the peer reset it.
@@ -233,6 +241,9 @@ func newH2Conn(nc net.Conn, raw *corkConn, server bool, flow FlowConfig) *h2conn
 	c.bgcond.L = &c.mu
 	c.bgTimer = time.AfterFunc(time.Hour, c.bgWake)
 	c.bgTimer.Stop()
+	c.epoch = time.Now()
+	c.wdog = time.AfterFunc(time.Hour, c.writeWatchdog)
+	c.wdog.Stop()
 	c.br = bufio.NewReaderSize(nc, 4<<10)
 	c.fr = http2.NewFramer(nc, c.br)
 	c.fr.SetMaxReadFrameSize(maxFrameRead)
@@ -1038,6 +1049,7 @@ func (c *h2conn) tryLockWrite() bool {
 
 // unlockWrite releases the write lock and wakes the writers waiting for it in lockStreamWrite.
 func (c *h2conn) unlockWrite() {
+	c.wstart.Store(0)
 	c.wmu.Unlock()
 	if c.wmuWaiting.Load() > 0 {
 		c.mu.Lock()
@@ -1080,18 +1092,49 @@ func (c *h2conn) lockStreamWrite(s *stream, cork, end bool) error {
 }
 
 // startWriteLocked starts a write session under wmu: corked as asked or when control frames
-// wait, and with a write deadline, so that a peer that stops reading cannot hold the write lock,
-// and with it every stream's writes and Close, for ever: a socket write that does not complete
-// within PingTimeout ends the connection, as an unanswered PING does. The deadline moves only
-// when half of it has passed, which saves a timer update per write.
+// wait, and watched, so that a peer that stops reading cannot hold the write lock, and with it
+// every stream's writes and Close, for ever: a write session that does not end within
+// PingTimeout ends the connection, as an unanswered PING does.
+//
+// The watchdog is a timer rather than the socket's write deadline. A deadline would stay set
+// between writes, and the TLS stack writes on its own from the reading side (its answer to the
+// peer's KeyUpdate): after an idle spell longer than the deadline that write would fail and take
+// the connection down. The timer is re-armed only when less than half of PingTimeout is left,
+// which saves a timer update per write; when it fires during a younger session it re-arms for
+// that session's end.
 func (c *h2conn) startWriteLocked(cork bool) {
 	c.setCorkLocked(cork || c.ctrlPending.Load())
-	if d := c.flow.PingTimeout; d > 0 {
-		if now := time.Now(); now.Add(d / 2).After(c.wdeadline) {
-			c.wdeadline = now.Add(d)
-			c.nc.SetWriteDeadline(c.wdeadline)
+	if d := int64(c.flow.PingTimeout); d > 0 {
+		now := int64(time.Since(c.epoch)) + 1
+		c.wstart.Store(now)
+		if now+d/2 > c.wdogAt.Load() {
+			c.wdogMu.Lock()
+			if now+d/2 > c.wdogAt.Load() {
+				c.wdogAt.Store(now + d)
+				c.wdog.Reset(time.Duration(d))
+			}
+			c.wdogMu.Unlock()
 		}
 	}
+}
+
+// writeWatchdog runs when the write watchdog fires: it ends the connection if the write session
+// in progress began PingTimeout ago or earlier, and re-arms for a younger one.
+func (c *h2conn) writeWatchdog() {
+	d := int64(c.flow.PingTimeout)
+	c.wdogMu.Lock()
+	start := c.wstart.Load()
+	now := int64(time.Since(c.epoch)) + 1
+	if start == 0 || now-start < d {
+		if start != 0 {
+			c.wdogAt.Store(start + d)
+			c.wdog.Reset(time.Duration(start + d - now))
+		}
+		c.wdogMu.Unlock()
+		return
+	}
+	c.wdogMu.Unlock()
+	c.fail(errWriteTimeout, http2.ErrCodeNo, false)
 }
 
 func (c *h2conn) setCorkLocked(cork bool) {
@@ -1401,6 +1444,7 @@ func (c *h2conn) fail(err error, code http2.ErrCode, goAway bool) {
 	if ka != nil {
 		ka.Stop()
 	}
+	c.wdog.Stop()
 	if goAway {
 		// Tell the peer why, if a write in progress lets us within goAwayWait: it may be
 		// blocked on a peer that stopped reading, and then closing the socket is the answer.
