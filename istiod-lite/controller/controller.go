@@ -273,8 +273,8 @@ func (c *Controller) Run(ctx context.Context) error {
 		return fmt.Errorf("informer caches did not sync")
 	}
 	c.log.Info("caches synced")
+	c.notify() // before the close: whoever waits for it finds the signal pending
 	close(c.cachesSynced)
-	c.notify()
 	<-ctx.Done()
 	return nil
 }
@@ -289,10 +289,6 @@ func (c *Controller) HasSynced() bool {
 	return true
 }
 
-// WaitForSync blocks until the caches are filled or ctx is done.
-func (c *Controller) WaitForSync(ctx context.Context) bool {
-	return cache.WaitForCacheSync(ctx.Done(), c.synced...)
-}
 
 // Input reads the cached state. The objects are the cache's: callers must not modify them.
 func (c *Controller) Input() (model.Input, error) {

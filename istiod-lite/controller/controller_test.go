@@ -115,9 +115,9 @@ func runFake(t *testing.T, clients Clients) *Controller {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = ctl.Run(ctx) }()
 	t.Cleanup(func() { cancel(); <-done })
-	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-	defer wcancel()
-	if !ctl.WaitForSync(wctx) {
+	select {
+	case <-ctl.cachesSynced: // Run's signal for the initial lists is pending by then
+	case <-time.After(10 * time.Second):
 		t.Fatal("caches did not sync")
 	}
 	return ctl
@@ -276,15 +276,17 @@ func TestDebounce(t *testing.T) {
 	go ctl.Debounce(ctx, quiet, maxDelay, func() { calls <- time.Now() })
 	// A burst of changes closer together than the quiet period: the first is handled at once,
 	// the rest coalesced into one more call.
-	for range 5 {
-		ctl.notify()
-		time.Sleep(time.Millisecond)
-	}
+	ctl.notify()
 	for i := range 2 {
 		select {
 		case <-calls:
 		case <-time.After(10 * time.Second):
 			t.Fatalf("%d calls after a burst, want 2", i)
+		}
+		if i == 0 {
+			for range 4 {
+				ctl.notify()
+			}
 		}
 	}
 	select {
@@ -319,15 +321,16 @@ loop:
 func TestNodeChanges(t *testing.T) {
 	kube := kubefake.NewClientset(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "n1", Labels: map[string]string{model.LabelZone: "a"}}})
 	ctl := runFake(t, Clients{Kube: kube, Istio: istiofake.NewSimpleClientset(), Gateway: gwfake.NewSimpleClientset()})
-	drain := func() bool {
+	// changed waits up to d for a change signal.
+	changed := func(d time.Duration) bool {
 		select {
 		case <-ctl.Changed():
 			return true
-		case <-time.After(300 * time.Millisecond):
+		case <-time.After(d):
 			return false
 		}
 	}
-	for drain() { // the initial list and sync
+	for changed(300 * time.Millisecond) { // the initial list and sync
 	}
 	n, err := kube.CoreV1().Nodes().Get(context.Background(), "n1", metav1.GetOptions{})
 	if err != nil {
@@ -338,7 +341,7 @@ func TestNodeChanges(t *testing.T) {
 	if _, err := kube.CoreV1().Nodes().UpdateStatus(context.Background(), n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if drain() {
+	if changed(300 * time.Millisecond) {
 		t.Error("a node status update signalled a change")
 	}
 	n.Labels[model.LabelZone] = "b"
@@ -346,7 +349,7 @@ func TestNodeChanges(t *testing.T) {
 	if _, err := kube.CoreV1().Nodes().Update(context.Background(), n, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if !drain() {
+	if !changed(10 * time.Second) {
 		t.Error("a node's new zone did not signal a change")
 	}
 	in, err := ctl.Input()
