@@ -112,6 +112,9 @@ func (c *Client) Dial(ctx context.Context, target Target) (Conn, error) {
 	if !target.Authority.IsValid() || !target.Addr.IsValid() {
 		return nil, errors.New("hbone: target address or authority not valid")
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err // before starting a dial nobody waits for
+	}
 	// A connection can die between being picked and carrying the CONNECT. No payload has been
 	// sent yet, so retrying on another connection is safe: at worst the server opened an upstream
 	// that it closes when the dead connection's stream is reset. Bounded, as dials can keep failing.

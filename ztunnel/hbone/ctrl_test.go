@@ -102,7 +102,7 @@ func TestShutdownAfterLongIdleSendsGoAway(t *testing.T) {
 func TestIdleConnWritesOnItsOwn(t *testing.T) {
 	cfg := DefaultServerConfig()
 	cfg.PingInterval = time.Hour
-	cfg.PingTimeout = 50 * time.Millisecond
+	cfg.PingTimeout = 250 * time.Millisecond
 	hc, p, _ := tcpServer(t, cfg, HandlerFunc(func(ctx context.Context, req *Request) error { return nil }))
 	go p.readFrames()
 	p.next(ofType(http2.FrameSettings, 0))

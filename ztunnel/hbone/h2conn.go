@@ -70,7 +70,7 @@ type h2conn struct {
 	// closed); onClose once it is closed. Both without locks held.
 	onGone  func()
 	onClose func()
-	// goAwayWait is the constant of that name; tests lengthen it.
+	// goAwayWait is the variable of that name when the connection was made.
 	goAwayWait time.Duration
 
 	// wmu is the write lock. A stream's writer that finds it taken waits in lockStreamWrite, so
@@ -153,6 +153,11 @@ const (
 	readInterrupted
 )
 
+// goAwayWait bounds how long a connection ending on a protocol error waits for the write lock to
+// send its GOAWAY. A variable: tests, whose peers always read, lengthen it so that a slow
+// machine's scheduling does not lose the GOAWAY they check.
+var goAwayWait = 100 * time.Millisecond
+
 // Wire constants.
 const (
 	// maxFrameRead is the SETTINGS_MAX_FRAME_SIZE we advertise. DATA payloads go straight to the
@@ -169,9 +174,6 @@ const (
 	// bgDelay is how long the read token stays free after a Read took its data before readLoop
 	// takes it: a tunnel's next Read normally comes sooner and then reads the socket itself.
 	bgDelay = time.Millisecond
-	// goAwayWait bounds how long a connection ending on a protocol error waits for the write
-	// lock to send its GOAWAY.
-	goAwayWait = 100 * time.Millisecond
 	// maxStreamID is the largest stream ID (RFC 9113 §5.1.1); idReserve is how many IDs
 	// before it a client connection stops taking new streams (see usable).
 	maxStreamID = 1<<31 - 1

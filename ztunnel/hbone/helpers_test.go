@@ -26,6 +26,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	goAwayWait = 5 * time.Second
 	goleak.VerifyTestMain(m)
 }
 

@@ -322,8 +322,8 @@ func TestPoolDeadPeer(t *testing.T) {
 		return fc, nil
 	}
 	cfg := DefaultClientConfig()
-	cfg.PingInterval = 20 * time.Millisecond
-	cfg.PingTimeout = 50 * time.Millisecond
+	cfg.PingInterval = 100 * time.Millisecond
+	cfg.PingTimeout = 300 * time.Millisecond
 	cl := newTestClient(t, cfg, dial)
 	key := target(srv).Key
 	c := mustDial(t, cl, target(srv))
@@ -333,7 +333,9 @@ func TestPoolDeadPeer(t *testing.T) {
 	}
 	// The peer stops answering: nothing more is read from it, so PINGs go unanswered.
 	mu.Lock()
-	frozen[0].freeze()
+	for _, fc := range frozen { // a connection that a slow machine lost during Dial too
+		fc.freeze()
+	}
 	mu.Unlock()
 	eventually(t, testTimeout(), func() bool { return cl.Stats(key).Conns == 0 })
 	if _, err := c.Read(make([]byte, 1)); err == nil {
