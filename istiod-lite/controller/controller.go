@@ -289,7 +289,6 @@ func (c *Controller) HasSynced() bool {
 	return true
 }
 
-
 // Input reads the cached state. The objects are the cache's: callers must not modify them.
 func (c *Controller) Input() (model.Input, error) {
 	var in model.Input
