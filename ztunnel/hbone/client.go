@@ -448,8 +448,15 @@ func (c *Client) Close() error {
 // openStream sends a CONNECT and waits for the response HEADERS. An error wrapping
 // errConnUnusable means the server did not process the request, so another connection may.
 func (c *h2conn) openStream(ctx context.Context, fields []hpack.HeaderField) (*stream, error) {
-	// Stream IDs must reach the wire in increasing order: take one under the write lock.
-	c.beginWrite(false)
+	// Stream IDs must reach the wire in increasing order: take one under the write lock. A writer
+	// stuck on a peer that stopped reading holds it until the write watchdog ends the connection:
+	// the caller's ctx bounds the wait.
+	if err := c.lockWriteUnless(false, ctx.Err, ctx.Done()); err != nil {
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %w", errConnUnusable, err)
+	}
 	c.mu.Lock()
 	if c.err != nil || c.goAwayRecv || c.goAwaySent || c.nextID > maxStreamID {
 		c.mu.Unlock()

@@ -378,7 +378,15 @@ func stopTimer(t *time.Timer) {
 // respond sends a response HEADERS (server).
 func (s *stream) respond(status int, end bool) error {
 	c := s.c
-	c.beginWrite(false)
+	// Behind a stuck writer it gives up when the client resets the stream or the connection ends.
+	if err := c.lockStreamWrite(s, false, end); err != nil {
+		if end {
+			c.mu.Lock()
+			c.maybeCloseLocked(s)
+			c.mu.Unlock()
+		}
+		return err
+	}
 	c.mu.Lock()
 	err := s.writeErrLocked()
 	if err == nil && end {

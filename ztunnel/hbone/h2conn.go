@@ -1060,13 +1060,25 @@ func (c *h2conn) unlockWrite() {
 	}
 }
 
-// lockStreamWrite is beginWrite for frames of s (DATA, or its END_STREAM when end is set): it
-// gives up, returning why, when s can no longer send (deadline, Close, reset) or the connection
-// ends while it waits behind another writer, which may be blocked on a peer that does not read.
+// lockStreamWrite is beginWrite for frames of s (DATA, its END_STREAM when end is set, or its
+// response HEADERS): it gives up, returning why, when s can no longer send (deadline, Close,
+// reset) or the connection ends while it waits behind another writer, which may be blocked on a
+// peer that does not read.
 func (c *h2conn) lockStreamWrite(s *stream, cork, end bool) error {
+	if c.wmu.TryLock() { // the common case, without the closure below
+		c.startWriteLocked(cork)
+		return nil
+	}
+	return c.lockWriteUnless(cork, func() error { return s.sendErrLocked(end) }, nil)
+}
+
+// lockWriteUnless is beginWrite for a writer that may give up: while it waits for the write
+// lock, stop (called under mu) returning an error, the connection ending, or done closing ends
+// the wait with that error (for done, stop's). abortWritersLocked wakes it to check.
+func (c *h2conn) lockWriteUnless(cork bool, stop func() error, done <-chan struct{}) error {
 	for !c.wmu.TryLock() {
 		c.mu.Lock()
-		err := s.sendErrLocked(end)
+		err := stop()
 		if err == nil && c.err != nil {
 			err = c.err
 		}
@@ -1084,7 +1096,10 @@ func (c *h2conn) lockStreamWrite(s *stream, cork, end bool) error {
 			c.mu.Unlock()
 			break
 		}
-		<-wake
+		select {
+		case <-wake:
+		case <-done:
+		}
 		c.mu.Lock()
 		c.wmuWaiting.Add(-1)
 		c.mu.Unlock()

@@ -157,3 +157,54 @@ func TestNoDataAfterEndStream(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenStreamBehindStuckWriter: a CONNECT waiting for the write lock, which a writer stuck on
+// a peer that does not read holds (simulated by holding the lock), gives up when its context
+// ends, rather than at the connection's write watchdog.
+func TestOpenStreamBehindStuckWriter(t *testing.T) {
+	hc, _ := pipeClient(t)
+	hc.wmu.Lock() // the stuck writer
+	defer hc.unlockWrite()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	opened := make(chan error, 1)
+	go func() {
+		_, err := hc.openStream(ctx, connectFields)
+		opened <- err
+	}()
+	select {
+	case err := <-opened:
+		if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errConnUnusable) {
+			t.Errorf("openStream behind a stuck writer: %v, want its context's error", err)
+		}
+	case <-time.After(testTimeout()):
+		t.Fatal("openStream still waiting after its context ended")
+	}
+}
+
+// TestRespondBehindStuckWriter: a response waiting for the write lock behind a stuck writer
+// gives up when the client resets the stream.
+func TestRespondBehindStuckWriter(t *testing.T) {
+	accepted := make(chan error, 1)
+	hc, p, _ := tcpServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
+		_, err := req.Accept()
+		accepted <- err
+		return err
+	}))
+	go p.readFrames()
+	p.next(ofType(http2.FrameSettings, 0))
+	p.must(p.fr.WriteSettingsAck())
+	hc.wmu.Lock() // the stuck writer
+	defer hc.unlockWrite()
+	p.headers(1, false, ":method", "CONNECT", ":authority", "10.0.0.7:1")
+	eventually(t, testTimeout(), func() bool { return hc.wmuWaiting.Load() > 0 }) // Accept waits
+	p.must(p.fr.WriteRSTStream(1, http2.ErrCodeCancel))
+	select {
+	case err := <-accepted:
+		if err == nil {
+			t.Error("Accept of a reset stream behind a stuck writer succeeded")
+		}
+	case <-time.After(testTimeout()):
+		t.Fatal("Accept still waiting after the client reset the stream")
+	}
+}
