@@ -352,11 +352,11 @@ func (c *Controller) RouteInput() (routes.Input, error) {
 	return in, nil
 }
 
-// Debounce calls fn for changes. A change that comes after a quiet period (nothing changed and
-// fn was not called for quiet) is handled at once: a lone change, the common case, is not delayed.
-// Changes that follow closely are coalesced: fn runs once no change arrived for quiet, or at the
-// latest maxDelay after the first change of the burst, so a steady stream of changes cannot starve
-// calls. It blocks until ctx is done.
+// Debounce calls fn for changes. A change that comes after a quiet period (no change signalled for
+// quiet before it) is handled at once: a lone change, the common case, is not delayed, even when
+// it follows the previous call closely. Changes that follow each other closely are coalesced: fn
+// runs once no change arrived for quiet, or at the latest maxDelay after the first change of the
+// burst, so a steady stream of changes cannot starve calls. It blocks until ctx is done.
 //
 // fn is first called once every cache holds its initial list: a translation of a partly listed
 // cluster would publish a partial configuration (a missing DENY policy allows what it denies).
@@ -366,19 +366,20 @@ func (c *Controller) Debounce(ctx context.Context, quiet, maxDelay time.Duration
 		return
 	case <-c.cachesSynced:
 	}
-	var last time.Time // when fn last returned
+	var last time.Time // when the last change signal was received
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-c.changed:
 		}
-		if time.Since(last) >= quiet {
+		first := time.Now()
+		lone := first.Sub(last) >= quiet
+		last = first
+		if lone {
 			fn()
-			last = time.Now()
 			continue
 		}
-		first := time.Now()
 		timer := time.NewTimer(quiet)
 	burst:
 		for {
@@ -387,7 +388,8 @@ func (c *Controller) Debounce(ctx context.Context, quiet, maxDelay time.Duration
 				timer.Stop()
 				return
 			case <-c.changed:
-				wait := min(quiet, maxDelay-time.Since(first))
+				last = time.Now()
+				wait := min(quiet, maxDelay-last.Sub(first))
 				if wait <= 0 {
 					timer.Stop()
 					break burst
@@ -398,7 +400,6 @@ func (c *Controller) Debounce(ctx context.Context, quiet, maxDelay time.Duration
 			}
 		}
 		fn()
-		last = time.Now()
 	}
 }
 

@@ -266,6 +266,35 @@ func TestDebounceLoneChange(t *testing.T) {
 	}
 }
 
+// A change after a long call, with no other change close before it, is lone: handled at once,
+// not after the quiet period (as it was when the quiet period counted from the last call).
+func TestDebounceChangeAfterLongCall(t *testing.T) {
+	ctl := syncedController()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const quiet = time.Second
+	calls := make(chan time.Time, 10)
+	n := 0
+	go ctl.Debounce(ctx, quiet, 10*quiet, func() {
+		if n++; n == 1 {
+			time.Sleep(quiet + quiet/10) // a long push
+		}
+		calls <- time.Now()
+	})
+	ctl.notify()
+	<-calls
+	sent := time.Now()
+	ctl.notify()
+	select {
+	case at := <-calls:
+		if wait := at.Sub(sent); wait > quiet*7/10 {
+			t.Errorf("a lone change after a long call waited %v (quiet %v)", wait, quiet)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no call for the change")
+	}
+}
+
 func TestDebounce(t *testing.T) {
 	ctl := syncedController()
 	ctx, cancel := context.WithCancel(context.Background())
