@@ -378,6 +378,7 @@ func (c *Controller) Debounce(ctx context.Context, quiet, maxDelay time.Duration
 		last = first
 		if lone {
 			fn()
+			last = c.afterCall(last)
 			continue
 		}
 		timer := time.NewTimer(quiet)
@@ -400,7 +401,17 @@ func (c *Controller) Debounce(ctx context.Context, quiet, maxDelay time.Duration
 			}
 		}
 		fn()
+		last = c.afterCall(last)
 	}
+}
+
+// afterCall returns the time a burst's last change counts from once fn returned: a change
+// signalled while fn ran is not lone (the cluster kept changing), however long fn took.
+func (c *Controller) afterCall(last time.Time) time.Time {
+	if len(c.changed) > 0 {
+		return time.Now()
+	}
+	return last
 }
 
 // Poke signals a change without one, so that work that depends on more than the cache (a

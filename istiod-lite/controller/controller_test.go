@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -292,6 +293,28 @@ func TestDebounceChangeAfterLongCall(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("no call for the change")
+	}
+}
+
+// Changes that keep coming while calls take longer than the quiet period are still coalesced:
+// a change signalled during a call is part of the burst, not a lone change.
+func TestDebounceChurnWithLongCalls(t *testing.T) {
+	ctl := syncedController()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const quiet, maxDelay, call, churn = 100 * time.Millisecond, 500 * time.Millisecond, 150 * time.Millisecond, 2 * time.Second
+	var calls atomic.Int32
+	go ctl.Debounce(ctx, quiet, maxDelay, func() {
+		calls.Add(1)
+		time.Sleep(call)
+	})
+	for end := time.Now().Add(churn); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		ctl.notify()
+	}
+	// About churn/(maxDelay+call) calls when changes coalesce; one per call (churn/call) when
+	// every change signalled during a call counted as lone.
+	if n := calls.Load(); n > 8 {
+		t.Errorf("%d calls in %v of changes every 10 ms with calls of %v: not coalesced (quiet %v, max %v)", n, churn, call, quiet, maxDelay)
 	}
 }
 
