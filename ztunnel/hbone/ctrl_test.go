@@ -129,3 +129,23 @@ func idleServer(t *testing.T) (*h2conn, *rawPeer) {
 	hc.goAwayWait = testTimeout()
 	return hc, p
 }
+
+// TestFailGivesUpGoAwayBehindStuckWriter: a connection ending on a protocol error while a writer
+// holds the write lock (stuck on a peer that does not read) closes its socket after goAwayWait,
+// without the GOAWAY, rather than waiting for the writer.
+func TestFailGivesUpGoAwayBehindStuckWriter(t *testing.T) {
+	hc, p := idleServer(t)
+	hc.goAwayWait = 50 * time.Millisecond // the production value's order, not the tests' default
+	hc.wmu.Lock()                         // the stuck writer
+	failed := make(chan struct{})
+	go func() { hc.fail(errConnGone, http2.ErrCodeProtocol, true); close(failed) }()
+	select {
+	case <-failed:
+	case <-time.After(testTimeout()):
+		t.Fatal("fail still waiting for the stuck writer")
+	}
+	if f := p.closed(); f != nil {
+		t.Errorf("GOAWAY %+v went out past a writer holding the lock", f)
+	}
+	hc.unlockWrite()
+}

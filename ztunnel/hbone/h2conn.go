@@ -1140,6 +1140,9 @@ func (c *h2conn) startWriteLocked(cork bool) {
 func (c *h2conn) writeWatchdog() {
 	d := int64(c.flow.PingTimeout)
 	c.wdogMu.Lock()
+	// Disarmed before wstart is read: a session that stores its start after this read finds
+	// wdogAt 0 and arms the timer itself (both are sequentially consistent atomics).
+	c.wdogAt.Store(0)
 	start := c.wstart.Load()
 	now := int64(time.Since(c.epoch)) + 1
 	if start == 0 || now-start < d {
