@@ -212,6 +212,7 @@ func New(log *slog.Logger, c Clients) (*Controller, error) {
 		return nil, fmt.Errorf("set transform: %w", err)
 	}
 	if _, err := roots.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { ctl.notify() }, // created by someone else first, perhaps with other data
 		UpdateFunc: func(old, cur any) {
 			o, ok1 := old.(*corev1.ConfigMap)
 			c, ok2 := cur.(*corev1.ConfigMap)

@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -117,6 +118,7 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 	}, []string{"mode"})
 	reg.MustRegister(translations)
 	var last *xds.Snapshot
+	rootWrites := map[string]*rate.Limiter{} // per namespace, see publishRoots
 	push := func() {
 		in, err := ctl.Input()
 		if err != nil {
@@ -141,7 +143,7 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 			"services", len(m.Services), "authorizations", len(m.Authorizations), "elapsed", time.Since(start))
 		xdsSrv.Update(snap)
 		if leading.Load() {
-			publishRoots(ctx, log, kube, ctl, in, roots)
+			publishRoots(ctx, log, kube, ctl, in, roots, rootWrites)
 			waypoints.Repair(ctl.TakeRepairs()...)
 			if err := waypoints.Reconcile(ctx, in.Gateways); err != nil {
 				log.Warn("deploy waypoints", "err", err)
@@ -157,6 +159,7 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 		} else {
 			// A future leader term re-checks everything.
 			waypoints.Reset()
+			clear(rootWrites)
 		}
 	}
 
@@ -307,15 +310,41 @@ func (s *servingCert) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return s.cert, nil
 }
 
+// Root ConfigMap rewrites allowed per namespace: a burst of rootWriteBurst, then one per
+// rootWriteEvery. Another writer of the same ConfigMap (an Istio control plane during a migration,
+// a GitOps tool) would otherwise fight istiod-lite at push speed; past the limit the ConfigMap is
+// rewritten when the limit allows and a push or the periodic resync comes.
+const (
+	rootWriteBurst = 5
+	rootWriteEvery = 12 * time.Second
+)
+
 // publishRoots writes the root ConfigMap into every namespace whose cached copy lacks or differs
-// from roots: new namespaces, and ConfigMaps deleted or edited by hand.
-func publishRoots(ctx context.Context, log *slog.Logger, kube kubernetes.Interface, ctl *controller.Controller, in model.Input, roots string) {
+// from roots: new namespaces, and ConfigMaps deleted or edited by hand. limits holds the rewrite
+// limiter of each namespace written to.
+func publishRoots(ctx context.Context, log *slog.Logger, kube kubernetes.Interface, ctl *controller.Controller, in model.Input, roots string, limits map[string]*rate.Limiter) {
+	live := make(map[string]bool, len(in.Namespaces))
 	for _, ns := range in.Namespaces {
+		live[ns.Name] = true
 		if ns.DeletionTimestamp != nil || ctl.RootsPublished(ns.Name, roots) {
+			continue
+		}
+		lim := limits[ns.Name]
+		if lim == nil {
+			lim = rate.NewLimiter(rate.Every(rootWriteEvery), rootWriteBurst)
+			limits[ns.Name] = lim
+		}
+		if !lim.Allow() {
+			log.Warn("root certificate ConfigMap changed again by someone else; rewriting it later", "namespace", ns.Name, "configmap", ca.RootConfigMap)
 			continue
 		}
 		if err := ca.PublishRoots(ctx, kube, ns.Name, roots); err != nil {
 			log.Warn("publish root certificate", "namespace", ns.Name, "err", err)
+		}
+	}
+	for ns := range limits {
+		if !live[ns] {
+			delete(limits, ns)
 		}
 	}
 }

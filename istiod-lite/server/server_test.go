@@ -20,6 +20,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"go.uber.org/goleak"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
@@ -37,6 +38,7 @@ import (
 	cav1 "github.com/ambient-mesh/ambient/api/ca/v1"
 	"github.com/ambient-mesh/ambient/istiod-lite/ca"
 	"github.com/ambient-mesh/ambient/istiod-lite/controller"
+	"github.com/ambient-mesh/ambient/istiod-lite/model"
 	"github.com/ambient-mesh/ambient/istiod-lite/xds"
 )
 
@@ -293,5 +295,35 @@ func eventually(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 10s")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestPublishRootsWriteLimit: a root ConfigMap that something else keeps changing is rewritten at
+// most rootWriteBurst times in a row, not at every push (here the controller's cache, never
+// started, always reports it missing).
+func TestPublishRootsWriteLimit(t *testing.T) {
+	kube := kubefake.NewClientset()
+	ctl, err := controller.New(slog.New(slog.DiscardHandler), controller.Clients{Kube: kube, Istio: istiofake.NewSimpleClientset(), Gateway: gwfake.NewSimpleClientset()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := model.Input{Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}}}
+	limits := map[string]*rate.Limiter{}
+	for range 3 * rootWriteBurst {
+		publishRoots(context.Background(), slog.New(slog.DiscardHandler), kube, ctl, in, "roots", limits)
+	}
+	gets := 0
+	for _, a := range kube.Actions() {
+		if a.GetResource().Resource == "configmaps" && a.GetVerb() == "get" {
+			gets++
+		}
+	}
+	if gets != rootWriteBurst {
+		t.Errorf("%d ConfigMap reads after %d pushes, want %d (the burst)", gets, 3*rootWriteBurst, rootWriteBurst)
+	}
+	// A namespace that is gone drops its limiter.
+	publishRoots(context.Background(), slog.New(slog.DiscardHandler), kube, ctl, model.Input{}, "roots", limits)
+	if len(limits) != 0 {
+		t.Errorf("limiters of deleted namespaces kept: %v", limits)
 	}
 }
