@@ -149,7 +149,7 @@ func New(log *slog.Logger, c Clients) (*Controller, error) {
 		UpdateFunc: func(old, cur any) {
 			o, ok1 := old.(*corev1.Node)
 			n, ok2 := cur.(*corev1.Node)
-			if !ok1 || !ok2 || topology(o) != topology(n) {
+			if !ok1 || !ok2 || model.Topology(o) != model.Topology(n) {
 				ctl.notify()
 			}
 		},
@@ -278,16 +278,6 @@ func (c *Controller) Run(ctx context.Context) error {
 	close(c.cachesSynced)
 	<-ctx.Done()
 	return nil
-}
-
-// HasSynced reports whether every cache has its initial list.
-func (c *Controller) HasSynced() bool {
-	for _, s := range c.synced {
-		if !s() {
-			return false
-		}
-	}
-	return true
 }
 
 // Input reads the cached state. The objects are the cache's: callers must not modify them.
@@ -430,10 +420,6 @@ func stripNode(obj any) (any, error) {
 		ObjectMeta: metav1.ObjectMeta{Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion,
 			Labels: n.Labels, DeletionTimestamp: n.DeletionTimestamp},
 	}, nil
-}
-
-func topology(n *corev1.Node) [3]string {
-	return [3]string{n.Labels[model.LabelRegion], n.Labels[model.LabelZone], n.Labels[model.LabelSubzone]}
 }
 
 func dropManagedFields(obj any) (any, error) {

@@ -237,8 +237,8 @@ func contextSum(in Input) uint64 {
 	// A node's status changes often (heartbeats) and does not matter: only what translation
 	// reads of it is fingerprinted, so that a node heartbeat does not cost a full translation.
 	for _, n := range in.Nodes {
-		l := localityOf(n)
-		sum += hashFields("Node", n.Name, l.GetRegion(), l.GetZone(), l.GetSubzone())
+		t := Topology(n)
+		sum += hashFields("Node", n.Name, t[0], t[1], t[2])
 	}
 	if sum == 0 {
 		sum = 1 // an empty context is usable too

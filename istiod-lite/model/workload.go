@@ -84,13 +84,18 @@ const (
 	LabelSubzone = "topology.istio.io/subzone"
 )
 
+// Topology returns a node's region, zone and subzone labels.
+func Topology(n *corev1.Node) [3]string {
+	return [3]string{n.Labels[LabelRegion], n.Labels[LabelZone], n.Labels[LabelSubzone]}
+}
+
 // localityOf returns a node's locality, or nil when it has no topology labels.
 func localityOf(n *corev1.Node) *workloadv1.Locality {
-	l := &workloadv1.Locality{Region: n.Labels[LabelRegion], Zone: n.Labels[LabelZone], Subzone: n.Labels[LabelSubzone]}
-	if l.Region == "" && l.Zone == "" && l.Subzone == "" {
+	t := Topology(n)
+	if t == [3]string{} {
 		return nil
 	}
-	return l
+	return &workloadv1.Locality{Region: t[0], Zone: t[1], Subzone: t[2]}
 }
 
 func podIPs(pod *corev1.Pod) []string {

@@ -163,7 +163,8 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, clients controller.C
 		}
 	}
 
-	ready := func() bool { return ctl.HasSynced() && xdsSrv.Ready() }
+	// The first snapshot comes only once every cache has synced (Debounce).
+	ready := xdsSrv.Ready
 	admin := adminHandler(xdsSrv)
 	metricsH := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	readyH := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {

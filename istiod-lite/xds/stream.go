@@ -52,8 +52,8 @@ func (w *watch) subscribed(name string) bool { return w.wildcard || w.names[name
 type pendingResponse struct {
 	typ     string
 	version string
-	names   []string // resources sent (sorted, as responses are), for the log of a NACK
-	held    int      // resources the client holds once it applies the response
+	res     []*discoveryv3.Resource // the resources sent (sorted, as responses are), for the log of a NACK
+	held    int                     // resources the client holds once it applies the response
 }
 
 // NACK describes a rejected response, for logs and metrics.
@@ -179,7 +179,7 @@ func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapsho
 			if d := req.GetErrorDetail(); d != nil {
 				// The client keeps its last good version of what it rejected. We do not resend:
 				// the same content would be rejected again; the next change of a resource does.
-				nack = &NACK{TypeURL: typ, Nonce: nonce, Reason: d.GetMessage(), Resources: p.names}
+				nack = &NACK{TypeURL: typ, Nonce: nonce, Reason: d.GetMessage(), Resources: resourceNames(p.res)}
 				w.lastNACK = d.GetMessage()
 			} else {
 				w.acked = p.held
@@ -356,11 +356,7 @@ func (s *stream) generateAll(typ string, w *watch, snap *Snapshot) *discoveryv3.
 func (s *stream) respond(typ string, w *watch, snap *Snapshot, res []*discoveryv3.Resource, removed []string) *discoveryv3.DeltaDiscoveryResponse {
 	s.nonce++
 	nonce := strconv.FormatUint(s.nonce, 10)
-	p := &pendingResponse{typ: typ, version: snap.version, held: s.count(typ, w, snap), names: make([]string, len(res))}
-	for i, r := range res {
-		p.names[i] = r.Name
-	}
-	s.pending[nonce] = p
+	s.pending[nonce] = &pendingResponse{typ: typ, version: snap.version, held: s.count(typ, w, snap), res: res}
 	// A client that never answers must not make pending grow without bound: drop the oldest
 	// (their ACKs would be stale anyway once newer responses are answered).
 	if len(s.pending) > maxPending {
@@ -416,4 +412,13 @@ type ClientStatus struct {
 	Proxy
 	ConnectedAt time.Time             `json:"connectedAt"`
 	Types       map[string]TypeStatus `json:"types"`
+}
+
+// resourceNames returns the names of res.
+func resourceNames(res []*discoveryv3.Resource) []string {
+	names := make([]string, len(res))
+	for i, r := range res {
+		names[i] = r.Name
+	}
+	return names
 }
