@@ -79,7 +79,7 @@ func (w *Writer) Reconcile(ctx context.Context, in Input) error {
 		if v.obj.GetDeletionTimestamp() != nil {
 			continue
 		}
-		want, changed := idx.parents(v.kind, v.obj.GetNamespace(), v.obj.GetGeneration(), v.parents, v.backends, v.status)
+		want, changed := idx.parents(v)
 		if !changed {
 			continue
 		}
@@ -118,17 +118,18 @@ func newIndex(in Input) *index {
 }
 
 // parents returns the route's parent statuses with the mesh's entries recomputed, and whether that
-// differs from current. Entries of other controllers are kept as they are.
-func (idx *index) parents(kind, ns string, generation int64, refs []gwv1.ParentReference, backends []gwv1.BackendRef, current []gwv1.RouteParentStatus) ([]gwv1.RouteParentStatus, bool) {
+// differs from its current status. Entries of other controllers are kept as they are.
+func (idx *index) parents(r route) ([]gwv1.RouteParentStatus, bool) {
+	ns, generation, current := r.obj.GetNamespace(), r.obj.GetGeneration(), r.status
 	var out []gwv1.RouteParentStatus
 	for _, p := range current {
 		if p.ControllerName != mesh.ControllerName {
 			out = append(out, p)
 		}
 	}
-	resolved := idx.resolvedRefs(kind, ns, backends)
+	resolved := idx.resolvedRefs(r.kind, ns, r.backends)
 	resolved.ObservedGeneration = generation
-	for _, ref := range refs {
+	for _, ref := range r.parents {
 		accepted, ours := idx.accepted(ns, ref)
 		if !ours {
 			continue

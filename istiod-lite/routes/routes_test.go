@@ -89,7 +89,8 @@ func TestParentStatus(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			other := gwv1.RouteParentStatus{ParentRef: tc.parent, ControllerName: "example.com/other"}
-			got, changed := idx.parents(tc.kind, "shop", 3, []gwv1.ParentReference{tc.parent}, tc.backends, []gwv1.RouteParentStatus{other})
+			got, changed := idx.parents(route{kind: tc.kind, obj: &metav1.ObjectMeta{Namespace: "shop", Generation: 3},
+				parents: []gwv1.ParentReference{tc.parent}, backends: tc.backends, status: []gwv1.RouteParentStatus{other}})
 			if got[0].ControllerName != "example.com/other" {
 				t.Fatalf("another controller's parent status was dropped: %+v", got)
 			}
