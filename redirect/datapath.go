@@ -16,6 +16,9 @@ type Datapath interface {
 	DetachSKLookup(netns uint64) error
 	RegisterListener(netns uint64, kind ListenerKind, conn syscall.Conn) error
 	LookupOrigDst(peer netip.AddrPort) (netip.AddrPort, error)
+	AllowProxyCgroup(id uint64) error
+	ForgetProxyCgroup(id uint64) error
+	ProxyCgroups() ([]uint64, error)
 }
 
 // ErrNoOrigDst is returned by LookupOrigDst when no captured connection has that peer

@@ -341,11 +341,46 @@ func (e *env) app(ctx context.Context, network, addr string, mark int) (*exec.Cm
 	return e.helper(ctx, true, "dial", network, addr, fmt.Sprint(mark))
 }
 
+// appIn is app in another cgroup (one below the test cgroup, so the hooks still see it).
+func (e *env) appIn(ctx context.Context, cgroup, network, addr string, mark int) (*exec.Cmd, <-chan appResult) {
+	e.t.Helper()
+	return e.helperIn(ctx, cgroup, true, "dial", network, addr, fmt.Sprint(mark))
+}
+
+// subCgroup creates the cgroup e.cgroup/rel (and its parents), removed in t.Cleanup.
+func (e *env) subCgroup(t testing.TB, rel string) string {
+	t.Helper()
+	dir := e.cgroup
+	for c := range strings.SplitSeq(rel, "/") {
+		dir = filepath.Join(dir, c)
+		if fileExists(dir) {
+			continue
+		}
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatalf("create cgroup: %v", err)
+		}
+		made := dir
+		t.Cleanup(func() {
+			// A helper that just exited may still be leaving it.
+			if err := eventually(5*time.Second, func() bool { return unix.Rmdir(made) == nil || !fileExists(made) }); err != nil {
+				t.Errorf("remove cgroup %s: %v", made, err)
+			}
+		})
+	}
+	return dir
+}
+
 // helper runs the test binary as a helper process in the test cgroup, and in the pod netns
 // if inPod.
 func (e *env) helper(ctx context.Context, inPod bool, args ...string) (*exec.Cmd, <-chan appResult) {
 	e.t.Helper()
-	cg, err := os.Open(e.cgroup)
+	return e.helperIn(ctx, e.cgroup, inPod, args...)
+}
+
+// helperIn is helper in the given cgroup.
+func (e *env) helperIn(ctx context.Context, cgroup string, inPod bool, args ...string) (*exec.Cmd, <-chan appResult) {
+	e.t.Helper()
+	cg, err := os.Open(cgroup)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -59,6 +59,7 @@ const (
 	redirectMapOrigByPeer     = "orig_by_peer"
 	redirectMapProbePorts     = "probe_ports"
 	redirectMapProbeSrcs      = "probe_srcs"
+	redirectMapProxyCgroups   = "proxy_cgroups"
 	redirectProgConnect4      = "connect4"
 	redirectProgConnect6      = "connect6"
 	redirectProgDropSyn       = "drop_syn"
@@ -130,6 +131,7 @@ type redirectMapSpecs struct {
 	OrigByPeer   *ebpf.MapSpec `ebpf:"orig_by_peer"`
 	ProbePorts   *ebpf.MapSpec `ebpf:"probe_ports"`
 	ProbeSrcs    *ebpf.MapSpec `ebpf:"probe_srcs"`
+	ProxyCgroups *ebpf.MapSpec `ebpf:"proxy_cgroups"`
 }
 
 // redirectVariableSpecs contains global variables before they are loaded into the kernel.
@@ -165,6 +167,7 @@ type redirectMaps struct {
 	OrigByPeer   *ebpf.Map `ebpf:"orig_by_peer"`
 	ProbePorts   *ebpf.Map `ebpf:"probe_ports"`
 	ProbeSrcs    *ebpf.Map `ebpf:"probe_srcs"`
+	ProxyCgroups *ebpf.Map `ebpf:"proxy_cgroups"`
 }
 
 func (m *redirectMaps) Close() error {
@@ -175,6 +178,7 @@ func (m *redirectMaps) Close() error {
 		m.OrigByPeer,
 		m.ProbePorts,
 		m.ProbeSrcs,
+		m.ProxyCgroups,
 	)
 }
 

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -85,6 +86,7 @@ type objects struct {
 	ProbePorts   *ebpf.Map `ebpf:"probe_ports"`
 	ProbeSrcs    *ebpf.Map `ebpf:"probe_srcs"`
 	Listeners    *ebpf.Map `ebpf:"listeners"`
+	ProxyCgroups *ebpf.Map `ebpf:"proxy_cgroups"`
 }
 
 func (o *objects) Close() error {
@@ -92,6 +94,7 @@ func (o *objects) Close() error {
 	for _, c := range []interface{ Close() error }{
 		o.Connect4, o.Connect6, o.Getpeername4, o.Getpeername6, o.TrackSockops,
 		o.Enrolled, o.OrigByCookie, o.OrigByPeer, o.ProbePorts, o.ProbeSrcs, o.Listeners,
+		o.ProxyCgroups,
 	} {
 		errs = append(errs, c.Close()) // nil-safe
 	}
@@ -349,6 +352,49 @@ func (r *Redirector) LookupOrigDst(peer netip.AddrPort) (netip.AddrPort, error) 
 		return netip.AddrPort{}, fmt.Errorf("orig dst of %v: %w", peer, err)
 	}
 	return orig.addrPort(), nil
+}
+
+// AllowProxyCgroup exempts from capture the connections made by processes in the cgroup v2
+// with that id (CgroupID) or in any cgroup below it: the agent registers the proxy's pod cgroup,
+// whose containers are its children. This, not the socket mark, is what keeps the proxy's own
+// connections from being redirected back to it. Up to 16 levels below the hierarchy's root are
+// looked at (MAX_CGROUP_LEVEL in bpf/redirect.c). Allowing an allowed cgroup is a no-op.
+func (r *Redirector) AllowProxyCgroup(id uint64) error {
+	if id == 0 {
+		return errors.New("allow proxy cgroup: id 0")
+	}
+	if err := r.objs.ProxyCgroups.Put(id, uint8(1)); err != nil {
+		return fmt.Errorf("allow proxy cgroup %d: %w", id, err)
+	}
+	return nil
+}
+
+// ForgetProxyCgroup captures the cgroup's connections again. Forgetting a cgroup that is not
+// allowed is not an error.
+func (r *Redirector) ForgetProxyCgroup(id uint64) error {
+	err := r.objs.ProxyCgroups.Delete(id)
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("forget proxy cgroup %d: %w", id, err)
+	}
+	return nil
+}
+
+// ProxyCgroups returns the ids of the allowed proxy cgroups, in increasing order.
+func (r *Redirector) ProxyCgroups() ([]uint64, error) {
+	var (
+		id  uint64
+		v   uint8
+		ids []uint64
+	)
+	it := r.objs.ProxyCgroups.Iterate()
+	for it.Next(&id, &v) {
+		ids = append(ids, id)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("list proxy cgroups: %w", err)
+	}
+	slices.Sort(ids)
+	return ids, nil
 }
 
 var _ Datapath = (*Redirector)(nil)

@@ -92,9 +92,9 @@ func TestOutboundNotCaptured(t *testing.T) {
 	local := e.listen(e.podNS, ":9090")
 	toRemote := netip.AddrPortFrom(e.peerIP, 8080).String()
 
-	direct := func(t *testing.T, srv *server, network, addr string, mark int) {
+	direct := func(t *testing.T, srv *server, network, addr string) {
 		t.Helper()
-		_, res := e.app(t.Context(), network, addr, mark)
+		_, res := e.app(t.Context(), network, addr, 0)
 		c := srv.accept(t, acceptTimeout)
 		c.Close()
 		if r := waitResult(t, res); r.Err != "" {
@@ -102,12 +102,11 @@ func TestOutboundNotCaptured(t *testing.T) {
 		}
 		proxy.none(t)
 	}
-	t.Run("not-enrolled", func(t *testing.T) { direct(t, remote, "tcp", toRemote, 0) })
+	t.Run("not-enrolled", func(t *testing.T) { direct(t, remote, "tcp", toRemote) })
 	e.enrol()
-	t.Run("marked", func(t *testing.T) { direct(t, remote, "tcp", toRemote, mesh.SocketMark) })
-	t.Run("loopback", func(t *testing.T) { direct(t, local, "tcp", "127.0.0.1:9090", 0) })
-	t.Run("loopback6", func(t *testing.T) { direct(t, local, "tcp6", "[::1]:9090", 0) })
-	t.Run("pod-itself", func(t *testing.T) { direct(t, local, "tcp", netip.AddrPortFrom(e.podIP, 9090).String(), 0) })
+	t.Run("loopback", func(t *testing.T) { direct(t, local, "tcp", "127.0.0.1:9090") })
+	t.Run("loopback6", func(t *testing.T) { direct(t, local, "tcp6", "[::1]:9090") })
+	t.Run("pod-itself", func(t *testing.T) { direct(t, local, "tcp", netip.AddrPortFrom(e.podIP, 9090).String()) })
 	t.Run("captured-then-unenrolled", func(t *testing.T) {
 		_, res := e.app(t.Context(), "tcp", toRemote, 0)
 		proxy.accept(t, acceptTimeout).Close()
@@ -115,7 +114,7 @@ func TestOutboundNotCaptured(t *testing.T) {
 		if err := e.r.Unenrol(e.cookie(e.podNS)); err != nil {
 			t.Fatal(err)
 		}
-		direct(t, remote, "tcp", toRemote, 0)
+		direct(t, remote, "tcp", toRemote)
 	})
 }
 

@@ -11,7 +11,6 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
-#define SOCKET_MARK 0x539 /* api/mesh.SocketMark */
 #define PORT_OUTBOUND 15001 /* api/mesh.PortOutbound */
 #define PORT_HBONE 15008 /* api/mesh.PortHBONE */
 
@@ -22,6 +21,13 @@
 #define LISTENER_INBOUND 0 /* proxy's inbound plaintext listener (15006) */
 #define LISTENER_HBONE 1 /* proxy's HBONE listener (15008) */
 #define NOT_CAPTURED -1 /* inbound_kind: the connection goes to its socket, not the proxy */
+
+/* How many cgroup levels below the root proxy_exempt looks at. A Kubernetes pod's containers sit
+ * 4 to 6 levels deep (kubepods.slice/kubepods-<qos>.slice/<pod>.slice/<container>.scope under
+ * the node's root, or a few more under a nested node's subtree); a proxy whose pod cgroup is
+ * deeper than this is not exempted, so its connections loop back to itself: visible at once,
+ * never a bypass. */
+#define MAX_CGROUP_LEVEL 16
 
 #define TCP_FLAG_SYN 0x02
 #define TCP_FLAG_ACK 0x10
@@ -106,6 +112,16 @@ struct {
 	__type(value, __u8);
 } probe_srcs SEC(".maps");
 
+/* Cgroups whose sockets are the proxy's own and are never captured: ztunnel's pod cgroup, by
+ * cgroup v2 id (the kernfs inode number). A socket created in one of them or in any descendant
+ * (the pod's containers) is exempt. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u8);
+} proxy_cgroups SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
 	__uint(max_entries, 32768);
@@ -141,7 +157,30 @@ static __always_inline void set_mapped(__u32 ip[4], __u32 ip4)
 	ip[3] = ip4;
 }
 
-/* capture_ok reports whether a connect() from this socket may be considered at all. */
+/* proxy_exempt reports whether the task calling connect() runs in a proxy cgroup or a
+ * descendant of one. It would rather ask who created the socket (the socket's cgroup), but cgroup
+ * sock_addr programs may not call bpf_sk_cgroup_id or bpf_sk_ancestor_cgroup_id (the verifier
+ * refuses them), so it asks who connects it: the same task unless a proxy hands a socket to
+ * another process. Neither the socket mark nor anything else an app can set on its own socket
+ * exempts it; only running in the proxy's cgroup does. */
+static __always_inline int proxy_exempt(void)
+{
+	__u64 id;
+	int level;
+
+	/* Level 0 is the root, never registered; level n exists if the task is n levels deep. */
+	for (level = 1; level <= MAX_CGROUP_LEVEL; level++) {
+		id = bpf_get_current_ancestor_cgroup_id(level);
+		if (!id)
+			return 0; /* past the task's own cgroup */
+		if (bpf_map_lookup_elem(&proxy_cgroups, &id))
+			return 1;
+	}
+	return 0;
+}
+
+/* enrolled_pod returns the pod of a TCP connect() to consider for capture: its netns is
+ * enrolled and the socket is not the proxy's. */
 static __always_inline struct pod *enrolled_pod(struct bpf_sock_addr *ctx)
 {
 	__u64 netns = bpf_get_netns_cookie(ctx);
@@ -153,7 +192,8 @@ static __always_inline struct pod *enrolled_pod(struct bpf_sock_addr *ctx)
 	if (!pod)
 		return 0;
 	sk = ctx->sk;
-	if (!sk || sk->mark == SOCKET_MARK)
+	/* Only connects in enrolled namespaces pay for the cgroup walk. */
+	if (!sk || proxy_exempt())
 		return 0;
 	return pod;
 }
