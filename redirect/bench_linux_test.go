@@ -207,6 +207,18 @@ func BenchmarkHookRuntime(b *testing.B) {
 	b.Run("not-enrolled", func(b *testing.B) { measure(b, netip.AddrPortFrom(e.podIP, 8080)) })
 	e.enrol()
 	b.Run("captured", func(b *testing.B) { measure(b, netip.AddrPortFrom(e.peerIP, 8080)) })
+	// An app container as deep as on a Kubernetes node (kubepods.slice/<qos>.slice/<pod>.slice/
+	// <container>.scope: level 4), with a proxy cgroup registered elsewhere: connect4 looks up
+	// each of the four levels in proxy_cgroups.
+	proxy, err := CgroupID(e.subCgroup(b, "proxy"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := e.r.AllowProxyCgroup(proxy); err != nil {
+		b.Fatal(err)
+	}
+	enterCgroup(b, e.subCgroup(b, "qos/pod/container"))
+	b.Run("captured-level4", func(b *testing.B) { measure(b, netip.AddrPortFrom(e.peerIP, 8080)) })
 }
 
 // BenchmarkDropSyn reports drop_syn's cost per packet (BPF_PROG_TEST_RUN): a segment of an
