@@ -34,6 +34,7 @@ const (
 	PortXDSTLS           = 15012
 )
 
-// SocketMark is the SO_MARK carried by every socket that ztunnel or a waypoint opens; the
-// redirector never redirects a socket that carries it.
+// SocketMark is the SO_MARK carried by every socket that ztunnel or a waypoint opens. It exempts
+// nothing from capture (an application could set it too): the redirector lets a proxy's sockets
+// through by the proxy's cgroup, which the node agent registers.
 const SocketMark = 0x539
