@@ -84,7 +84,8 @@ func (s *Server) serve(ctx context.Context, uc *net.UnixConn) {
 	c.log = s.log.With(peerAttrs(c.peer))
 	c.log.Info("zds: proxy connected", "version", hello.Version)
 	if s.cfg.OnProxy != nil {
-		// Called after register so that Proxies() lists it; the replay may already be under way.
+		// After register, so that Proxies() lists it; before the writer starts, so before the
+		// replay is sent.
 		s.cfg.OnProxy(c.peer, true)
 	}
 
