@@ -63,6 +63,8 @@ type Agent struct {
 	procs  *procIndex
 	locks  keyLocks
 	events record.EventRecorder
+	// cookieOf reads a network namespace's cookie (redirect.NetNSCookie).
+	cookieOf func(nsPath string) (uint64, error)
 
 	// Set in Run.
 	dp        Datapath
@@ -96,7 +98,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return &Agent{
 		cfg: cfg, log: log.With("component", "agent", "node", cfg.Node), cs: cs, reg: reg, m: newMetrics(reg),
-		procs: newProcIndex(cfg.ProcDir, time.Now),
+		procs: newProcIndex(cfg.ProcDir, time.Now), cookieOf: redirect.NetNSCookie,
 		pods:  map[string]*podState{}, since: map[string]time.Time{},
 	}, nil
 }

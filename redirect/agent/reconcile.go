@@ -35,6 +35,10 @@ type podState struct {
 	uid   types.UID
 	netns uint64 // cookie
 	acked bool   // ztunnel holds the workload
+	// retry says the setup did not finish (ztunnel refused the pod, or the inbound hooks could
+	// not be attached) and must be run again from nsPath.
+	retry  bool
+	nsPath string
 }
 
 // reconcile brings one pod (by namespace/name) to what the rules want.
@@ -67,12 +71,14 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 		return a.annotate(ctx, pod, "")
 	}
 	since := a.wantSince(key)
-	if st == nil {
+	if st == nil || st.retry {
 		if pod.Status.PodIP == "" {
 			return nil // not started: the CNI plugin, or the update that brings the IP, sets it up
 		}
-		nsPath, err := a.procs.netnsPath(string(pod.UID))
-		if err != nil {
+		var nsPath string
+		if st != nil {
+			nsPath = st.nsPath
+		} else if nsPath, err = a.procs.netnsPath(string(pod.UID)); err != nil {
 			a.pending(ctx, pod, "NetnsNotFound", "no running process of the pod found to take its network namespace from: "+err.Error())
 			return err
 		}
@@ -110,7 +116,7 @@ func (a *Agent) setup(ctx context.Context, pod *corev1.Pod, nsPath string, ips [
 		return nil, fmt.Errorf("open network namespace %s: %w", nsPath, err)
 	}
 	defer f.Close()
-	cookie, err := redirect.NetNSCookie(nsPath)
+	cookie, err := a.cookieOf(nsPath)
 	if err != nil {
 		a.m.errors.WithLabelValues("netns").Inc()
 		return nil, err
@@ -144,11 +150,11 @@ func (a *Agent) setup(ctx context.Context, pod *corev1.Pod, nsPath string, ips [
 		// Outbound capture is on and inbound is not: keep the pod enrolled (fail closed for
 		// what is captured) and say so; the retry attaches.
 		a.pending(ctx, pod, "InboundHooksFailed", "attaching the inbound hooks failed: "+err.Error())
-		st := &podState{key: key, uid: pod.UID, netns: cookie}
-		a.setState(st)
+		a.setState(&podState{key: key, uid: pod.UID, netns: cookie, nsPath: nsPath, retry: true})
 		return nil, err
 	}
-	st := &podState{key: key, uid: pod.UID, netns: cookie, acked: zerr == nil}
+	st := &podState{key: key, uid: pod.UID, netns: cookie, nsPath: nsPath, acked: zerr == nil,
+		retry: zerr != nil && !errors.Is(zerr, zds.ErrNoProxy)}
 	a.setState(st)
 	return st, zerr
 }
