@@ -99,7 +99,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	return &Agent{
 		cfg: cfg, log: log.With("component", "agent", "node", cfg.Node), cs: cs, reg: reg, m: newMetrics(reg),
 		procs: newProcIndex(cfg.ProcDir, time.Now), cookieOf: redirect.NetNSCookie,
-		pods:  map[string]*podState{}, since: map[string]time.Time{},
+		pods: map[string]*podState{}, since: map[string]time.Time{},
 	}, nil
 }
 

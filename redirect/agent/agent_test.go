@@ -159,7 +159,10 @@ func TestEnrolOrderAndAnnotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, func() bool { ns, _ := h.a.nsLister.Get("shop"); return ns != nil && len(ns.Labels) == 0 })
-	waitFor(t, func() bool { p, _ := h.a.podLister.Pods("shop").Get("web"); return p.Annotations[mesh.AnnotationRedirection] != "" })
+	waitFor(t, func() bool {
+		p, _ := h.a.podLister.Pods("shop").Get("web")
+		return p.Annotations[mesh.AnnotationRedirection] != ""
+	})
 	h.reconcile(t)
 	want = []string{fmt.Sprintf("detach %d", cookie), fmt.Sprintf("unenrol %d", cookie), "zds del"}
 	if diff := cmp.Diff(want, h.c.take()); diff != "" {
@@ -193,7 +196,10 @@ func TestNoZtunnelFailsClosed(t *testing.T) {
 	}
 	h.z.err = nil
 	h.a.onReplayAck(testUID, nil)
-	waitFor(t, func() bool { p, _ := h.a.podLister.Pods("shop").Get("web"); return p.Annotations[mesh.AnnotationRedirection] == "pending" })
+	waitFor(t, func() bool {
+		p, _ := h.a.podLister.Pods("shop").Get("web")
+		return p.Annotations[mesh.AnnotationRedirection] == "pending"
+	})
 	h.reconcile(t)
 	if got := h.c.take(); len(got) != 0 {
 		t.Errorf("calls after the ack = %q, want none (the pod is set up)", got)
