@@ -12,7 +12,7 @@ export GOFLAGS := -buildvcs=false
 # (kube-proxy in the lab), clang/llvm (eBPF), protobuf-compiler (api/).
 APT_PKGS := iproute2 nftables iptables conntrack clang llvm libbpf-dev protobuf-compiler
 
-.PHONY: all build unit e2e test lint generate generate-check lab-up lab-down lab-tools deps bench bench-unit bench-scale demo clean
+.PHONY: all build unit e2e test lint generate generate-check lab-up lab-down lab-tools deps bench bench-unit bench-scale bench-onboard demo clean
 
 all: build
 
@@ -65,7 +65,7 @@ lab-up: build lab-tools
 lab-down: build
 	$(BIN)/lab down
 
-bench: bench-unit bench-scale
+bench: bench-unit bench-scale bench-onboard
 
 bench-unit: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./...
@@ -79,3 +79,10 @@ bench-scale: deps build lab-tools
 
 clean:
 	rm -rf $(BIN) .deps.stamp
+
+# The node agent onboarding a namespace of 100 running pods on two nodes (e2e/onboard_bench_test.go):
+# time from the label to the last pod annotated enabled, median of 5 rounds.
+bench-onboard: deps build lab-tools
+	$(GO) test -tags e2e -count=1 -timeout 30m -run '^$$' -bench AgentOnboarding -benchtime 5x -v ./e2e/ 2>&1 | \
+		tee .bench-onboard.log | grep -E '^(Benchmark|ok|FAIL|PASS|panic)|_test.go' ; \
+	test $${PIPESTATUS[0]} -eq 0

@@ -165,7 +165,7 @@ spec:
 
 // deployAgent installs the agent from deploy/ and the ZDS peer, and waits until both run on
 // every node. Cleanup uninstalls.
-func deployAgent(t *testing.T, cs kubernetes.Interface) {
+func deployAgent(t testing.TB, cs kubernetes.Interface) {
 	t.Helper()
 	ctx := context.Background()
 	eventually(t, 2*time.Minute, "an earlier istio-system to be deleted", func() bool {
@@ -188,7 +188,7 @@ func deployAgent(t *testing.T, cs kubernetes.Interface) {
 	})
 }
 
-func applyPeer(t *testing.T) {
+func applyPeer(t testing.TB) {
 	t.Helper()
 	b, err := os.ReadFile("testdata/zdspeer.yaml")
 	if err != nil {
@@ -201,7 +201,7 @@ func applyPeer(t *testing.T) {
 }
 
 // uninstallAgent deletes the DaemonSet and waits until no node has a pin or a CNI entry left.
-func uninstallAgent(t *testing.T, cs kubernetes.Interface) {
+func uninstallAgent(t testing.TB, cs kubernetes.Interface) {
 	t.Helper()
 	ctx := context.Background()
 	deleteAndWait(t, cs, "istio-system", "app=ambient-agent", func() error {
@@ -226,7 +226,7 @@ func uninstallAgent(t *testing.T, cs kubernetes.Interface) {
 }
 
 // deleteAndWait deletes with del and waits until no pod matches the selector.
-func deleteAndWait(t *testing.T, cs kubernetes.Interface, ns, selector string, del func() error) {
+func deleteAndWait(t testing.TB, cs kubernetes.Interface, ns, selector string, del func() error) {
 	t.Helper()
 	if err := del(); err != nil {
 		t.Fatal(err)
@@ -285,7 +285,7 @@ func killPod(t *testing.T, p *corev1.Pod) {
 	}
 }
 
-func labelNamespace(t *testing.T, cs kubernetes.Interface, ns, value string) {
+func labelNamespace(t testing.TB, cs kubernetes.Interface, ns, value string) {
 	t.Helper()
 	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:null}}}`, mesh.LabelDataplaneMode)
 	if value != "" {
@@ -298,7 +298,7 @@ func labelNamespace(t *testing.T, cs kubernetes.Interface, ns, value string) {
 
 // allAnnotated reports whether every running pod of the namespace (but those labelled out) has
 // the redirection annotation at value ("" for none).
-func allAnnotated(t *testing.T, cs kubernetes.Interface, ns, value string) bool {
+func allAnnotated(t testing.TB, cs kubernetes.Interface, ns, value string) bool {
 	pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
 	if err != nil {
 		return false
