@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -283,4 +284,110 @@ spec:
 	if got := execIn(t, ns, "hostnet", filepath.Join(labCfg.BinDir, "client"), "tcp", "127.0.0.1:19090", "on the node"); got != "on the node" {
 		t.Errorf("tcp echo in the node's namespace = %q", got)
 	}
+}
+
+// TestLabNodesLookLikeMachines checks that a privileged pod sees its node as a machine: hostPath
+// resolves under the node's root, /sys/fs/cgroup is the node's cgroup subtree, /sys/fs/bpf a bpffs
+// of the node's own, /proc the host's; and that CNI plugins see the node's files as its pods do.
+func TestLabNodesLookLikeMachines(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cs := client(t)
+	ns := newNamespace(t, cs, "machines")
+	pod := func(name, node string) string {
+		return `
+apiVersion: v1
+kind: Pod
+metadata: {name: ` + name + `}
+spec:
+  nodeName: ` + node + `
+  containers:
+  - name: c
+    image: ambient/echo
+    securityContext: {privileged: true}
+    volumeMounts:
+    - {name: bpf, mountPath: /sys/fs/bpf}
+    - {name: cgroup, mountPath: /sys/fs/cgroup}
+    - {name: run, mountPath: /var/run/labtest}
+    - {name: proc, mountPath: /host/proc, readOnly: true}
+  volumes:
+  - {name: bpf, hostPath: {path: /sys/fs/bpf}}
+  - {name: cgroup, hostPath: {path: /sys/fs/cgroup}}
+  - {name: run, hostPath: {path: /var/run/labtest, type: DirectoryOrCreate}}
+  - {name: proc, hostPath: {path: /proc}}
+---`
+	}
+	apply(t, ns, []byte(pod("machine-1", "node-1")+pod("machine-2", "node-2")+`
+apiVersion: v1
+kind: Pod
+metadata: {name: no-socket}
+spec:
+  nodeName: node-1
+  containers:
+  - {name: c, image: ambient/echo, volumeMounts: [{name: s, mountPath: /cni.sock}]}
+  volumes:
+  - {name: s, hostPath: {path: /var/run/ambient/cni.sock, type: Socket}}
+`))
+	uids := map[string]string{}
+	eventually(t, 60*time.Second, "machine pods running", func() bool {
+		for _, name := range []string{"machine-1", "machine-2"} {
+			p, err := cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+			if err != nil || !podReady(p) {
+				return false
+			}
+			uids[name] = string(p.UID)
+		}
+		return true
+	})
+	cgParent, err := lab.LabCgroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, other := range []int{2, 1} {
+		node, me, them := lab.NodeAt(i+1).Name, fmt.Sprintf("machine-%d", i+1), fmt.Sprintf("machine-%d", other)
+		out := execIn(t, ns, me, "sh", "-c", `echo `+me+` > /var/run/labtest/marker && mkdir /sys/fs/bpf/pin-`+node+
+			` && stat -f -c %t /sys/fs/bpf && ls /sys/fs/cgroup && test -f /host/proc/1/status && echo proc-ok`)
+		if !strings.HasPrefix(out, "cafe4a11\n") {
+			t.Errorf("%s: /sys/fs/bpf is not a bpffs: %q", me, out)
+		}
+		if !strings.Contains(out, uids[me]) || strings.Contains(out, uids[them]) {
+			t.Errorf("%s: /sys/fs/cgroup lists %q; want its own pod %s and not %s's", me, out, uids[me], them)
+		}
+		if !strings.Contains(out, "proc-ok") {
+			t.Errorf("%s: /host/proc is not the host's /proc: %q", me, out)
+		}
+		root := labCfg.NodeRoot(node)
+		for _, f := range []string{"run/labtest/marker", "var/run/labtest/marker"} {
+			if b, err := os.ReadFile(filepath.Join(root, f)); err != nil || string(b) != me+"\n" {
+				t.Errorf("%s: host's %s = %q, %v; want the pod's marker", me, filepath.Join(root, f), b, err)
+			}
+		}
+	}
+	for i, other := range []int{2, 1} {
+		root := labCfg.NodeRoot(lab.NodeAt(i + 1).Name)
+		if _, err := os.Stat(filepath.Join(root, "sys/fs/bpf/pin-node-"+fmt.Sprint(i+1))); err != nil {
+			t.Errorf("node-%d's bpffs lacks its pod's pin: %v", i+1, err)
+		}
+		if _, err := os.Stat(filepath.Join(root, "sys/fs/bpf/pin-node-"+fmt.Sprint(other))); err == nil {
+			t.Errorf("node-%d's bpffs has node-%d's pin", i+1, other)
+		}
+	}
+
+	// The node's CNI plugins run in the same view: they find what the node's pods wrote.
+	out, err := exec.CommandContext(ctx, filepath.Join(labCfg.BinDir, "lab"), "nodeview", "--root", labCfg.NodeRoot("node-1"),
+		"--cgroup", filepath.Join(cgParent, "node-1"), "--", "sh", "-c",
+		"cat /var/run/labtest/marker; ls /etc/cni/net.d /opt/cni/bin/bridge /sys/fs/bpf/pin-node-1 /sys/fs/cgroup/"+uids["machine-1"]).CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "machine-1\n") || !strings.Contains(string(out), "10-lab.conflist") {
+		t.Errorf("lab nodeview on node-1: %v: %s", err, out)
+	}
+
+	// A hostPath that must exist and does not on this node keeps the pod from starting, saying why.
+	eventually(t, 30*time.Second, "no-socket pod reports its missing hostPath", func() bool {
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, "no-socket", metav1.GetOptions{})
+		if err != nil || len(p.Status.ContainerStatuses) == 0 {
+			return false
+		}
+		w := p.Status.ContainerStatuses[0].State.Waiting
+		return w != nil && strings.Contains(w.Message, "/var/run/ambient/cni.sock: type Socket requires it to exist")
+	})
 }

@@ -70,6 +70,13 @@ func run(m *testing.M) int {
 		return 1
 	}
 	left := leftovers(root)
+	mounts, err := lab.MountsUnder(labCfg.StateDir())
+	if err != nil {
+		left = append(left, "mountinfo: "+err.Error())
+	}
+	for _, mp := range mounts {
+		left = append(left, "mount "+mp)
+	}
 	for _, p := range strings.Fields(string(created)) {
 		if _, err := os.Stat(p); err == nil {
 			left = append(left, "mount target "+p)
@@ -83,7 +90,7 @@ func run(m *testing.M) int {
 }
 
 // leftovers lists what the lab created that is still on the machine: network namespaces,
-// links, cgroups and processes.
+// links, cgroups and processes (mounts under the state directory are checked beside it).
 func leftovers(root string) []string {
 	var left []string
 	ents, _ := os.ReadDir("/run/netns")

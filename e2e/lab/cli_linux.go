@@ -25,6 +25,9 @@ const usage = `usage: lab <command> [flags]
   down                           stop the lab and remove everything it created
   status                         show the control plane, nodes and pods
   exec <ns>/<pod> -- <cmd...>    run a command in the pod's network namespace and cgroup
+  nodeview --root DIR --cgroup DIR -- <cmd...>
+                                 run a command in a node's view of the file system (as CNI
+                                 plugins run), in a new mount namespace
 `
 
 // Command runs the lab CLI and returns the process exit code.
@@ -46,6 +49,8 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cmdExec(ctx, args[1:], stderr)
 	case "kubelet":
 		err = cmdKubelet(ctx, args[1:])
+	case "nodeview":
+		return cmdNodeView(args[1:], stderr)
 	case "podinit":
 		spec, derr := kubelet.DecodeInit(os.Getenv(kubelet.InitEnv))
 		if derr != nil {
@@ -257,6 +262,7 @@ func cmdKubelet(ctx context.Context, args []string) error {
 	fs.StringVar(&c.CNIConfDir, "cni-conf-dir", "", "CNI configuration directory")
 	fs.StringVar(&c.CNIBinDir, "cni-bin-dir", "", "CNI plugin directory")
 	fs.StringVar(&c.StateDir, "state-dir", "", "node state directory")
+	fs.StringVar(&c.NodeRoot, "node-root", "", "the node's root file system (hostPath volumes resolve under it)")
 	fs.StringVar(&c.BinDir, "bin-dir", "", "directories (colon-separated) of the programs images map to")
 	fs.StringVar(&c.ClusterDNS, "cluster-dns", ClusterDNSIP, "cluster DNS address")
 	if err := fs.Parse(args); err != nil {
@@ -268,9 +274,52 @@ func cmdKubelet(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	k, err := kubelet.New(c, filepath.Join(cg, c.Node), EnvMarker+"="+root, slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "kubelet", "node", c.Node))
+	c.NodeCgroup = filepath.Join(cg, c.Node)
+	k, err := kubelet.New(c, EnvMarker+"="+root, slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "kubelet", "node", c.Node))
 	if err != nil {
 		return err
 	}
 	return k.Run(ctx)
+}
+
+// cmdNodeView enters a node's view of the file system and execs the command. Run in the mount
+// namespace of its parent (by hand, say, rather than by the kubelet, which clones it into a new
+// one), it first re-executes itself in a new mount namespace: its mounts must never reach the host.
+func cmdNodeView(args []string, stderr io.Writer) int {
+	var v kubelet.NodeView
+	fs := flag.NewFlagSet("nodeview", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&v.Root, "root", "", "the node root")
+	fs.StringVar(&v.Cgroup, "cgroup", "", "the node's cgroup v2 directory")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if v.Root == "" || v.Cgroup == "" || fs.NArg() == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	own, err1 := os.Readlink("/proc/self/ns/mnt")
+	parent, err2 := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", os.Getppid()))
+	if err1 != nil || err2 != nil || own == parent {
+		self, err := os.Executable()
+		if err != nil {
+			fmt.Fprintln(stderr, "lab:", err)
+			return 1
+		}
+		cmd := exec.Command(self, append([]string{"nodeview"}, args...)...)
+		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}
+		if err := cmd.Run(); err != nil {
+			var ee *exec.ExitError
+			if errors.As(err, &ee) {
+				return ee.ExitCode()
+			}
+			fmt.Fprintln(stderr, "lab:", err)
+			return 1
+		}
+		return 0
+	}
+	err := kubelet.EnterNodeView(v, fs.Args(), os.Environ()) // returns only on failure
+	fmt.Fprintln(stderr, "lab:", err)
+	return 1
 }

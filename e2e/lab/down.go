@@ -31,6 +31,13 @@ func Down(cfg Config, log *slog.Logger) error {
 		}
 	}
 	st := cfg.StateDir()
+	// The nodes' bpffs instances are mounted in the node roots; removing the roots while they
+	// are mounted would empty the instances (harmless) and then fail, so detach them first, and
+	// leave the node roots in place if that fails rather than remove through a mount.
+	if err := unmountUnder(st); err != nil {
+		errs = append(errs, fmt.Errorf("unmount node roots: %w", err))
+		return errors.Join(errs...)
+	}
 	for _, d := range []string{"etcd", "pki", "nodes", "pods", "run", "kubeconfig", "controller-manager.conf", "scheduler.conf"} {
 		if err := os.RemoveAll(filepath.Join(st, d)); err != nil {
 			errs = append(errs, err)

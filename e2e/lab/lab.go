@@ -77,6 +77,14 @@ func (c Config) Kubeconfig() string { return filepath.Join(c.StateDir(), "kubeco
 // CreatedLog lists the mount targets pods had to create on the host's file system.
 func (c Config) CreatedLog() string { return filepath.Join(c.StateDir(), "created-paths") }
 
+// NodeDir holds a node's state: credentials, its pods' volumes and logs, and its root.
+func (c Config) NodeDir(node string) string { return filepath.Join(c.StateDir(), "nodes", node) }
+
+// NodeRoot plays the node's root file system: hostPath volumes of its pods resolve under it
+// (/var/run/ambient → NodeRoot/run/ambient), and it holds the node's /etc/cni/net.d,
+// /opt/cni/bin and its bpffs at sys/fs/bpf.
+func (c Config) NodeRoot(node string) string { return filepath.Join(c.NodeDir(node), "root") }
+
 // LogDir holds one log file per component.
 func (c Config) LogDir() string { return filepath.Join(c.StateDir(), "logs") }
 

@@ -175,13 +175,13 @@ func startControlPlane(ctx context.Context, cfg Config, p *pki, log *slog.Logger
 	return nil
 }
 
-// startNode writes the node's credentials and CNI configuration and starts its lab kubelet
-// inside the node's network namespace.
+// startNode writes the node's credentials, makes its root (CNI configuration and plugins,
+// bpffs) and starts its lab kubelet inside the node's network namespace.
 func startNode(cfg Config, p *pki, n Node) error {
-	dir := filepath.Join(cfg.StateDir(), "nodes", n.Name)
-	cniDir := filepath.Join(dir, "net.d")
-	if err := os.MkdirAll(cniDir, 0o755); err != nil {
-		return err
+	dir := cfg.NodeDir(n.Name)
+	root := cfg.NodeRoot(n.Name)
+	if err := makeNodeRoot(cfg, n, root); err != nil {
+		return fmt.Errorf("node %s root: %w", n.Name, err)
 	}
 	c, k, err := p.issue("kubelet-"+n.Name, "system:node:"+n.Name, []string{"system:nodes"}, []net.IP{n.IP}, []string{n.Name}, true)
 	if err != nil {
@@ -191,34 +191,12 @@ func startNode(cfg Config, p *pki, n Node) error {
 	if err := writeKubeconfig(kc, "https://"+APIServerIP+":"+strconv.Itoa(APIPort), p.CAPath(), c, k); err != nil {
 		return err
 	}
-	conf := fmt.Sprintf(`{
-  "cniVersion": "1.0.0",
-  "name": "lab",
-  "plugins": [
-    {
-      "type": "bridge",
-      "bridge": "cni0",
-      "isGateway": true,
-      "hairpinMode": true,
-      "ipam": {
-        "type": "host-local",
-        "dataDir": %q,
-        "ranges": [[{"subnet": %q, "gateway": %q}]],
-        "routes": [{"dst": "0.0.0.0/0"}]
-      }
-    }
-  ]
-}
-`, filepath.Join(dir, "ipam"), n.PodCIDR.String(), n.Gateway.String())
-	if err := os.WriteFile(filepath.Join(cniDir, "10-lab.conflist"), []byte(conf), 0o644); err != nil {
-		return err
-	}
 	d := daemon{Name: "kubelet-" + n.Name, Netns: n.Netns, Argv: []string{
 		filepath.Join(cfg.BinDir, "lab"), "kubelet",
 		"--root=" + cfg.Root, "--node=" + n.Name, "--node-ip=" + n.IP.String(),
 		"--pod-cidr=" + n.PodCIDR.String(), "--kubeconfig=" + kc,
-		"--cni-conf-dir=" + cniDir, "--cni-bin-dir=" + filepath.Join(cfg.ToolsDir, "cni"),
-		"--state-dir=" + dir, "--bin-dir=" + cfg.BinDir + ":" + filepath.Join(cfg.ToolsDir, "bin"),
+		"--cni-conf-dir=" + filepath.Join(root, "etc/cni/net.d"), "--cni-bin-dir=" + filepath.Join(root, "opt/cni/bin"),
+		"--node-root=" + root, "--state-dir=" + dir, "--bin-dir=" + cfg.BinDir + ":" + filepath.Join(cfg.ToolsDir, "bin"),
 		"--cluster-dns=" + ClusterDNSIP,
 	}}
 	if _, err := d.start(cfg.Root, cfg.LogDir()); err != nil {
@@ -245,6 +223,57 @@ func startNode(cfg Config, p *pki, n Node) error {
 		"--metrics-bind-address=127.0.0.1:10249", "--healthz-bind-address=127.0.0.1:10256", "--v=1"}}
 	_, err = proxy.start(cfg.Root, cfg.LogDir())
 	return err
+}
+
+// makeNodeRoot lays out the node's root file system:
+//
+//	etc/cni/net.d/10-lab.conflist  the node's CNI configuration list (bridge + host-local)
+//	opt/cni/bin/                   links to the lab's CNI plugins
+//	run/, var/run -> ../run        the node's /run (run/netns: where the host's is shown)
+//	var/lib/cni/networks/          host-local's leases
+//	sys/fs/bpf/                    a bpffs instance of the node's own
+func makeNodeRoot(cfg Config, n Node, root string) error {
+	for _, d := range []string{"etc/cni/net.d", "opt/cni/bin", "run/netns", "var/lib/cni/networks", "sys/fs/bpf"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := os.Symlink("../run", filepath.Join(root, "var/run")); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	plugins, err := os.ReadDir(filepath.Join(cfg.ToolsDir, "cni"))
+	if err != nil {
+		return fmt.Errorf("lab CNI plugins: %w", err)
+	}
+	for _, pl := range plugins {
+		if err := os.Symlink(filepath.Join(cfg.ToolsDir, "cni", pl.Name()), filepath.Join(root, "opt/cni/bin", pl.Name())); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+	}
+	// Each mount of bpffs is a new instance: the node's pins never meet another node's.
+	if err := mountBPFFS(filepath.Join(root, "sys/fs/bpf")); err != nil {
+		return err
+	}
+	conf := fmt.Sprintf(`{
+  "cniVersion": "1.0.0",
+  "name": "lab",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "cni0",
+      "isGateway": true,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": %q,
+        "ranges": [[{"subnet": %q, "gateway": %q}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    }
+  ]
+}
+`, filepath.Join(root, "var/lib/cni/networks"), n.PodCIDR.String(), n.Gateway.String())
+	return os.WriteFile(filepath.Join(root, "etc/cni/net.d", "10-lab.conflist"), []byte(conf), 0o644)
 }
 
 func nthIP(n *net.IPNet, i int) net.IP {

@@ -21,8 +21,14 @@ type Config struct {
 	NodeIP     string
 	PodCIDR    string
 	Kubeconfig string
-	CNIConfDir string
-	CNIBinDir  string
+	CNIConfDir string // the node's /etc/cni/net.d on the host (under NodeRoot)
+	CNIBinDir  string // the node's /opt/cni/bin on the host (under NodeRoot)
+	// NodeRoot is the directory that plays the node's root file system: hostPath volumes resolve
+	// under it, and CNI plugins run with its /etc/cni/net.d, /opt/cni/bin and /run in place.
+	NodeRoot string
+	// NodeCgroup is the node's cgroup v2 directory: the parent of its pods' cgroups, and what
+	// the node's pods and plugins see at /sys/fs/cgroup.
+	NodeCgroup string
 	StateDir   string // per-node state: pods' volumes and logs
 	CreatedLog string // where pods record mount targets they created on the host
 	BinDir     string // colon-separated directories of the programs that images map to
@@ -36,7 +42,8 @@ type Config struct {
 func (c Config) Validate() error {
 	var errs []error
 	for name, v := range map[string]string{"node": c.Node, "kubeconfig": c.Kubeconfig, "cni-conf-dir": c.CNIConfDir,
-		"cni-bin-dir": c.CNIBinDir, "state-dir": c.StateDir, "bin-dir": c.BinDir} {
+		"cni-bin-dir": c.CNIBinDir, "state-dir": c.StateDir, "bin-dir": c.BinDir, "node-root": c.NodeRoot,
+		"node-cgroup": c.NodeCgroup} {
 		if v == "" {
 			errs = append(errs, errors.New(name+" is required"))
 		}
@@ -46,6 +53,11 @@ func (c Config) Validate() error {
 	}
 	if _, _, err := net.ParseCIDR(c.PodCIDR); err != nil {
 		errs = append(errs, errors.New("pod-cidr must be a CIDR"))
+	}
+	for name, v := range map[string]string{"node-root": c.NodeRoot, "node-cgroup": c.NodeCgroup} {
+		if v != "" && !filepath.IsAbs(v) {
+			errs = append(errs, errors.New(name+" must be an absolute path"))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -33,9 +33,9 @@ type Kubelet struct {
 	wg      sync.WaitGroup
 }
 
-// New builds a kubelet from a validated config. cgroupParent is the cgroup v2 directory under
-// which each pod gets a leaf; marker is the environment entry that tags the lab's processes.
-func New(cfg Config, cgroupParent, marker string, log *slog.Logger) (*Kubelet, error) {
+// New builds a kubelet from a validated config; marker is the environment entry that tags the
+// lab's processes. Each pod gets a cgroup leaf under cfg.NodeCgroup.
+func New(cfg Config, marker string, log *slog.Logger) (*Kubelet, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -48,19 +48,21 @@ func New(cfg Config, cgroupParent, marker string, log *slog.Logger) (*Kubelet, e
 	if err != nil {
 		return nil, err
 	}
-	nw, err := newNetwork(cfg.CNIBinDir, cfg.CNIConfDir, filepath.Join(cfg.StateDir, "cni-cache"))
+	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	self, err := os.Executable()
+	nw, err := newNetwork(cfg.CNIBinDir, cfg.CNIConfDir, filepath.Join(cfg.StateDir, "cni-cache"),
+		&nodeExec{labBin: self, view: NodeView{Root: cfg.NodeRoot, Cgroup: cfg.NodeCgroup}})
 	if err != nil {
 		return nil, err
 	}
 	if cfg.Domain == "" {
 		cfg.Domain = "cluster.local"
 	}
-	return &Kubelet{cfg: cfg, log: log, cs: cs, net: nw, vols: volumes{cs: cs}, cgroupParent: cgroupParent,
-		labBin: self, marker: marker, workers: map[types.UID]*podWorker{}}, nil
+	return &Kubelet{cfg: cfg, log: log, cs: cs, net: nw, vols: volumes{cs: cs, nodeRoot: cfg.NodeRoot, nodeCgroup: cfg.NodeCgroup},
+		cgroupParent: cfg.NodeCgroup,
+		labBin:       self, marker: marker, workers: map[types.UID]*podWorker{}}, nil
 }
 
 // Run registers the node and runs its pods until ctx is cancelled; cancellation returns nil and

@@ -10,8 +10,14 @@ import (
 	"testing"
 )
 
-// TestMain lets the test binary act as `lab podinit` when re-executed by TestPodInit.
+// TestMain lets the test binary act as `lab podinit` when re-executed by TestPodInit, and as
+// `lab nodeview` when run by TestNodeExec.
 func TestMain(m *testing.M) {
+	if len(os.Args) > 5 && os.Args[1] == "nodeview" && os.Args[6] == "--" {
+		err := EnterNodeView(NodeView{Root: os.Args[3], Cgroup: os.Args[5]}, os.Args[7:], os.Environ())
+		fmt.Fprintln(os.Stderr, "nodeview:", err)
+		os.Exit(111)
+	}
 	if enc := os.Getenv(InitEnv); enc != "" {
 		spec, err := DecodeInit(enc)
 		if err == nil {

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	corev1 "k8s.io/api/core/v1"
 )
@@ -35,19 +36,20 @@ func (s *sandbox) netnsPath() string {
 }
 
 // network runs CNI for pods: the node's configuration list from its CNI config directory,
-// invoked with the runtime arguments a real kubelet's runtime passes.
+// invoked with the runtime arguments a real kubelet's runtime passes, each plugin in the node's
+// view of the file system (nodeExec).
 type network struct {
 	cni      *libcni.CNIConfig
 	confDir  string
 	loopback *libcni.NetworkConfigList
 }
 
-func newNetwork(binDir, confDir, cacheDir string) (*network, error) {
+func newNetwork(binDir, confDir, cacheDir string, exec invoke.Exec) (*network, error) {
 	lo, err := libcni.ConfListFromBytes([]byte(`{"cniVersion":"1.0.0","name":"lo","plugins":[{"type":"loopback"}]}`))
 	if err != nil {
 		return nil, err
 	}
-	return &network{cni: libcni.NewCNIConfigWithCacheDir([]string{binDir}, cacheDir, nil), confDir: confDir, loopback: lo}, nil
+	return &network{cni: libcni.NewCNIConfigWithCacheDir([]string{binDir}, cacheDir, exec), confDir: confDir, loopback: lo}, nil
 }
 
 // confList loads the first configuration list in the directory, in lexical order, as kubelets

@@ -17,7 +17,9 @@ import (
 // volumes materialises a pod's volumes as directories on the node and returns, per volume
 // name, the directory to bind into the pod.
 type volumes struct {
-	cs kubernetes.Interface
+	cs         kubernetes.Interface
+	nodeRoot   string // hostPath volumes resolve under it (see hostPathSource)
+	nodeCgroup string
 }
 
 func (v volumes) prepare(ctx context.Context, pod *corev1.Pod, podDir string) (map[string]string, error) {
@@ -29,10 +31,7 @@ func (v volumes) prepare(ctx context.Context, pod *corev1.Pod, podDir string) (m
 		case vol.EmptyDir != nil:
 			err = os.MkdirAll(dir, 0o777)
 		case vol.HostPath != nil:
-			dir = vol.HostPath.Path
-			if t := vol.HostPath.Type; t != nil && (*t == corev1.HostPathDirectoryOrCreate) {
-				err = os.MkdirAll(dir, 0o755)
-			}
+			dir, err = prepareHostPath(v.nodeRoot, v.nodeCgroup, vol.HostPath)
 		case vol.ConfigMap != nil:
 			err = v.configMap(ctx, pod.Namespace, vol.ConfigMap.Name, vol.ConfigMap.Items, optional(vol.ConfigMap.Optional), dir)
 		case vol.Secret != nil:
