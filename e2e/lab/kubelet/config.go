@@ -80,6 +80,8 @@ func ImageProgram(binDir, image string) (string, error) {
 }
 
 // findProgram resolves image in the first directory of the colon-separated list that has it.
+// The mesh's images drop the binaries' "ambient-" prefix (ambient/agent runs ambient-agent), so
+// a name that is not found as it is is tried with the prefix.
 func findProgram(dirs, image string) (string, error) {
 	var first string
 	for _, d := range filepath.SplitList(dirs) {
@@ -90,8 +92,10 @@ func findProgram(dirs, image string) (string, error) {
 		if first == "" {
 			first = p
 		}
-		if st, err := os.Stat(p); err == nil && !st.IsDir() {
-			return p, nil
+		for _, cand := range []string{p, filepath.Join(filepath.Dir(p), "ambient-"+filepath.Base(p))} {
+			if st, err := os.Stat(cand); err == nil && !st.IsDir() {
+				return cand, nil
+			}
 		}
 	}
 	return "", errors.New("image " + image + ": no program " + filepath.Base(first) + " in " + dirs)
