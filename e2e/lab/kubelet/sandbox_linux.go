@@ -105,6 +105,11 @@ func (n *network) setup(ctx context.Context, pod *corev1.Pod, cgroupParent strin
 	}
 	res, err := n.cni.AddNetworkList(ctx, list, runtimeConf(pod, sb.netnsPath()))
 	if err != nil {
+		// As a runtime does: a sandbox whose ADD failed is torn down (DEL releases what the
+		// plugins before the failing one set up) and created anew on the next attempt.
+		if derr := n.teardown(ctx, pod); derr != nil {
+			err = errors.Join(err, fmt.Errorf("tear the failed sandbox down: %w", derr))
+		}
 		return nil, fmt.Errorf("cni add %s: %w", list.Name, err)
 	}
 	r, err := types100.NewResultFromResult(res)
