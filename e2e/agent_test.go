@@ -126,6 +126,11 @@ spec:
 	if out := execIn(t, ns, "client", clientBin, "tcp", echo.Status.PodIP+":9090", "hi"); !strings.HasPrefix(out, "zdspeer outbound") {
 		t.Errorf("after the agent restarted, outbound = %q, want captured", out)
 	}
+	for _, p := range pods { // kubelet's probes reach the app past the capture
+		if p, err := cs.CoreV1().Pods(ns).Get(ctx, p.Name, metav1.GetOptions{}); err != nil || !podReady(p) {
+			t.Errorf("echo pod %s not ready while enrolled: %v", p.Name, err)
+		}
+	}
 
 	// Lose ztunnel: enrolled pods' connections fail, never bypass; back once it is.
 	deleteAndWait(t, cs, "istio-system", "app=zdspeer", func() error {

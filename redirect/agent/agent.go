@@ -77,7 +77,6 @@ type Agent struct {
 	pods  map[string]*podState // by namespace/name
 	since map[string]time.Time // when a pod was first seen wanting in, until it is enabled
 
-	initial atomic.Bool // the state is being rebuilt after a start
 	ready   atomic.Bool
 }
 
@@ -160,11 +159,9 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	// Rebuild before ztunnel can connect: a replay from a half-built state would make ztunnel
 	// drop the pods not yet in it.
-	a.initial.Store(true)
 	if err := a.rebuild(ctx); err != nil {
 		return err
 	}
-	a.initial.Store(false)
 	go func() { errc <- zs.Run(ctx) }()
 	go func() { errc <- srv.serveCNI(ctx) }()
 	if a.cfg.InstallCNI {

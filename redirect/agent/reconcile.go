@@ -88,8 +88,11 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 		}
 	}
 	if !st.acked {
-		if a.initial.Load() {
-			return nil // after a restart ztunnel has not connected yet: keep what the pod says
+		if pod.Annotations[mesh.AnnotationRedirection] == mesh.RedirectionEnabled {
+			// Set up before: the kernel side is in place, and ztunnel gets the pod in its
+			// replay when it (re)connects. A ztunnel that is away is ztunnel's state to report,
+			// not a change of every pod's; an agent restart must change nothing.
+			return nil
 		}
 		a.pending(ctx, pod, "ZtunnelNotConnected", "ztunnel is not connected to the node agent on "+a.cfg.Node+
 			": the pod's connections are refused (never bypassed) until it takes the pod")
