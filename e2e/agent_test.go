@@ -126,9 +126,9 @@ spec:
 	if out := execIn(t, ns, "client", clientBin, "tcp", echo.Status.PodIP+":9090", "hi"); !strings.HasPrefix(out, "zdspeer outbound") {
 		t.Errorf("after the agent restarted, outbound = %q, want captured", out)
 	}
-	for _, p := range pods { // kubelet's probes reach the app past the capture
-		if p, err := cs.CoreV1().Pods(ns).Get(ctx, p.Name, metav1.GetOptions{}); err != nil || !podReady(p) {
-			t.Errorf("echo pod %s not ready while enrolled: %v", p.Name, err)
+	for _, e := range pods { // kubelet's probes reach the app past the capture
+		if p, err := cs.CoreV1().Pods(ns).Get(ctx, e.Name, metav1.GetOptions{}); err != nil || !podReady(p) {
+			t.Errorf("echo pod %s not ready while enrolled: %v", e.Name, err)
 		}
 	}
 
