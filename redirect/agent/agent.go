@@ -77,7 +77,7 @@ type Agent struct {
 	pods  map[string]*podState // by namespace/name
 	since map[string]time.Time // when a pod was first seen wanting in, until it is enabled
 
-	ready   atomic.Bool
+	ready atomic.Bool
 }
 
 // New builds the agent from a validated configuration. It connects to nothing.
