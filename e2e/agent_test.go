@@ -132,6 +132,28 @@ spec:
 		}
 	}
 
+	// Agent frozen: a new pod outside the mesh still starts (the plugin asks the API server
+	// itself); one in the mesh waits for the agent rather than start unprotected.
+	agentPod = podOn(t, cs, "istio-system", "app=ambient-agent", clientPod.Spec.NodeName)
+	signalPod(t, agentPod, syscall.SIGSTOP)
+	apply(t, outside, []byte(fmt.Sprintf("apiVersion: v1\nkind: Pod\nmetadata: {name: late}\nspec:\n  nodeName: %s\n  containers: [{name: c, image: ambient/client}]\n", clientPod.Spec.NodeName)))
+	apply(t, ns, []byte(fmt.Sprintf("apiVersion: v1\nkind: Pod\nmetadata: {name: late}\nspec:\n  nodeName: %s\n  containers: [{name: c, image: ambient/client}]\n", clientPod.Spec.NodeName)))
+	eventually(t, 90*time.Second, "a pod outside the mesh starts while the agent is frozen", func() bool {
+		p, err := cs.CoreV1().Pods(outside).Get(ctx, "late", metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodRunning
+	})
+	if p, err := cs.CoreV1().Pods(ns).Get(ctx, "late", metav1.GetOptions{}); err != nil || p.Status.Phase == corev1.PodRunning {
+		t.Errorf("a pod in the mesh started while the agent was frozen (%v)", err)
+	}
+	signalPod(t, agentPod, syscall.SIGCONT)
+	eventually(t, 90*time.Second, "the pod in the mesh starts, enrolled, once the agent is back", func() bool {
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, "late", metav1.GetOptions{})
+		return err == nil && p.Status.Phase == corev1.PodRunning && p.Annotations[mesh.AnnotationRedirection] == mesh.RedirectionEnabled
+	})
+	if out := execIn(t, ns, "late", clientBin, "tcp", echo.Status.PodIP+":9090", "hi"); !strings.HasPrefix(out, "zdspeer outbound") {
+		t.Errorf("outbound of the pod started after the agent came back = %q, want captured", out)
+	}
+
 	// Lose ztunnel: enrolled pods' connections fail, never bypass; back once it is.
 	deleteAndWait(t, cs, "istio-system", "app=zdspeer", func() error {
 		return cs.AppsV1().DaemonSets("istio-system").Delete(ctx, "zdspeer", metav1.DeleteOptions{})
@@ -273,7 +295,10 @@ func podOn(t *testing.T, cs kubernetes.Interface, ns, selector, node string) *co
 }
 
 // killPod SIGKILLs every process of the pod (its kubelet restarts the containers).
-func killPod(t *testing.T, p *corev1.Pod) {
+func killPod(t *testing.T, p *corev1.Pod) { signalPod(t, p, syscall.SIGKILL) }
+
+// signalPod sends sig to every process of the pod.
+func signalPod(t *testing.T, p *corev1.Pod, sig syscall.Signal) {
 	t.Helper()
 	cg, err := lab.LabCgroup()
 	if err != nil {
@@ -286,7 +311,7 @@ func killPod(t *testing.T, p *corev1.Pod) {
 	for _, f := range strings.Fields(string(b)) {
 		var pid int
 		fmt.Sscan(f, &pid)
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+		_ = syscall.Kill(pid, sig)
 	}
 }
 

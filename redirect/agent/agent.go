@@ -57,6 +57,7 @@ type ZDS interface {
 type Agent struct {
 	cfg    Config
 	log    *slog.Logger
+	rc     *rest.Config
 	cs     kubernetes.Interface
 	reg    *prometheus.Registry
 	m      *metrics
@@ -96,7 +97,7 @@ func New(cfg Config, log *slog.Logger) (*Agent, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return &Agent{
-		cfg: cfg, log: log.With("component", "agent", "node", cfg.Node), cs: cs, reg: reg, m: newMetrics(reg),
+		cfg: cfg, log: log.With("component", "agent", "node", cfg.Node), rc: rc, cs: cs, reg: reg, m: newMetrics(reg),
 		procs: newProcIndex(cfg.ProcDir, time.Now), cookieOf: redirect.NetNSCookie,
 		pods: map[string]*podState{}, since: map[string]time.Time{},
 	}, nil

@@ -126,7 +126,7 @@ func (a *Agent) CNICheck(ctx context.Context, req cni.PodRequest) (bool, error) 
 
 func (a *Agent) readyErr() error {
 	if !a.ready.Load() {
-		return errors.New("the node agent is starting")
+		return cni.ErrNotReady
 	}
 	return nil
 }

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/ambient-mesh/ambient/api/mesh"
@@ -20,13 +23,19 @@ import (
 // keepCNIInstalled chains the plugin into the node's conflist and puts it back whenever the
 // primary network rewrites its file (network plugins do, on their own restarts).
 func (a *Agent) keepCNIInstalled(ctx context.Context) {
+	access := filepath.Join(a.cfg.CNIConfDir, cni.APIAccessFile)
 	entry := cni.PluginConf{Type: cni.PluginType, AgentSocket: a.cfg.CNISocket(),
-		TimeoutSeconds: int((a.cfg.AckTimeout + 5*time.Second) / time.Second)}
+		TimeoutSeconds: int((a.cfg.AckTimeout + 5*time.Second) / time.Second), APIAccess: access}
 	var lastErr string
 	t := time.NewTicker(2 * time.Second)
 	defer t.Stop()
 	for {
-		changed, err := cni.Install(a.cfg.CNIConfDir, a.cfg.CNIBinDir, a.cfg.CNIBinary, entry)
+		// The credentials first: the entry that names them must not come before them.
+		err := a.writeAPIAccess(access)
+		changed := false
+		if err == nil {
+			changed, err = cni.Install(a.cfg.CNIConfDir, a.cfg.CNIBinDir, a.cfg.CNIBinary, entry)
+		}
 		switch {
 		case err != nil && err.Error() != lastErr:
 			a.log.Error("install CNI plugin: new pods in the mesh will not start until it is", "err", err)
@@ -43,6 +52,30 @@ func (a *Agent) keepCNIInstalled(ctx context.Context) {
 		case <-t.C:
 		}
 	}
+}
+
+// writeAPIAccess keeps the plugin's fallback credentials current: the API server, its CA and
+// the agent's own token, which the kubelet rotates.
+func (a *Agent) writeAPIAccess(path string) error {
+	acc := cni.APIAccess{Server: a.rc.Host, CAData: a.rc.TLSClientConfig.CAData, Token: a.rc.BearerToken}
+	if len(acc.CAData) == 0 && a.rc.TLSClientConfig.CAFile != "" {
+		b, err := os.ReadFile(a.rc.TLSClientConfig.CAFile)
+		if err != nil {
+			return fmt.Errorf("read API server CA: %w", err)
+		}
+		acc.CAData = b
+	}
+	if a.rc.BearerTokenFile != "" {
+		b, err := os.ReadFile(a.rc.BearerTokenFile)
+		if err != nil {
+			return fmt.Errorf("read service account token: %w", err)
+		}
+		acc.Token = strings.TrimSpace(string(b))
+	}
+	if _, err := cni.WriteAPIAccess(path, acc); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
 
 // uninstallIfDeleted uninstalls when the agent's DaemonSet is gone or being deleted: that is
@@ -78,6 +111,10 @@ func Uninstall(ctx context.Context, cfg Config, cs kubernetes.Interface, log *sl
 	var errs []error
 	if err := cni.Uninstall(cfg.CNIConfDir, cfg.CNIBinDir, cni.PluginType); err != nil {
 		errs = append(errs, fmt.Errorf("uninstall CNI plugin: %w", err))
+	}
+	// After the entry that names it is gone.
+	if err := os.Remove(filepath.Join(cfg.CNIConfDir, cni.APIAccessFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
 	}
 	if err := redirect.Uninstall(cfg.Redirect); err != nil {
 		errs = append(errs, fmt.Errorf("uninstall redirection: %w", err))

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -21,6 +22,14 @@ const (
 	PathDel   = "/v1/cni/del"
 	PathCheck = "/v1/cni/check"
 )
+
+// ErrNotReady is what the agent answers while it starts (HTTP 503).
+var ErrNotReady = errors.New("the node agent is starting")
+
+// ErrNoAnswer wraps every failure to get an answer from the agent (unreachable, starting, timed
+// out, garbled), as opposed to the agent's refusal to set a pod up: the plugin then decides by
+// itself whether the pod may start (fallback.go).
+var ErrNoAnswer = errors.New("no answer from the node agent")
 
 // PodRequest is what the plugin tells the agent about a pod's sandbox.
 type PodRequest struct {
@@ -72,16 +81,19 @@ func (c *AgentClient) Call(ctx context.Context, path string, req PodRequest) (Po
 	hr.Header.Set("Content-Type", "application/json")
 	resp, err := c.hc.Do(hr)
 	if err != nil {
-		return PodResponse{}, fmt.Errorf("ambient agent unreachable at %s: %w", c.Socket, err)
+		return PodResponse{}, fmt.Errorf("%w: unreachable at %s: %w", ErrNoAnswer, c.Socket, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	if err != nil {
-		return PodResponse{}, fmt.Errorf("ambient agent: read answer: %w", err)
+		return PodResponse{}, fmt.Errorf("%w: read answer: %w", ErrNoAnswer, err)
 	}
 	var out PodResponse
 	if err := json.Unmarshal(b, &out); err != nil {
-		return PodResponse{}, fmt.Errorf("ambient agent: answer %s: %w", resp.Status, err)
+		return PodResponse{}, fmt.Errorf("%w: answer %s: %w", ErrNoAnswer, resp.Status, err)
+	}
+	if resp.StatusCode == http.StatusServiceUnavailable {
+		return out, fmt.Errorf("%w: %s", ErrNoAnswer, out.Error)
 	}
 	if resp.StatusCode/100 != 2 {
 		if out.Error == "" {
@@ -112,6 +124,10 @@ func NewServeMux(h Handler, timeout time.Duration) *http.ServeMux {
 			ctx, cancel := context.WithTimeout(r.Context(), timeout)
 			defer cancel()
 			enrolled, err := fn(ctx, req)
+			if errors.Is(err, ErrNotReady) {
+				writeJSON(w, http.StatusServiceUnavailable, PodResponse{Error: err.Error()})
+				return
+			}
 			if err != nil {
 				writeJSON(w, http.StatusInternalServerError, PodResponse{Error: err.Error()})
 				return

@@ -26,8 +26,8 @@ type PluginConf struct {
 	AgentSocket string `json:"agentSocket"`
 	// TimeoutSeconds bounds how long ADD waits for the agent to set the pod up.
 	TimeoutSeconds int `json:"timeoutSeconds,omitempty"`
-	// LogLevel is the plugin's stderr verbosity (debug, info, warn, error).
-	LogLevel string `json:"logLevel,omitempty"`
+	// APIAccess is the credentials file of the plugin's fallback (see APIAccess).
+	APIAccess string `json:"apiAccess,omitempty"`
 }
 
 // ErrNoConflist is returned when the CNI configuration directory holds no configuration list:

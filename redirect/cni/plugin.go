@@ -17,6 +17,9 @@ import (
 // path, but it waits for ztunnel's ack.
 const DefaultTimeout = 30 * time.Second
 
+// delTimeout bounds DEL's call to the agent.
+const delTimeout = 5 * time.Second
+
 // Versions are the CNI specification versions the plugin speaks.
 var Versions = version.PluginSupports("1.0.0", "1.1.0")
 
@@ -25,6 +28,8 @@ type conf struct {
 	types.PluginConf
 	AgentSocket    string `json:"agentSocket"`
 	TimeoutSeconds int    `json:"timeoutSeconds"`
+	// APIAccess is the credentials file for the fallback (APIAccess); empty: no fallback.
+	APIAccess string `json:"apiAccess"`
 }
 
 // k8sArgs are the CNI_ARGS a Kubernetes runtime passes.
@@ -47,6 +52,8 @@ type Plugin struct {
 	NewCaller func(socket string) Caller
 	// Print writes the result for the runtime (types.PrintResult in production).
 	Print func(r types.Result, version string) error
+	// Decide is the fallback when the agent gives no answer (decideFromAPI in production).
+	Decide func(ctx context.Context, accessPath, namespace, name string) (enrol bool, reason string, err error)
 }
 
 // Main runs the plugin as a CNI binary: it reads the command from the environment and the
@@ -55,6 +62,7 @@ func Main() {
 	p := &Plugin{
 		NewCaller: func(socket string) Caller { return NewAgentClient(socket) },
 		Print:     types.PrintResult,
+		Decide:    decideFromAPI,
 	}
 	skel.PluginMainFuncs(skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check, Status: p.Status, GC: p.GC},
 		Versions, "ambient-cni: sets pods up for the Ambient mesh through the node agent")
@@ -119,13 +127,34 @@ func (p *Plugin) Add(args *skel.CmdArgs) error {
 		return err
 	}
 	if isPod {
-		ctx, cancel := context.WithTimeout(context.Background(), c.timeout())
-		defer cancel()
-		if _, err := p.NewCaller(c.AgentSocket).Call(ctx, PathAdd, req); err != nil {
+		if err := p.add(c, req); err != nil {
 			return fmt.Errorf("ambient-cni: pod %s/%s: %w", req.Namespace, req.Name, err)
 		}
 	}
 	return p.Print(c.PrevResult, c.CNIVersion)
+}
+
+func (p *Plugin) add(c *conf, req PodRequest) error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout())
+	defer cancel()
+	_, err := p.NewCaller(c.AgentSocket).Call(ctx, PathAdd, req)
+	if err == nil || !errors.Is(err, ErrNoAnswer) {
+		return err // set up, or refused by the agent: that decides
+	}
+	if c.APIAccess == "" || p.Decide == nil {
+		return err
+	}
+	// The agent gave no answer: a pod outside the mesh may start without it.
+	dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer dcancel()
+	enrol, reason, derr := p.Decide(dctx, c.APIAccess, req.Namespace, req.Name)
+	switch {
+	case derr != nil:
+		return fmt.Errorf("%w; and the fallback could not tell whether the pod belongs in the mesh: %w", err, derr)
+	case enrol:
+		return fmt.Errorf("the pod belongs in the mesh (%s) and cannot be set up: %w", reason, err)
+	}
+	return nil
 }
 
 // Del tells the agent the sandbox is going. It never fails: DEL must be idempotent and may come
@@ -139,7 +168,8 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	if err != nil || !isPod {
 		return nil //nolint:nilerr // as above
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), c.timeout())
+	// Short: nothing waits on the answer, and a runtime retrying a failed sandbox runs DEL first.
+	ctx, cancel := context.WithTimeout(context.Background(), min(c.timeout(), delTimeout))
 	defer cancel()
 	_, _ = p.NewCaller(c.AgentSocket).Call(ctx, PathDel, req)
 	return nil

@@ -2,9 +2,17 @@ package cni
 
 import (
 	"context"
+	"encoding/pem"
 	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
@@ -47,7 +55,6 @@ func TestAdd(t *testing.T) {
 	}{
 		{"pod in the mesh, set up", podArgs, nil, true, ""},
 		{"agent says no: the pod fails to start", podArgs, errors.New("ambient agent: set up redirection: attach: no such device"), true, "attach: no such device"},
-		{"agent unreachable: the pod fails to start", podArgs, errors.New("ambient agent unreachable at /var/run/ambient/cni.sock: connect: no such file"), true, "unreachable"},
 		{"not a Kubernetes pod: passed through", "IgnoreUnknown=true", nil, false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -120,3 +127,124 @@ func TestCheckAndStatus(t *testing.T) {
 		t.Errorf("Check = %v", err)
 	}
 }
+
+// TestAddFallback: when the agent gives no answer, the plugin asks the API server itself and lets
+// through only the pods the rule puts outside the mesh.
+func TestAddFallback(t *testing.T) {
+	noAnswer := fmt.Errorf("%w: unreachable at /var/run/ambient/cni.sock: connect: no such file", ErrNoAnswer)
+	withAccess := strings.Replace(stdin, `"agentSocket"`, `"apiAccess":"/etc/cni/net.d/ambient-cni.credentials","agentSocket"`, 1)
+	for _, tc := range []struct {
+		name      string
+		stdin     string
+		enrol     bool
+		decideErr error
+		wantError string
+	}{
+		{"outside the mesh: starts", withAccess, false, nil, ""},
+		{"in the mesh: refused", withAccess, true, nil, "belongs in the mesh"},
+		{"API unreachable too: refused", withAccess, false, errors.New("get pod: 401 Unauthorized"), "could not tell"},
+		{"no fallback configured: refused", stdin, false, nil, "unreachable"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, printed := plugin(&fakeCaller{err: noAnswer})
+			var asked string
+			p.Decide = func(_ context.Context, path, ns, name string) (bool, string, error) {
+				asked = path + " " + ns + "/" + name
+				return tc.enrol, "namespace label", tc.decideErr
+			}
+			err := p.Add(&skel.CmdArgs{ContainerID: "c1", Netns: "/run/netns/p", Args: podArgs, StdinData: []byte(tc.stdin)})
+			if tc.wantError == "" {
+				if err != nil || len(*printed) != 1 {
+					t.Fatalf("Add = %v (printed %d), want the pod through", err, len(*printed))
+				}
+				if asked != "/etc/cni/net.d/ambient-cni.credentials shop/web" {
+					t.Errorf("fallback asked %q", asked)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantError) {
+				t.Fatalf("Add = %v, want an error with %q", err, tc.wantError)
+			}
+		})
+	}
+}
+
+// TestDecideFromAPI reads a pod and its namespace from a TLS API server with a bearer token.
+func TestDecideFromAPI(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Authorization") != "Bearer tok" {
+			http.Error(w, "{}", http.StatusUnauthorized)
+			return
+		}
+		switch r.URL.Path {
+		case "/api/v1/namespaces/shop":
+			fmt.Fprint(w, `{"metadata":{"name":"shop","labels":{"istio.io/dataplane-mode":"ambient"}}}`)
+		case "/api/v1/namespaces/shop/pods/web":
+			fmt.Fprint(w, `{"metadata":{"name":"web"},"spec":{}}`)
+		case "/api/v1/namespaces/shop/pods/out":
+			fmt.Fprint(w, `{"metadata":{"name":"out","labels":{"istio.io/dataplane-mode":"none"}},"spec":{}}`)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	defer srv.Close()
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	path := filepath.Join(t.TempDir(), APIAccessFile)
+	for _, tc := range []struct {
+		token, pod string
+		want       bool
+		wantErr    bool
+	}{
+		{"tok", "web", true, false},
+		{"tok", "out", false, false},
+		{"tok", "missing", false, true},
+		{"wrong", "web", false, true},
+	} {
+		if _, err := WriteAPIAccess(path, APIAccess{Server: srv.URL, CAData: ca, Token: tc.token}); err != nil {
+			t.Fatal(err)
+		}
+		got, _, err := decideFromAPI(context.Background(), path, "shop", tc.pod)
+		if (err != nil) != tc.wantErr || got != tc.want {
+			t.Errorf("token %s pod %s: decide = %v, %v; want %v, error %v", tc.token, tc.pod, got, err, tc.want, tc.wantErr)
+		}
+	}
+	if st, _ := os.Stat(path); st.Mode().Perm() != 0o600 {
+		t.Errorf("credentials mode %v, want 0600", st.Mode().Perm())
+	}
+}
+
+// TestAgentClientServer is the real exchange over a unix socket: a refusal carries the agent's
+// message; "starting" is no answer.
+func TestAgentClientServer(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "cni.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &fakeHandler{}
+	srv := &http.Server{Handler: NewServeMux(h, 5*time.Second)}
+	go srv.Serve(l)
+	defer srv.Close()
+	c := NewAgentClient(sock)
+	ctx := context.Background()
+	if r, err := c.Call(ctx, PathAdd, PodRequest{Namespace: "shop", Name: "web"}); err != nil || !r.Enrolled {
+		t.Errorf("add = %+v, %v", r, err)
+	}
+	h.err = errors.New("attach: no such device")
+	if _, err := c.Call(ctx, PathAdd, PodRequest{Namespace: "shop", Name: "web"}); err == nil || errors.Is(err, ErrNoAnswer) || !strings.Contains(err.Error(), "no such device") {
+		t.Errorf("refused add = %v, want the agent's message, not ErrNoAnswer", err)
+	}
+	h.err = ErrNotReady
+	if _, err := c.Call(ctx, PathAdd, PodRequest{Namespace: "shop", Name: "web"}); !errors.Is(err, ErrNoAnswer) {
+		t.Errorf("add while starting = %v, want ErrNoAnswer", err)
+	}
+	if _, err := NewAgentClient(sock+".gone").Call(ctx, PathAdd, PodRequest{}); !errors.Is(err, ErrNoAnswer) {
+		t.Errorf("add to no agent = %v, want ErrNoAnswer", err)
+	}
+}
+
+type fakeHandler struct{ err error }
+
+func (f *fakeHandler) CNIAdd(context.Context, PodRequest) (bool, error)   { return f.err == nil, f.err }
+func (f *fakeHandler) CNIDel(context.Context, PodRequest) error           { return f.err }
+func (f *fakeHandler) CNICheck(context.Context, PodRequest) (bool, error) { return f.err == nil, f.err }
