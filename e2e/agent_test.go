@@ -53,9 +53,13 @@ func TestAgentOnboarding(t *testing.T) {
 	eventually(t, 30*time.Second, "every pod annotated enabled", func() bool { return allAnnotated(t, cs, ns, mesh.RedirectionEnabled) })
 	t.Logf("label to every pod enabled: %s", time.Since(start).Round(time.Millisecond))
 
+	// The peer's own onward connection from the client's namespace is let through (its cgroup is
+	// exempt) and lands on the echo pod's inbound capture.
 	out := execIn(t, ns, "client", clientBin, "tcp", echo.Status.PodIP+":9090", "hi")
-	if want := fmt.Sprintf("zdspeer outbound pod=%s/client dst=", ns); !strings.HasPrefix(out, want) || !strings.Contains(out, "orig="+echo.Status.PodIP+":9090") {
-		t.Errorf("outbound from the enrolled client = %q, want the peer's outbound listener with the original destination", out)
+	if want := fmt.Sprintf("zdspeer outbound pod=%s/client dst=", ns); !strings.HasPrefix(out, want) ||
+		!strings.Contains(out, "orig="+echo.Status.PodIP+":9090 | zdspeer inbound pod="+ns+"/"+echo.Name) {
+		t.Errorf("outbound from the enrolled client = %q, want the peer's outbound listener, the original destination, "+
+			"and the peer's onward connection captured inbound at %s", out, echo.Name)
 	}
 	for _, p := range pods {
 		out := execIn(t, outside, "outsider", clientBin, "tcp", p.Status.PodIP+":9090", "hi")

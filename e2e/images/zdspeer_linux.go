@@ -3,8 +3,10 @@ package images
 // The ZDS peer: a stand-in for ztunnel in the agent's end-to-end tests. It takes pods from the
 // node agent over ZDS exactly as ztunnel does, opens the three in-pod listeners in each pod's
 // network namespace and registers them with the redirector, and answers every connection with a
-// line that says which listener took it (and, outbound, the original destination). It proxies
-// nothing: it proves where captured traffic lands.
+// line that says which listener took it. Outbound, it also connects to the original destination
+// from the pod's namespace, as ztunnel would, and appends that peer's answer: the connection is
+// only let through (not captured again into the peer itself) because the agent exempted the
+// peer's cgroup, so the answer proves the exemption.
 
 import (
 	"context"
@@ -17,6 +19,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -45,6 +48,7 @@ type zdsPeer struct {
 type peerPod struct {
 	name      string
 	cookie    uint64
+	netns     *os.File
 	listeners []net.Listener
 }
 
@@ -72,11 +76,11 @@ func RunZDSPeer(ctx context.Context, cfg ZDSPeerConfig, log *slog.Logger) error 
 }
 
 func (p *zdsPeer) AddWorkload(_ context.Context, w *zdsv1.WorkloadInfo, cookie uint64, netns *os.File) error {
-	defer netns.Close()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if old, ok := p.pods[w.Uid]; ok {
 		if old.cookie == cookie {
+			netns.Close()
 			return nil // a re-add after the agent restarted: keep the listeners
 		}
 		old.close()
@@ -84,9 +88,10 @@ func (p *zdsPeer) AddWorkload(_ context.Context, w *zdsv1.WorkloadInfo, cookie u
 	name := w.Namespace + "/" + w.Name
 	ls, err := listenIn(netns, []int{mesh.PortOutbound, mesh.PortInboundPlaintext, mesh.PortHBONE})
 	if err != nil {
+		netns.Close()
 		return fmt.Errorf("listen in %s: %w", name, err)
 	}
-	pod := &peerPod{name: name, cookie: cookie, listeners: ls}
+	pod := &peerPod{name: name, cookie: cookie, netns: netns, listeners: ls}
 	if err := errors.Join(
 		p.pinned.RegisterListener(cookie, redirect.ListenerInbound, ls[1].(*net.TCPListener)),
 		p.pinned.RegisterListener(cookie, redirect.ListenerHBONE, ls[2].(*net.TCPListener)),
@@ -145,6 +150,7 @@ func (pp *peerPod) close() {
 	for _, l := range pp.listeners {
 		l.Close()
 	}
+	pp.netns.Close()
 }
 
 // serve answers each connection once its client has finished sending.
@@ -164,7 +170,7 @@ func (p *zdsPeer) serve(pod *peerPod, l net.Listener, kind string) {
 				if err != nil {
 					line += " orig=none"
 				} else {
-					line += " orig=" + orig.String()
+					line += " orig=" + orig.String() + " | " + onward(pod.netns, orig)
 				}
 			}
 			_, _ = io.Copy(io.Discard, c)
@@ -173,26 +179,63 @@ func (p *zdsPeer) serve(pod *peerPod, l net.Listener, kind string) {
 	}
 }
 
-// listenIn opens TCP listeners on the ports inside the network namespace, as ztunnel does:
-// marked, SO_REUSEPORT, no MPTCP (the kernel keeps MPTCP sockets out of a SOCKHASH).
-func listenIn(netns *os.File, ports []int) ([]net.Listener, error) {
+// onward connects to dst from the pod's namespace, sends a line, and returns the first line of
+// the answer (or the error).
+func onward(netns *os.File, dst netip.AddrPort) string {
+	c, err := inNetns(netns, func() (net.Conn, error) {
+		d := net.Dialer{Timeout: 2 * time.Second}
+		return d.Dial("tcp", dst.String())
+	})
+	if err != nil {
+		return "onward: " + err.Error()
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	_, _ = io.WriteString(c, "onward")
+	_ = c.(*net.TCPConn).CloseWrite()
+	b, err := io.ReadAll(c)
+	if err != nil && len(b) == 0 {
+		return "onward: " + err.Error()
+	}
+	return strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0])
+}
+
+// inNetns runs fn on a thread in the network namespace: sockets it creates live there.
+func inNetns[T any](netns *os.File, fn func() (T, error)) (T, error) {
 	type result struct {
-		ls  []net.Listener
+		v   T
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread() // left locked if the namespace cannot be restored: the thread dies with us
+		var r result
 		orig, err := os.Open("/proc/thread-self/ns/net")
 		if err != nil {
-			done <- result{err: err}
+			r.err = err
+			done <- r
 			return
 		}
 		defer orig.Close()
 		if err := unix.Setns(int(netns.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- result{err: fmt.Errorf("setns: %w", err)}
+			r.err = fmt.Errorf("setns: %w", err)
+			done <- r
 			return
 		}
+		r.v, r.err = fn()
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err == nil {
+			runtime.UnlockOSThread()
+		}
+		done <- r
+	}()
+	r := <-done
+	return r.v, r.err
+}
+
+// listenIn opens TCP listeners on the ports inside the network namespace, as ztunnel does:
+// marked, SO_REUSEPORT, no MPTCP (the kernel keeps MPTCP sockets out of a SOCKHASH).
+func listenIn(netns *os.File, ports []int) ([]net.Listener, error) {
+	return inNetns(netns, func() ([]net.Listener, error) {
 		lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			err := c.Control(func(fd uintptr) {
@@ -203,26 +246,17 @@ func listenIn(netns *os.File, ports []int) ([]net.Listener, error) {
 			return errors.Join(err, serr)
 		}}
 		lc.SetMultipathTCP(false)
-		var r result
+		var ls []net.Listener
 		for _, port := range ports {
 			l, err := lc.Listen(context.Background(), "tcp", ":"+strconv.Itoa(port))
 			if err != nil {
-				r.err = err
-				break
+				for _, l := range ls {
+					l.Close()
+				}
+				return nil, err
 			}
-			r.ls = append(r.ls, l)
+			ls = append(ls, l)
 		}
-		if r.err != nil {
-			for _, l := range r.ls {
-				l.Close()
-			}
-			r.ls = nil
-		}
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err == nil {
-			runtime.UnlockOSThread()
-		}
-		done <- r
-	}()
-	r := <-done
-	return r.ls, r.err
+		return ls, nil
+	})
 }
