@@ -5,9 +5,16 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"sort"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/ambient-mesh/ambient/e2e/lab"
 
 	"github.com/ambient-mesh/ambient/api/mesh"
 	corev1 "k8s.io/api/core/v1"
@@ -52,6 +59,7 @@ spec:
 		return n == pods
 	})
 	var lasts, medians []time.Duration
+	stepsBefore := agentSteps(b)
 	b.ResetTimer()
 	for range b.N {
 		start := time.Now()
@@ -87,6 +95,13 @@ spec:
 		b.StartTimer()
 	}
 	b.StopTimer()
+	stepsAfter := agentSteps(b)
+	for step, after := range stepsAfter {
+		before := stepsBefore[step]
+		if n := after[1] - before[1]; n > 0 {
+			b.Logf("setup step %-9s %4.0f times, mean %6.2f ms, total %6.0f ms (both nodes)", step, n, (after[0]-before[0])/n*1000, (after[0]-before[0])*1000)
+		}
+	}
 	b.ReportMetric(medianDuration(lasts).Seconds(), "s/onboard")
 	b.ReportMetric(medianDuration(medians).Seconds(), "s/median-pod")
 	b.ReportMetric(0, "ns/op")
@@ -97,4 +112,36 @@ func medianDuration(ds []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), ds...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2]
+}
+
+// agentSteps reads the agents' ambient_agent_setup_step_seconds from every node: per step, the
+// sum of seconds and the count, added over the nodes.
+func agentSteps(b *testing.B) map[string][2]float64 {
+	b.Helper()
+	out := map[string][2]float64{}
+	for i := 1; i <= labCfg.Nodes; i++ {
+		netns := lab.NodeAt(i).Netns
+		hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) { return lab.DialInNetns(ctx, netns, addr) }}}
+		resp, err := hc.Get("http://127.0.0.1:15020/metrics")
+		if err != nil {
+			b.Fatalf("agent metrics on %s: %v", netns, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(string(body), "\n") {
+			for i, suffix := range []string{"_sum{", "_count{"} {
+				name, rest, ok := strings.Cut(line, "ambient_agent_setup_step_seconds"+suffix)
+				if !ok || name != "" {
+					continue
+				}
+				step, val, _ := strings.Cut(strings.TrimPrefix(rest, `step="`), `"} `)
+				v, _ := strconv.ParseFloat(val, 64)
+				cur := out[step]
+				cur[i] += v
+				out[step] = cur
+			}
+		}
+	}
+	return out
 }

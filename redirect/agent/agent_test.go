@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ambient-mesh/ambient/api/mesh"
+	"github.com/ambient-mesh/ambient/internal/testutil"
 	"github.com/ambient-mesh/ambient/redirect"
 	"github.com/ambient-mesh/ambient/redirect/zds"
 	"github.com/google/go-cmp/cmp"
@@ -158,8 +159,8 @@ func TestEnrolOrderAndAnnotation(t *testing.T) {
 		[]byte(`{"metadata":{"labels":null}}`), metav1.PatchOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { ns, _ := h.a.nsLister.Get("shop"); return ns != nil && len(ns.Labels) == 0 })
-	waitFor(t, func() bool {
+	testutil.Eventually(t, 10*time.Second, "the unlabelled namespace in the cache", func() bool { ns, _ := h.a.nsLister.Get("shop"); return ns != nil && len(ns.Labels) == 0 })
+	testutil.Eventually(t, 10*time.Second, "the annotated pod in the cache", func() bool {
 		p, _ := h.a.podLister.Pods("shop").Get("web")
 		return p.Annotations[mesh.AnnotationRedirection] != ""
 	})
@@ -196,7 +197,7 @@ func TestNoZtunnelFailsClosed(t *testing.T) {
 	}
 	h.z.err = nil
 	h.a.onReplayAck(testUID, nil)
-	waitFor(t, func() bool {
+	testutil.Eventually(t, 10*time.Second, "the pending pod in the cache", func() bool {
 		p, _ := h.a.podLister.Pods("shop").Get("web")
 		return p.Annotations[mesh.AnnotationRedirection] == "pending"
 	})
@@ -252,17 +253,6 @@ func TestAckErrorIsRetried(t *testing.T) {
 	}
 	if got := h.annotation(t); got != mesh.RedirectionEnabled {
 		t.Errorf("annotation after the retry = %q, want enabled", got)
-	}
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met in 10s")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

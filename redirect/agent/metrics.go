@@ -1,6 +1,10 @@
 package agent
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Metrics of the node agent.
 type metrics struct {
@@ -9,6 +13,7 @@ type metrics struct {
 	onboard     prometheus.Histogram
 	proxies     prometheus.Gauge
 	cniRequests *prometheus.CounterVec
+	steps       *prometheus.HistogramVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -26,6 +31,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		cniRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ambient_agent_cni_requests_total", Help: "CNI plugin requests, by command and result."}, []string{"command", "result"}),
 	}
-	reg.MustRegister(m.enrolled, m.errors, m.onboard, m.proxies, m.cniRequests)
+	m.steps = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "ambient_agent_setup_step_seconds",
+		Help: "Time of each step of setting a pod up: netns (finding and opening it), ztunnel (the ZDS hand-off and its ack), " +
+			"enrol (the eBPF maps), attach (loading and attaching the inbound programs), annotate (the API call).",
+		Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 5}}, []string{"step"})
+	reg.MustRegister(m.enrolled, m.errors, m.onboard, m.proxies, m.cniRequests, m.steps)
 	return m
+}
+
+// step times one setup step.
+func (m *metrics) step(name string) func() {
+	start := time.Now()
+	return func() { m.steps.WithLabelValues(name).Observe(time.Since(start).Seconds()) }
 }

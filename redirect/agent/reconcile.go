@@ -78,7 +78,7 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 		var nsPath string
 		if st != nil {
 			nsPath = st.nsPath
-		} else if nsPath, err = a.procs.netnsPath(string(pod.UID)); err != nil {
+		} else if nsPath, err = a.findNetns(pod.UID); err != nil {
 			a.pending(ctx, pod, "NetnsNotFound", "no running process of the pod found to take its network namespace from: "+err.Error())
 			return err
 		}
@@ -138,17 +138,25 @@ func (a *Agent) setup(ctx context.Context, pod *corev1.Pod, nsPath string, ips [
 	for _, ip := range ips {
 		info.Ips = append(info.Ips, ip.String())
 	}
+	done := a.m.step("ztunnel")
 	zerr := a.zds.Add(ctx, zds.Workload{Info: info, NetnsCookie: cookie, Netns: f})
+	done()
 	if zerr != nil && !errors.Is(zerr, zds.ErrNoProxy) {
 		a.m.errors.WithLabelValues("ztunnel").Inc()
 		a.pending(ctx, pod, "ZtunnelRefused", "ztunnel did not take the pod: "+zerr.Error())
 	}
 	rp := redirect.Pod{NetNS: cookie, IPs: ips, ProbePorts: probePorts(pod), ProbeSources: a.probeSources(ips)}
-	if err := a.dp.Enrol(rp); err != nil {
+	done = a.m.step("enrol")
+	err = a.dp.Enrol(rp)
+	done()
+	if err != nil {
 		a.m.errors.WithLabelValues("enrol").Inc()
 		return nil, err
 	}
-	if _, err := a.dp.AttachSKLookup(nsPath); err != nil {
+	done = a.m.step("attach")
+	_, err = a.dp.AttachSKLookup(nsPath)
+	done()
+	if err != nil {
 		a.m.errors.WithLabelValues("attach").Inc()
 		// Outbound capture is on and inbound is not: keep the pod enrolled (fail closed for
 		// what is captured) and say so; the retry attaches.
@@ -160,6 +168,12 @@ func (a *Agent) setup(ctx context.Context, pod *corev1.Pod, nsPath string, ips [
 		retry: zerr != nil && !errors.Is(zerr, zds.ErrNoProxy)}
 	a.setState(st)
 	return st, zerr
+}
+
+// findNetns finds a running pod's network namespace in /proc.
+func (a *Agent) findNetns(uid types.UID) (string, error) {
+	defer a.m.step("netns")()
+	return a.procs.netnsPath(string(uid))
 }
 
 // teardown takes the pod out: the kernel first, then ztunnel.
@@ -197,7 +211,9 @@ func (a *Agent) annotate(ctx context.Context, pod *corev1.Pod, value string) err
 	if value != "" {
 		patch = fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, mesh.AnnotationRedirection, value)
 	}
+	done := a.m.step("annotate")
 	_, err := a.cs.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, []byte(patch), metav1PatchOptions)
+	done()
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
