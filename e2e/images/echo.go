@@ -1,5 +1,6 @@
-// Package images holds the programs behind the lab's container images: ambient/echo and
-// ambient/client. They are test workloads, not mesh components.
+// Package images holds the programs behind the lab's test images: ambient/echo, ambient/client
+// and ambient/zdspeer (a stand-in for ztunnel on the node agent's ZDS socket). They are test
+// workloads, not mesh components.
 package images
 
 import (
