@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
 // skipOrFail is the one place a test may skip: without root or a kernel feature. Under CI=true
@@ -150,7 +152,7 @@ func newEnv(t testing.TB) *env {
 		t.Fatalf("create cgroup: %v", err)
 	}
 	t.Cleanup(func() {
-		if err := eventually(5*time.Second, func() bool { return unix.Rmdir(e.cgroup) == nil || !fileExists(e.cgroup) }); err != nil {
+		if err := testutil.Poll(5*time.Second, func() bool { return unix.Rmdir(e.cgroup) == nil || !fileExists(e.cgroup) }); err != nil {
 			t.Errorf("remove cgroup %s: %v", e.cgroup, err)
 		}
 	})
@@ -362,7 +364,7 @@ func (e *env) subCgroup(t testing.TB, rel string) string {
 		made := dir
 		t.Cleanup(func() {
 			// A helper that just exited may still be leaving it.
-			if err := eventually(5*time.Second, func() bool { return unix.Rmdir(made) == nil || !fileExists(made) }); err != nil {
+			if err := testutil.Poll(5*time.Second, func() bool { return unix.Rmdir(made) == nil || !fileExists(made) }); err != nil {
 				t.Errorf("remove cgroup %s: %v", made, err)
 			}
 		})
@@ -536,18 +538,6 @@ func sockaddrString(sa unix.Sockaddr) string {
 		return netip.AddrPortFrom(netip.AddrFrom16(sa.Addr).Unmap(), uint16(sa.Port)).String()
 	}
 	return fmt.Sprint(sa)
-}
-
-// eventually polls cond until it holds or timeout passes.
-func eventually(timeout time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("condition not met within %v", timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	return nil
 }
 
 // dialDualStack connects an AF_INET6 socket without IPV6_V6ONLY, which net.Dial never does,

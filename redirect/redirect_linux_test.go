@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ambient-mesh/ambient/api/mesh"
+	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
 const acceptTimeout = 5 * time.Second
@@ -191,7 +192,7 @@ func TestInbound(t *testing.T) {
 	t.Run("listener-closed-drops-syn-silently", func(t *testing.T) {
 		in.proxyIn.ln.Close()
 		key := redirectListenerKey{Netns: in.netns, Kind: uint32(ListenerInbound)}
-		if err := eventually(5*time.Second, func() bool {
+		if err := testutil.Poll(5*time.Second, func() bool {
 			var v uint64
 			return errors.Is(e.r.objs.Listeners.Lookup(key, &v), ebpf.ErrKeyNotExist)
 		}); err != nil {
@@ -225,14 +226,14 @@ func TestInbound(t *testing.T) {
 		// A client already waiting gets through on a retransmitted SYN once the proxy listens
 		// again, and so does a fresh one; both land on the proxy, never on the app.
 		waiting := connectNonblock(t, e.peerNS, netip.AddrPortFrom(e.podIP, 8080))
-		if err := eventually(5*time.Second, func() bool { return tcpInfo(t, waiting).Retransmits >= 1 }); err != nil {
+		if err := testutil.Poll(5*time.Second, func() bool { return tcpInfo(t, waiting).Retransmits >= 1 }); err != nil {
 			t.Fatalf("client SYN not retransmitted (state %d): %v", tcpInfo(t, waiting).State, err)
 		}
 		in.proxyIn = e.listen(e.podNS, ":"+itoa(mesh.PortInboundPlaintext))
 		if err := e.r.RegisterListener(in.netns, ListenerInbound, in.proxyIn.ln.(*net.TCPListener)); err != nil {
 			t.Fatal(err)
 		}
-		if err := eventually(10*time.Second, func() bool { return tcpInfo(t, waiting).State == tcpEstablished }); err != nil {
+		if err := testutil.Poll(10*time.Second, func() bool { return tcpInfo(t, waiting).State == tcpEstablished }); err != nil {
 			t.Fatalf("retransmitting client not connected (state %d): %v", tcpInfo(t, waiting).State, err)
 		}
 		if c := in.proxyIn.accept(t, acceptTimeout); addrPortOf(c.LocalAddr()) != netip.AddrPortFrom(e.podIP, 8080) {
@@ -328,7 +329,7 @@ func TestReloadFromPins(t *testing.T) {
 	in.proxyIn.accept(t, acceptTimeout)
 	// drop_syn runs the new program too: no listener, a silent drop.
 	in.proxyIn.ln.Close()
-	if err := eventually(5*time.Second, func() bool { return countEntries(e.r.objs.Listeners) == 1 }); err != nil {
+	if err := testutil.Poll(5*time.Second, func() bool { return countEntries(e.r.objs.Listeners) == 1 }); err != nil {
 		t.Fatal("closed listener still in the listeners map")
 	}
 	_, err := dialFrom(t, e.peerNS, netip.Addr{}, netip.AddrPortFrom(e.podIP, 8080), time.Second)
@@ -540,14 +541,14 @@ func runConnects(t testing.TB, e *env, n int) {
 	case <-time.After(2 * time.Minute):
 		t.Fatalf("connections did not finish; %d accepted", accepted.Load())
 	}
-	if err := eventually(10*time.Second, func() bool { return accepted.Load() == int64(n) }); err != nil {
+	if err := testutil.Poll(10*time.Second, func() bool { return accepted.Load() == int64(n) }); err != nil {
 		t.Fatalf("proxy accepted %d of %d connections", accepted.Load(), n)
 	}
 	if got, want := lookups.Load(), int64(n/2); got != want {
 		t.Fatalf("%d of %d original destination lookups failed", want-got, want)
 	}
 	var cookies, peers int
-	err := eventually(5*time.Second, func() bool {
+	err := testutil.Poll(5*time.Second, func() bool {
 		cookies, peers = countEntries(e.r.objs.OrigByCookie), countEntries(e.r.objs.OrigByPeer)
 		return cookies == 0 && peers == 0
 	})
@@ -580,7 +581,7 @@ func TestLoadDropsSeveredSKLookup(t *testing.T) {
 	pin := e.r.skLookupPin(netns)
 	e.ip("netns", "del", filepath.Base(e.podNS))
 	var lerr error
-	err := eventually(5*time.Second, func() bool {
+	err := testutil.Poll(5*time.Second, func() bool {
 		r, err := Load(e.cfg)
 		if lerr = err; err != nil {
 			return false

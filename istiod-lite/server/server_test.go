@@ -36,6 +36,7 @@ import (
 	gwfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
 
 	cav1 "github.com/ambient-mesh/ambient/api/ca/v1"
+	"github.com/ambient-mesh/ambient/internal/testutil"
 	"github.com/ambient-mesh/ambient/istiod-lite/ca"
 	"github.com/ambient-mesh/ambient/istiod-lite/controller"
 	"github.com/ambient-mesh/ambient/istiod-lite/model"
@@ -124,7 +125,7 @@ func TestRun(t *testing.T) {
 		t.Fatal("not started")
 	}
 
-	eventually(t, func() bool { return httpGet(t, "http://"+a.Ready+"/") == "ok\n" })
+	testutil.Eventually(t, 10*time.Second, "the readiness endpoint to say ok", func() bool { return httpGet(t, "http://"+a.Ready+"/") == "ok\n" })
 
 	// The root is in the Secret; the serving certificate chains to it.
 	secret, err := kube.CoreV1().Secrets("istio-system").Get(ctx, ca.SelfSignedSecret, metav1.GetOptions{})
@@ -227,11 +228,11 @@ func TestRun(t *testing.T) {
 		t.Errorf("metrics lack CA issuance")
 	}
 	// Cluster writes happen once this replica leads.
-	eventually(t, func() bool {
+	testutil.Eventually(t, 10*time.Second, "the leader lease held by istiod-lite-0", func() bool {
 		lease, err := kube.CoordinationV1().Leases("istio-system").Get(ctx, "istiod-lite-leader", metav1.GetOptions{})
 		return err == nil && lease.Spec.HolderIdentity != nil && *lease.Spec.HolderIdentity == "istiod-lite-0"
 	})
-	eventually(t, func() bool {
+	testutil.Eventually(t, 10*time.Second, "the waypoint Deployment", func() bool {
 		_, err := kube.AppsV1().Deployments("shop").Get(ctx, "waypoint", metav1.GetOptions{})
 		return err == nil
 	})
@@ -239,7 +240,7 @@ func TestRun(t *testing.T) {
 		cm, err := kube.CoreV1().ConfigMaps("shop").Get(ctx, ca.RootConfigMap, metav1.GetOptions{})
 		return err == nil && cm.Data[ca.RootConfigMapKey] == string(secret.Data[ca.KeyCACert])
 	}
-	eventually(t, rootsPublished)
+	testutil.Eventually(t, 10*time.Second, "the root ConfigMap published", rootsPublished)
 
 	// A root ConfigMap edited or deleted by hand is rewritten at once, not at a resync.
 	cm, err := kube.CoreV1().ConfigMaps("shop").Get(ctx, ca.RootConfigMap, metav1.GetOptions{})
@@ -250,11 +251,11 @@ func TestRun(t *testing.T) {
 	if _, err := kube.CoreV1().ConfigMaps("shop").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, rootsPublished)
+	testutil.Eventually(t, 10*time.Second, "the edited root ConfigMap rewritten", rootsPublished)
 	if err := kube.CoreV1().ConfigMaps("shop").Delete(ctx, ca.RootConfigMap, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, rootsPublished)
+	testutil.Eventually(t, 10*time.Second, "the deleted root ConfigMap rewritten", rootsPublished)
 }
 
 func names(r *discoveryv3.DeltaDiscoveryResponse) string {
@@ -285,17 +286,6 @@ func csr(t *testing.T, id string) string {
 		t.Fatal(err)
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
-}
-
-func eventually(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // TestPublishRootsWriteLimit: a root ConfigMap that something else keeps changing is rewritten at

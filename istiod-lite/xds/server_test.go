@@ -15,7 +15,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -25,6 +25,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+	"github.com/ambient-mesh/ambient/internal/testutil"
 	"github.com/ambient-mesh/ambient/istiod-lite/authn"
 	"github.com/ambient-mesh/ambient/istiod-lite/model"
 )
@@ -269,7 +270,7 @@ func TestReconnectWithVersions(t *testing.T) {
 		held[res.Name] = res.Version
 	}
 	c.ack(r)
-	if n := testutil.ToFloat64(e.srv.metrics.connected); n != 1 {
+	if n := promtest.ToFloat64(e.srv.metrics.connected); n != 1 {
 		t.Errorf("connected = %v, want 1", n)
 	}
 
@@ -297,8 +298,8 @@ func TestNACK(t *testing.T) {
 	r = c.recv()
 	c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce,
 		ErrorDetail: &statuspb.Status{Code: int32(codes.InvalidArgument), Message: "bad workload a1"}})
-	eventually(t, func() bool {
-		return testutil.ToFloat64(e.srv.metrics.nacks.WithLabelValues("Workload")) == 1
+	testutil.Eventually(t, 5*time.Second, "the NACK counted", func() bool {
+		return promtest.ToFloat64(e.srv.metrics.nacks.WithLabelValues("Workload")) == 1
 	})
 	logs := e.logs.String()
 	for _, want := range []string{"client rejected configuration", "proxy=ztunnel-a", `reason="bad workload a1"`} {
@@ -306,7 +307,7 @@ func TestNACK(t *testing.T) {
 			t.Errorf("log lacks %q:\n%s", want, logs)
 		}
 	}
-	eventually(t, func() bool {
+	testutil.Eventually(t, 5*time.Second, "the NACK in the client status", func() bool {
 		cs := e.srv.Clients()
 		return len(cs) == 1 && cs[0].Types[TypeWorkload].LastNACK == "bad workload a1" && cs[0].Types[TypeWorkload].AckedVersion == "1"
 	})
@@ -341,17 +342,6 @@ func TestAuthentication(t *testing.T) {
 	c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeAuthorization})
 	if s := summarize(c.recv()); len(s.Names) != 0 {
 		t.Errorf("waypoint got authorizations %v", s.Names)
-	}
-}
-
-func eventually(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 5s")
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	zdsv1 "github.com/ambient-mesh/ambient/api/zds/v1"
+	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
 // rawAgent listens where a client will connect, for tests that play the agent.
@@ -123,7 +124,7 @@ func TestClientMalformed(t *testing.T) {
 			uc := accept(t, ln)
 			tt.act(t, uc)
 			expectClosed(t, uc)
-			eventually(t, "error logged", func() bool {
+			testutil.Eventually(t, waitFor, "error logged", func() bool {
 				return logs.contains(`level=WARN msg="zds: closing connection to the agent"`) && logs.contains(tt.log)
 			})
 			// The client comes back and works.

@@ -18,21 +18,11 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	zdsv1 "github.com/ambient-mesh/ambient/api/zds/v1"
+	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
+// waitFor bounds every wait in these tests: a condition polled for, a message read.
 const waitFor = 10 * time.Second
-
-// eventually polls cond until it holds or waitFor passes.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitFor)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, waitFor)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
 
 // logs captures what a component logs, for assertions.
 type logs struct {
@@ -70,7 +60,7 @@ func fdCount(t testing.TB) int {
 func checkNoFDLeak(t *testing.T) {
 	before := fdCount(t)
 	t.Cleanup(func() {
-		eventually(t, "fds back to where they were", func() bool { return fdCount(t) <= before })
+		testutil.Eventually(t, waitFor, "fds back to where they were", func() bool { return fdCount(t) <= before })
 	})
 }
 
@@ -181,7 +171,7 @@ func (h *fakeHandler) seen() []string {
 
 func (h *fakeHandler) waitSeen(t *testing.T, want ...string) {
 	t.Helper()
-	eventually(t, "handler events "+strings.Join(want, "; "), func() bool { return slices.Equal(h.seen(), want) })
+	testutil.Eventually(t, waitFor, "handler events "+strings.Join(want, "; "), func() bool { return slices.Equal(h.seen(), want) })
 }
 
 // workload returns a Workload whose "netns" is the read end of a new pipe, closed at the test's end.
@@ -208,7 +198,7 @@ func fileID(t *testing.T, f *os.File) [2]uint64 {
 func dialRaw(t *testing.T, path string) *net.UnixConn {
 	t.Helper()
 	var uc *net.UnixConn
-	eventually(t, "dial "+path, func() bool {
+	testutil.Eventually(t, waitFor, "dial "+path, func() bool {
 		var err error
 		uc, err = net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
 		return err == nil

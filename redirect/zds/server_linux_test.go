@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	zdsv1 "github.com/ambient-mesh/ambient/api/zds/v1"
+	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
 func TestFDPassing(t *testing.T) {
@@ -30,7 +31,7 @@ func TestFDPassing(t *testing.T) {
 	ts := startServer(t, nil)
 	h := newFakeHandler()
 	startClient(t, ts.path, "node-a", h)
-	eventually(t, "proxy connected", func() bool { return len(ts.Proxies()) == 1 })
+	testutil.Eventually(t, waitFor, "proxy connected", func() bool { return len(ts.Proxies()) == 1 })
 
 	ws := []Workload{workload(t, "pipe")}
 	if netns != nil {
@@ -260,7 +261,7 @@ func TestProxyDiesBeforeAck(t *testing.T) {
 	startClient(t, ts.path, "good", h)
 	h.waitSeen(t, "snapshot ")
 	uc := rawProxy(t, ts.path)
-	eventually(t, "two proxies", func() bool { return len(ts.Proxies()) == 2 })
+	testutil.Eventually(t, waitFor, "two proxies", func() bool { return len(ts.Proxies()) == 2 })
 
 	errc := make(chan error, 1)
 	go func() { errc <- ts.Add(context.Background(), workload(t, "a")) }()
@@ -274,12 +275,12 @@ func TestProxyDiesBeforeAck(t *testing.T) {
 	if err := <-errc; !errors.Is(err, ErrProxyGone) {
 		t.Errorf("Add: %v, want ErrProxyGone", err)
 	}
-	eventually(t, "raw proxy forgotten", func() bool { return len(ts.Proxies()) == 1 })
+	testutil.Eventually(t, waitFor, "raw proxy forgotten", func() bool { return len(ts.Proxies()) == 1 })
 	if err := ts.Add(t.Context(), workload(t, "b")); err != nil {
 		t.Errorf("Add with the good proxy left: %v", err)
 	}
 	h.waitSeen(t, "snapshot ", "add a", "add b")
-	eventually(t, "OnProxy(raw, false)", func() bool {
+	testutil.Eventually(t, waitFor, "OnProxy(raw, false)", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return slices.Equal(gone, []string{"raw"})
@@ -290,14 +291,14 @@ func TestStuckProxyTimesOut(t *testing.T) {
 	checkNoFDLeak(t)
 	ts := startServer(t, func(c *ServerConfig) { c.AckTimeout = 200 * time.Millisecond })
 	uc := rawProxy(t, ts.path)
-	eventually(t, "proxy connected", func() bool { return len(ts.Proxies()) == 1 })
+	testutil.Eventually(t, waitFor, "proxy connected", func() bool { return len(ts.Proxies()) == 1 })
 	err := ts.Add(t.Context(), workload(t, "a"))
 	if !errors.Is(err, ErrProxyGone) {
 		t.Errorf("Add to a proxy that never acks: %v, want ErrProxyGone", err)
 	}
 	expectClosed(t, uc)
-	eventually(t, "proxy forgotten", func() bool { return len(ts.Proxies()) == 0 })
-	eventually(t, "timeout logged", func() bool { return ts.logs.contains("no ack within") })
+	testutil.Eventually(t, waitFor, "proxy forgotten", func() bool { return len(ts.Proxies()) == 0 })
+	testutil.Eventually(t, waitFor, "timeout logged", func() bool { return ts.logs.contains("no ack within") })
 }
 
 func TestServerMalformed(t *testing.T) {
@@ -343,8 +344,8 @@ func TestServerMalformed(t *testing.T) {
 			} else {
 				expectClosed(t, uc)
 			}
-			eventually(t, "error logged", func() bool { return ts.logs.contains(tt.log) })
-			eventually(t, "only the good proxy left", func() bool { return len(ts.Proxies()) == 1 })
+			testutil.Eventually(t, waitFor, "error logged", func() bool { return ts.logs.contains(tt.log) })
+			testutil.Eventually(t, waitFor, "only the good proxy left", func() bool { return len(ts.Proxies()) == 1 })
 			if err := ts.Del(t.Context(), "probe"); err != nil {
 				t.Errorf("good proxy affected: %v", err)
 			}
@@ -374,7 +375,7 @@ func TestAddRacingConnect(t *testing.T) {
 	close(start)
 	startClient(t, ts.path, "racer", h)
 	wg.Wait()
-	eventually(t, "every workload added", func() bool {
+	testutil.Eventually(t, waitFor, "every workload added", func() bool {
 		adds := 0
 		for _, e := range h.seen() {
 			if strings.HasPrefix(e, "add ") {

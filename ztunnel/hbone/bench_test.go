@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
 // Benchmarks compare the tunnel with plain TLS 1.3 over the same loopback, in the same run. Run
@@ -288,7 +290,7 @@ func BenchmarkIdleTunnelMemory(b *testing.B) {
 	for _, c := range warm {
 		c.Close()
 	}
-	eventually(b, 10*time.Second, func() bool { return runtime.NumGoroutine() < 40 })
+	testutil.Eventually(b, 10*time.Second, "the warm-up goroutines to exit", func() bool { return runtime.NumGoroutine() < 40 })
 	var perTunnel float64
 	for range b.N {
 		before := memInUse()

@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
 // bufferedLen returns how many received bytes wait unread in c, a tunnel of this package.
@@ -53,7 +55,7 @@ func TestResetReturnsConnWindowServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	sc := <-idle
-	eventually(t, testTimeout(), func() bool { return bufferedLen(sc) == unread })
+	testutil.Eventually(t, testTimeout(), "the unread bytes buffered at the server", func() bool { return bufferedLen(sc) == unread })
 	close(gate)
 	io.Copy(io.Discard, c1)
 	c1.Close()
@@ -104,7 +106,7 @@ func TestResetReturnsConnWindowClient(t *testing.T) {
 	tg := target(srv)
 	tg.Authority = netip.MustParseAddrPort("10.0.0.7:1")
 	c1 := mustDial(t, cl, tg)
-	eventually(t, testTimeout(), func() bool { return bufferedLen(c1) == unread })
+	testutil.Eventually(t, testTimeout(), "the unread bytes buffered at the client", func() bool { return bufferedLen(c1) == unread })
 	c1.Close()
 
 	tg.Authority = netip.MustParseAddrPort("10.0.0.7:2")
@@ -145,7 +147,7 @@ func TestSlowReadersDoNotStarveConn(t *testing.T) {
 	for range 3 {
 		c := mustDial(t, cl, tg)
 		defer c.Close()
-		eventually(t, testTimeout(), func() bool { return bufferedLen(c) == 1<<20 })
+		testutil.Eventually(t, testTimeout(), "1 MiB buffered on the stream", func() bool { return bufferedLen(c) == 1<<20 })
 	}
 	tg.Authority = netip.MustParseAddrPort("10.0.0.7:2")
 	c2 := mustDial(t, cl, tg)

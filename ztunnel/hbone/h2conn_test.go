@@ -13,6 +13,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
 // These tests drive one end of our HTTP/2 connection frame by frame with x/net's Framer, over
@@ -383,7 +385,7 @@ func TestH2ServerConcurrencyLimit(t *testing.T) {
 	p.next(func(f rawFrame) bool { return f.id == 1 && f.flags.Has(http2.FlagDataEndStream) })
 	// The handler returns after its END_STREAM, which frees the slot: poll with new streams.
 	id := uint32(5)
-	eventually(t, testTimeout(), func() bool {
+	testutil.Eventually(t, testTimeout(), "a stream slot freed", func() bool {
 		p.headers(id, true, ":method", "CONNECT", ":authority", "10.0.0.7:80")
 		f := p.next(func(f rawFrame) bool {
 			return f.id == id && (f.typ == http2.FrameHeaders || f.typ == http2.FrameRSTStream)
@@ -596,7 +598,7 @@ func TestH2InterruptHolder(t *testing.T) {
 		_, err := s1.Read(make([]byte, 8))
 		errc <- err
 	}()
-	eventually(t, testTimeout(), func() bool {
+	testutil.Eventually(t, testTimeout(), "s1 to wait for a header, holding the read token", func() bool {
 		hc.mu.Lock()
 		defer hc.mu.Unlock()
 		return hc.tHolder == s1 && hc.tState.Load() == readWaitHeader

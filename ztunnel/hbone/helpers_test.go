@@ -15,7 +15,6 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -28,19 +27,6 @@ import (
 func TestMain(m *testing.M) {
 	goAwayWait = 5 * time.Second
 	goleak.VerifyTestMain(m)
-}
-
-// eventually polls cond until it holds or timeout passes.
-func eventually(t testing.TB, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", timeout)
-		}
-		runtime.Gosched()
-		time.Sleep(time.Millisecond)
-	}
 }
 
 var (

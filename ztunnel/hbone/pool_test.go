@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/ambient-mesh/ambient/api/identity"
+	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
 // TestCloseDuringDial: Client.Close while a dial is in flight: the dial's connection is closed,
@@ -102,5 +103,5 @@ func TestStreamIDExhaustion(t *testing.T) {
 		t.Fatalf("echo on the old connection: %q, %v", buf, err)
 	}
 	c1.Close()
-	eventually(t, testTimeout(), func() bool { return srv.openTCP() == 1 })
+	testutil.Eventually(t, testTimeout(), "one TCP connection left open", func() bool { return srv.openTCP() == 1 })
 }

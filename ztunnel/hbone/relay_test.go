@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
 // TestRelayHalfClose runs a tunnel through to a real TCP upstream with Relay, the way ztunnel's
@@ -142,7 +144,7 @@ func TestDialCanceled(t *testing.T) {
 	if _, err := cl.Dial(context.Background(), tg); err == nil {
 		t.Error("Dial to a server that never handshakes succeeded")
 	}
-	eventually(t, testTimeout(), func() bool { return cl.Stats(tg.Key) == PoolStats{} })
+	testutil.Eventually(t, testTimeout(), "the pool to forget the key", func() bool { return cl.Stats(tg.Key) == PoolStats{} })
 }
 
 // TestRelayUpstreamClosesFirst: the upstream answers and closes while the client has not
@@ -282,7 +284,7 @@ func TestCloseInterruptsRead(t *testing.T) {
 		}()
 		// Once the Read waits (holding the token or waiting for its holder), Close must end it.
 		st := conn.(*stream)
-		eventually(t, testTimeout(), func() bool {
+		testutil.Eventually(t, testTimeout(), "the Read to wait", func() bool {
 			st.c.mu.Lock()
 			defer st.c.mu.Unlock()
 			return st.waitBuf != nil
@@ -358,7 +360,7 @@ func TestCloseWriteAfterStopSending(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := c.(*stream)
-	eventually(t, testTimeout(), func() bool {
+	testutil.Eventually(t, testTimeout(), "the stream to record its write error", func() bool {
 		s.c.mu.Lock()
 		defer s.c.mu.Unlock()
 		return s.werr != nil

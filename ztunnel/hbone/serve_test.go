@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
 // TestServeDrains: after Serve's context ends, an open tunnel keeps working until it finishes, new
@@ -35,7 +37,7 @@ func TestServeDrains(t *testing.T) {
 	defer conn.Close()
 	cancel()
 	// New TCP connections are refused once the listener is closed.
-	eventually(t, testTimeout(), func() bool {
+	testutil.Eventually(t, testTimeout(), "the listener to refuse connections", func() bool {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err == nil {
 			c.Close()

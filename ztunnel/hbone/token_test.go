@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
 // TestTokenPassedOnByWriter: a writer woken to take the free read token that no longer needs it
@@ -71,12 +73,12 @@ func TestTokenPassedOnByWriter(t *testing.T) {
 					return hc.tHeld && hc.tHolder != nil && hc.tHolder.id == id
 				}
 			}
-			eventually(t, testTimeout(), holds(1))
+			testutil.Eventually(t, testTimeout(), "stream 1 to hold the read token", holds(1))
 			// Stream 3's writer runs out of stream window and waits as a winWaiter, with bgTimer
 			// spent (the token was held when it fired).
 			close(startWrite)
 			p.next(ofType(http2.FrameData, 3))
-			eventually(t, testTimeout(), func() bool {
+			testutil.Eventually(t, testTimeout(), "stream 3's writer to wait for window", func() bool {
 				hc.mu.Lock()
 				defer hc.mu.Unlock()
 				return hc.winWaiters == 1 && !hc.bgArmed

@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/ambient-mesh/ambient/api/identity"
+	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -283,7 +284,7 @@ func TestPoolSharedDial(t *testing.T) {
 			conns <- c
 		})
 	}
-	eventually(t, testTimeout(), func() bool { mu.Lock(); defer mu.Unlock(); return dials > 0 })
+	testutil.Eventually(t, testTimeout(), "a dial to start", func() bool { mu.Lock(); defer mu.Unlock(); return dials > 0 })
 	close(release)
 	wg.Wait()
 	close(conns)
@@ -303,7 +304,7 @@ func TestPoolIdleRelease(t *testing.T) {
 	key := target(srv).Key
 	c := mustDial(t, cl, target(srv))
 	c.Close()
-	eventually(t, testTimeout(), func() bool { return cl.Stats(key).Conns == 0 && srv.openTCP() == 0 })
+	testutil.Eventually(t, testTimeout(), "the connection closed at both ends", func() bool { return cl.Stats(key).Conns == 0 && srv.openTCP() == 0 })
 }
 
 func TestPoolDeadPeer(t *testing.T) {
@@ -337,7 +338,7 @@ func TestPoolDeadPeer(t *testing.T) {
 		fc.freeze()
 	}
 	mu.Unlock()
-	eventually(t, testTimeout(), func() bool { return cl.Stats(key).Conns == 0 })
+	testutil.Eventually(t, testTimeout(), "the pool to drop the dead connections", func() bool { return cl.Stats(key).Conns == 0 })
 	if _, err := c.Read(make([]byte, 1)); err == nil {
 		t.Error("read on a tunnel over a dead connection succeeded")
 	}

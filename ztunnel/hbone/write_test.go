@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
 // holdingServer starts a server over TCP whose Handler accepts each tunnel, hands it over on the
@@ -140,7 +142,7 @@ func TestNoDataAfterEndStream(t *testing.T) {
 	hc.wmu.Lock()
 	wrote := make(chan error, 1)
 	go func() { _, err := c.Write([]byte("after")); wrote <- err }()
-	eventually(t, testTimeout(), func() bool { return hc.wmuWaiting.Load() == 1 })
+	testutil.Eventually(t, testTimeout(), "the Write to wait for the write lock", func() bool { return hc.wmuWaiting.Load() == 1 })
 	c.Close()
 	if err := <-wrote; err == nil {
 		t.Error("Write raced by Close returned no error")
@@ -197,7 +199,7 @@ func TestRespondBehindStuckWriter(t *testing.T) {
 	hc.wmu.Lock() // the stuck writer
 	defer hc.unlockWrite()
 	p.headers(1, false, ":method", "CONNECT", ":authority", "10.0.0.7:1")
-	eventually(t, testTimeout(), func() bool { return hc.wmuWaiting.Load() > 0 }) // Accept waits
+	testutil.Eventually(t, testTimeout(), "Accept to wait for the write lock", func() bool { return hc.wmuWaiting.Load() > 0 })
 	p.must(p.fr.WriteRSTStream(1, http2.ErrCodeCancel))
 	select {
 	case err := <-accepted:
