@@ -32,14 +32,9 @@ func TestAgentOnboarding(t *testing.T) {
 	clientBin := filepath.Join(labCfg.BinDir, "client")
 
 	ns := newNamespace(t, cs, "onboard")
-	manifest, err := os.ReadFile("testdata/echo.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	apply(t, ns, manifest)
 	outside := newNamespace(t, cs, "outside")
 	apply(t, outside, []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: outsider}\nspec:\n  containers: [{name: c, image: ambient/client}]\n"))
-	pods := waitEchoAndClient(t, cs, ns)
+	pods := deployEcho(t, cs, ns)
 	eventually(t, 60*time.Second, "outsider running", func() bool {
 		p, err := cs.CoreV1().Pods(outside).Get(ctx, "outsider", metav1.GetOptions{})
 		return err == nil && p.Status.Phase == corev1.PodRunning
@@ -96,6 +91,7 @@ spec:
 `, echo.Status.PodIP)))
 	var first *corev1.Pod
 	eventually(t, 60*time.Second, "pod first done", func() bool {
+		var err error
 		first, err = cs.CoreV1().Pods(ns).Get(ctx, "first", metav1.GetOptions{})
 		return err == nil && (first.Status.Phase == corev1.PodSucceeded || first.Status.Phase == corev1.PodFailed)
 	})
@@ -348,9 +344,15 @@ func allAnnotated(t testing.TB, cs kubernetes.Interface, ns, value string) bool 
 	return true
 }
 
-// waitEchoAndClient waits for testdata/echo.yaml's pods and returns the echo pods.
-func waitEchoAndClient(t *testing.T, cs kubernetes.Interface, ns string) []corev1.Pod {
+// deployEcho applies testdata/echo.yaml (two echo pods, one per node, and a client) and returns
+// the echo pods once they are ready and the client runs.
+func deployEcho(t *testing.T, cs kubernetes.Interface, ns string) []corev1.Pod {
 	t.Helper()
+	manifest, err := os.ReadFile("testdata/echo.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply(t, ns, manifest)
 	var echo []corev1.Pod
 	eventually(t, 60*time.Second, "echo pods ready on both nodes and client running", func() bool {
 		pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})

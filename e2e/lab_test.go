@@ -32,29 +32,7 @@ func TestLabPodsServicesAndDNS(t *testing.T) {
 	defer cancel()
 	cs := client(t)
 	ns := newNamespace(t, cs, "lab")
-	manifest, err := os.ReadFile("testdata/echo.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	apply(t, ns, manifest)
-
-	var echoPods []corev1.Pod
-	eventually(t, 60*time.Second, "echo pods ready on both nodes and client running", func() bool {
-		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false
-		}
-		echoPods = echoPods[:0]
-		clientOK := false
-		for _, p := range pods.Items {
-			if p.Name == "client" {
-				clientOK = p.Status.Phase == corev1.PodRunning && p.Status.PodIP != ""
-			} else if p.Labels["app"] == "echo" && podReady(&p) {
-				echoPods = append(echoPods, p)
-			}
-		}
-		return clientOK && len(echoPods) == 2
-	})
+	echoPods := deployEcho(t, cs, ns)
 	if echoPods[0].Spec.NodeName == echoPods[1].Spec.NodeName {
 		t.Fatalf("echo pods both on %s; want one per node", echoPods[0].Spec.NodeName)
 	}

@@ -185,6 +185,11 @@ func cmdExec(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "lab:", err)
 		return 1
 	}
+	return runAttached(cmd, stderr)
+}
+
+// runAttached runs cmd on this process's stdio and returns its exit code.
+func runAttached(cmd *exec.Cmd, stderr io.Writer) int {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	if err := cmd.Run(); err != nil {
 		var ee *exec.ExitError
@@ -307,17 +312,8 @@ func cmdNodeView(args []string, stderr io.Writer) int {
 			return 1
 		}
 		cmd := exec.Command(self, append([]string{"nodeview"}, args...)...)
-		cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS}
-		if err := cmd.Run(); err != nil {
-			var ee *exec.ExitError
-			if errors.As(err, &ee) {
-				return ee.ExitCode()
-			}
-			fmt.Fprintln(stderr, "lab:", err)
-			return 1
-		}
-		return 0
+		return runAttached(cmd, stderr)
 	}
 	err := kubelet.EnterNodeView(v, fs.Args(), os.Environ()) // returns only on failure
 	fmt.Fprintln(stderr, "lab:", err)
