@@ -1,0 +1,195 @@
+// Package route decides where ztunnel sends an outbound connection it captured: the pure part of
+// the outbound path, from the original destination and the pushed configuration to one of
+// "tunnel to this pod over HBONE, expecting this identity", "pass through in plain TCP" (a
+// destination outside the mesh) or "refuse". Service addresses pick one ready endpoint, round
+// robin, preferring the source's locality.
+//
+// It does no I/O and keeps no per-connection state; it must never turn a destination that the
+// configuration puts in the mesh (or behind a waypoint) into a plain-TCP one: when in doubt it
+// refuses.
+package route
+
+import (
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ambient-mesh/ambient/api/identity"
+	"github.com/ambient-mesh/ambient/api/mesh"
+	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+)
+
+// Kind is the way a connection leaves.
+type Kind uint8
+
+const (
+	// Refuse: the connection is closed; Reason says why.
+	Refuse Kind = iota
+	// Passthrough: plain TCP to Dst (a destination outside the mesh).
+	Passthrough
+	// Tunnel: HBONE to Gateway with :authority Dst, the peer verified as Identity.
+	Tunnel
+)
+
+func (k Kind) String() string {
+	switch k {
+	case Passthrough:
+		return "passthrough"
+	case Tunnel:
+		return "hbone"
+	}
+	return "refuse"
+}
+
+// Decision is where one connection goes.
+type Decision struct {
+	Kind Kind
+	// Dst is the address the connection is for: the chosen endpoint's address and target port
+	// for a Service, the original destination otherwise.
+	Dst netip.AddrPort
+	// Gateway is where the tunnel connects (the destination pod's HBONE port).
+	Gateway netip.AddrPort
+	// Identity is what the tunnel's peer must prove.
+	Identity identity.Identity
+	// Workload is the destination workload, when the configuration knows it.
+	Workload *workloadv1.Workload
+	// Service is the Service the original destination addressed, if any.
+	Service *workloadv1.Service
+	// Reason explains a refusal, for the access log.
+	Reason string
+}
+
+// Lookup is what the decision reads of the pushed configuration.
+type Lookup interface {
+	// WorkloadByAddr returns the workload that has the address, or nil.
+	WorkloadByAddr(netip.Addr) *workloadv1.Workload
+	// ServiceByAddr returns the Service with the address and port, or nil.
+	ServiceByAddr(netip.AddrPort) *workloadv1.Service
+	// Endpoints returns the workloads that serve the Service (Workload.services has its key,
+	// "<namespace>/<hostname>").
+	Endpoints(key string) []*workloadv1.Workload
+}
+
+// Router makes decisions; it holds the round-robin position of each Service. Safe for
+// concurrent use.
+type Router struct {
+	rr sync.Map // service key -> *atomic.Uint64
+}
+
+// ServiceKey is the key of a Service in Workload.services.
+func ServiceKey(s *workloadv1.Service) string { return s.Namespace + "/" + s.Hostname }
+
+// Outbound decides for a connection from src (the enrolled pod that opened it) to orig.
+func (r *Router) Outbound(l Lookup, src *workloadv1.Workload, orig netip.AddrPort) Decision {
+	orig = netip.AddrPortFrom(orig.Addr().Unmap(), orig.Port())
+	if svc := l.ServiceByAddr(orig); svc != nil {
+		return r.viaService(l, src, svc, orig)
+	}
+	w := l.WorkloadByAddr(orig.Addr())
+	if w == nil {
+		return Decision{Kind: Passthrough, Dst: orig} // not in the configuration: outside the mesh
+	}
+	return toWorkload(w, orig, nil)
+}
+
+func (r *Router) viaService(l Lookup, src *workloadv1.Workload, svc *workloadv1.Service, orig netip.AddrPort) Decision {
+	if svc.Waypoint != nil {
+		return Decision{Kind: Refuse, Service: svc, Reason: fmt.Sprintf("service %s is bound to a waypoint, and the waypoint hop is not supported yet", ServiceKey(svc))}
+	}
+	key := ServiceKey(svc)
+	eps := l.Endpoints(key)
+	var (
+		best      = -1
+		candidate []endpoint
+	)
+	for _, w := range eps {
+		if w.Status != workloadv1.WorkloadStatus_HEALTHY {
+			continue
+		}
+		port, ok := targetPort(w, key, orig.Port())
+		if !ok {
+			continue
+		}
+		addr, ok := addrOfFamily(w, orig.Addr().Is4())
+		if !ok {
+			continue
+		}
+		score := localityScore(src, w)
+		if score < best {
+			continue
+		}
+		if score > best {
+			best, candidate = score, candidate[:0]
+		}
+		candidate = append(candidate, endpoint{w, netip.AddrPortFrom(addr, port)})
+	}
+	if len(candidate) == 0 {
+		return Decision{Kind: Refuse, Service: svc, Reason: fmt.Sprintf("service %s has no ready endpoint for port %d", key, orig.Port())}
+	}
+	ctr, _ := r.rr.LoadOrStore(key, new(atomic.Uint64))
+	ep := candidate[(ctr.(*atomic.Uint64).Add(1)-1)%uint64(len(candidate))]
+	return toWorkload(ep.w, ep.dst, svc)
+}
+
+type endpoint struct {
+	w   *workloadv1.Workload
+	dst netip.AddrPort
+}
+
+// toWorkload sends to a known workload: over HBONE when it is in the mesh, in plain TCP otherwise.
+func toWorkload(w *workloadv1.Workload, dst netip.AddrPort, svc *workloadv1.Service) Decision {
+	if w.Waypoint != nil && svc == nil {
+		return Decision{Kind: Refuse, Workload: w, Reason: fmt.Sprintf("workload %s/%s is bound to a waypoint, and the waypoint hop is not supported yet", w.Namespace, w.Name)}
+	}
+	if w.TunnelProtocol != workloadv1.TunnelProtocol_HBONE {
+		return Decision{Kind: Passthrough, Dst: dst, Workload: w, Service: svc}
+	}
+	id := identity.Identity{TrustDomain: w.TrustDomain, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount}
+	if err := id.Validate(); err != nil {
+		return Decision{Kind: Refuse, Workload: w, Service: svc, Reason: fmt.Sprintf("workload %s/%s has no valid identity: %v", w.Namespace, w.Name, err)}
+	}
+	return Decision{Kind: Tunnel, Dst: dst, Gateway: netip.AddrPortFrom(dst.Addr(), mesh.PortHBONE), Identity: id, Workload: w, Service: svc}
+}
+
+// targetPort is the port the workload serves the Service's port on.
+func targetPort(w *workloadv1.Workload, key string, servicePort uint16) (uint16, bool) {
+	pl, ok := w.Services[key]
+	if !ok {
+		return 0, false
+	}
+	for _, p := range pl.GetPorts() {
+		if p.ServicePort == uint32(servicePort) {
+			if p.TargetPort == 0 || p.TargetPort > 65535 {
+				return servicePort, true
+			}
+			return uint16(p.TargetPort), true
+		}
+	}
+	return 0, false
+}
+
+func addrOfFamily(w *workloadv1.Workload, v4 bool) (netip.Addr, bool) {
+	for _, b := range w.Addresses {
+		if a, ok := netip.AddrFromSlice(b); ok && a.Unmap().Is4() == v4 {
+			return a.Unmap(), true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// localityScore counts how much of the locality src and w share, most significant first
+// (region, then zone, then subzone); without a source locality every endpoint is equal.
+func localityScore(src, w *workloadv1.Workload) int {
+	s, d := src.GetLocality(), w.GetLocality()
+	if s == nil || d == nil || s.Region == "" || s.Region != d.Region {
+		return 0
+	}
+	if s.Zone == "" || s.Zone != d.Zone {
+		return 1
+	}
+	if s.Subzone == "" || s.Subzone != d.Subzone {
+		return 2
+	}
+	return 3
+}

@@ -1,0 +1,161 @@
+package route
+
+import (
+	"net/netip"
+	"testing"
+
+	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+)
+
+// table is a Lookup over literal workloads and services.
+type table struct {
+	ws  []*workloadv1.Workload
+	svc []*workloadv1.Service
+}
+
+func (t table) WorkloadByAddr(a netip.Addr) *workloadv1.Workload {
+	for _, w := range t.ws {
+		for _, b := range w.Addresses {
+			if x, _ := netip.AddrFromSlice(b); x.Unmap() == a {
+				return w
+			}
+		}
+	}
+	return nil
+}
+
+func (t table) ServiceByAddr(ap netip.AddrPort) *workloadv1.Service {
+	for _, s := range t.svc {
+		for _, b := range s.Addresses {
+			if x, _ := netip.AddrFromSlice(b); x.Unmap() == ap.Addr() {
+				for _, p := range s.Ports {
+					if p.ServicePort == uint32(ap.Port()) {
+						return s
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (t table) Endpoints(key string) []*workloadv1.Workload {
+	var out []*workloadv1.Workload
+	for _, w := range t.ws {
+		if _, ok := w.Services[key]; ok {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+func ip(s string) []byte { return netip.MustParseAddr(s).AsSlice() }
+
+type wopt func(*workloadv1.Workload)
+
+func inMesh(w *workloadv1.Workload) { w.TunnelProtocol = workloadv1.TunnelProtocol_HBONE }
+func unhealthy(w *workloadv1.Workload) {
+	w.Status = workloadv1.WorkloadStatus_UNHEALTHY
+}
+func zone(z string) wopt {
+	return func(w *workloadv1.Workload) { w.Locality = &workloadv1.Locality{Region: "r", Zone: z} }
+}
+func serves(key string, sp, tp uint32) wopt {
+	return func(w *workloadv1.Workload) {
+		if w.Services == nil {
+			w.Services = map[string]*workloadv1.PortList{}
+		}
+		w.Services[key] = &workloadv1.PortList{Ports: []*workloadv1.Port{{ServicePort: sp, TargetPort: tp}}}
+	}
+}
+
+func wl(name, addr string, opts ...wopt) *workloadv1.Workload {
+	w := &workloadv1.Workload{Uid: name, Name: name, Namespace: "shop", ServiceAccount: name, TrustDomain: "cluster.local", Addresses: [][]byte{ip(addr)}}
+	for _, o := range opts {
+		o(w)
+	}
+	return w
+}
+
+func TestOutbound(t *testing.T) {
+	echoSvc := &workloadv1.Service{Name: "echo", Namespace: "shop", Hostname: "echo.shop.svc.cluster.local",
+		Addresses: [][]byte{ip("10.96.0.10")}, Ports: []*workloadv1.Port{{ServicePort: 80, TargetPort: 8080}}}
+	const key = "shop/echo.shop.svc.cluster.local"
+	waypointSvc := &workloadv1.Service{Name: "w", Namespace: "shop", Hostname: "w.shop.svc.cluster.local",
+		Addresses: [][]byte{ip("10.96.0.11")}, Ports: []*workloadv1.Port{{ServicePort: 80}},
+		Waypoint: &workloadv1.GatewayAddress{Destination: &workloadv1.GatewayAddress_Address{Address: ip("10.1.0.99")}}}
+	src := wl("client", "10.1.0.1", inMesh, zone("a"))
+	for _, tc := range []struct {
+		name     string
+		ws       []*workloadv1.Workload
+		orig     string
+		kind     Kind
+		dst      string
+		identity string
+	}{
+		{"unknown address passes through", []*workloadv1.Workload{src}, "192.0.2.1:443", Passthrough, "192.0.2.1:443", ""},
+		{"pod outside the mesh passes through", []*workloadv1.Workload{src, wl("legacy", "10.1.0.2")}, "10.1.0.2:80", Passthrough, "10.1.0.2:80", ""},
+		{"pod in the mesh is tunnelled with its identity", []*workloadv1.Workload{src, wl("db", "10.1.0.3", inMesh)}, "10.1.0.3:5432", Tunnel, "10.1.0.3:5432", "spiffe://cluster.local/ns/shop/sa/db"},
+		{"service picks its endpoint's target port", []*workloadv1.Workload{src, wl("e1", "10.1.0.4", inMesh, serves(key, 80, 8080))}, "10.96.0.10:80", Tunnel, "10.1.0.4:8080", "spiffe://cluster.local/ns/shop/sa/e1"},
+		{"service endpoint outside the mesh passes through to it", []*workloadv1.Workload{src, wl("e1", "10.1.0.4", serves(key, 80, 8080))}, "10.96.0.10:80", Passthrough, "10.1.0.4:8080", ""},
+		{"unhealthy endpoints are skipped", []*workloadv1.Workload{src, wl("e1", "10.1.0.4", inMesh, unhealthy, serves(key, 80, 8080)), wl("e2", "10.1.0.5", inMesh, serves(key, 80, 8080))}, "10.96.0.10:80", Tunnel, "10.1.0.5:8080", "spiffe://cluster.local/ns/shop/sa/e2"},
+		{"service with no ready endpoint refuses", []*workloadv1.Workload{src, wl("e1", "10.1.0.4", inMesh, unhealthy, serves(key, 80, 8080))}, "10.96.0.10:80", Refuse, "", ""},
+		{"endpoint that does not serve the port is skipped", []*workloadv1.Workload{src, wl("e1", "10.1.0.4", inMesh, serves(key, 81, 8081))}, "10.96.0.10:80", Refuse, "", ""},
+		{"same zone first", []*workloadv1.Workload{src, wl("far", "10.1.0.6", inMesh, zone("b"), serves(key, 80, 8080)), wl("near", "10.1.0.7", inMesh, zone("a"), serves(key, 80, 8080))}, "10.96.0.10:80", Tunnel, "10.1.0.7:8080", "spiffe://cluster.local/ns/shop/sa/near"},
+		{"waypoint-bound service refuses rather than skip the waypoint", []*workloadv1.Workload{src}, "10.96.0.11:80", Refuse, "", ""},
+		{"waypoint-bound workload refuses", []*workloadv1.Workload{src, func() *workloadv1.Workload {
+			w := wl("db", "10.1.0.3", inMesh)
+			w.Waypoint = waypointSvc.Waypoint
+			return w
+		}()}, "10.1.0.3:5432", Refuse, "", ""},
+		{"mesh workload without a valid identity refuses", []*workloadv1.Workload{src, func() *workloadv1.Workload {
+			w := wl("db", "10.1.0.3", inMesh)
+			w.ServiceAccount = ""
+			return w
+		}()}, "10.1.0.3:5432", Refuse, "", ""},
+		{"v4-mapped original destination", []*workloadv1.Workload{src, wl("db", "10.1.0.3", inMesh)}, "[::ffff:10.1.0.3]:5432", Tunnel, "10.1.0.3:5432", "spiffe://cluster.local/ns/shop/sa/db"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var r Router
+			d := r.Outbound(table{ws: tc.ws, svc: []*workloadv1.Service{echoSvc, waypointSvc}}, src, netip.MustParseAddrPort(tc.orig))
+			if d.Kind != tc.kind {
+				t.Fatalf("kind = %v (%s), want %v", d.Kind, d.Reason, tc.kind)
+			}
+			if d.Kind == Refuse {
+				if d.Reason == "" {
+					t.Error("refusal without a reason")
+				}
+				return
+			}
+			if got := d.Dst.String(); got != tc.dst {
+				t.Errorf("dst = %s, want %s", got, tc.dst)
+			}
+			if d.Kind == Tunnel {
+				if got := d.Identity.String(); got != tc.identity {
+					t.Errorf("identity = %s, want %s", got, tc.identity)
+				}
+				if d.Gateway != netip.AddrPortFrom(d.Dst.Addr(), 15008) {
+					t.Errorf("gateway = %s, want the pod's HBONE port", d.Gateway)
+				}
+			}
+		})
+	}
+}
+
+func TestRoundRobin(t *testing.T) {
+	const key = "shop/echo.shop.svc.cluster.local"
+	svc := &workloadv1.Service{Namespace: "shop", Hostname: "echo.shop.svc.cluster.local", Addresses: [][]byte{ip("10.96.0.10")}, Ports: []*workloadv1.Port{{ServicePort: 80}}}
+	tab := table{svc: []*workloadv1.Service{svc}, ws: []*workloadv1.Workload{
+		wl("e1", "10.1.0.4", inMesh, serves(key, 80, 80)), wl("e2", "10.1.0.5", inMesh, serves(key, 80, 80)), wl("e3", "10.1.0.6", inMesh, serves(key, 80, 80))}}
+	var r Router
+	seen := map[string]int{}
+	for range 30 {
+		seen[r.Outbound(tab, nil, netip.MustParseAddrPort("10.96.0.10:80")).Workload.Name]++
+	}
+	for _, n := range []string{"e1", "e2", "e3"} {
+		if seen[n] != 10 {
+			t.Errorf("round robin over 3 endpoints, 30 connections: %v", seen)
+			break
+		}
+	}
+}
