@@ -1,5 +1,52 @@
 package hbone
 
+// Locking rules of the HTTP/2 connection. Four rules keep it correct; each h2*.go file opens with
+// the ones its code must keep, and why. Rules 1 to 4 below are what those files refer to.
+//
+//  1. Lock order: a stream's wmu (one Write at a time), then the connection's wmu (the write
+//     lock), then mu; wdogMu and corkConn.mu are leaves. Nothing waits while holding mu: no socket
+//     read or write, no wmu.Lock. The write lock is held across socket writes, which block for as
+//     long as the peer does not read (up to PingTimeout); whoever waited for it holding mu would
+//     stall every stream's Read, the handling of every frame and every Close behind one stuck
+//     write. Kept everywhere; h2write.go and h2ctrl.go take mu under wmu.
+//
+//  2. One reader, and always one: only the read token holder reads the socket, and while the
+//     connection runs the token is held, or readLoop was signalled to take it, or bgTimer is armed
+//     to let it. A socket nobody reads answers no PING, shows no writer the WINDOW_UPDATE it waits
+//     for, and leaves the peer blocked writing to us. A holder is cut short only while it waits
+//     for a frame header: mid-frame the framing, and with it the connection, would be lost. Kept
+//     in h2token.go (taking, passing on, interrupting the token), h2read.go (what the holder does
+//     with a frame), and conn.go's Read and Write and client.go's openStream, which take it.
+//
+//  3. The reader never waits to write: the token holder only tries the write lock, never waits
+//     for it or for a socket write. What it must send (SETTINGS and PING acknowledgements,
+//     RST_STREAM, WINDOW_UPDATE, refusals) is queued, and whoever holds the write lock writes the
+//     queue. Under bulk traffic both ways each end's writer may be blocked on a socket buffer that
+//     only the other end's reader drains: a reader waiting to write would stop reading, and the
+//     two ends would stall each other until the watchdog ended the connection. Kept in h2ctrl.go
+//     (the queue, bounded so that a peer cannot grow it while a write is stuck) and by every
+//     frame handler (h2read.go, h2flow.go, serverHeaders, clientHeaders) and what they call
+//     (h2stream.go): queueLocked, then flushCtrlAsync once mu is released, never flushCtrl.
+//
+//  4. Frames go out under the write lock, in write sessions the watchdog bounds, and a stream's
+//     frames only while it may still send: its DATA only if, checked under mu with the write lock
+//     held, neither its END_STREAM nor its RST_STREAM went or was queued first (sendErrLocked).
+//     Those two can be queued at any time by any goroutine; the check under the lock is what keeps
+//     DATA from following them (RFC 9113 §5.1), and the queue, written under the same lock, puts
+//     them after DATA already going out. A writer waiting for the lock must be able to give up
+//     (deadline, Close, reset, the connection's end), and Close never waits for it: its holder
+//     may be blocked on a peer that does not read. Kept in h2write.go, h2ctrl.go, conn.go's
+//     Write and respond, and fail below (its GOAWAY waits for the lock at most goAwayWait).
+//
+// Flow control (h2flow.go) and stream state (h2stream.go) are data under mu; the rules that keep
+// them right (every received byte returns to the connection window once; a stream retires once,
+// and only when closed on the wire) open those files.
+//
+// This file: the type, construction and the connection's lifecycle. fail sets c.err first, under
+// mu; queueLocked and the waits for the token, for window and for the write lock look at it under
+// mu, so once it is set nothing more is queued, and fail wakes every waiter (rcond, wcond,
+// bgcond, wabort) to see it.
+
 import (
 	"bufio"
 	"bytes"
@@ -23,24 +70,20 @@ import (
 // no trailers, no push and no priorities. Frames are encoded and parsed by x/net's Framer and
 // hpack; this type owns the connection state, flow control and the streams.
 //
-// Reading: whoever needs a frame reads the socket. One goroutine at a time holds the read token
-// and reads and handles frames for every stream: a Read that finds no data takes the token when
-// it is free and reads until its own data arrives, straight into its buffer, so that on a busy
-// tunnel a message costs no goroutine hand-off at all, as on a plain TLS connection. A Read that
-// finds the token taken waits for the holder to deliver. When nobody holds the token for a
-// while (bgDelay), or a holder leaves for good, the connection's own reader goroutine (readLoop)
-// takes it, so that PINGs, SETTINGS, new streams and a closed socket are always seen; it hands the
-// token back as soon as it has delivered to a waiting Read. A holder blocked on the socket is
-// interrupted with a past read deadline when its stream ends locally, only while it waits for a
-// frame header (a bufio.Reader keeps a partial header across that).
+// Reading (h2token.go, h2read.go): whoever needs a frame reads the socket, holding the read
+// token. A Read that finds no data takes the token when it is free and reads until its own data
+// arrives, straight into its buffer, so that on a busy tunnel a message costs no goroutine
+// hand-off at all, as on a plain TLS connection; a Read that finds it taken waits for the holder
+// to deliver. The connection's own reader goroutine (readLoop) takes the token when nobody has
+// for bgDelay, or a holder left for good, so that PINGs, SETTINGS, new streams and a closed
+// socket are always seen, and hands it back once it has delivered to a waiting Read.
 //
-// Writing: writers (a stream's Write, CloseWrite, Close, the handler's Accept) write their frames
-// themselves under wmu, straight into the TLS connection: no writer goroutine. Frames a reader
-// must send (SETTINGS and PING acknowledgements, RST_STREAM, WINDOW_UPDATE) go through a small
-// queue that whoever holds wmu writes; readers only try the lock, so two peers that both write a
-// lot can never deadlock on each other's full socket buffers.
+// Writing (h2write.go, h2ctrl.go): writers (a stream's Write, CloseWrite, Close, the handler's
+// Accept) write their frames themselves under wmu, straight into the TLS connection: no writer
+// goroutine. Frames a reader must send go through the control queue.
 //
-// Lock order: wmu before mu. Stream fields marked "c.mu" are guarded by the connection's mu.
+// Locking: the four rules at the top of this file. Stream fields marked "c.mu" are guarded by
+// the connection's mu.
 type h2conn struct {
 	nc     net.Conn  // the TLS connection frames travel on (plain in protocol tests)
 	raw    *corkConn // under the TLS connection, to turn one write session into one syscall; may be nil
@@ -124,7 +167,7 @@ type h2conn struct {
 	kaWaiting      bool
 	ka             *time.Timer
 
-	// The read token (see above), guarded by mu.
+	// The read token (h2token.go), guarded by mu.
 	tHeld         bool
 	tHolder       *stream   // the stream whose Read, Write or CONNECT holds it; nil for readLoop
 	tReader       bool      // the holder is tHolder's Read

@@ -1,5 +1,23 @@
 package hbone
 
+// The control queue: frames queued by whoever cannot or need not wait for the write lock (the
+// read token holder, a Close, keepalive), written by whoever holds the lock next. Rules kept here:
+//
+//   - The reader never waits to write (rule 3 in h2conn.go): queueLocked only appends, under mu;
+//     flushCtrlAsync only tries the write lock and, when it gets it, hands it to a new goroutine
+//     that writes. flushCtrl writes on its caller's goroutine, so the token holder never calls it.
+//   - Nothing queued is stranded: a queuer tries the write lock after setting ctrlPending, and a
+//     lock holder looks at ctrlPending again after releasing the lock (endWrite's flushCtrl), so
+//     one of the two writes what was queued.
+//   - The queue is written in order, under the write lock, after the frames of the session in
+//     progress: a queued RST_STREAM or END_STREAM goes after the DATA it must follow (rule 4).
+//   - The batch being written belongs to the write lock (ctrlSpare), and queuers append to
+//     another slice meanwhile, so that writing needs no mu.
+//   - Bounded: past maxCtrlQueue frames the connection ends with ENHANCE_YOUR_CALM. A peer can
+//     make us queue answers for as long as a write is stuck on it not reading.
+//   - Once the connection has ended (c.err) nothing more is queued; fail takes what a graceful
+//     close still sends.
+
 import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"

@@ -1,5 +1,23 @@
 package hbone
 
+// Flow control (RFC 9113 §5.2, §6.9), the tunnel's backpressure. Every window field is under mu.
+// Rules kept here:
+//
+//   - A receive window is credited back only as the application reads (Read's consumed), or as
+//     bytes are dropped (padding, DATA that cannot be delivered, a reset stream's unread chunks):
+//     crediting sooner would let a fast peer outrun a slow reader, never crediting dropped bytes
+//     would shrink a long-lived connection's window with every reset.
+//   - WINDOW_UPDATEs are batched (refreshWindow) and queued, never written here: consumedLocked
+//     runs under mu, often on the read token holder (rules 1 and 3); its callers flush once mu
+//     is released. Increments to one stream coalesce in the queue within one window.
+//   - Send windows are taken under mu before the write lock is asked for (stream.Write), and
+//     writeData gives the connection's back when the DATA is not written; a stream's window may
+//     go negative after SETTINGS lowers INITIAL_WINDOW_SIZE (§6.9.2).
+//   - Every increase of a send window wakes the writers waiting for window (wcond): a writer
+//     sleeps on it with mu released and nothing else tells it. One the reader sees (WINDOW_UPDATE,
+//     SETTINGS) also marks a delivery when writers wait (wakeWritersLocked), which ends
+//     readLoop's turn with the token and passes the token on, as waking a Read does (h2token.go).
+
 import (
 	"golang.org/x/net/http2"
 )

@@ -1,5 +1,27 @@
 package hbone
 
+// Reading frames and acting on them. Everything here runs as the read token holder (h2token.go),
+// with mu released while it reads. Rules kept here:
+//
+//   - Holder-only state (br, the Framer's read side and the frames it reuses, scratch, direct,
+//     sawSettings) is used without a lock: only the holder reads (rule 2). A frame from the
+//     Framer is valid only until the next read.
+//   - Connection and stream state is read and changed under mu, taken per frame and released
+//     before the socket is read again: a payload read can block for as long as the peer takes
+//     to send it, and nothing may wait with mu held (rule 1).
+//   - The reader never waits to write (rule 3): an answer (an acknowledgement, RST_STREAM,
+//     WINDOW_UPDATE) is queued with queueLocked and flushed with flushCtrlAsync once mu is
+//     released, never flushCtrl.
+//   - A waiting Read's buffer is filled outside mu but owned by one goroutine at a time: taken
+//     under mu (waitBuf nil, filling set), filled without it, handed over under mu (waitN,
+//     filling unset). The Read waits while filling is set, even once its stream has failed: the
+//     buffer is the caller's again as soon as Read returns, and must not be written after that.
+//   - Every DATA byte, padding included, counts against the connection window when it arrives,
+//     delivered or not, and what is dropped goes back at once (consumedLocked): the peer counted
+//     it as sent, and a long-lived connection must not lose window to frames on ended streams.
+//   - Connection errors are returned, not acted on (see h2token.go). The one close here
+//     (handleGoAway on a connection without streams) sends nothing and waits for nothing.
+
 import (
 	"errors"
 	"fmt"

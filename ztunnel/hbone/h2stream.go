@@ -1,5 +1,22 @@
 package hbone
 
+// A stream's state on the wire as the connection sees it: idle, open, closed (RFC 9113 §5.1).
+// All of it under mu. Rules kept here:
+//
+//   - A stream retires once (maybeCloseLocked, guarded by wireClosed), when it is closed on the
+//     wire: both END_STREAMs, or a reset either way. A half-closed stream stays in c.streams, for
+//     the peer may still send on it; frames that arrive for a retired one (they may have crossed
+//     our RST_STREAM) are dropped, and their bytes go back to the connection window.
+//   - recentClosed tells a HEADERS that crossed a stream's end (a stream error: STREAM_CLOSED)
+//     from a stream ID out of order (a connection error).
+//   - A reset queues its RST_STREAM (the caller may be the read token holder: rule 3), and wakes
+//     the stream's writers (abortWritersLocked): a Write waiting for window or for the write lock
+//     must give up now. The queued RST_STREAM goes after any DATA of the stream already being
+//     written, and none after it (rule 4).
+//   - The last stream of a connection that sent or received GOAWAY closes the connection from a
+//     new goroutine: maybeCloseLocked runs under mu, perhaps on the token holder, and closing
+//     takes mu and waits for the write lock (rules 1 and 3).
+
 import (
 	"slices"
 

@@ -1,5 +1,28 @@
 package hbone
 
+// The read token: which goroutine reads the socket (rule 2 in h2conn.go). Rules kept here:
+//
+//   - One reader: tHeld, tHolder and tReader change only under mu, and only the holder reads the
+//     socket. The holder releases mu only around the socket read (readFramesLocked) and acts on
+//     what it read with mu held again: what a frame changes is shared with every stream's Read
+//     and Write, and with whoever looks at the token to decide whether to wait or read.
+//   - Always one: every path that gives the token up, or was woken to take it and finds it no
+//     longer needs it (waitTurnLocked, a Write woken for window), calls passTokenLocked, which
+//     wakes the next Read, else the writers waiting for window, else readLoop, now or after
+//     bgDelay. A wake-up can be wasted (the waiter found its data meanwhile), so the armed bgTimer
+//     is the backstop that lets readLoop take a token left free. tokenLostLocked checks this in
+//     tests.
+//   - bgTimer is armed at most once per bgDelay, not at every release: a busy tunnel releases
+//     the token at every message, and a timer update per message would cost each round trip.
+//     A release after the timer was armed gets its own bgDelay when it fires (bgReleases).
+//   - Interrupt only between frames: a holder blocked on the socket is cut short (a past read
+//     deadline) only from readWaitHeader, by a compare-and-swap under mu; the holder clears the
+//     deadline under mu too, so the two cannot cross and no deadline is left behind. A read cut
+//     mid-frame would lose the framing; the bufio.Reader keeps a partial header across the cut.
+//   - Read and protocol errors are returned, not acted on: the caller releases the token and
+//     mu, then readFailed ends the connection, which takes mu and may wait for the write lock
+//     to send GOAWAY (rules 1 and 3).
+
 import (
 	"errors"
 	"fmt"
@@ -16,7 +39,7 @@ const (
 )
 
 // readLoop is the connection's own reader: it holds the read token whenever nobody else needs
-// it (see h2conn) and returns when the connection ends.
+// it (see the top of this file) and returns when the connection ends.
 func (c *h2conn) readLoop() {
 	c.mu.Lock()
 	for {

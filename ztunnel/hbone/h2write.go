@@ -1,5 +1,38 @@
 package hbone
 
+// The write lock and write sessions: every frame goes out under wmu, written by the goroutine
+// that has it to send (no writer goroutine). Rules kept here:
+//
+//   - Lock order (rule 1 in h2conn.go): wmu, then mu. A session holds wmu across socket writes
+//     that block while the peer does not read, and takes mu only briefly inside (sendErrLocked,
+//     the peer's settings, swapping the control queue). wdogMu and corkConn.mu are leaves.
+//   - A stream's frames only while it may send (rule 4): writeData and writeEnd check
+//     sendErrLocked under mu with wmu held, and writeEnd marks sendEnded before it releases
+//     wmu, so that no DATA follows END_STREAM or RST_STREAM (RFC 9113 §5.1) whatever the
+//     goroutines' timing. The connection window taken for DATA not written goes back.
+//   - HEADERS are encoded under wmu, in the order they are written: the hpack encoder's dynamic
+//     table is state shared with the peer's decoder.
+//   - Waiting writers can give up: a stream's writer waits for wmu in lockWriteUnless, not in
+//     wmu.Lock, so that a deadline, Close, a reset or the connection's end frees it while another
+//     writer is stuck on a peer that does not read. Whatever changes a stream's write state or the
+//     connection's calls abortWritersLocked, which wakes them (closing wabort) to check. A waiter
+//     registers (wmuWaiting, under mu) and then tries the lock once more, so that a release
+//     between its first try and its registration is not missed. Close never waits for the lock:
+//     writeEnd without wait queues its END_STREAM for the holder.
+//   - Fair turns: a session sends at most maxWriteBurst of one stream's DATA, unlockWrite wakes
+//     the writers waiting for the lock, and a Write with more to send yields to them
+//     (stream.Write), so that one bulk stream cannot keep the lock for its whole buffer.
+//   - The watchdog bounds a session to PingTimeout: a peer that stopped reading would otherwise
+//     hold every writer, and every Close's END_STREAM, for ever. It is a timer, not the socket's
+//     write deadline, which would stay set between writes and fail TLS's own writes (its KeyUpdate
+//     answer) after an idle spell. wstart and wdogAt are atomics and the watchdog disarms (wdogAt
+//     0) before it reads wstart, so that a session starting meanwhile arms the timer itself.
+//   - A write error ends the connection (endWrite): a frame may have been cut in half, and
+//     nothing may follow it on the wire.
+//   - Corking: corkConn collects a session's TLS records for one socket write. It is corked and
+//     uncorked only under wmu; its own mu makes a TLS write from the reading side (an alert)
+//     that comes during a flush wait for it, so records stay in order.
+
 import (
 	"fmt"
 	"net"
