@@ -73,6 +73,7 @@
 // longer than the address, a port outside 1-65535, a string match without a kind) and compiles the
 // rest, treating it as istiod-lite treats attributes ztunnel cannot enforce, so that enforcement errs
 // on the side of denying: in an ALLOW or AUDIT policy the rule holding the value is dropped (it can
-// then never allow), in a DENY policy the value is left out (the rule then denies more). A policy
-// with an unknown action or scope, or whose name repeats an earlier one, is left out whole.
+// then never allow); in a DENY policy the value is left out (a list left empty then matches
+// everything, so the rule denies more). A policy with an unknown action or scope, or whose name
+// repeats an earlier one, is left out whole.
 package authz
