@@ -1,0 +1,277 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/pprof"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ambient-mesh/ambient/api/identity"
+	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+	"github.com/ambient-mesh/ambient/redirect"
+	"github.com/ambient-mesh/ambient/redirect/zds"
+	"github.com/ambient-mesh/ambient/ztunnel/authz"
+	"github.com/ambient-mesh/ambient/ztunnel/hbone"
+	"github.com/ambient-mesh/ambient/ztunnel/inpod"
+	"github.com/ambient-mesh/ambient/ztunnel/proxy"
+	"github.com/ambient-mesh/ambient/ztunnel/xdsclient"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Certs is the certificate manager's part ztunnel uses.
+type Certs interface {
+	Run(ctx context.Context) error
+	Acquire(id identity.Identity) (release func())
+	Get(ctx context.Context, id identity.Identity) (*tls.Certificate, error)
+}
+
+// NewCerts builds the certificate manager; set by certs.go.
+var newCerts func(ctx context.Context, cfg Config, tlsCfg *tls.Config, roots func() *x509.CertPool, log *slog.Logger) (Certs, any, error)
+
+// Run runs ztunnel until ctx ends, then drains: it stops taking pods, lets open connections
+// finish up to Config.Drain, and returns. Cancellation returns nil.
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	log = log.With("component", "ztunnel", "node", cfg.Node)
+	rootPEM, err := os.ReadFile(cfg.RootCertFile)
+	if err != nil {
+		return fmt.Errorf("read istiod-lite's root certificate: %w", err)
+	}
+	istiodRoots := x509.NewCertPool()
+	if !istiodRoots.AppendCertsFromPEM(rootPEM) {
+		return fmt.Errorf("%s holds no certificate", cfg.RootCertFile)
+	}
+	tlsCfg := &tls.Config{RootCAs: istiodRoots, ServerName: cfg.ServerName, MinVersion: tls.VersionTLS12}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	// Configuration.
+	store := xdsclient.NewStore()
+	xc := xdsclient.Default()
+	xc.Addr, xc.TLS, xc.TokenFile, xc.Node, xc.Log = cfg.XDSAddr, tlsCfg, cfg.TokenFile, cfg.Node, log
+	xds, err := xdsclient.New(xc, store)
+	if err != nil {
+		return err
+	}
+	reg.MustRegister(xdsclient.NewCollector(xds))
+	// The mesh's trust bundle comes over xDS; until it does, the root that verifies istiod-lite
+	// (the same CA) stands in.
+	roots := func() *x509.CertPool {
+		if pool, _ := store.Load().Roots(); pool != nil {
+			return pool
+		}
+		return istiodRoots
+	}
+	var policies atomic.Pointer[authz.Policies]
+	empty, _ := authz.Compile(nil)
+	policies.Store(empty)
+
+	certs, certsInfo, err := newCerts(ctx, cfg, tlsCfg, roots, log)
+	if err != nil {
+		return err
+	}
+
+	// The redirector's maps, pinned by the node agent.
+	var pinned *redirect.Pinned
+	for pinned == nil {
+		if pinned, err = redirect.OpenPinned(cfg.PinDir); err != nil {
+			log.Info("waiting for the node agent's maps", "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
+		}
+	}
+	defer pinned.Close()
+
+	cur := &current{store: store}
+	px := proxy.New(proxy.Deps{
+		Config: cur.get, Policies: policies.Load, Certs: certs, Roots: roots, OrigDst: pinned,
+		TrustDomain: cfg.TrustDomain, Wait: cfg.Wait,
+		ClientConfig: hbone.DefaultClientConfig(), ServerConfig: hbone.DefaultServerConfig(),
+		Metrics: proxy.NewMetrics(reg), Log: log,
+	})
+	ids := &identities{certs: certs, held: map[identity.Identity]func(){}}
+	var pods *inpod.Manager
+	pods = inpod.New(inpod.Config{Registrar: pinned, Handler: px, Log: log, Drain: cfg.Drain, OnChange: func() {
+		served := pods.Pods()
+		px.Forget(served)
+		ids.update(served, cfg.TrustDomain)
+	}})
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 8)
+	goRun := func(name string, fn func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(ctx); err != nil {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	goRun("xds", xds.Run)
+	goRun("certs", certs.Run)
+	goRun("policies", func(ctx context.Context) error { return compilePolicies(ctx, store, &policies, log) })
+	var zdsUp atomic.Bool
+	goRun("zds", func(ctx context.Context) error {
+		zc := zds.DefaultClientConfig()
+		zc.Path, zc.Node, zc.Log, zc.Handler = cfg.ZDSSocket, cfg.Node, log, &readyHandler{Manager: pods, up: &zdsUp}
+		return zds.RunClient(ctx, zc)
+	})
+	srv := &endpoints{cfg: cfg, reg: reg, store: store, xds: xds, pods: pods, certsInfo: certsInfo,
+		ready: func() bool { return xds.Synced() && zdsUp.Load() }}
+	goRun("http", srv.serve)
+
+	log.Info("ztunnel started")
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	cancel()
+	// Shutdown: the ZDS client and listeners stop (no new connections here: a new ztunnel
+	// bound beside takes them), open connections drain up to cfg.Drain.
+	pods.Close()
+	wg.Wait()
+	return runErr
+}
+
+// readyHandler notes that ZDS got through its first snapshot.
+type readyHandler struct {
+	*inpod.Manager
+	up *atomic.Bool
+}
+
+func (r *readyHandler) SnapshotDone(replayed map[string]bool) {
+	r.Manager.SnapshotDone(replayed)
+	r.up.Store(true)
+}
+
+// compilePolicies recompiles the authorization policies on every configuration change. A policy
+// it cannot use is logged by name; the others apply at once to new connections.
+func compilePolicies(ctx context.Context, store *xdsclient.Store, dst *atomic.Pointer[authz.Policies], log *slog.Logger) error {
+	ch, stop := store.Subscribe()
+	defer stop()
+	for {
+		var auths []*workloadv1.Authorization
+		for _, a := range store.Load().Authorizations() {
+			auths = append(auths, a)
+		}
+		p, err := authz.Compile(auths)
+		if err != nil {
+			log.Error("authorization policies that cannot be enforced", "err", err)
+		}
+		if p != nil {
+			dst.Store(p)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ch:
+		}
+	}
+}
+
+// identities holds a certificate for each identity of the pods served, and only those.
+type identities struct {
+	certs Certs
+	mu    sync.Mutex
+	held  map[identity.Identity]func()
+}
+
+func (s *identities) update(pods []*inpod.Pod, td string) {
+	want := map[identity.Identity]bool{}
+	for _, p := range pods {
+		want[identity.Identity{TrustDomain: td, Namespace: p.Namespace, ServiceAccount: p.ServiceAccount}] = true
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for id := range want {
+		if _, ok := s.held[id]; !ok {
+			s.held[id] = s.certs.Acquire(id)
+		}
+	}
+	for id, release := range s.held {
+		if !want[id] {
+			release()
+			delete(s.held, id)
+		}
+	}
+}
+
+// endpoints serves admin (localhost), metrics and readiness.
+type endpoints struct {
+	cfg       Config
+	reg       *prometheus.Registry
+	store     *xdsclient.Store
+	xds       *xdsclient.Client
+	pods      *inpod.Manager
+	certsInfo any
+	ready     func() bool
+}
+
+func (e *endpoints) serve(ctx context.Context) error {
+	admin := http.NewServeMux()
+	admin.HandleFunc("/debug/config_dump", func(w http.ResponseWriter, _ *http.Request) {
+		st := e.store.Load()
+		dump := map[string]any{"pods": e.pods.Pods(), "xds": e.xds.Stats(), "certificates": e.certsInfo,
+			"workloads": st.Len(xdsclient.TypeWorkload), "services": st.Len(xdsclient.TypeService),
+			"authorizations": st.Len(xdsclient.TypeAuthorization)}
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(dump)
+	})
+	admin.HandleFunc("/debug/pprof/", pprof.Index)
+	admin.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	metrics := http.NewServeMux()
+	metrics.Handle("/metrics", promhttp.HandlerFor(e.reg, promhttp.HandlerOpts{}))
+	ready := http.NewServeMux()
+	ready.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
+		if !e.ready() {
+			http.Error(w, "not ready: configuration or the node agent not synced", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	errc := make(chan error, 3)
+	var srvs []*http.Server
+	for addr, h := range map[string]http.Handler{e.cfg.AdminAddr: admin, e.cfg.MetricsAddr: metrics, e.cfg.ReadyAddr: ready} {
+		s := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second}
+		srvs = append(srvs, s)
+		go func() {
+			if err := s.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serve %s: %w", addr, err)
+			}
+		}()
+	}
+	select {
+	case <-ctx.Done():
+		for _, s := range srvs {
+			_ = s.Close()
+		}
+		return nil
+	case err := <-errc:
+		return err
+	}
+}
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
