@@ -30,15 +30,15 @@ func newIndex[K comparable, V any](keys func(V, []K) []K, name func(V) string) i
 	return index[K, V]{first: map[K]V{}, more: map[K][]V{}, keys: keys, name: name}
 }
 
-// update returns the index with the values old (the previous versions of what changed or was
-// removed) taken out and the values new put in.
-func (ix index[K, V]) update(old, new []named[V]) index[K, V] {
-	if len(old) == 0 && len(new) == 0 {
+// update returns the index with the values olds (the previous versions of what changed or was
+// removed) taken out and the values news put in.
+func (ix index[K, V]) update(olds, news []named[V]) index[K, V] {
+	if len(olds) == 0 && len(news) == 0 {
 		return ix
 	}
 	out := ix
 	if len(ix.first) == 0 {
-		out.first = make(map[K]V, len(new)) // a first push: sized once
+		out.first = make(map[K]V, len(news)) // a first push: sized once
 	} else {
 		out.first = maps.Clone(ix.first)
 	}
@@ -54,7 +54,7 @@ func (ix index[K, V]) update(old, new []named[V]) index[K, V] {
 		return out.more
 	}
 	var buf []K
-	for _, o := range old {
+	for _, o := range olds {
 		buf = ix.keys(o.v, buf[:0])
 		for _, k := range buf {
 			rest := out.more[k]
@@ -81,7 +81,7 @@ func (ix index[K, V]) update(old, new []named[V]) index[K, V] {
 			}
 		}
 	}
-	for _, n := range new {
+	for _, n := range news {
 		buf = ix.keys(n.v, buf[:0])
 		for _, k := range buf {
 			f, ok := out.first[k]
