@@ -11,6 +11,7 @@ import (
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/google/go-cmp/cmp"
+	promtest "github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -186,6 +187,20 @@ func TestClient(t *testing.T) {
 	}}
 	if d := cmp.Diff(wantStats, stats); d != "" {
 		t.Errorf("Stats (-want +got):\n%s", d)
+	}
+	// connected and streams, and three per type.
+	if n := promtest.CollectAndCount(NewCollector(c)); n != 2+3*len(knownTypes) {
+		t.Errorf("collector exports %d metrics, want %d", n, 2+3*len(knownTypes))
+	}
+	if err := promtest.CollectAndCompare(NewCollector(c), strings.NewReader(`
+# HELP ztunnel_xds_nacks_total Responses NACKed (a resource refused), by resource type.
+# TYPE ztunnel_xds_nacks_total counter
+ztunnel_xds_nacks_total{type="Authorization"} 1
+ztunnel_xds_nacks_total{type="Service"} 0
+ztunnel_xds_nacks_total{type="TrustBundle"} 0
+ztunnel_xds_nacks_total{type="Workload"} 1
+`), "ztunnel_xds_nacks_total"); err != nil {
+		t.Error(err)
 	}
 }
 
