@@ -29,6 +29,8 @@ func TestAgentOnboarding(t *testing.T) {
 	defer cancel()
 	cs := client(t)
 	deployAgent(t, cs)
+	applyPeer(t)
+	t.Cleanup(func() { _ = cs.AppsV1().DaemonSets("istio-system").Delete(context.Background(), "zdspeer", metav1.DeleteOptions{}) })
 	clientBin := filepath.Join(labCfg.BinDir, "client")
 
 	ns := newNamespace(t, cs, "onboard")
@@ -190,8 +192,8 @@ spec:
 	}
 }
 
-// deployAgent installs the agent from deploy/ and the ZDS peer, and waits until both run on
-// every node. Cleanup uninstalls.
+// deployAgent installs the agent from deploy/ and waits until it runs on every node. Cleanup
+// uninstalls.
 func deployAgent(t testing.TB, cs kubernetes.Interface) {
 	t.Helper()
 	ctx := context.Background()
@@ -205,11 +207,7 @@ func deployAgent(t testing.TB, cs kubernetes.Interface) {
 		t.Fatal(err)
 	}
 	apply(t, "istio-system", b)
-	applyPeer(t)
-	t.Cleanup(func() {
-		_ = cs.AppsV1().DaemonSets("istio-system").Delete(ctx, "zdspeer", metav1.DeleteOptions{})
-		uninstallAgent(t, cs)
-	})
+	t.Cleanup(func() { uninstallAgent(t, cs) })
 	eventually(t, 90*time.Second, "agent ready on every node", func() bool {
 		return readyOnNodes(cs, "istio-system", "app=ambient-agent") == labCfg.Nodes
 	})

@@ -31,6 +31,8 @@ func BenchmarkAgentOnboarding(b *testing.B) {
 	ctx := context.Background()
 	cs := client(b)
 	deployAgent(b, cs)
+	applyPeer(b)
+	b.Cleanup(func() { _ = cs.AppsV1().DaemonSets("istio-system").Delete(ctx, "zdspeer", metav1.DeleteOptions{}) })
 	ns := newNamespace(b, cs, "onboard-bench")
 	apply(b, ns, []byte(fmt.Sprintf(`
 apiVersion: apps/v1
