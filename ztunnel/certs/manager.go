@@ -149,7 +149,7 @@ func (m *Manager) release(e *entry) {
 	e.gen++
 	e.cert, e.lastErr, e.failures, e.refreshAt = nil, nil, 0, time.Time{}
 	m.stopTimerLocked(e)
-	close(e.ready)
+	wake(e)
 	e.ready = make(chan struct{})
 	if e.fetching {
 		e.cancel() // finish removes the entry, or refetches if it was acquired again
@@ -290,14 +290,20 @@ func (m *Manager) finish(e *entry, gen uint64, cert *tls.Certificate, err error)
 			"retry_at", e.refreshAt, "err", err)
 		return
 	}
-	first := e.cert == nil
 	e.cert, e.lastErr, e.failures = cert, nil, 0
-	if first {
-		close(e.ready)
-	}
+	wake(e)
 	m.scheduleLocked(e, renewAt(cert.Leaf.NotBefore, cert.Leaf.NotAfter, rand.Float64()))
 	m.log.Info("certificate issued", "identity", e.id.String(), "not_after", cert.Leaf.NotAfter,
 		"refresh_at", e.refreshAt)
+}
+
+// wake wakes the Get calls waiting on e, once.
+func wake(e *entry) {
+	select {
+	case <-e.ready:
+	default:
+		close(e.ready)
+	}
 }
 
 // renewAt is half-way through a leaf's actual validity, early by up to renewJitter of it (r in
