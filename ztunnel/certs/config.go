@@ -34,7 +34,7 @@ func (realClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterF
 
 // Config configures a Manager.
 type Config struct {
-	// CA issues the certificates; DialCA makes the real one.
+	// CA issues the certificates; DialCA makes the real one, which the caller closes after Run.
 	CA CertificateClient
 	// Roots returns the trust bundle every issued chain must verify against; nil until there is
 	// one, and then every answer is refused (and retried).
@@ -81,7 +81,7 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("TrustDomain: %w", err))
 	}
 	if c.Validity < time.Minute {
-		errs = append(errs, fmt.Errorf("Validity %v: must be at least a minute", c.Validity))
+		errs = append(errs, fmt.Errorf("validity %v: must be at least a minute", c.Validity))
 	}
 	if c.RetryInitial <= 0 {
 		errs = append(errs, fmt.Errorf("RetryInitial %v: must be positive", c.RetryInitial))

@@ -63,6 +63,19 @@ func (t *fakeTimer) Stop() bool {
 	return was
 }
 
+// pending counts the timers not yet run or stopped.
+func (c *fakeClock) pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, t := range c.timers {
+		if !t.done {
+			n++
+		}
+	}
+	return n
+}
+
 // Advance moves the clock by d and runs the timers then due; it returns how many ran.
 func (c *fakeClock) Advance(d time.Duration) int {
 	c.mu.Lock()
