@@ -36,8 +36,6 @@ type Certs interface {
 	Get(ctx context.Context, id identity.Identity) (*tls.Certificate, error)
 }
 
-// NewCerts builds the certificate manager; set by certs.go.
-var newCerts func(ctx context.Context, cfg Config, tlsCfg *tls.Config, roots func() *x509.CertPool, log *slog.Logger) (Certs, any, error)
 
 // Run runs ztunnel until ctx ends, then drains: it stops taking pods, lets open connections
 // finish up to Config.Drain, and returns. Cancellation returns nil.
@@ -80,7 +78,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	empty, _ := authz.Compile(nil)
 	policies.Store(empty)
 
-	certs, certsInfo, err := newCerts(ctx, cfg, tlsCfg, roots, log)
+	certs, certsInfo, err := dialCertManager(ctx, cfg, tlsCfg, roots, log)
 	if err != nil {
 		return err
 	}
@@ -273,5 +271,3 @@ func (e *endpoints) serve(ctx context.Context) error {
 		return err
 	}
 }
-
-func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
