@@ -93,7 +93,9 @@ func (ca *testCA) Get(_ context.Context, id identity.Identity) (*tls.Certificate
 
 type fixedOrig netip.AddrPort
 
-func (f fixedOrig) LookupOrigDst(netip.AddrPort) (netip.AddrPort, error) { return netip.AddrPort(f), nil }
+func (f fixedOrig) LookupOrigDst(netip.AddrPort) (netip.AddrPort, error) {
+	return netip.AddrPort(f), nil
+}
 
 // twoPods makes two network namespaces joined by a veth pair, 10.77.0.1 and 10.77.0.2.
 func twoPods(t *testing.T) (a, b string) {

@@ -36,7 +36,6 @@ type Certs interface {
 	Get(ctx context.Context, id identity.Identity) (*tls.Certificate, error)
 }
 
-
 // Run runs ztunnel until ctx ends, then drains: it stops taking pods, lets open connections
 // finish up to Config.Drain, and returns. Cancellation returns nil.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
