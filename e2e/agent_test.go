@@ -30,7 +30,9 @@ func TestAgentOnboarding(t *testing.T) {
 	cs := client(t)
 	deployAgent(t, cs)
 	applyPeer(t)
-	t.Cleanup(func() { _ = cs.AppsV1().DaemonSets("istio-system").Delete(context.Background(), "zdspeer", metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = cs.AppsV1().DaemonSets("istio-system").Delete(context.Background(), "zdspeer", metav1.DeleteOptions{})
+	})
 	clientBin := filepath.Join(labCfg.BinDir, "client")
 
 	ns := newNamespace(t, cs, "onboard")
