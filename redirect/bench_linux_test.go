@@ -2,6 +2,7 @@ package redirect
 
 import (
 	"fmt"
+	"github.com/ambient-mesh/ambient/internal/testutil"
 	"net"
 	"net/netip"
 	"os"
@@ -176,7 +177,7 @@ func BenchmarkHookRuntime(b *testing.B) {
 	e := connectEnv(b)
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
-		skipOrFail(b, "kernel lacks BPF_ENABLE_STATS: "+err.Error())
+		testutil.SkipOrFail(b, "kernel lacks BPF_ENABLE_STATS: "+err.Error())
 	}
 	defer stats.Close()
 	progs := []struct {

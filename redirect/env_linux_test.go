@@ -24,17 +24,7 @@ import (
 	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
-// skipOrFail is the one place a test may skip: without root or a kernel feature. Under CI=true
-// it fails instead, so CI never passes by skipping.
-func skipOrFail(t testing.TB, reason string) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s (CI=true: not skipping)", reason)
-	}
-	t.Skip(reason)
-}
-
-// requireKernel skips (or fails, see skipOrFail) unless the test can use eBPF, cgroup v2,
+// requireKernel skips (or fails, see testutil.SkipOrFail) unless the test can use eBPF, cgroup v2,
 // network namespaces and bpffs.
 func requireKernel(t testing.TB) {
 	t.Helper()
@@ -55,7 +45,7 @@ func requireKernel(t testing.TB) {
 		}
 	}
 	if reason != "" {
-		skipOrFail(t, reason)
+		testutil.SkipOrFail(t, reason)
 	}
 }
 

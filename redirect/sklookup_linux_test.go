@@ -3,6 +3,7 @@ package redirect
 import (
 	"encoding/binary"
 	"errors"
+	"github.com/ambient-mesh/ambient/internal/testutil"
 	"net"
 	"net/netip"
 	"testing"
@@ -72,7 +73,7 @@ func TestSKLookupDecisions(t *testing.T) {
 		var out skLookupCtx
 		ret, err := p.Run(&ebpf.RunOptions{Context: ctx, ContextOut: &out})
 		if errors.Is(err, ebpf.ErrNotSupported) {
-			skipOrFail(t, "kernel lacks BPF_PROG_TEST_RUN for sk_lookup: "+err.Error())
+			testutil.SkipOrFail(t, "kernel lacks BPF_PROG_TEST_RUN for sk_lookup: "+err.Error())
 		}
 		if err != nil {
 			t.Fatalf("test run: %v", err)
@@ -223,7 +224,7 @@ func TestDropSynDecisions(t *testing.T) {
 		t.Helper()
 		ret, err := p.Run(&ebpf.RunOptions{Data: pkt.bytes()})
 		if errors.Is(err, ebpf.ErrNotSupported) {
-			skipOrFail(t, "kernel lacks BPF_PROG_TEST_RUN for tc: "+err.Error())
+			testutil.SkipOrFail(t, "kernel lacks BPF_PROG_TEST_RUN for tc: "+err.Error())
 		}
 		if err != nil {
 			t.Fatalf("test run: %v", err)
