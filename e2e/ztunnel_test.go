@@ -19,9 +19,10 @@ import (
 // TestMeshL4 runs the mesh as a user installs it (istiod-lite, the node agent and ztunnel from
 // deploy/), labels a namespace with running pods, and checks that their traffic crosses nodes
 // and stays on a node through ztunnel over HBONE (the destination's access log names the
-// client's identity over mutual TLS), by pod IP and by Service name, and that an
+// client's identity over mutual TLS), by pod IP and by Service name; that an
 // AuthorizationPolicy denying the client's identity stops new connections and its removal lets
-// them through again.
+// them through again; that STRICT refuses a plaintext client PERMISSIVE lets in; and that traffic
+// goes on while istiod-lite is stopped.
 func TestMeshL4(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
@@ -104,6 +105,44 @@ spec:
 		got, err := tcp(echo[0].Status.PodIP+":9090", "again")
 		return err == nil && got == "again"
 	})
+	// PeerAuthentication: a client outside the mesh gets in under PERMISSIVE (the default), not
+	// under STRICT.
+	outside := newNamespace(t, cs, "outside")
+	apply(t, outside, []byte("apiVersion: v1\nkind: Pod\nmetadata: {name: outsider}\nspec:\n  containers: [{name: c, image: ambient/client}]\n"))
+	eventually(t, 60*time.Second, "outsider running", func() bool { return running(ctx, cs, outside, "outsider") })
+	plain := func() (string, error) {
+		return lab.Exec(ctx, labCfg, outside, "outsider", clientBin, "-timeout", "3s", "tcp", echo[0].Status.PodIP+":9090", "plain")
+	}
+	if got, err := plain(); err != nil || got != "plain" {
+		t.Errorf("plaintext client under PERMISSIVE = %q, %v; want let in", got, err)
+	}
+	apply(t, ns, []byte("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: default}\nspec:\n  mtls: {mode: STRICT}\n"))
+	eventually(t, 30*time.Second, "STRICT refuses the plaintext client", func() bool {
+		_, err := plain()
+		return err != nil
+	})
+	if got, err := tcp(echo[0].Status.PodIP+":9090", "mtls"); err != nil || got != "mtls" {
+		t.Errorf("mesh client under STRICT = %q, %v; want let in", got, err)
+	}
+	kubectl(t, "-n", ns, "delete", "peerauthentications.security.istio.io", "default")
+	eventually(t, 30*time.Second, "plaintext let in again", func() bool {
+		got, err := plain()
+		return err == nil && got == "plain"
+	})
+
+	// The control plane away: traffic goes on with the last configuration and certificates.
+	kubectl(t, "-n", "istio-system", "scale", "deployment", "istiod-lite", "--replicas=0")
+	eventually(t, 60*time.Second, "istiod-lite stopped", func() bool {
+		pods, err := cs.CoreV1().Pods("istio-system").List(ctx, metav1.ListOptions{LabelSelector: "app=istiod-lite"})
+		return err == nil && len(pods.Items) == 0
+	})
+	for _, p := range echo {
+		if got, err := tcp(p.Status.PodIP+":9090", "no control plane"); err != nil || got != "no control plane" {
+			t.Errorf("with istiod-lite stopped, echo to %s = %q, %v", p.Name, got, err)
+		}
+	}
+	kubectl(t, "-n", "istio-system", "scale", "deployment", "istiod-lite", "--replicas=1")
+
 	for _, p := range echo {
 		if p, err := cs.CoreV1().Pods(ns).Get(ctx, p.Name, metav1.GetOptions{}); err != nil || !podReady(p) || p.Status.ContainerStatuses[0].RestartCount != 0 {
 			t.Errorf("echo pod %s not ready or restarted while in the mesh: %v", p.Name, err)
