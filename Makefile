@@ -9,8 +9,9 @@ GOFLAGS_BUILD := -trimpath
 export GOFLAGS := -buildvcs=false
 
 # Debian packages the targets need: iproute2 (netns, veth), nftables/iptables and conntrack
-# (kube-proxy in the lab), clang/llvm (eBPF), protobuf-compiler (api/).
-APT_PKGS := iproute2 nftables iptables conntrack clang llvm libbpf-dev protobuf-compiler
+# (kube-proxy in the lab), clang/llvm (eBPF), protobuf-compiler (api/), tcpdump (the e2e check that
+# only TLS crosses the lab network).
+APT_PKGS := iproute2 nftables iptables conntrack clang llvm libbpf-dev protobuf-compiler tcpdump
 
 .PHONY: all build unit e2e test lint generate generate-check lab-up lab-down lab-tools deps bench bench-unit bench-scale bench-onboard demo clean
 

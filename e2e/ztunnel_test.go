@@ -3,9 +3,11 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -68,6 +70,29 @@ func TestMeshL4(t *testing.T) {
 	out := execIn(t, ns, "client", clientBin, "http", "http://echo."+ns+"/hello")
 	if !strings.Contains(out, `"path":"/hello"`) {
 		t.Errorf("HTTP via the Service = %q", out)
+	}
+
+	// On the wire between the nodes there is TLS to port 15008 only: the payload never appears.
+	clientPod, err := cs.CoreV1().Pods(ns).Get(ctx, "client", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range echo {
+		if p.Spec.NodeName == clientPod.Spec.NodeName {
+			continue
+		}
+		const secret = "the-payload-must-never-cross-the-lab-network-in-the-clear"
+		pcap := captureLab(t, func() {
+			if got, err := tcp(p.Status.PodIP+":9090", secret); err != nil || got != secret {
+				t.Errorf("echo during the capture = %q, %v", got, err)
+			}
+		})
+		if strings.Contains(string(pcap.raw), secret) {
+			t.Error("the payload crossed the lab network in the clear")
+		}
+		if pcap.hbone == 0 {
+			t.Errorf("no packet to or from port 15008 between the nodes:\n%s", pcap.summary)
+		}
 	}
 
 	// The destination's ztunnel saw the client's identity over mutual TLS.
@@ -148,4 +173,71 @@ spec:
 			t.Errorf("echo pod %s not ready or restarted while in the mesh: %v", p.Name, err)
 		}
 	}
+}
+
+type capture struct {
+	raw     []byte
+	hbone   int    // packets to or from port 15008
+	summary string // tcpdump's reading of the first packets
+}
+
+// captureLab records the TCP packets crossing the lab switch (every port of the bridge between
+// the nodes) while fn runs.
+func captureLab(t *testing.T, fn func()) capture {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "lab.pcap")
+	cmd := exec.Command("ip", "netns", "exec", lab.SwitchNetns, "tcpdump", "-Z", "root", "-i", "any", "-U", "-s", "0", "-w", file, "tcp")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("tcpdump: %v", err)
+	}
+	listening := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "listening on") {
+				close(listening)
+			}
+		}
+	}()
+	select {
+	case <-listening:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatal("tcpdump did not start listening")
+	}
+	// The control plane's own traffic crosses the switch all the time: once some of it is in the
+	// file, the capture is running.
+	eventually(t, 10*time.Second, "tcpdump capturing", func() bool {
+		st, err := os.Stat(file)
+		return err == nil && st.Size() > 24
+	})
+	fn()
+	// tcpdump stops without writing what the kernel still holds for it: wait until what fn sent
+	// is in the file (its HBONE packets, counted the same way twice in a row) before stopping it.
+	count := func() int {
+		out, _ := exec.Command("tcpdump", "-nn", "-r", file, "tcp port 15008").Output()
+		return strings.Count(string(out), "\n")
+	}
+	last := -1
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		n := count()
+		if n > 0 && n == last {
+			break
+		}
+		last = n
+	}
+	_ = cmd.Process.Signal(os.Interrupt)
+	_ = cmd.Wait()
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := capture{raw: raw, hbone: count()}
+	all, err := exec.Command("tcpdump", "-nn", "-c", "20", "-r", file, "net 10.234.0.0/16").CombinedOutput()
+	c.summary = fmt.Sprintf("%d bytes captured; %s %v", len(raw), all, err)
+	return c
 }
