@@ -312,10 +312,15 @@ func (p *Proxy) Inbound(ctx context.Context, pod *inpod.Pod, c net.Conn) {
 // authorize applies the pod's policies; it logs and returns hbone.ErrDenied on a denial.
 func (p *Proxy) authorize(ctx context.Context, pod *inpod.Pod, rec *record, src netip.Addr, dst netip.AddrPort, principal string) error {
 	start := time.Now()
-	_, w, err := p.config(ctx, pod)
+	cfg, w, err := p.config(ctx, pod)
 	if err != nil {
 		p.access(rec, pod, netip.AddrPortFrom(src, 0), dst, start, "denied", err)
 		return fmt.Errorf("%w: %v", hbone.ErrDenied, err)
+	}
+	rec.dstWorkload = workloadName(w)
+	rec.srcWorkload = workloadName(cfg.WorkloadByAddr(src.Unmap()))
+	if sw := cfg.WorkloadByAddr(src.Unmap()); sw != nil && rec.srcNS == "" {
+		rec.srcNS = sw.Namespace
 	}
 	var pol *authz.Policies
 	if p.d.Policies != nil {
