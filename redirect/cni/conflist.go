@@ -34,8 +34,10 @@ type PluginConf struct {
 // the node's primary network is not installed yet, and there is nothing to chain to.
 var ErrNoConflist = errors.New("no CNI configuration list")
 
-// PrimaryConflist returns the configuration list a runtime uses: the first *.conflist in the
-// directory in lexical order (as kubelet and containerd pick it).
+// PrimaryConflist returns the configuration list a runtime uses: the first file ending in
+// .conf, .conflist or .json in the directory, in lexical order (as kubelet and containerd pick
+// it). A single-plugin .conf first is an error: the plugin cannot be chained to it, and chaining
+// it into a later list would never run.
 func PrimaryConflist(dir string) (string, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -43,15 +45,26 @@ func PrimaryConflist(dir string) (string, error) {
 	}
 	var names []string
 	for _, e := range ents {
-		if !e.IsDir() && strings.HasSuffix(e.Name(), ".conflist") {
-			names = append(names, e.Name())
+		n := e.Name()
+		if !e.IsDir() && (strings.HasSuffix(n, ".conflist") || strings.HasSuffix(n, ".conf") || strings.HasSuffix(n, ".json")) {
+			names = append(names, n)
 		}
 	}
 	if len(names) == 0 {
 		return "", fmt.Errorf("%s: %w", dir, ErrNoConflist)
 	}
 	slices.Sort(names)
-	return filepath.Join(dir, names[0]), nil
+	path := filepath.Join(dir, names[0])
+	if !strings.HasSuffix(path, ".conflist") {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", err
+		}
+		if _, err := editPlugins(b, func(p []json.RawMessage) ([]json.RawMessage, error) { return p, nil }); err != nil {
+			return "", fmt.Errorf("the node's network configuration %s is a single-plugin file: ambient-cni cannot be chained to it", path)
+		}
+	}
+	return path, nil
 }
 
 // InsertPlugin returns the conflist with entry as its last plugin; an existing entry of the

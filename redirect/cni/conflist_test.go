@@ -136,3 +136,24 @@ func TestInstallUninstall(t *testing.T) {
 		t.Errorf("conf dir holds %d entries, want the 2 lists (no temporary files)", len(ents))
 	}
 }
+
+// TestPrimaryConflist follows the runtime's choice: the first .conf, .conflist or .json, in
+// lexical order; a single-plugin file first cannot be chained to.
+func TestPrimaryConflist(t *testing.T) {
+	dir := t.TempDir()
+	list, _ := os.ReadFile("testdata/bridge.conflist")
+	os.WriteFile(filepath.Join(dir, "10-b.conflist"), list, 0o644)
+	os.WriteFile(filepath.Join(dir, "20-a.json"), list, 0o644)
+	os.WriteFile(filepath.Join(dir, "ambient-cni.credentials"), []byte("{}"), 0o600)
+	if got, err := PrimaryConflist(dir); err != nil || filepath.Base(got) != "10-b.conflist" {
+		t.Errorf("PrimaryConflist = %s, %v", got, err)
+	}
+	os.WriteFile(filepath.Join(dir, "05-list.json"), list, 0o644)
+	if got, err := PrimaryConflist(dir); err != nil || filepath.Base(got) != "05-list.json" {
+		t.Errorf("a list in a .json sorted first: PrimaryConflist = %s, %v", got, err)
+	}
+	os.WriteFile(filepath.Join(dir, "01-single.conf"), []byte(`{"cniVersion":"1.0.0","name":"x","type":"bridge"}`), 0o644)
+	if got, err := PrimaryConflist(dir); err == nil {
+		t.Errorf("a single-plugin .conf first: PrimaryConflist = %s, want an error", got)
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/ambient-mesh/ambient/api/identity"
+	"github.com/ambient-mesh/ambient/api/mesh"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
 	"github.com/ambient-mesh/ambient/ztunnel/authz"
 	"github.com/ambient-mesh/ambient/ztunnel/hbone"
@@ -261,6 +262,10 @@ func (p *Proxy) serveTunnel(ctx context.Context, pod *inpod.Pod, req *hbone.Requ
 	rec := &record{reporter: "destination", srcPrincipal: principal(req.Peer), srcNS: req.Peer.Namespace,
 		dstNS: pod.Namespace, dstWorkload: pod.Name, security: "mutual_tls"}
 	peer := addrPortOf(req.RemoteAddr)
+	if reservedPort(req.Authority.Port()) {
+		p.access(rec, pod, peer, req.Authority, start, "bad request", fmt.Errorf("port %d is ztunnel's own", req.Authority.Port()))
+		return fmt.Errorf("%w: port %d is not an application's", hbone.ErrBadRequest, req.Authority.Port())
+	}
 	if !slices.Contains(pod.IPs, req.Authority.Addr().Unmap()) {
 		p.access(rec, pod, peer, req.Authority, start, "bad request", fmt.Errorf("authority %s is not an address of the pod", req.Authority))
 		return fmt.Errorf("%w: %s is not served here", hbone.ErrBadRequest, req.Authority)
@@ -293,6 +298,10 @@ func (p *Proxy) Inbound(ctx context.Context, pod *inpod.Pod, c net.Conn) {
 	defer c.Close()
 	rec := &record{reporter: "destination", dstNS: pod.Namespace, dstWorkload: pod.Name, security: "none"}
 	peer, dst := addrPortOf(c.RemoteAddr()), addrPortOf(c.LocalAddr())
+	if reservedPort(dst.Port()) {
+		p.access(rec, pod, peer, dst, start, "refused", fmt.Errorf("port %d is ztunnel's own", dst.Port()))
+		return
+	}
 	if err := p.authorize(ctx, pod, rec, peer.Addr(), dst, ""); err != nil {
 		return
 	}
@@ -346,6 +355,19 @@ func (p *Proxy) access(r *record, pod *inpod.Pod, src, dst netip.AddrPort, start
 		attrs = append(attrs, "err", err.Error())
 	}
 	p.d.Log.Info("access", attrs...)
+}
+
+// reservedPort reports whether port is one of ztunnel's own in a pod (DESIGN.md §4). A
+// connection "to the application" on such a port would come back into ztunnel itself: with its
+// own address as the source it passes the inbound hook, so each hop would open another (a loop
+// that eats the node's descriptors), and on 15001 it could take over the original destination
+// of one of the pod's captured connections. Istio's ztunnel refuses them too.
+func reservedPort(port uint16) bool {
+	switch port {
+	case mesh.PortOutbound, mesh.PortInboundPlaintext, mesh.PortHBONE, mesh.PortDNS, mesh.PortAdmin, mesh.PortMetrics, mesh.PortReadiness:
+		return true
+	}
+	return false
 }
 
 func principal(id identity.Identity) string {
