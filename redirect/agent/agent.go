@@ -126,6 +126,8 @@ func restConfig(kubeconfig string) (*rest.Config, error) {
 // every pin stays, so pods keep being captured while it is away — unless its DaemonSet is being
 // deleted, in which case it uninstalls (see Uninstall).
 func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx) // every goroutine below ends with it, also on an error
+	defer cancel()
 	rd, err := redirect.Load(a.cfg.Redirect)
 	if err != nil {
 		return fmt.Errorf("load redirection programs: %w", err)
@@ -165,10 +167,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	go func() { errc <- zs.Run(ctx) }()
 	go func() { errc <- srv.serveCNI(ctx) }()
-	if a.cfg.InstallCNI {
-		go a.keepCNIInstalled(ctx)
-	}
 	var wg sync.WaitGroup
+	if a.cfg.InstallCNI {
+		wg.Add(1)
+		go func() { defer wg.Done(); a.keepCNIInstalled(ctx) }()
+	}
 	for range a.cfg.Workers {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.work(ctx) }()
@@ -183,7 +186,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	case runErr = <-errc:
 	}
 	a.ready.Store(false)
+	cancel()
 	a.queue.ShutDown()
+	// The workers and the CNI installer end before any uninstall: a last install tick after it
+	// would put back an entry whose binary is gone, and every new pod of the node would fail.
 	wg.Wait()
 	if runErr == nil {
 		runErr = a.uninstallIfDeleted(context.WithoutCancel(ctx))
@@ -247,8 +253,7 @@ func (a *Agent) startInformers(ctx context.Context) error {
 	return nil
 }
 
-// rebuild reconciles every pod of the node once, then unenrols the namespaces no pod owns any
-// more (pods deleted while the agent was away).
+// rebuild reconciles every pod of the node once, then sweeps.
 func (a *Agent) rebuild(ctx context.Context) error {
 	pods, err := a.podLister.List(everything)
 	if err != nil {
@@ -259,6 +264,25 @@ func (a *Agent) rebuild(ctx context.Context) error {
 		if err := a.reconcile(ctx, key); err != nil {
 			a.log.Warn("rebuild pod", "pod", key, "err", err)
 			a.queue.AddRateLimited(key)
+		}
+	}
+	return a.sweep()
+}
+
+// sweep unenrols the namespaces that no pod of the node owns any more (pods deleted while the
+// agent was away). It does nothing while a pod that belongs in the mesh has no state yet (its
+// setup failed or waits for its IP, or a sandbox is being set up): its namespace could be among
+// those that look unowned, and unenrolling it would let its traffic past the proxy. The resync
+// sweeps again.
+func (a *Agent) sweep() error {
+	pods, err := a.podLister.List(everything)
+	if err != nil {
+		return err
+	}
+	for _, p := range pods {
+		if Wanted(a.namespace(p.Namespace), p).Enrol && !finished(p) && a.state(p.Namespace+"/"+p.Name) == nil {
+			a.log.Info("not sweeping stale namespaces yet: a pod of the mesh is not set up", "pod", p.Namespace+"/"+p.Name)
+			return nil
 		}
 	}
 	cookies, err := a.dp.EnrolledNetNS()
@@ -311,6 +335,9 @@ func (a *Agent) resync(ctx context.Context) {
 			pods, _ := a.podLister.List(everything)
 			for _, p := range pods {
 				a.queue.Add(p.Namespace + "/" + p.Name)
+			}
+			if err := a.sweep(); err != nil {
+				a.log.Warn("sweep stale namespaces", "err", err)
 			}
 		}
 	}

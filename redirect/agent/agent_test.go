@@ -100,7 +100,14 @@ func newHarness(t *testing.T, nsLabels map[string]string, pod *corev1.Pod) *harn
 	cfg.Node, cfg.ProcDir = "n1", proc
 	h.a = &Agent{cfg: cfg, log: slog.New(slog.NewTextHandler(io.Discard, nil)), cs: cs, m: newMetrics(prometheus.NewRegistry()),
 		procs: newProcIndex(proc, time.Now), pods: map[string]*podState{}, since: map[string]time.Time{},
-		cookieOf: func(p string) (uint64, error) { h := fnv.New64(); h.Write([]byte(p)); return h.Sum64() % 1000, nil },
+		// A fake namespace's cookie: a hash of what its fake nsfs file holds, so that it does
+		// not depend on the path it is reached by (/proc/<pid>/ns/net or /proc/self/fd/N).
+		cookieOf: func(p string) (uint64, error) {
+			b, err := os.ReadFile(p)
+			h := fnv.New64()
+			h.Write(b)
+			return h.Sum64() % 1000, err
+		},
 		dp:       fakeDP{c}, zds: h.z, events: h.rec,
 		queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())}
 	ctx, cancel := context.WithCancel(context.Background())

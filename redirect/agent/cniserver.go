@@ -82,7 +82,7 @@ func (a *Agent) cniAdd(ctx context.Context, req cni.PodRequest) (bool, error) {
 	unlock := a.locks.lock(key)
 	defer unlock()
 	a.wantSince(key)
-	if _, err := a.setup(ctx, pod, req.Netns, oneIPPerFamily(ips)); err != nil && !errors.Is(err, zds.ErrNoProxy) {
+	if _, err := a.setup(ctx, pod, req.Netns, req.ContainerID, oneIPPerFamily(ips)); err != nil && !errors.Is(err, zds.ErrNoProxy) {
 		return false, fmt.Errorf("set up redirection for pod %s: %w", key, err)
 	}
 	return true, nil
@@ -96,6 +96,9 @@ func (a *Agent) CNIDel(ctx context.Context, req cni.PodRequest) error {
 	key := req.Namespace + "/" + req.Name
 	unlock := a.locks.lock(key)
 	defer unlock()
+	if st := a.state(key); st != nil && st.containerID != "" && req.ContainerID != "" && st.containerID != req.ContainerID {
+		return nil // a late DEL of an earlier sandbox of the pod: the current one stays
+	}
 	err := a.teardownKey(ctx, key, types.UID(req.UID))
 	result := "ok"
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -34,11 +35,16 @@ type podState struct {
 	key   string // namespace/name
 	uid   types.UID
 	netns uint64 // cookie
-	acked bool   // ztunnel holds the workload
-	// retry says the setup did not finish (ztunnel refused the pod, or the inbound hooks could
-	// not be attached) and must be run again from nsPath.
-	retry  bool
+	// acked: ztunnel holds the workload; retry: the setup did not finish (ztunnel refused the
+	// pod, or a kernel step failed) and must run again. Both are guarded by Agent.mu: ztunnel's
+	// replay acks arrive on another goroutine.
+	acked, retry bool
+	// nsPath is the sandbox's namespace path from the CNI plugin, reusable on a retry; empty
+	// when the namespace was found through /proc (a retry looks again: a PID can be reused).
 	nsPath string
+	// containerID is the sandbox the CNI plugin set up, so that a late DEL of an earlier
+	// sandbox of the same pod does not take the new one out.
+	containerID string
 }
 
 // reconcile brings one pod (by namespace/name) to what the rules want.
@@ -71,23 +77,31 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 		return a.annotate(ctx, pod, "")
 	}
 	since := a.wantSince(key)
-	if st == nil || st.retry {
-		if pod.Status.PodIP == "" {
+	if st == nil || a.needsRetry(st) {
+		if pod.Status.PodIP == "" && st == nil {
 			return nil // not started: the CNI plugin, or the update that brings the IP, sets it up
 		}
-		var nsPath string
-		if st != nil {
-			nsPath = st.nsPath
-		} else if nsPath, err = a.findNetns(pod.UID); err != nil {
-			a.pending(ctx, pod, "NetnsNotFound", "no running process of the pod found to take its network namespace from: "+err.Error())
-			return err
+		if st != nil && st.nsPath != "" {
+			st, err = a.setup(ctx, pod, st.nsPath, st.containerID, podIPs(pod))
+		} else {
+			f, ferr := a.openNetns(pod.UID)
+			if ferr != nil {
+				a.pending(ctx, pod, "NetnsNotFound", "no running process of the pod found to take its network namespace from: "+ferr.Error())
+				return ferr
+			}
+			st, err = a.setup(ctx, pod, fmt.Sprintf("/proc/self/fd/%d", f.Fd()), "", podIPs(pod))
+			f.Close()
+			if st != nil {
+				a.mu.Lock()
+				st.nsPath = "" // the fd path dies with f: a retry looks again
+				a.mu.Unlock()
+			}
 		}
-		st, err = a.setup(ctx, pod, nsPath, podIPs(pod))
 		if err != nil && !errors.Is(err, zds.ErrNoProxy) {
 			return err
 		}
 	}
-	if !st.acked {
+	if !a.isAcked(st) {
 		if pod.Annotations[mesh.AnnotationRedirection] == mesh.RedirectionEnabled {
 			// Set up before: the kernel side is in place, and ztunnel gets the pod in its
 			// replay when it (re)connects. A ztunnel that is away is ztunnel's state to report,
@@ -111,7 +125,7 @@ func (a *Agent) reconcile(ctx context.Context, key string) error {
 // setup enrols the pod whose network namespace is at nsPath: ztunnel, then the kernel. It
 // records the state even when ztunnel could not take the pod (zds.ErrNoProxy or an ack error),
 // since the kernel side is in place; the error says why the pod is not served.
-func (a *Agent) setup(ctx context.Context, pod *corev1.Pod, nsPath string, ips []netip.Addr) (*podState, error) {
+func (a *Agent) setup(ctx context.Context, pod *corev1.Pod, nsPath, containerID string, ips []netip.Addr) (*podState, error) {
 	key := pod.Namespace + "/" + pod.Name
 	f, err := os.Open(nsPath)
 	if err != nil {
@@ -133,6 +147,11 @@ func (a *Agent) setup(ctx context.Context, pod *corev1.Pod, nsPath string, ips [
 		a.m.errors.WithLabelValues("addresses").Inc()
 		return nil, errors.New("the pod has no IP address")
 	}
+	// Recorded before anything is done: a failure past this point leaves a state that teardown
+	// undoes (ztunnel's record included) and that a retry finishes, and ztunnel's replay ack,
+	// which can come before Add returns, finds it.
+	st := &podState{key: key, uid: pod.UID, netns: cookie, nsPath: nsPath, containerID: containerID, retry: true}
+	a.setState(st)
 	info := &zdsv1.WorkloadInfo{Uid: string(pod.UID), Name: pod.Name, Namespace: pod.Namespace,
 		ServiceAccount: pod.Spec.ServiceAccountName, Node: a.cfg.Node}
 	for _, ip := range ips {
@@ -141,7 +160,11 @@ func (a *Agent) setup(ctx context.Context, pod *corev1.Pod, nsPath string, ips [
 	done := a.m.step("ztunnel")
 	zerr := a.zds.Add(ctx, zds.Workload{Info: info, NetnsCookie: cookie, Netns: f})
 	done()
-	if zerr != nil && !errors.Is(zerr, zds.ErrNoProxy) {
+	if zerr == nil {
+		a.mu.Lock()
+		st.acked = true
+		a.mu.Unlock()
+	} else if !errors.Is(zerr, zds.ErrNoProxy) {
 		a.m.errors.WithLabelValues("ztunnel").Inc()
 		a.pending(ctx, pod, "ZtunnelRefused", "ztunnel did not take the pod: "+zerr.Error())
 	}
@@ -151,7 +174,7 @@ func (a *Agent) setup(ctx context.Context, pod *corev1.Pod, nsPath string, ips [
 	done()
 	if err != nil {
 		a.m.errors.WithLabelValues("enrol").Inc()
-		return nil, err
+		return st, err
 	}
 	done = a.m.step("attach")
 	_, err = a.dp.AttachSKLookup(nsPath)
@@ -161,19 +184,45 @@ func (a *Agent) setup(ctx context.Context, pod *corev1.Pod, nsPath string, ips [
 		// Outbound capture is on and inbound is not: keep the pod enrolled (fail closed for
 		// what is captured) and say so; the retry attaches.
 		a.pending(ctx, pod, "InboundHooksFailed", "attaching the inbound hooks failed: "+err.Error())
-		a.setState(&podState{key: key, uid: pod.UID, netns: cookie, nsPath: nsPath, retry: true})
-		return nil, err
+		return st, err
 	}
-	st := &podState{key: key, uid: pod.UID, netns: cookie, nsPath: nsPath, acked: zerr == nil,
-		retry: zerr != nil && !errors.Is(zerr, zds.ErrNoProxy)}
-	a.setState(st)
+	a.mu.Lock()
+	st.retry = zerr != nil && !errors.Is(zerr, zds.ErrNoProxy)
+	a.mu.Unlock()
 	return st, zerr
 }
 
-// findNetns finds a running pod's network namespace in /proc.
-func (a *Agent) findNetns(uid types.UID) (string, error) {
+// openNetns opens a running pod's network namespace, found in /proc, and checks after opening
+// that the process still belongs to the pod: a PID can end and be reused between the scan and
+// the open, and the namespace of another pod (or the node's) must never be taken for this one's.
+func (a *Agent) openNetns(uid types.UID) (*os.File, error) {
 	defer a.m.step("netns")()
-	return a.procs.netnsPath(string(uid))
+	path, err := a.procs.netnsPath(string(uid))
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	cg, err := os.ReadFile(filepath.Join(filepath.Dir(filepath.Dir(path)), "cgroup"))
+	if err != nil || !slices.Contains(podUIDs(cg), string(uid)) {
+		f.Close()
+		return nil, fmt.Errorf("pod uid %s: the process found has changed: %w", uid, errNoProcess)
+	}
+	return f, nil
+}
+
+func (a *Agent) needsRetry(st *podState) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return st.retry
+}
+
+func (a *Agent) isAcked(st *podState) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return st.acked
 }
 
 // teardown takes the pod out: the kernel first, then ztunnel.

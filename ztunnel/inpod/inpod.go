@@ -60,6 +60,13 @@ func (p *Pod) Dial(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
 	})
 }
 
+// Gone reports whether the pod has been removed and its namespace released.
+func (p *Pod) Gone() bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	return p.closed
+}
+
 func (p *Pod) closeNetns() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -91,6 +98,9 @@ type Config struct {
 	Drain time.Duration
 	// OnChange is called (without locks held) after pods are added or removed.
 	OnChange func()
+	// OnRemoved is called once a removed pod's connections have all ended (drained or cut):
+	// what was kept for the pod can go then, not before.
+	OnRemoved func(*Pod)
 }
 
 // Manager holds the pods and their listeners. It implements zds.Handler.
@@ -274,6 +284,9 @@ func (m *Manager) drain(s *served, d time.Duration) {
 	s.cancel()
 	<-done
 	s.pod.closeNetns()
+	if m.cfg.OnRemoved != nil {
+		m.cfg.OnRemoved(s.pod)
+	}
 	m.cfg.Log.Info("pod removed", "pod", s.pod.Key())
 }
 

@@ -71,7 +71,9 @@ type Proxy struct {
 	d      Deps
 	router route.Router
 	mu     sync.Mutex
-	pods   map[string]*podSide // by pod UID
+	// pods is keyed by the served pod itself, not its UID: a pod handed over again with a new
+	// sandbox is a new *inpod.Pod, and must not find the old one's client.
+	pods map[*inpod.Pod]*podSide
 }
 
 // podSide is what the proxy keeps per pod: its tunnel client (connections dialled from the pod's
@@ -89,25 +91,17 @@ func New(d Deps) *Proxy {
 	if d.Wait <= 0 {
 		d.Wait = 5 * time.Second
 	}
-	return &Proxy{d: d, pods: map[string]*podSide{}}
+	return &Proxy{d: d, pods: map[*inpod.Pod]*podSide{}}
 }
 
-// Forget drops what the proxy holds for pods no longer served.
-func (p *Proxy) Forget(served []*inpod.Pod) {
-	keep := map[string]bool{}
-	for _, pod := range served {
-		keep[pod.UID] = true
-	}
+// Release drops what the proxy holds for a pod that is no longer served, once its
+// connections have ended (inpod.Config.OnRemoved).
+func (p *Proxy) Release(pod *inpod.Pod) {
 	p.mu.Lock()
-	var gone []*podSide
-	for uid, s := range p.pods {
-		if !keep[uid] {
-			gone = append(gone, s)
-			delete(p.pods, uid)
-		}
-	}
+	s := p.pods[pod]
+	delete(p.pods, pod)
 	p.mu.Unlock()
-	for _, s := range gone {
+	if s != nil {
 		s.client.Close()
 	}
 }
@@ -135,8 +129,11 @@ func (p *Proxy) credentials(id identity.Identity) hbone.Credentials {
 func (p *Proxy) side(pod *inpod.Pod, id identity.Identity) (*podSide, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if s := p.pods[pod.UID]; s != nil {
+	if s := p.pods[pod]; s != nil {
 		return s, nil
+	}
+	if pod.Gone() {
+		return nil, inpod.ErrPodGone // a draining connection of a removed pod: nothing new for it
 	}
 	creds := p.credentials(id)
 	client, err := hbone.NewClient(p.d.ClientConfig, func(identity.Identity) (hbone.Credentials, error) { return creds, nil },
@@ -157,7 +154,7 @@ func (p *Proxy) side(pod *inpod.Pod, id identity.Identity) (*podSide, error) {
 		return nil, err
 	}
 	s := &podSide{client: client, server: server}
-	p.pods[pod.UID] = s
+	p.pods[pod] = s
 	return s, nil
 }
 

@@ -105,11 +105,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	})
 	ids := &identities{certs: certs, held: map[identity.Identity]func(){}}
 	var pods *inpod.Manager
-	pods = inpod.New(inpod.Config{Registrar: pinned, Handler: px, Log: log, Drain: cfg.Drain, OnChange: func() {
-		served := pods.Pods()
-		px.Forget(served)
-		ids.update(served, cfg.TrustDomain)
-	}})
+	pods = inpod.New(inpod.Config{Registrar: pinned, Handler: px, Log: log, Drain: cfg.Drain,
+		OnChange:  func() { ids.update(pods.Pods(), cfg.TrustDomain) },
+		OnRemoved: px.Release,
+	})
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -144,10 +143,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	case runErr = <-errc:
 	}
 	cancel()
-	// Shutdown: the ZDS client and listeners stop (no new connections here: a new ztunnel
-	// bound beside takes them), open connections drain up to cfg.Drain.
-	pods.Close()
+	// Shutdown: the ZDS client stops first (so no pod is added after the next step), then the
+	// listeners close (a new ztunnel bound beside takes new connections) and open connections
+	// drain up to cfg.Drain, with the configuration and certificates held.
 	wg.Wait()
+	pods.Close()
 	return runErr
 }
 
