@@ -108,7 +108,7 @@ func newHarness(t *testing.T, nsLabels map[string]string, pod *corev1.Pod) *harn
 			h.Write(b)
 			return h.Sum64() % 1000, err
 		},
-		dp:       fakeDP{c}, zds: h.z, events: h.rec,
+		dp: fakeDP{c}, zds: h.z, events: h.rec,
 		queue: workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())}
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(func() { cancel(); h.a.queue.ShutDown() })
