@@ -101,9 +101,13 @@ func teardownNetwork() []error {
 			errs = append(errs, err)
 		}
 	}
+	// The kernel destroys a deleted namespace, and the host veth with its peer, asynchronously:
+	// the link can vanish between the check and the delete, which is not an error.
 	if _, err := os.Stat("/sys/class/net/" + HostVeth); err == nil {
 		if err := ip("link", "del", HostVeth); err != nil {
-			errs = append(errs, err)
+			if _, serr := os.Stat("/sys/class/net/" + HostVeth); serr == nil {
+				errs = append(errs, err)
+			}
 		}
 	}
 	return errs
