@@ -1,6 +1,7 @@
 package redirect
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -38,27 +39,48 @@ func netnsCookieFD(nsFD int) (uint64, error) {
 	return cookie, nil
 }
 
-// inNetNS runs fn on a locked OS thread that has joined the network namespace nsFD.
+// InNetNS runs fn on an OS thread that has joined the network namespace nsFD, and returns what
+// fn returns: the sockets fn creates live in that namespace. The thread is a fresh goroutine's,
+// so the caller's thread never changes namespace; should returning to the original namespace
+// fail, the thread stays locked and the runtime ends it with the goroutine instead of reusing a
+// thread in the wrong namespace. The node agent, ztunnel and their tests share it.
+func InNetNS[T any](nsFD int, fn func() (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		var r result
+		orig, err := os.Open("/proc/thread-self/ns/net")
+		if err != nil {
+			r.err = err
+			done <- r
+			return
+		}
+		defer orig.Close()
+		if err := unix.Setns(nsFD, unix.CLONE_NEWNET); err != nil {
+			r.err = fmt.Errorf("setns: %w", err)
+			done <- r
+			return
+		}
+		r.v, r.err = fn()
+		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
+			r.err = errors.Join(r.err, fmt.Errorf("restore netns: %w", err))
+		} else {
+			runtime.UnlockOSThread()
+		}
+		done <- r
+	}()
+	r := <-done
+	return r.v, r.err
+}
+
+// inNetNS is InNetNS for a fn that returns only an error.
 func inNetNS(nsFD int, fn func() error) error {
-	runtime.LockOSThread()
-	orig, err := os.Open("/proc/thread-self/ns/net")
-	if err != nil {
-		runtime.UnlockOSThread()
-		return err
-	}
-	defer orig.Close()
-	if err := unix.Setns(nsFD, unix.CLONE_NEWNET); err != nil {
-		runtime.UnlockOSThread()
-		return fmt.Errorf("setns: %w", err)
-	}
-	ferr := fn()
-	if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-		// Leave the thread locked: the runtime ends it with the goroutine instead of reusing
-		// a thread stuck in the wrong namespace.
-		return fmt.Errorf("restore netns: %w", err)
-	}
-	runtime.UnlockOSThread()
-	return ferr
+	_, err := InNetNS(nsFD, func() (struct{}, error) { return struct{}{}, fn() })
+	return err
 }
 
 // socketNetNSCookie returns the cookie of the network namespace a socket lives in.

@@ -1,11 +1,14 @@
 package redirect
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/cilium/ebpf"
 )
@@ -35,6 +38,28 @@ func OpenPinned(pinDir string) (*Pinned, error) {
 	p := &Pinned{listeners: l, origPeer: o}
 	p.r = &Redirector{objs: objects{Listeners: l, OrigByPeer: o}}
 	return p, nil
+}
+
+// WaitPinned opens the pinned maps, waiting for the node agent to make them (it pins them when
+// it starts, and a proxy may start first). It returns ctx's error if ctx ends first; log, if
+// not nil, hears why it waits.
+func WaitPinned(ctx context.Context, pinDir string, log *slog.Logger) (*Pinned, error) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		p, err := OpenPinned(pinDir)
+		if err == nil {
+			return p, nil
+		}
+		if log != nil {
+			log.Info("waiting for the node agent's maps", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
 }
 
 // RegisterListener is Redirector.RegisterListener.

@@ -35,18 +35,9 @@ type zdsPeer struct {
 
 // RunZDSPeer serves until ctx ends; cancellation returns nil.
 func RunZDSPeer(ctx context.Context, cfg ZDSPeerConfig, log *slog.Logger) error {
-	var pinned *redirect.Pinned
-	for { // the agent pins the maps when it starts
-		var err error
-		if pinned, err = redirect.OpenPinned(cfg.PinDir); err == nil {
-			break
-		}
-		log.Info("waiting for the redirector's maps", "err", err)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(500 * time.Millisecond):
-		}
+	pinned, err := redirect.WaitPinned(ctx, cfg.PinDir, log)
+	if err != nil {
+		return nil // ctx ended while waiting for the agent
 	}
 	defer pinned.Close()
 	m := inpod.New(inpod.Config{Registrar: pinned, Handler: &zdsPeer{pinned: pinned}, Log: log, Drain: 2 * time.Second})

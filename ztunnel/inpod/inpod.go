@@ -17,7 +17,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -53,7 +52,7 @@ func (p *Pod) Dial(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
 	if p.closed {
 		return nil, ErrPodGone
 	}
-	return inNetns(p.netns, func() (net.Conn, error) {
+	return redirect.InNetNS(int(p.netns.Fd()), func() (net.Conn, error) {
 		d := net.Dialer{Control: markControl}
 		d.SetMultipathTCP(false)
 		return d.DialContext(ctx, "tcp", addr.String())
@@ -327,7 +326,7 @@ func markControl(_, _ string, c syscall.RawConn) error {
 
 // listenIn opens the listeners inside the namespace.
 func listenIn(netns *os.File, ports []int) ([]net.Listener, error) {
-	return inNetns(netns, func() ([]net.Listener, error) {
+	return redirect.InNetNS(int(netns.Fd()), func() ([]net.Listener, error) {
 		lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
 			var serr error
 			err := c.Control(func(fd uintptr) {
@@ -349,38 +348,4 @@ func listenIn(netns *os.File, ports []int) ([]net.Listener, error) {
 		}
 		return ls, nil
 	})
-}
-
-// inNetns runs fn on an OS thread inside the network namespace: the sockets fn creates live
-// there. The thread is locked for the call and, should returning to the original namespace
-// fail, left locked so that the runtime ends it.
-func inNetns[T any](netns *os.File, fn func() (T, error)) (T, error) {
-	type result struct {
-		v   T
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		var r result
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			r.err = err
-			done <- r
-			return
-		}
-		defer orig.Close()
-		if err := unix.Setns(int(netns.Fd()), unix.CLONE_NEWNET); err != nil {
-			r.err = fmt.Errorf("setns: %w", err)
-			done <- r
-			return
-		}
-		r.v, r.err = fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err == nil {
-			runtime.UnlockOSThread()
-		}
-		done <- r
-	}()
-	r := <-done
-	return r.v, r.err
 }

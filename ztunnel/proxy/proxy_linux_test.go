@@ -15,7 +15,6 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -24,11 +23,11 @@ import (
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
 	zdsv1 "github.com/ambient-mesh/ambient/api/zds/v1"
 	"github.com/ambient-mesh/ambient/internal/testutil"
+	"github.com/ambient-mesh/ambient/redirect"
 	"github.com/ambient-mesh/ambient/ztunnel/authz"
 	"github.com/ambient-mesh/ambient/ztunnel/hbone"
 	"github.com/ambient-mesh/ambient/ztunnel/inpod"
 	"github.com/ambient-mesh/ambient/ztunnel/route"
-	"golang.org/x/sys/unix"
 )
 
 // staticConfig is a Config over literal workloads.
@@ -125,30 +124,13 @@ func twoPods(t *testing.T) (a, b string) {
 // inNS runs fn on a thread in the named namespace.
 func inNS[T any](t *testing.T, name string, fn func() (T, error)) T {
 	t.Helper()
-	f, err := os.Open("/run/netns/" + name)
+	f := openNS(t, name)
+	defer f.Close()
+	v, err := redirect.InNetNS(int(f.Fd()), fn)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	type res struct {
-		v   T
-		err error
-	}
-	ch := make(chan res, 1)
-	go func() {
-		runtime.LockOSThread() // not unlocked: the thread ends with the goroutine
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			ch <- res{err: err}
-			return
-		}
-		v, err := fn()
-		ch <- res{v, err}
-	}()
-	r := <-ch
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	return r.v
+	return v
 }
 
 func openNS(t *testing.T, name string) *os.File {

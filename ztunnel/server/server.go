@@ -83,16 +83,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 
 	// The redirector's maps, pinned by the node agent.
-	var pinned *redirect.Pinned
-	for pinned == nil {
-		if pinned, err = redirect.OpenPinned(cfg.PinDir); err != nil {
-			log.Info("waiting for the node agent's maps", "err", err)
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(time.Second):
-			}
-		}
+	pinned, err := redirect.WaitPinned(ctx, cfg.PinDir, log)
+	if err != nil {
+		return nil // ctx ended while waiting for the node agent
 	}
 	defer pinned.Close()
 
