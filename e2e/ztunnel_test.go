@@ -16,6 +16,7 @@ import (
 	"github.com/ambient-mesh/ambient/api/mesh"
 	"github.com/ambient-mesh/ambient/e2e/lab"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 )
 
 // TestMeshL4 runs the mesh as a user installs it (istiod-lite, the node agent and ztunnel from
@@ -29,21 +30,7 @@ func TestMeshL4(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	cs := client(t)
-	deployIstiod(t, cs, 1)
-	deployAgent(t, cs)
-	b, err := os.ReadFile("../deploy/ztunnel/ztunnel.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	apply(t, "istio-system", b)
-	t.Cleanup(func() {
-		deleteAndWait(t, cs, "istio-system", "app=ztunnel", func() error {
-			return cs.AppsV1().DaemonSets("istio-system").Delete(context.Background(), "ztunnel", metav1.DeleteOptions{})
-		})
-	})
-	eventually(t, 90*time.Second, "ztunnel ready on every node", func() bool {
-		return readyOnNodes(cs, "istio-system", "app=ztunnel") == labCfg.Nodes
-	})
+	installMesh(t, cs)
 
 	ns := newNamespace(t, cs, "mesh")
 	echo := deployEcho(t, cs, ns)
@@ -57,9 +44,8 @@ func TestMeshL4(t *testing.T) {
 	// By pod IP, to both echo pods: one on the client's node, one on the other.
 	for _, p := range echo {
 		msg := "to " + p.Name
-		var got string
 		eventually(t, 30*time.Second, "tcp echo through ztunnel to "+p.Name, func() bool {
-			got, err = tcp(p.Status.PodIP+":9090", msg)
+			got, err := tcp(p.Status.PodIP+":9090", msg)
 			return err == nil && got == msg
 		})
 	}
@@ -173,6 +159,27 @@ spec:
 			t.Errorf("echo pod %s not ready or restarted while in the mesh: %v", p.Name, err)
 		}
 	}
+}
+
+// installMesh installs the mesh as a user does: istiod-lite, the node agent and ztunnel from
+// deploy/, and waits for ztunnel to be ready on every node. Cleanup removes them.
+func installMesh(t *testing.T, cs kubernetes.Interface) {
+	t.Helper()
+	deployIstiod(t, cs, 1)
+	deployAgent(t, cs)
+	b, err := os.ReadFile("../deploy/ztunnel/ztunnel.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply(t, "istio-system", b)
+	t.Cleanup(func() {
+		deleteAndWait(t, cs, "istio-system", "app=ztunnel", func() error {
+			return cs.AppsV1().DaemonSets("istio-system").Delete(context.Background(), "ztunnel", metav1.DeleteOptions{})
+		})
+	})
+	eventually(t, 90*time.Second, "ztunnel ready on every node", func() bool {
+		return readyOnNodes(cs, "istio-system", "app=ztunnel") == labCfg.Nodes
+	})
 }
 
 type capture struct {

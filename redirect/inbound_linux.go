@@ -174,6 +174,9 @@ func (r *Redirector) attachInbound(nsFD int, netns uint64) error {
 	// drop_syn first, so that sk_lookup never meets a SYN without a listener alone.
 	present := map[int]bool{}
 	err = inNetNS(nsFD, func() error {
+		if err := migrateRequests(); err != nil {
+			return err
+		}
 		// The tcx link resolves the interface index in the calling thread's namespace.
 		ifs, err := net.Interfaces()
 		if err != nil {
@@ -211,6 +214,18 @@ func (r *Redirector) attachInbound(nsFD int, netns uint64) error {
 	return attachOrUpdate(r.skLookupPin(netns), progs.SkLookup, func() (link.Link, error) {
 		return link.AttachNetNs(nsFD, progs.SkLookup)
 	})
+}
+
+// migrateRequests turns on net.ipv4.tcp_migrate_req in the calling thread's namespace: when a
+// proxy closes a listener (a ztunnel draining during a rolling update), the connections in its
+// accept queue and its half-open ones move to the listener bound beside it (the new ztunnel,
+// SO_REUSEPORT) instead of being reset. /proc/sys/net is the opening thread's namespace's.
+func migrateRequests() error {
+	const path = "/proc/sys/net/ipv4/tcp_migrate_req"
+	if err := os.WriteFile(path, []byte("1"), 0); err != nil {
+		return fmt.Errorf("hand queued connections to a proxy bound beside one that closes: %w", err)
+	}
+	return nil
 }
 
 // DetachSKLookup detaches the inbound hooks (sk_lookup, then drop_syn) from the namespace; a

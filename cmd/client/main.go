@@ -1,13 +1,18 @@
 // Command client is the ambient/client image. With no arguments it stays idle so that
-// `lab exec` can run commands in its pod; `client http URL` and `client tcp ADDR MSG` make requests.
+// `lab exec` can run commands in its pod; `client http URL` and `client tcp ADDR MSG` make requests,
+// `client load INTERVAL ADDR...` opens connections until stopped and reports how many failed, and
+// `client hold ADDR N INTERVAL` keeps one connection busy.
 package main
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -47,8 +52,30 @@ func run() int {
 		}
 		fmt.Print(out)
 		return 0
+	case args[0] == "load" && len(args) >= 3:
+		// Until stopped (SIGTERM): a new connection every interval; then a JSON report.
+		interval, err := time.ParseDuration(args[1])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "client: load interval:", err)
+			return 2
+		}
+		_ = json.NewEncoder(os.Stdout).Encode(images.Load(ctx, args[2:], interval, *timeout))
+		return 0
+	case args[0] == "hold" && len(args) == 4:
+		n, err := strconv.Atoi(args[2])
+		interval, ierr := time.ParseDuration(args[3])
+		if err != nil || ierr != nil {
+			fmt.Fprintln(os.Stderr, "client: hold N INTERVAL:", errors.Join(err, ierr))
+			return 2
+		}
+		if err := images.Hold(ctx, args[1], n, interval, *timeout); err != nil {
+			fmt.Fprintln(os.Stderr, "client:", err)
+			return 1
+		}
+		fmt.Printf("held %d exchanges\n", n)
+		return 0
 	default:
-		fmt.Fprintln(os.Stderr, "usage: client [-timeout d] [-h2c] [http URL | tcp ADDR MSG]")
+		fmt.Fprintln(os.Stderr, "usage: client [-timeout d] [-h2c] [http URL | tcp ADDR MSG | load INTERVAL ADDR... | hold ADDR N INTERVAL]")
 		return 2
 	}
 }

@@ -55,3 +55,73 @@ func TCPEcho(ctx context.Context, addr, msg string, timeout time.Duration) (stri
 	b, err := io.ReadAll(c)
 	return string(b), err
 }
+
+// LoadReport is what Load saw: every connection counted once, as ok or failed.
+type LoadReport struct {
+	OK, Failed int
+	// Errors holds the first failures, each with its time and target.
+	Errors []string
+	// Slowest is the longest a successful exchange took (a SYN retransmitted shows here).
+	Slowest time.Duration
+}
+
+// Load opens a new connection every interval, round robin over addrs, and exchanges one message
+// on each, until ctx ends. Exchanges run one at a time, so a slow one delays the next instead of
+// piling up.
+func Load(ctx context.Context, addrs []string, interval, timeout time.Duration) LoadReport {
+	var r LoadReport
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		select {
+		case <-ctx.Done():
+			return r
+		case <-tick.C:
+		}
+		addr := addrs[i%len(addrs)]
+		msg := fmt.Sprintf("load %d", i)
+		start := time.Now()
+		// The exchange is not cut by ctx: one that started is seen to its end.
+		got, err := TCPEcho(context.WithoutCancel(ctx), addr, msg, timeout)
+		if err == nil && got != msg {
+			err = fmt.Errorf("echoed %q", got)
+		}
+		if err != nil {
+			r.Failed++
+			if len(r.Errors) < 10 {
+				r.Errors = append(r.Errors, fmt.Sprintf("%s %s: %v", start.Format("15:04:05.000"), addr, err))
+			}
+			continue
+		}
+		r.OK++
+		r.Slowest = max(r.Slowest, time.Since(start))
+	}
+}
+
+// Hold keeps one connection to addr open for n exchanges, one every interval, and fails if any
+// is lost.
+func Hold(ctx context.Context, addr string, n int, interval, timeout time.Duration) error {
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	buf := make([]byte, 64)
+	for i := range n {
+		msg := fmt.Sprintf("hold %d\n", i)
+		_ = c.SetDeadline(time.Now().Add(timeout))
+		if _, err := io.WriteString(c, msg); err != nil {
+			return fmt.Errorf("exchange %d of %d: %w", i+1, n, err)
+		}
+		if _, err := io.ReadFull(c, buf[:len(msg)]); err != nil || string(buf[:len(msg)]) != msg {
+			return fmt.Errorf("exchange %d of %d: read %q, %v", i+1, n, buf[:len(msg)], err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(interval):
+		}
+	}
+	return nil
+}

@@ -178,12 +178,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 }
 
 // ServeConn runs the TLS handshake on c and serves HTTP/2 on it until the connection ends. When
-// ctx ends it sends GOAWAY and keeps serving open tunnels. It closes c.
+// ctx ends it sends GOAWAY and keeps serving open tunnels; a handshake under way finishes first,
+// so that the client learns from the GOAWAY that its first request may go elsewhere (a failed
+// handshake would only tell it the dial failed). Closing c is what cuts everything. It closes c.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	raw := &corkConn{Conn: c}
 	tc := tls.Server(raw, s.tls)
 	defer tc.Close()
-	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()
 	if err != nil {

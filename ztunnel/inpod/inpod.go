@@ -37,7 +37,14 @@ type Pod struct {
 	mu     sync.RWMutex // held for reading while a socket is made in netns; closing takes it
 	netns  *os.File
 	closed bool
+
+	draining chan struct{} // closed when the pod's removal starts
 }
+
+// Draining is closed when the pod's removal starts: its listeners are closed and its open
+// connections have until the drain deadline. A handler that multiplexes (HBONE) tells its peer
+// to take new work elsewhere then (GOAWAY), instead of at the deadline.
+func (p *Pod) Draining() <-chan struct{} { return p.draining }
 
 // ErrPodGone is returned by Dial once the pod has been removed.
 var ErrPodGone = errors.New("pod no longer served")
@@ -152,7 +159,8 @@ func (m *Manager) AddWorkload(_ context.Context, w *zdsv1.WorkloadInfo, cookie u
 	if old != nil {
 		m.remove(w.Uid, 0) // a new sandbox for the same pod: the old namespace is gone
 	}
-	p := &Pod{UID: w.Uid, Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, NetnsCookie: cookie, netns: netns}
+	p := &Pod{UID: w.Uid, Name: w.Name, Namespace: w.Namespace, ServiceAccount: w.ServiceAccount, NetnsCookie: cookie,
+		netns: netns, draining: make(chan struct{})}
 	for _, s := range w.Ips {
 		if a, err := netip.ParseAddr(s); err == nil {
 			p.IPs = append(p.IPs, a.Unmap())
@@ -265,6 +273,7 @@ func (m *Manager) detach(uid string) *served {
 	for _, l := range s.listeners {
 		l.Close()
 	}
+	close(s.pod.draining)
 	m.changed()
 	return s
 }

@@ -158,8 +158,18 @@ func TestDrainOnDelete(t *testing.T) {
 	if err != nil || string(line[:n]) != "inbound shop/web\n" {
 		t.Fatalf("read %q, %v", line[:n], err)
 	}
+	select {
+	case <-p.Draining():
+		t.Fatal("Draining closed while the pod is served")
+	default:
+	}
 	if err := m.DelWorkload("u1"); err != nil {
 		t.Fatal(err)
+	}
+	select {
+	case <-p.Draining():
+	default:
+		t.Error("Draining not closed once DelWorkload returned")
 	}
 	testutil.Eventually(t, 5*time.Second, "no new connections after DelWorkload", func() bool {
 		_, err := dialLine(t, p, 15006)

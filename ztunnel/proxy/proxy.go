@@ -250,7 +250,19 @@ func (p *Proxy) HBONE(ctx context.Context, pod *inpod.Pod, c net.Conn) {
 		p.d.Log.Warn("inbound HBONE refused", "pod", pod.Key(), "err", err)
 		return
 	}
-	s.server.ServeConn(ctx, c)
+	// The pod's drain tells the peer at once to open new tunnels on another connection, which
+	// reaches the ztunnel that serves the pod from now on (GOAWAY); open tunnels go on until ctx,
+	// the drain deadline, ends.
+	goAway, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		select {
+		case <-pod.Draining():
+			stop()
+		case <-goAway.Done():
+		}
+	}()
+	s.server.ServeConn(goAway, c)
 }
 
 // serveTunnel checks one CONNECT to the pod and connects it to the application.

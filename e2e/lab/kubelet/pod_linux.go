@@ -49,9 +49,12 @@ func (w *podWorker) run(ctx context.Context) {
 		case <-tick.C:
 		}
 		if w.pod.DeletionTimestamp != nil {
-			grace := int64(10)
+			// The grace period the API server set (the pod's terminationGracePeriodSeconds,
+			// or the delete call's), as a kubelet honours it: a proxy draining its
+			// connections needs all of it.
+			grace := int64(corev1.DefaultTerminationGracePeriodSeconds)
 			if g := w.pod.DeletionGracePeriodSeconds; g != nil {
-				grace = min(*g, 10)
+				grace = *g
 			}
 			w.terminate(ctx, time.Duration(grace)*time.Second)
 			return
