@@ -127,8 +127,14 @@ func hboneListener(g *gwv1.Gateway) (gwv1.Listener, bool) {
 
 // Desired returns the objects a waypoint Gateway needs. They are named after the Gateway; the
 // ServiceAccount gives the waypoint its own identity.
+//
+// The waypoint's pods opt out of the mesh (istio.io/dataplane-mode: none) even in an ambient
+// namespace: the waypoint speaks HBONE itself, and the node agent capturing its traffic would send
+// it into ztunnel a second time. The label is on the pod template only: a Deployment's selector
+// cannot change, and it stays the Gateway's name.
 func Desired(g *gwv1.Gateway, image string, l gwv1.Listener) (*corev1.ServiceAccount, *appsv1.Deployment, *corev1.Service) {
 	labels := map[string]string{GatewayNameLabel: g.Name}
+	podLabels := map[string]string{GatewayNameLabel: g.Name, mesh.LabelDataplaneMode: mesh.DataplaneModeNone}
 	owner := []metav1.OwnerReference{{
 		APIVersion: gwv1.GroupVersion.String(), Kind: "Gateway", Name: g.Name, UID: g.UID,
 		Controller: ptr(true), BlockOwnerDeletion: ptr(true),
@@ -142,7 +148,7 @@ func Desired(g *gwv1.Gateway, image string, l gwv1.Listener) (*corev1.ServiceAcc
 		Spec: appsv1.DeploymentSpec{
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				ObjectMeta: metav1.ObjectMeta{Labels: podLabels},
 				Spec: corev1.PodSpec{
 					ServiceAccountName: g.Name,
 					Containers: []corev1.Container{{

@@ -7,13 +7,18 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gwfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
+
+	"github.com/ambient-mesh/ambient/api/mesh"
+	"github.com/ambient-mesh/ambient/istiod-lite/model"
 )
 
 func gateway(name string, port gwv1.PortNumber) *gwv1.Gateway {
@@ -115,5 +120,41 @@ func TestDoesNotTakeOver(t *testing.T) {
 	err := r.Reconcile(context.Background(), []*gwv1.Gateway{g})
 	if err == nil || !strings.Contains(err.Error(), "not owned by the Gateway") {
 		t.Fatalf("got %v, want a refusal to take over", err)
+	}
+}
+
+// A waypoint's pods opt out of the mesh, so that the node agent never captures the waypoint's own
+// traffic, even in an ambient namespace; a Deployment written by an older istiod-lite gets the
+// label at the next pass, and its selector (immutable) is left as it was.
+func TestWaypointPodsOptOutOfTheMesh(t *testing.T) {
+	ctx := context.Background()
+	g := gateway("wp", 15008)
+	_, oldDep, _ := Desired(g, "img", g.Spec.Listeners[0])
+	delete(oldDep.Spec.Template.Labels, mesh.LabelDataplaneMode) // as written before the label
+	kube := kubefake.NewClientset(oldDep)
+	gw := gwfake.NewSimpleClientset()
+	if err := gw.Tracker().Create(schema.GroupVersion(gwv1.GroupVersion).WithResource("gateways"), g, g.Namespace); err != nil {
+		t.Fatal(err)
+	}
+	if err := New(kube, gw, "img", "cluster.local").Reconcile(ctx, []*gwv1.Gateway{g}); err != nil {
+		t.Fatal(err)
+	}
+	dep, err := kube.AppsV1().Deployments("shop").Get(ctx, "wp", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := dep.Spec.Template.Labels[mesh.LabelDataplaneMode]; got != mesh.DataplaneModeNone {
+		t.Errorf("pod template %s = %q, want %q", mesh.LabelDataplaneMode, got, mesh.DataplaneModeNone)
+	}
+	if _, ok := dep.Spec.Selector.MatchLabels[mesh.LabelDataplaneMode]; ok {
+		t.Errorf("selector %v carries %s: a Deployment's selector cannot change", dep.Spec.Selector.MatchLabels, mesh.LabelDataplaneMode)
+	}
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Labels: dep.Spec.Template.Labels}}
+	ambient := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "shop", Labels: map[string]string{mesh.LabelDataplaneMode: mesh.DataplaneModeAmbient}}}
+	if model.InMesh(ambient, pod) {
+		t.Error("a waypoint pod in an ambient namespace is in the mesh")
+	}
+	if !labels.SelectorFromSet(dep.Spec.Selector.MatchLabels).Matches(labels.Set(pod.Labels)) {
+		t.Error("the Deployment's selector does not select its own pods")
 	}
 }
