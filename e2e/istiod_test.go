@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -290,7 +291,7 @@ type istiod struct {
 // deployIstiod installs the CRDs and istiod-lite with the given number of replicas, and waits for
 // a ready replica and the CA root. It first waits out an istio-system left terminating by an
 // earlier test. The namespace is deleted when the test ends.
-func deployIstiod(t testing.TB, cs kubernetes.Interface, replicas int) *istiod {
+func deployIstiod(t testing.TB, cs kubernetes.Interface, replicas int, args ...string) *istiod {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -311,6 +312,12 @@ func deployIstiod(t testing.TB, cs kubernetes.Interface, replicas int) *istiod {
 		t.Fatal(err)
 	}
 	b = []byte(strings.Replace(string(b), "replicas: 2", fmt.Sprintf("replicas: %d", replicas), 1))
+	if len(args) > 0 {
+		if !bytes.Contains(b, []byte("args: [")) {
+			t.Fatal("istiod-lite's manifest has no args list to add to")
+		}
+		b = bytes.Replace(b, []byte("args: ["), []byte("args: ["+strings.Join(args, ", ")+", "), 1)
+	}
 	apply(t, "istio-system", b)
 	apply(t, "istio-system", []byte("apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: ztunnel}\n"))
 	t.Cleanup(func() {

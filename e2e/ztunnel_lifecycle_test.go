@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -15,6 +16,7 @@ import (
 	"github.com/ambient-mesh/ambient/api/mesh"
 	"github.com/ambient-mesh/ambient/e2e/images"
 	"github.com/ambient-mesh/ambient/e2e/lab"
+	"github.com/ambient-mesh/ambient/ztunnel/certs"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -123,5 +125,73 @@ func TestZtunnelRollingRestart(t *testing.T) {
 	}
 	if out := <-held; !strings.Contains(out, "held 40 exchanges") {
 		t.Errorf("the connection open across the restart did not finish: %s", out)
+	}
+}
+
+// TestZtunnelCertificateRenewal runs the mesh with workload certificates that live 40 seconds.
+// ztunnel must renew each before it expires (at half-life), and traffic between the nodes over
+// mutual TLS must go on past the first certificate's expiry: only a renewed one can carry it.
+func TestZtunnelCertificateRenewal(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cs := client(t)
+	installMesh(t, cs, "--cert-ttl=40s", "--max-cert-ttl=40s")
+	ns := newNamespace(t, cs, "renew")
+	echo := deployEcho(t, cs, ns)
+	labelNamespace(t, cs, ns, mesh.DataplaneModeAmbient)
+	eventually(t, 30*time.Second, "every pod enabled", func() bool { return allAnnotated(t, cs, ns, mesh.RedirectionEnabled) })
+	clientPod, err := cs.CoreV1().Pods(ns).Get(ctx, "client", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote := echo[0]
+	if remote.Spec.NodeName == clientPod.Spec.NodeName {
+		remote = echo[1]
+	}
+	clientBin := filepath.Join(labCfg.BinDir, "client")
+	echoRemote := func(msg string) error {
+		got, err := lab.Exec(ctx, labCfg, ns, "client", clientBin, "-timeout", "3s", "tcp", remote.Status.PodIP+":9090", msg)
+		if err == nil && got != msg {
+			err = fmt.Errorf("echoed %q", got)
+		}
+		return err
+	}
+	eventually(t, 30*time.Second, "cross-node echo over HBONE", func() bool { return echoRemote("first") == nil })
+
+	// The certificate of the client's identity, as its node's ztunnel shows it.
+	zt := podOn(t, cs, "istio-system", "app=ztunnel", clientPod.Spec.NodeName)
+	id := "spiffe://cluster.local/ns/" + ns + "/sa/default"
+	cert := func() certs.CertInfo {
+		out, err := lab.Exec(ctx, labCfg, "istio-system", zt.Name, clientBin, "http", "http://127.0.0.1:15000/debug/config_dump")
+		if err != nil {
+			t.Fatalf("config dump: %v: %s", err, out)
+		}
+		var dump struct{ Certificates []certs.CertInfo }
+		if err := json.Unmarshal([]byte(out), &dump); err != nil {
+			t.Fatalf("config dump %q: %v", out, err)
+		}
+		for _, c := range dump.Certificates {
+			if c.Identity == id {
+				return c
+			}
+		}
+		t.Fatalf("no certificate for %s in the config dump: %s", id, out)
+		return certs.CertInfo{}
+	}
+	first := cert()
+	if first.State != certs.StateValid || time.Until(first.NotAfter) > time.Minute {
+		t.Fatalf("first certificate: %+v, want valid with a 40 s lifetime", first)
+	}
+	eventually(t, time.Minute, "the certificate renewed before it expires", func() bool {
+		c := cert()
+		return c.State == certs.StateValid && c.NotAfter.After(first.NotAfter)
+	})
+	renewed := cert()
+	if time.Now().After(first.NotAfter) {
+		t.Errorf("renewed only after the first certificate expired at %s", first.NotAfter.Format(time.RFC3339))
+	}
+	eventually(t, time.Minute, "the first certificate's expiry has passed", func() bool { return time.Now().After(first.NotAfter.Add(time.Second)) })
+	if err := echoRemote("after expiry"); err != nil {
+		t.Errorf("cross-node echo after the first certificate expired (renewed one until %s): %v", renewed.NotAfter.Format(time.RFC3339), err)
 	}
 }

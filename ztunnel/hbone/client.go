@@ -3,6 +3,7 @@ package hbone
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -81,7 +82,16 @@ type pconn struct {
 	// a stream until its handler returns, which is after our Close). Not picked again until
 	// one of its streams ends; guarded by Client.mu.
 	refused bool
+	// authUntil is when the first certificate of the two its handshake presented expires (ours
+	// or the peer's). TLS checks validity only then, so the pool does: no new tunnel rides a
+	// connection whose authentication has expired; a fresh handshake takes the renewed
+	// certificates. Its open tunnels run on.
+	authUntil time.Time
+	now       func() time.Time
 }
+
+// expired reports whether pc's handshake certificates have expired.
+func (pc *pconn) expired() bool { return !pc.authUntil.IsZero() && pc.now().After(pc.authUntil) }
 
 // NewClient returns a client. creds returns the credentials of a source identity (its certificate
 // and trust bundle); dial opens TCP connections, nil meaning MarkedDialer(mesh.SocketMark).
@@ -210,7 +220,7 @@ func (c *Client) acquire(ctx context.Context, key Key) (*pconn, error) {
 		var spent []*pconn
 		for _, pc := range p.conns {
 			ok, limit, exhausted := pc.cc.usable()
-			if exhausted {
+			if exhausted || pc.expired() {
 				spent = append(spent, pc)
 				continue
 			}
@@ -220,7 +230,8 @@ func (c *Client) acquire(ctx context.Context, key Key) (*pconn, error) {
 			}
 		}
 		for _, pc := range spent {
-			// Out of stream IDs: it leaves the pool now and closes when its tunnels end.
+			// Out of stream IDs or authentication: it leaves the pool now and closes when its
+			// tunnels end.
 			c.removeLocked(pc)
 		}
 		if picked != nil {
@@ -301,6 +312,15 @@ func (c *Client) dialConn(ctx context.Context, key Key) (*pconn, error) {
 	if err != nil {
 		return nil, err
 	}
+	var ours time.Time // our leaf's expiry, as presented in this handshake
+	getCert := tlsCfg.GetClientCertificate
+	tlsCfg.GetClientCertificate = func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		cert, err := getCert(cri)
+		if err == nil {
+			ours = leafNotAfter(cert)
+		}
+		return cert, err
+	}
 	raw, err := c.dial(ctx, key.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", key.Addr, err)
@@ -316,7 +336,10 @@ func (c *Client) dialConn(ctx context.Context, key Key) (*pconn, error) {
 		return nil, fmt.Errorf("tls handshake with %s: negotiated %q, want %q", key.Addr, p, ALPN)
 	}
 	hc := newH2Conn(tc, cork, false, c.cfg.FlowConfig)
-	pc := &pconn{key: key, cc: hc}
+	pc := &pconn{key: key, cc: hc, now: creds.now, authUntil: ours}
+	if peer := tc.ConnectionState().PeerCertificates; len(peer) > 0 && (pc.authUntil.IsZero() || peer[0].NotAfter.Before(pc.authUntil)) {
+		pc.authUntil = peer[0].NotAfter
+	}
 	// A connection that stops taking streams (GOAWAY, closed, unanswered PING) leaves the pool
 	// at once; its open tunnels run on until they end.
 	hc.onGone = func() { c.evict(pc) }
@@ -333,6 +356,22 @@ func (c *Client) dialConn(ctx context.Context, key Key) (*pconn, error) {
 		return nil, fmt.Errorf("http2 with %s: %w", key.Addr, err)
 	}
 	return pc, nil
+}
+
+// leafNotAfter is the expiry of cert's leaf; zero when it cannot be read (the handshake then
+// fails on it anyway).
+func leafNotAfter(cert *tls.Certificate) time.Time {
+	if cert == nil || len(cert.Certificate) == 0 {
+		return time.Time{}
+	}
+	leaf := cert.Leaf
+	if leaf == nil {
+		var err error
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return time.Time{}
+		}
+	}
+	return leaf.NotAfter
 }
 
 // evict drops a dead connection from the pool.

@@ -91,6 +91,9 @@ type h2conn struct {
 	flow   FlowConfig
 	// maxStreams is the SETTINGS_MAX_CONCURRENT_STREAMS a server advertises.
 	maxStreams uint32
+	// peerUntil (server side) is when the client certificate of the handshake expires: TLS
+	// checks it only then, so new streams after it are refused and the connection goes away.
+	peerUntil time.Time
 
 	fr *http2.Framer // reads: read token holder only; writes: under wmu
 	br *bufio.Reader // between the connection and the Framer

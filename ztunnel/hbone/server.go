@@ -201,7 +201,8 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 	if err != nil {
 		return
 	}
-	s.serveH2(ctx, tc, raw, connInfo{peer: peer, local: c.LocalAddr(), remote: c.RemoteAddr()})
+	s.serveH2(ctx, tc, raw, connInfo{peer: peer, peerUntil: tc.ConnectionState().PeerCertificates[0].NotAfter,
+		local: c.LocalAddr(), remote: c.RemoteAddr()})
 }
 
 // serveH2 serves HTTP/2 on an established connection (TLS, or plain in protocol tests) until it
@@ -209,6 +210,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 func (s *Server) serveH2(ctx context.Context, nc net.Conn, raw *corkConn, ci connInfo) {
 	hc := newH2Conn(nc, raw, true, s.cfg.FlowConfig)
 	hc.maxStreams = s.cfg.MaxConcurrentStreams
+	hc.peerUntil = ci.peerUntil
 	hc.parse = func(fields []hpack.HeaderField) (*Request, int) { return parseRequest(fields, ci) }
 	// Handlers' contexts do not end with Serve's: on shutdown open tunnels drain (GOAWAY, then
 	// DrainTimeout) instead of being cut at once.
@@ -253,6 +255,7 @@ func (s *Server) serveStream(st *stream, req *Request) {
 
 type connInfo struct {
 	peer          identity.Identity
+	peerUntil     time.Time // the peer certificate's expiry
 	local, remote net.Addr
 }
 
@@ -281,8 +284,11 @@ func (c *h2conn) serverHeaders(f *http2.MetaHeadersFrame) error {
 	}
 	c.lastPeerID = id
 	var refuse http2.ErrCode
+	expired := !c.peerUntil.IsZero() && time.Now().After(c.peerUntil)
 	switch {
-	case c.goAwaySent, c.handlers >= c.maxStreams:
+	case c.goAwaySent, c.handlers >= c.maxStreams, expired:
+		// Refused streams were not processed: the client retries them elsewhere (an
+		// expired peer on a fresh handshake, which checks its certificate again).
 		refuse = http2.ErrCodeRefusedStream
 	case f.Truncated:
 		c.rejectLocked(id, http.StatusRequestHeaderFieldsTooLarge, f.StreamEnded())
@@ -293,6 +299,9 @@ func (c *h2conn) serverHeaders(f *http2.MetaHeadersFrame) error {
 		}
 		c.mu.Unlock()
 		c.flushCtrlAsync()
+		if expired {
+			go c.shutdown()
+		}
 		return nil
 	}
 	c.mu.Unlock()

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
 	"math/rand/v2"
@@ -305,6 +307,93 @@ func TestPoolIdleRelease(t *testing.T) {
 	c := mustDial(t, cl, target(srv))
 	c.Close()
 	testutil.Eventually(t, testTimeout(), "the connection closed at both ends", func() bool { return cl.Stats(key).Conns == 0 && srv.openTCP() == 0 })
+}
+
+// TestPoolRetiresExpiredAuthentication: once the certificate a pooled connection was
+// authenticated with has expired, new tunnels take a fresh handshake with the renewed one, and
+// the tunnels already open on the old connection go on.
+func TestPoolRetiresExpiredAuthentication(t *testing.T) {
+	c, _ := cas(t)
+	start := time.Now()
+	srv := startServerWith(t, DefaultServerConfig(),
+		staticCreds(c.leafWith(t, leafOpts{uris: []*url.URL{idServer.URL()}, notAfter: start.Add(4 * time.Hour)}), c.pool), echoHandler)
+	var mu sync.Mutex
+	now := start
+	cert := c.leafWith(t, leafOpts{uris: []*url.URL{idClient.URL()}, notAfter: start.Add(time.Hour)})
+	creds := Credentials{
+		Certificate: func() (*tls.Certificate, error) { mu.Lock(); defer mu.Unlock(); return cert, nil },
+		Roots:       func() *x509.CertPool { return c.pool },
+		Now:         func() time.Time { mu.Lock(); defer mu.Unlock(); return now },
+	}
+	cl, err := NewClient(DefaultClientConfig(), func(identity.Identity) (Credentials, error) { return creds, nil }, defaultDial, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	key := target(srv).Key
+	open := mustDial(t, cl, target(srv))
+	defer open.Close()
+	if got := mustDial(t, cl, target(srv)); srv.openTCP() != 1 {
+		t.Fatalf("a second tunnel before expiry opened connection %d, want it on the first", srv.openTCP())
+	} else {
+		got.Close()
+	}
+
+	// Renewed, and the first certificate's time is up.
+	mu.Lock()
+	cert = c.leafWith(t, leafOpts{uris: []*url.URL{idClient.URL()}, notAfter: start.Add(3 * time.Hour)})
+	now = start.Add(90 * time.Minute)
+	mu.Unlock()
+	fresh := mustDial(t, cl, target(srv))
+	defer fresh.Close()
+	if got := srv.openTCP(); got != 2 {
+		t.Errorf("server TCP connections = %d after the certificate expired, want 2 (a fresh handshake beside the open tunnel's)", got)
+	}
+	if got := cl.Stats(key).Conns; got != 1 {
+		t.Errorf("pooled connections = %d, want 1 (the expired one left the pool)", got)
+	}
+	for name, conn := range map[string]Conn{"open before expiry": open, "fresh": fresh} {
+		if _, err := conn.Write([]byte("ping")); err != nil {
+			t.Fatalf("%s tunnel: write: %v", name, err)
+		}
+		buf := make([]byte, 4)
+		if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "ping" {
+			t.Errorf("%s tunnel: read %q, %v", name, buf, err)
+		}
+	}
+	open.Close()
+	testutil.Eventually(t, testTimeout(), "the expired connection closed once its tunnel ended", func() bool { return srv.openTCP() == 1 })
+}
+
+// TestServerRefusesExpiredPeer: a client that keeps using a connection after its certificate
+// expired (its clock is behind, or it is not ours) gets no new tunnel on it; the open ones go
+// on, and a fresh handshake with the expired certificate fails.
+func TestServerRefusesExpiredPeer(t *testing.T) {
+	c, _ := cas(t)
+	srv := startServerWith(t, DefaultServerConfig(), staticCreds(c.leaf(t, idServer), c.pool), echoHandler)
+	start := time.Now()
+	notAfter := start.Add(time.Second)
+	creds := staticCreds(c.leafWith(t, leafOpts{uris: []*url.URL{idClient.URL()}, notAfter: notAfter}), c.pool)
+	creds.Now = func() time.Time { return start } // the client never sees its certificate expire
+	cl, err := NewClient(DefaultClientConfig(), func(identity.Identity) (Credentials, error) { return creds, nil }, defaultDial, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	open := mustDial(t, cl, target(srv))
+	defer open.Close()
+	testutil.Eventually(t, testTimeout(), "the client certificate expired", func() bool { return time.Now().After(notAfter) })
+	if conn, err := cl.Dial(context.Background(), target(srv)); err == nil {
+		conn.Close()
+		t.Fatal("a tunnel opened with an expired client certificate")
+	}
+	if _, err := open.Write([]byte("ping")); err != nil {
+		t.Fatalf("tunnel open before expiry: write: %v", err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(open, buf); err != nil || string(buf) != "ping" {
+		t.Errorf("tunnel open before expiry: read %q, %v", buf, err)
+	}
 }
 
 func TestPoolDeadPeer(t *testing.T) {
