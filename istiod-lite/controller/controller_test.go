@@ -173,7 +173,11 @@ func render(t *testing.T, snap *model.Snapshot) []byte {
 		}
 		return c.Bytes()
 	}
-	doc := map[string]any{"problems": snap.Problems}
+	var problems []string
+	for _, p := range snap.Problems {
+		problems = append(problems, p.String())
+	}
+	doc := map[string]any{"problems": problems}
 	ws, ss, as := map[string]json.RawMessage{}, map[string]json.RawMessage{}, map[string]json.RawMessage{}
 	for k, v := range snap.Workloads {
 		ws[k] = enc(v)

@@ -6,7 +6,6 @@ package model
 
 import (
 	"errors"
-	"fmt"
 	"hash/fnv"
 	"slices"
 	"sort"
@@ -69,8 +68,8 @@ type Snapshot struct {
 	Workloads      map[string]*workloadv1.Workload
 	Services       map[string]*workloadv1.Service
 	Authorizations map[string]*workloadv1.Authorization
-	// Problems are objects that could not be translated in full, for logs and status.
-	Problems []string
+	// Problems are what could not be translated as written, sorted, for logs, Events and status.
+	Problems []Problem
 }
 
 // GetWorkload returns the workload named name, or nil; s may be nil.
@@ -127,7 +126,7 @@ type Translator struct {
 	last       *Snapshot
 	lastSum    uint64      // fingerprint of the non-pod objects, 0 when not usable
 	t          *translator // built from those objects
-	ctxProblem []string    // problems of the non-pod objects
+	ctxProblem []Problem   // problems of the non-pod objects
 	pods       map[types.UID]podResult
 	stats      Stats
 }
@@ -144,7 +143,7 @@ func (tr *Translator) Stats() Stats { return tr.stats }
 type podResult struct {
 	resourceVersion string
 	workload        *workloadv1.Workload // nil: the pod is not a workload
-	problems        []string
+	problems        []Problem
 }
 
 // NewTranslator returns a Translator with nothing to reuse yet.
@@ -195,8 +194,7 @@ func (tr *Translator) Translate(in Input) *Snapshot {
 		}
 		problems = append(problems, r.problems...)
 	}
-	sort.Strings(problems)
-	snap.Problems = problems
+	snap.Problems = sortProblems(problems)
 	tr.last, tr.lastSum, tr.pods = snap, sum, pods
 	return snap
 }
@@ -259,7 +257,7 @@ type translator struct {
 	peerAuthns    map[string][]*secv1.PeerAuthentication
 	// localities by node name, for nodes with topology labels.
 	localities map[string]*workloadv1.Locality
-	problems   []string
+	problems   []Problem
 }
 
 func newTranslator(cfg Config, in Input) *translator {
@@ -303,14 +301,12 @@ func newTranslator(cfg Config, in Input) *translator {
 		sort.Slice(l, func(i, j int) bool { return l[i].Name < l[j].Name })
 	}
 	for _, l := range t.peerAuthns {
-		sort.Slice(l, func(i, j int) bool { return l[i].Name < l[j].Name })
+		slices.SortFunc(l, olderFirst) // Istio's choice among policies of one level
 	}
 	return t
 }
 
-func (t *translator) problem(kind, ns, name, format string, args ...any) {
-	t.problems = append(t.problems, fmt.Sprintf("%s %s/%s: %s", kind, ns, name, fmt.Sprintf(format, args...)))
-}
+func (t *translator) report(p Problem) { t.problems = append(t.problems, p) }
 
 func (t *translator) hostname(name, ns string) string {
 	return name + "." + ns + ".svc." + t.cfg.ClusterDomain

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"fmt"
 	"net/netip"
 
 	corev1 "k8s.io/api/core/v1"
@@ -29,7 +30,8 @@ func (t *translator) service(s *corev1.Service) *workloadv1.Service {
 		}
 		a, err := netip.ParseAddr(ip)
 		if err != nil {
-			t.problem("Service", s.Namespace, s.Name, "bad cluster IP %q", ip)
+			t.report(Problem{Kind: KindService, Namespace: s.Namespace, Name: s.Name, Reason: ReasonInvalidValue,
+				Message: fmt.Sprintf("cluster IP %q does not parse: left out", ip)})
 			continue
 		}
 		out.Addresses = append(out.Addresses, a.AsSlice())

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"fmt"
 	"net/netip"
 	"strings"
 
@@ -54,7 +55,8 @@ func (t *translator) workload(pod *corev1.Pod, authz map[string]*workloadv1.Auth
 	for _, ip := range podIPs(pod) {
 		a, err := netip.ParseAddr(ip)
 		if err != nil {
-			t.problem("Pod", pod.Namespace, pod.Name, "bad pod IP %q", ip)
+			t.report(Problem{Kind: KindPod, Namespace: pod.Namespace, Name: pod.Name, Reason: ReasonInvalidValue,
+				Message: fmt.Sprintf("pod IP %q does not parse: left out", ip)})
 			continue
 		}
 		w.Addresses = append(w.Addresses, a.AsSlice())
