@@ -75,11 +75,15 @@ type ServerConfig struct {
 	DrainTimeout time.Duration
 	// HandshakeTimeout bounds a client's TLS handshake.
 	HandshakeTimeout time.Duration
+	// MaxHandshakes bounds the TLS handshakes under way at once; a connection beyond it is
+	// closed at once.
+	MaxHandshakes int
 }
 
 // DefaultServerConfig returns the configuration the mesh runs with.
 func DefaultServerConfig() ServerConfig {
-	return ServerConfig{FlowConfig: defaultFlow(), MaxConcurrentStreams: 100, DrainTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second}
+	return ServerConfig{FlowConfig: defaultFlow(), MaxConcurrentStreams: 100, DrainTimeout: 5 * time.Second, HandshakeTimeout: 10 * time.Second,
+		MaxHandshakes: 128}
 }
 
 // Validate reports every problem with c.
@@ -93,6 +97,9 @@ func (c ServerConfig) Validate() error {
 	}
 	if c.HandshakeTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("HandshakeTimeout %v: must be positive", c.HandshakeTimeout))
+	}
+	if c.MaxHandshakes <= 0 {
+		errs = append(errs, fmt.Errorf("MaxHandshakes %d: must be positive", c.MaxHandshakes))
 	}
 	return errors.Join(errs...)
 }

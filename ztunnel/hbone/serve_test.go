@@ -4,14 +4,18 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ambient-mesh/ambient/api/identity"
 	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
@@ -189,4 +193,94 @@ func serveLoopback(t *testing.T, srv *Server, wrap func(net.Listener) net.Listen
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ctx, serving) }()
 	return ln, cancel, served
+}
+
+// TestHostilePeers: peers that present a certificate of another mesh, expect another identity,
+// or open connections and never finish the handshake are refused with a log line (rate limited,
+// so a flood costs no log volume either) and cost at most MaxHandshakes handshakes at once. A
+// tunnel already open on the same server goes on, and another pod's server (ztunnel makes one
+// per pod) serves as before.
+func TestHostilePeers(t *testing.T) {
+	c, foreign := cas(t)
+	tlsCfg, err := ServerTLSConfig(staticCreds(c.leaf(t, idServer), c.pool))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultServerConfig()
+	cfg.MaxHandshakes = 4
+	var logs testutil.LogBuffer
+	srv, err := NewServer(cfg, tlsCfg, echoHandler, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, cancel, _ := serveLoopback(t, srv, nil)
+	defer cancel()
+	tg := target(&testServer{addr: addrOf(t, ln)})
+	open := mustDial(t, newTestClient(t, DefaultClientConfig(), nil), tg)
+	defer open.Close()
+
+	// A certificate from another CA, and a client that expects another identity.
+	stranger, err := NewClient(DefaultClientConfig(), func(identity.Identity) (Credentials, error) {
+		return staticCreds(foreign.leaf(t, idClient), c.pool), nil
+	}, defaultDial, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	if conn, err := stranger.Dial(context.Background(), tg); err == nil {
+		conn.Close()
+		t.Error("a client with a certificate from another CA got a tunnel")
+	}
+	wrongID := tg
+	wrongID.Key.Dst = idOther
+	if conn, err := newTestClient(t, DefaultClientConfig(), nil).Dial(context.Background(), wrongID); !errors.Is(err, ErrIdentity) {
+		if err == nil {
+			conn.Close()
+		}
+		t.Errorf("dial expecting another identity = %v, want ErrIdentity", err)
+	}
+	testutil.Eventually(t, testTimeout(), "a log line for the refused handshake", func() bool {
+		return strings.Contains(logs.String(), "level=WARN") && strings.Contains(logs.String(), "TLS handshake failed")
+	})
+
+	// A flood of connections that never send a byte: MaxHandshakes are held (until the
+	// handshake timeout), the rest are closed at once.
+	var flood []net.Conn
+	for range 12 {
+		fc, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fc.Close()
+		flood = append(flood, fc)
+	}
+	var closed atomic.Int32
+	var wg sync.WaitGroup
+	for _, fc := range flood { // together: the held ones time out at once
+		wg.Go(func() {
+			_ = fc.SetReadDeadline(time.Now().Add(time.Second))
+			if _, err := fc.Read(make([]byte, 1)); errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
+				closed.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := int(closed.Load()); n != len(flood)-cfg.MaxHandshakes {
+		t.Errorf("%d of %d idle connections closed at once, want all but the %d handshakes allowed", n, len(flood), cfg.MaxHandshakes)
+	}
+	if n := strings.Count(logs.String(), "\n"); n > 4 {
+		t.Errorf("%d log lines for 14 refusals within a second, want them rate limited:\n%s", n, logs.String())
+	}
+
+	// The tunnel open before goes on; another pod's server takes new ones.
+	if _, err := io.WriteString(open, "still"); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(open, buf); err != nil || string(buf) != "still" {
+		t.Errorf("open tunnel during the flood: read %q, %v", buf, err)
+	}
+	other := startServer(t, DefaultServerConfig(), echoHandler)
+	conn := mustDial(t, newTestClient(t, DefaultClientConfig(), nil), target(other))
+	conn.Close()
 }

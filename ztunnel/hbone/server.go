@@ -92,6 +92,10 @@ type Server struct {
 	tls     *tls.Config
 	handler Handler
 	log     *slog.Logger
+	refused *refusals
+	// handshakes holds a token per TLS handshake under way: a peer that opens connections and
+	// never finishes them costs at most MaxHandshakes of them, not unbounded memory.
+	handshakes chan struct{}
 }
 
 // NewServer returns a server; it does not listen. tlsCfg is normally ServerTLSConfig's.
@@ -105,7 +109,9 @@ func NewServer(cfg ServerConfig, tlsCfg *tls.Config, h Handler, log *slog.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, tls: tlsCfg, handler: h, log: log.With("component", "hbone-server")}, nil
+	log = log.With("component", "hbone-server")
+	return &Server{cfg: cfg, tls: tlsCfg, handler: h, log: log, refused: newRefusals(log),
+		handshakes: make(chan struct{}, cfg.MaxHandshakes)}, nil
 }
 
 // Serve accepts connections on ln until ctx ends, then closes ln, asks every connection to finish
@@ -182,18 +188,27 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // so that the client learns from the GOAWAY that its first request may go elsewhere (a failed
 // handshake would only tell it the dial failed). Closing c is what cuts everything. It closes c.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
+	select {
+	case s.handshakes <- struct{}{}:
+	default:
+		s.refused.note("HBONE connection refused: too many TLS handshakes under way", "remote", c.RemoteAddr(), "limit", s.cfg.MaxHandshakes)
+		c.Close()
+		return
+	}
 	raw := &corkConn{Conn: c}
 	tc := tls.Server(raw, s.tls)
 	defer tc.Close()
 	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.HandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()
+	<-s.handshakes
 	if err != nil {
-		s.log.Debug("tls handshake failed", "remote", c.RemoteAddr(), "err", err)
+		// A bad or untrusted certificate, a wrong identity, a peer that never finished.
+		s.refused.note("HBONE connection refused: TLS handshake failed", "remote", c.RemoteAddr(), "err", err)
 		return
 	}
 	if p := tc.ConnectionState().NegotiatedProtocol; p != ALPN {
-		s.log.Debug("peer did not negotiate h2", "remote", c.RemoteAddr(), "alpn", p)
+		s.refused.note("HBONE connection refused: the peer did not negotiate h2", "remote", c.RemoteAddr(), "alpn", p)
 		return
 	}
 	// The identity was verified in the handshake (VerifyConnection); this only reads it.

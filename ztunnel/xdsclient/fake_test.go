@@ -1,7 +1,6 @@
 package xdsclient
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -9,7 +8,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,6 +18,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
 // fakeADS is a delta xDS server driven by the test: it checks the bearer token, hands each
@@ -111,30 +111,12 @@ func (f *fakeADS) nextStream(t *testing.T) *fakeStream {
 	return nil
 }
 
-// syncBuffer is a log destination the test reads while the client writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // harness is a fake server on loopback TLS and a client configured for it.
 type harness struct {
 	ads       *fakeADS
 	cfg       Config
 	tokenFile string
-	logs      *syncBuffer
+	logs      *testutil.LogBuffer
 }
 
 func newHarness(t *testing.T) *harness {
@@ -155,7 +137,7 @@ func newHarness(t *testing.T) *harness {
 	go func() { _ = srv.Serve(lis) }()
 	t.Cleanup(srv.Stop)
 
-	h := &harness{ads: ads, tokenFile: filepath.Join(t.TempDir(), "token"), logs: &syncBuffer{}}
+	h := &harness{ads: ads, tokenFile: filepath.Join(t.TempDir(), "token"), logs: &testutil.LogBuffer{}}
 	h.writeToken(t, tok)
 	roots := x509.NewCertPool()
 	roots.AddCert(cert)
