@@ -19,11 +19,23 @@ import (
 type Config struct {
 	// Kubeconfig is a kubeconfig path; empty means in-cluster.
 	Kubeconfig string
-	// KubeQPS and KubeBurst limit requests to the API server. The default client-go limit (5/s)
-	// would make a reconnect storm of proxies (a restart of istiod-lite, each proxy's token
-	// reviewed once) take minutes at 100 nodes.
+	// KubeQPS and KubeBurst limit the lists and watches of the informers (and the reads at start).
 	KubeQPS   float32
 	KubeBurst int
+	// WriteQPS and WriteBurst limit the leader's writes (root ConfigMaps, waypoints, status),
+	// through a client of their own; WriteTimeout bounds each of those calls.
+	WriteQPS     float32
+	WriteBurst   int
+	WriteTimeout time.Duration
+	// LeaderConcurrency is how many namespaces' root ConfigMaps the leader writes at once.
+	LeaderConcurrency int
+	// ReviewQPS and ReviewBurst limit TokenReviews, through a client of their own, so that the
+	// leader's writes never delay a proxy's authentication. The default client-go limit (5/s)
+	// would make a reconnect storm of proxies (a restart of istiod-lite, each proxy's token
+	// reviewed once) take minutes at 100 nodes. ReviewTimeout bounds each review.
+	ReviewQPS     float32
+	ReviewBurst   int
+	ReviewTimeout time.Duration
 	// Namespace istiod-lite runs in: where the CA Secret and the leader Lease live.
 	Namespace string
 	// ServiceName is istiod-lite's Service, for the DNS names of its serving certificate.
@@ -61,8 +73,17 @@ func Default() Config {
 		ReadyAddr:   ":" + strconv.Itoa(mesh.PortReadiness),
 		KubeQPS:     100,
 		KubeBurst:   200,
-		Model:       model.DefaultConfig(),
-		CA:          ca.DefaultConfig(),
+		// A first leadership over 1,000 namespaces writes 1,000 ConfigMaps (a read and a
+		// create each): about 40 s at 50/s, while pushes and reviews go on untouched.
+		WriteQPS:          50,
+		WriteBurst:        100,
+		WriteTimeout:      10 * time.Second,
+		LeaderConcurrency: 8,
+		ReviewQPS:         100,
+		ReviewBurst:       200,
+		ReviewTimeout:     5 * time.Second,
+		Model:             model.DefaultConfig(),
+		CA:                ca.DefaultConfig(),
 		// A lone change (nothing changed for DebounceQuiet) is pushed at once, so it reaches
 		// proxies one incremental translation after it happens (target: under 100 ms); changes
 		// that follow within DebounceQuiet (a rollout) are coalesced into a push at least every
@@ -94,8 +115,20 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s address %q: %w", name, addr, err))
 		}
 	}
-	if c.KubeQPS <= 0 || c.KubeBurst < 1 {
-		errs = append(errs, fmt.Errorf("need API server QPS (%v) > 0 and burst (%d) >= 1", c.KubeQPS, c.KubeBurst))
+	for _, l := range []struct {
+		what  string
+		qps   float32
+		burst int
+	}{{"API server", c.KubeQPS, c.KubeBurst}, {"write", c.WriteQPS, c.WriteBurst}, {"token review", c.ReviewQPS, c.ReviewBurst}} {
+		if l.qps <= 0 || l.burst < 1 {
+			errs = append(errs, fmt.Errorf("need %s QPS (%v) > 0 and burst (%d) >= 1", l.what, l.qps, l.burst))
+		}
+	}
+	if c.WriteTimeout <= 0 || c.ReviewTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("need write timeout (%v) and token review timeout (%v) > 0", c.WriteTimeout, c.ReviewTimeout))
+	}
+	if c.LeaderConcurrency < 1 {
+		errs = append(errs, fmt.Errorf("need leader concurrency (%d) >= 1", c.LeaderConcurrency))
 	}
 	if c.DebounceQuiet <= 0 || c.DebounceMax < c.DebounceQuiet {
 		errs = append(errs, fmt.Errorf("need 0 < debounce quiet (%v) <= debounce max (%v)", c.DebounceQuiet, c.DebounceMax))

@@ -16,12 +16,15 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) (finish func()) {
 		c.Namespace = ns
 	}
 	fs.StringVar(&c.Kubeconfig, "kubeconfig", c.Kubeconfig, "kubeconfig path (default: in-cluster)")
-	fs.Func("kube-qps", fmt.Sprintf("API server requests per second (default %v)", c.KubeQPS), func(v string) error {
-		f, err := strconv.ParseFloat(v, 32)
-		c.KubeQPS = float32(f)
-		return err
-	})
+	float32Var(fs, &c.KubeQPS, "kube-qps", "API server lists and watches per second")
 	fs.IntVar(&c.KubeBurst, "kube-burst", c.KubeBurst, "API server request burst")
+	float32Var(fs, &c.WriteQPS, "write-qps", "leader's writes per second")
+	fs.IntVar(&c.WriteBurst, "write-burst", c.WriteBurst, "leader's write burst")
+	fs.DurationVar(&c.WriteTimeout, "write-timeout", c.WriteTimeout, "timeout of each of the leader's API calls")
+	fs.IntVar(&c.LeaderConcurrency, "leader-concurrency", c.LeaderConcurrency, "namespaces whose root ConfigMap the leader writes at once")
+	float32Var(fs, &c.ReviewQPS, "review-qps", "TokenReviews per second")
+	fs.IntVar(&c.ReviewBurst, "review-burst", c.ReviewBurst, "TokenReview burst")
+	fs.DurationVar(&c.ReviewTimeout, "review-timeout", c.ReviewTimeout, "timeout of each TokenReview")
 	fs.StringVar(&c.Namespace, "namespace", c.Namespace, "namespace istiod-lite runs in (env POD_NAMESPACE)")
 	fs.StringVar(&c.PodName, "pod-name", os.Getenv("POD_NAME"), "this replica's pod name, for leader election (env POD_NAME)")
 	fs.StringVar(&c.ServiceName, "service", c.ServiceName, "istiod-lite's Service name")
@@ -45,6 +48,14 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) (finish func()) {
 		c.CA.ZtunnelServiceAccounts = splitList(ztunnelSAs)
 		c.TokenAudiences = splitList(audiences)
 	}
+}
+
+func float32Var(fs *flag.FlagSet, p *float32, name, usage string) {
+	fs.Func(name, fmt.Sprintf("%s (default %v)", usage, *p), func(v string) error {
+		f, err := strconv.ParseFloat(v, 32)
+		*p = float32(f)
+		return err
+	})
 }
 
 func splitList(s string) []string {

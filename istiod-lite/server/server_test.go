@@ -20,7 +20,6 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"go.uber.org/goleak"
-	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
@@ -106,9 +105,8 @@ func TestRun(t *testing.T) {
 	addrs := make(chan Addrs, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, slog.New(slog.DiscardHandler), cfg, controller.Clients{
-			Kube: kube, Istio: istiofake.NewSimpleClientset(), Gateway: gw,
-		}, func(a Addrs) { addrs <- a })
+		done <- run(ctx, slog.New(slog.DiscardHandler), cfg, fakeClients(kube, istiofake.NewSimpleClientset(), gw),
+			func(a Addrs) { addrs <- a })
 	}()
 	defer func() {
 		cancel()
@@ -258,6 +256,16 @@ func TestRun(t *testing.T) {
 	testutil.Eventually(t, 10*time.Second, "the deleted root ConfigMap rewritten", rootsPublished)
 }
 
+// fakeClients uses the same fake clientsets for every kind of traffic.
+func fakeClients(kube *kubefake.Clientset, istio *istiofake.Clientset, gw *gwfake.Clientset) clients {
+	return clients{
+		watch:  controller.Clients{Kube: kube, Istio: istio, Gateway: gw},
+		write:  writeClients{Kube: kube, Gateway: gw},
+		review: kube,
+		lease:  kube,
+	}
+}
+
 func names(r *discoveryv3.DeltaDiscoveryResponse) string {
 	var out []string
 	for _, res := range r.Resources {
@@ -298,9 +306,10 @@ func TestPublishRootsWriteLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	in := model.Input{Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}}}
-	limits := map[string]*rate.Limiter{}
+	cfg := Default()
+	lw := newLeaderWork(slog.New(slog.DiscardHandler), cfg, writeClients{Kube: kube, Gateway: gwfake.NewSimpleClientset()}, ctl)
 	for range 3 * rootWriteBurst {
-		publishRoots(context.Background(), slog.New(slog.DiscardHandler), kube, ctl, in, "roots", limits)
+		lw.publishRoots(context.Background(), in, "roots")
 	}
 	gets := 0
 	for _, a := range kube.Actions() {
@@ -312,8 +321,8 @@ func TestPublishRootsWriteLimit(t *testing.T) {
 		t.Errorf("%d ConfigMap reads after %d pushes, want %d (the burst)", gets, 3*rootWriteBurst, rootWriteBurst)
 	}
 	// A namespace that is gone drops its limiter.
-	publishRoots(context.Background(), slog.New(slog.DiscardHandler), kube, ctl, model.Input{}, "roots", limits)
-	if len(limits) != 0 {
-		t.Errorf("limiters of deleted namespaces kept: %v", limits)
+	lw.publishRoots(context.Background(), model.Input{}, "roots")
+	if len(lw.rootLimits) != 0 {
+		t.Errorf("limiters of deleted namespaces kept: %v", lw.rootLimits)
 	}
 }

@@ -1,0 +1,237 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	kubefake "k8s.io/client-go/kubernetes/fake"
+	"k8s.io/client-go/rest"
+	k8stesting "k8s.io/client-go/testing"
+	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gwfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
+
+	"github.com/ambient-mesh/ambient/internal/testutil"
+	"github.com/ambient-mesh/ambient/istiod-lite/ca"
+	"github.com/ambient-mesh/ambient/istiod-lite/xds"
+)
+
+// slowAPI is an API server that never answers: every request hangs until its client gives up.
+// It counts the requests in flight, the most ever in flight, and those its clients abandoned.
+type slowAPI struct {
+	srv     *httptest.Server
+	release chan struct{}
+
+	mu                             sync.Mutex
+	inFlight, maxInFlight, started int
+	abandoned                      int
+}
+
+func newSlowAPI(t *testing.T) *slowAPI {
+	s := &slowAPI{release: make(chan struct{})}
+	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		s.inFlight++
+		s.started++
+		s.maxInFlight = max(s.maxInFlight, s.inFlight)
+		s.mu.Unlock()
+		defer func() {
+			s.mu.Lock()
+			s.inFlight--
+			s.mu.Unlock()
+		}()
+		select {
+		case <-r.Context().Done():
+			s.mu.Lock()
+			s.abandoned++
+			s.mu.Unlock()
+		case <-s.release:
+			http.Error(w, "test over", http.StatusServiceUnavailable)
+		}
+	}))
+	t.Cleanup(func() { close(s.release); s.srv.Close() })
+	return s
+}
+
+func (s *slowAPI) stats() (inFlight, maxInFlight, started, abandoned int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.inFlight, s.maxInFlight, s.started, s.abandoned
+}
+
+// TestLeaderWorkOffPushPath: a first leadership over 1,000 namespaces, against an API server
+// that answers no write, does not delay a push; the writes go at most LeaderConcurrency at a
+// time, and each is given up after WriteTimeout.
+func TestLeaderWorkOffPushPath(t *testing.T) {
+	const namespaces = 1000
+	objs := []runtime.Object{testPod("web-1", "uid-web-1", "web", "node-a", "10.1.0.5")}
+	for i := range namespaces {
+		objs = append(objs, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("ns-%04d", i)}})
+	}
+	kube := kubefake.NewClientset(objs...)
+	kube.PrependReactor("create", "tokenreviews", reviewTokens(map[string]string{"ztunnel-a": "node-a"}))
+	gw := gwfake.NewSimpleClientset()
+	if err := gw.Tracker().Create(schema.GroupVersion(gwv1.GroupVersion).WithResource("gateways"), &gwv1.Gateway{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: "waypoint", UID: "uid-gw"},
+		Spec: gwv1.GatewaySpec{GatewayClassName: "istio-waypoint",
+			Listeners: []gwv1.Listener{{Name: "mesh", Port: 15008, Protocol: "HBONE"}}},
+	}, "shop"); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg := testConfig(t)
+	cfg.LeaderElection = false // leading from the start: the first leadership
+	cfg.WriteTimeout = 100 * time.Millisecond
+	slow := newSlowAPI(t)
+	cl := fakeClients(kube, istiofake.NewSimpleClientset(), gw)
+	var err error
+	// Built as Run builds them: the per-call timeout is the client's.
+	if cl.write, err = newWriteClients(&rest.Config{Host: slow.srv.URL, QPS: 1000, Burst: 1000, Timeout: cfg.WriteTimeout}); err != nil {
+		t.Fatal(err)
+	}
+	a := startRun(t, cfg, cl)
+
+	st := dialXDS(t, a, kube, "ztunnel-a")
+	r, err := st.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := names(r); got != "uid-web-1" {
+		t.Fatalf("first push %q", got)
+	}
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce}); err != nil {
+		t.Fatal(err)
+	}
+	// The leader is at work: more writes started than may be in flight at once, so some
+	// were given up on (the API server never answers).
+	testutil.Eventually(t, 10*time.Second, "leader writes given up after their timeout", func() bool {
+		_, _, started, abandoned := slow.stats()
+		return started > cfg.LeaderConcurrency && abandoned > 0
+	})
+
+	// A change reaches the ztunnel while the leader's writes are still hanging.
+	if _, err := kube.CoreV1().Pods("shop").Create(context.Background(), testPod("web-2", "uid-web-2", "web", "node-a", "10.1.0.6"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if r, err = st.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	if got := names(r); got != "uid-web-2" {
+		t.Errorf("push after a pod was created: %q", got)
+	}
+	inFlight, maxInFlight, started, _ := slow.stats()
+	if inFlight == 0 || started >= 2*namespaces {
+		t.Errorf("the leader's first pass was over before the push (%d started, %d in flight): the test shows nothing", started, inFlight)
+	}
+	if maxInFlight > cfg.LeaderConcurrency {
+		t.Errorf("%d leader writes in flight at once, want at most %d", maxInFlight, cfg.LeaderConcurrency)
+	}
+}
+
+// testConfig is the default configuration on ephemeral local ports, with short debounces.
+func testConfig(t *testing.T) Config {
+	t.Helper()
+	cfg := Default()
+	cfg.GRPCAddr, cfg.AdminAddr, cfg.MetricsAddr, cfg.ReadyAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	cfg.PodName = "istiod-lite-0"
+	cfg.DebounceQuiet, cfg.DebounceMax = 10*time.Millisecond, 100*time.Millisecond
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+// reviewTokens answers TokenReviews: each token in nodes is the ztunnel service account on that
+// node; any other token is rejected.
+func reviewTokens(nodes map[string]string) k8stesting.ReactionFunc {
+	return func(a k8stesting.Action) (bool, runtime.Object, error) {
+		tr := a.(k8stesting.CreateAction).GetObject().(*authnv1.TokenReview).DeepCopy()
+		if node, ok := nodes[tr.Spec.Token]; ok {
+			tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{
+				Username: "system:serviceaccount:istio-system:ztunnel",
+				Extra:    map[string]authnv1.ExtraValue{"authentication.kubernetes.io/node-name": {node}},
+			}}
+		} else {
+			tr.Status = authnv1.TokenReviewStatus{Error: "invalid bearer token"}
+		}
+		return true, tr, nil
+	}
+}
+
+// startRun runs istiod-lite until the test ends and returns its addresses once it is ready.
+func startRun(t *testing.T, cfg Config, cl clients) Addrs {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addrs := make(chan Addrs, 1)
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, slog.New(slog.DiscardHandler), cfg, cl, func(a Addrs) { addrs <- a }) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+	var a Addrs
+	select {
+	case a = <-addrs:
+	case err := <-done:
+		t.Fatalf("run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("not started")
+	}
+	testutil.Eventually(t, 10*time.Second, "the readiness endpoint to say ok", func() bool { return httpGet(t, "http://"+a.Ready+"/") == "ok\n" })
+	return a
+}
+
+// dialGRPC connects to istiod-lite over TLS, trusting the roots of its CA Secret (read through
+// kube), authenticated with token.
+func dialGRPC(t *testing.T, a Addrs, kube *kubefake.Clientset, token string, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	pool := x509.NewCertPool()
+	for _, name := range []string{ca.UserCASecret, ca.SelfSignedSecret} {
+		if s, err := kube.CoreV1().Secrets("istio-system").Get(context.Background(), name, metav1.GetOptions{}); err == nil {
+			pool.AppendCertsFromPEM(s.Data[ca.KeyCACert])
+			pool.AppendCertsFromPEM(s.Data[ca.KeyRootCert])
+		}
+	}
+	cc, err := grpc.NewClient(a.GRPC, append([]grpc.DialOption{
+		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "istiod-lite.istio-system.svc"})),
+		grpc.WithPerRPCCredentials(bearer(token))}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// dialXDS opens a ztunnel's wildcard workload stream.
+func dialXDS(t *testing.T, a Addrs, kube *kubefake.Clientset, token string) discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(dialGRPC(t, a, kube, token)).DeltaAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "ztunnel-" + token}, TypeUrl: xds.TypeWorkload}); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}

@@ -1,0 +1,83 @@
+package server
+
+import (
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	cav1 "github.com/ambient-mesh/ambient/api/ca/v1"
+	"github.com/ambient-mesh/ambient/istiod-lite/controller"
+	"github.com/ambient-mesh/ambient/istiod-lite/model"
+	"github.com/ambient-mesh/ambient/istiod-lite/xds"
+)
+
+// pusher turns the cache into snapshots and publishes them. It runs on the debounce goroutine
+// only: the translator, the last snapshot and the bundle are its own. It does no API call: the
+// leader's writes are handed to leaderWork, which runs on its own goroutine.
+type pusher struct {
+	log          *slog.Logger
+	ctl          *controller.Controller
+	xds          *xds.Server
+	leader       *leaderWork
+	trustDomain  string
+	roots        func() []string // the roots proxies must trust, as of now
+	translator   *model.Translator
+	translations *prometheus.HistogramVec
+
+	last   *xds.Snapshot
+	bundle *cav1.TrustBundle
+}
+
+func newPusher(log *slog.Logger, cfg Config, ctl *controller.Controller, x *xds.Server, lw *leaderWork, roots func() []string, reg prometheus.Registerer) *pusher {
+	p := &pusher{
+		log: log, ctl: ctl, xds: x, leader: lw, trustDomain: cfg.CA.TrustDomain, roots: roots,
+		translator: model.NewTranslator(cfg.Model),
+		translations: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "istiod_lite_translation_seconds",
+			Help:    "Time to translate the cluster state and serialise the snapshot, by mode (full, or incremental: changed pods only).",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}, []string{"mode"}),
+	}
+	reg.MustRegister(p.translations)
+	return p
+}
+
+// trustBundle returns the bundle of the current roots, the same message as long as they do not
+// change (so that the snapshot reuses its serialised form).
+func (p *pusher) trustBundle() *cav1.TrustBundle {
+	roots := p.roots()
+	if p.bundle == nil || !slices.Equal(p.bundle.Roots, roots) {
+		p.bundle = &cav1.TrustBundle{TrustDomain: p.trustDomain, Roots: roots}
+	}
+	return p.bundle
+}
+
+func (p *pusher) push() {
+	in, err := p.ctl.Input()
+	if err != nil {
+		p.log.Error("read cache", "err", err)
+		return
+	}
+	start := time.Now()
+	bundle := p.trustBundle()
+	m := p.translator.Translate(in)
+	snap, err := p.last.Next(m, bundle)
+	if err != nil {
+		p.log.Error("serialise snapshot", "err", err)
+		return
+	}
+	p.last = snap
+	st := p.translator.Stats()
+	mode := "incremental"
+	if st.Full {
+		mode = "full"
+	}
+	p.translations.WithLabelValues(mode).Observe(time.Since(start).Seconds())
+	p.log.Debug("translated", "mode", mode, "podsTranslated", st.Translated, "workloads", len(m.Workloads),
+		"services", len(m.Services), "authorizations", len(m.Authorizations), "elapsed", time.Since(start))
+	p.xds.Update(snap)
+	p.leader.offer(leaderInput{in: in, roots: strings.Join(bundle.Roots, "")})
+}
