@@ -38,3 +38,8 @@ const (
 // nothing from capture (an application could set it too): the redirector lets a proxy's sockets
 // through by the proxy's cgroup, which the node agent registers.
 const SocketMark = 0x539
+
+// TokenAudience is the audience of the service-account tokens proxies present to istiod-lite
+// (xDS and CA), as in Istio: a token issued for the API server, which every pod may hold, is not
+// accepted, and a token for istio-ca is of no use against the API server.
+const TokenAudience = "istio-ca"
