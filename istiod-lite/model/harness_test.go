@@ -155,13 +155,15 @@ func (p probe) portOr() uint16 {
 
 // meshView is a translated cluster as the ztunnels see it.
 type meshView struct {
-	snap *model.Snapshot
-	pods map[string]*workloadv1.Workload // by "<namespace>/<name>"
+	snap     *model.Snapshot
+	pods     map[string]*workloadv1.Workload // by "<namespace>/<name>"
+	compiled map[string]*authz.Policies      // by node
 }
 
 func translate(t testing.TB, in model.Input) *meshView {
 	t.Helper()
-	v := &meshView{snap: model.Translate(model.DefaultConfig(), in), pods: map[string]*workloadv1.Workload{}}
+	v := &meshView{snap: model.Translate(model.DefaultConfig(), in), pods: map[string]*workloadv1.Workload{},
+		compiled: map[string]*authz.Policies{}}
 	for _, w := range v.snap.Workloads {
 		v.pods[w.Namespace+"/"+w.Name] = w
 	}
@@ -203,18 +205,28 @@ func (v *meshView) ztunnelView(node string) []*workloadv1.Authorization {
 // decide returns the destination ztunnel's decision for p.
 func (v *meshView) decide(t testing.TB, p probe) authz.Decision {
 	t.Helper()
-	w := v.pods[p.toOr()]
-	if w == nil {
-		t.Fatalf("no workload %s", p.toOr())
-	}
-	policies, err := authz.Compile(v.ztunnelView(w.Node))
-	if err != nil {
-		t.Fatalf("ztunnel rejects what istiod-lite sent: %v", err)
-	}
-	c := authz.Conn{SrcIP: netip.MustParseAddr(p.ipOr()), DstPort: p.portOr()}
+	principal := ""
 	if p.from != "" {
 		ns, sa, _ := strings.Cut(p.from, "/")
-		c.Principal = trustDomain + "/ns/" + ns + "/sa/" + sa
+		principal = trustDomain + "/ns/" + ns + "/sa/" + sa
+	}
+	return v.decideConn(t, p.toOr(), authz.Conn{SrcIP: netip.MustParseAddr(p.ipOr()), DstPort: p.portOr(), Principal: principal})
+}
+
+// decideConn returns the decision of the ztunnel of pod ("<namespace>/<name>") for c.
+func (v *meshView) decideConn(t testing.TB, pod string, c authz.Conn) authz.Decision {
+	t.Helper()
+	w := v.pods[pod]
+	if w == nil {
+		t.Fatalf("no workload %s", pod)
+	}
+	policies, ok := v.compiled[w.Node]
+	if !ok {
+		var err error
+		if policies, err = authz.Compile(v.ztunnelView(w.Node)); err != nil {
+			t.Fatalf("ztunnel rejects what istiod-lite sent: %v", err)
+		}
+		v.compiled[w.Node] = policies
 	}
 	return policies.Check(authz.TargetOf(w), &c)
 }
