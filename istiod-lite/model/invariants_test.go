@@ -472,7 +472,9 @@ func applies(ap *secv1.AuthorizationPolicy, pod *corev1.Pod) bool {
 	return len(sel) == 0 || labels.SelectorFromSet(sel).Matches(labels.Set(pod.Labels))
 }
 
-func enforced(ap *secv1.AuthorizationPolicy) bool { return ap.Annotations["istio.io/dry-run"] != "true" }
+func enforced(ap *secv1.AuthorizationPolicy) bool {
+	return ap.Annotations["istio.io/dry-run"] != "true"
+}
 
 func (r *ref) allowApplies(pod *corev1.Pod) bool {
 	for _, ap := range r.sc.aps {
