@@ -306,6 +306,12 @@ func (c *Controller) Input() (model.Input, error) {
 	if in.PeerAuthentications, err = c.peerAuthn.List(all); err != nil {
 		return in, fmt.Errorf("list peer authentications: %w", err)
 	}
+	// Routes are checked by translation (problems), not translated.
+	rin, err := c.RouteInput()
+	if err != nil {
+		return in, err
+	}
+	in.HTTPRoutes, in.GRPCRoutes, in.ReferenceGrants = rin.HTTPRoutes, rin.GRPCRoutes, rin.ReferenceGrants
 	return in, nil
 }
 

@@ -60,6 +60,10 @@ type Input struct {
 	PeerAuthentications   []*secv1.PeerAuthentication
 	// Nodes give workloads their locality; only their names and labels are read.
 	Nodes []*corev1.Node
+	// Routes are only checked (routeProblems): what they do to traffic is the waypoint's.
+	HTTPRoutes      []*gwv1.HTTPRoute
+	GRPCRoutes      []*gwv1.GRPCRoute
+	ReferenceGrants []*gwv1.ReferenceGrant
 }
 
 // Snapshot is the complete translated state, keyed by xDS resource name. A Snapshot is immutable
@@ -175,7 +179,7 @@ func (tr *Translator) Translate(in Input) *Snapshot {
 				snap.Authorizations[AuthorizationName(a)] = a
 			}
 		}
-		tr.ctxProblem = tr.t.problems
+		tr.ctxProblem = append(tr.t.problems, routeProblems(in)...)
 	}
 	t := tr.t
 	tr.stats = Stats{Full: !reuse}
@@ -228,7 +232,8 @@ func contextSum(in Input) uint64 {
 	var sum uint64
 	ok := sumObjects(&sum, "Namespace", in.Namespaces) && sumObjects(&sum, "Service", in.Services) &&
 		sumObjects(&sum, "Gateway", in.Gateways) && sumObjects(&sum, "AuthorizationPolicy", in.AuthorizationPolicies) &&
-		sumObjects(&sum, "PeerAuthentication", in.PeerAuthentications)
+		sumObjects(&sum, "PeerAuthentication", in.PeerAuthentications) && sumObjects(&sum, "HTTPRoute", in.HTTPRoutes) &&
+		sumObjects(&sum, "GRPCRoute", in.GRPCRoutes) && sumObjects(&sum, "ReferenceGrant", in.ReferenceGrants)
 	if !ok {
 		return 0
 	}
