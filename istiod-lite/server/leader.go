@@ -1,13 +1,13 @@
 package server
 
 // The leader's cluster writes: root certificate ConfigMaps, waypoint objects and status, route
-// status. Rules this file keeps:
+// status, and the Events and conditions of translation problems. Rules this file keeps:
 //   - The push path never waits for them: a push offers its input and returns; the work runs on
 //     a goroutine of its own, which takes only the latest input (an older one is subsumed).
 //   - Every API call is bounded in time: the write clients carry Config.WriteTimeout, and each
 //     namespace's root write runs under a context with that timeout as well.
-//   - Concurrency is bounded: at most Config.LeaderConcurrency root writes are in flight; waypoint
-//     and route writes (few objects) go one at a time.
+//   - Concurrency is bounded: at most Config.LeaderConcurrency root writes are in flight; waypoint,
+//     route and problem writes (few objects) go one at a time.
 //   - Writes happen only within a leader term: the term's context ends with leadership and ends
 //     the pass; a new term starts from a clean state, checking everything again.
 
@@ -26,13 +26,16 @@ import (
 	"github.com/ambient-mesh/ambient/istiod-lite/ca"
 	"github.com/ambient-mesh/ambient/istiod-lite/controller"
 	"github.com/ambient-mesh/ambient/istiod-lite/model"
+	"github.com/ambient-mesh/ambient/istiod-lite/report"
 	"github.com/ambient-mesh/ambient/istiod-lite/routes"
 	"github.com/ambient-mesh/ambient/istiod-lite/waypoint"
 )
 
-// leaderInput is what one pass reads: the cache as of a push, and the roots pushed with it.
+// leaderInput is what one pass reads: the cache as of a push, its translation, and the roots
+// pushed with it.
 type leaderInput struct {
 	in    model.Input
+	snap  *model.Snapshot
 	roots string
 }
 
@@ -43,6 +46,7 @@ type leaderWork struct {
 	ctl         *controller.Controller
 	waypoints   *waypoint.Reconciler
 	routes      *routes.Writer
+	problems    *report.Writer
 	concurrency int
 	timeout     time.Duration
 
@@ -63,6 +67,7 @@ func newLeaderWork(log *slog.Logger, cfg Config, w writeClients, ctl *controller
 		ctl:         ctl,
 		waypoints:   waypoint.New(w.Kube, w.Gateway, cfg.WaypointImage, cfg.Model.ClusterDomain),
 		routes:      routes.NewWriter(w.Gateway),
+		problems:    report.NewWriter(w.Kube, w.Istio, cfg.PodName, time.Now),
 		concurrency: cfg.LeaderConcurrency,
 		timeout:     cfg.WriteTimeout,
 		rootLimits:  map[string]*rate.Limiter{},
@@ -128,6 +133,7 @@ func (l *leaderWork) run(ctx context.Context) error {
 		if term != last {
 			// A new term checks everything again: another replica may have written meanwhile.
 			l.waypoints.Reset()
+			l.problems.Reset()
 			clear(l.rootLimits)
 			last = term
 		}
@@ -157,6 +163,13 @@ func (l *leaderWork) pass(term context.Context, in *leaderInput) {
 		return
 	}
 	l.publishRoots(term, in.in, in.roots)
+	if term.Err() != nil || in.snap == nil {
+		return
+	}
+	// Last: what users read to understand a policy matters less than what lets pods start.
+	if err := l.problems.Reconcile(term, in.in, in.snap); err != nil && term.Err() == nil {
+		l.log.Warn("write problems as Events and conditions", "err", err)
+	}
 }
 
 // Root ConfigMap rewrites allowed per namespace: a burst of rootWriteBurst, then one per

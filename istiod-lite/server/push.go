@@ -11,6 +11,7 @@ import (
 	cav1 "github.com/ambient-mesh/ambient/api/ca/v1"
 	"github.com/ambient-mesh/ambient/istiod-lite/controller"
 	"github.com/ambient-mesh/ambient/istiod-lite/model"
+	"github.com/ambient-mesh/ambient/istiod-lite/report"
 	"github.com/ambient-mesh/ambient/istiod-lite/xds"
 )
 
@@ -26,6 +27,7 @@ type pusher struct {
 	roots        func() []string // the roots proxies must trust, as of now
 	translator   *model.Translator
 	translations *prometheus.HistogramVec
+	problems     *report.Log
 
 	last   *xds.Snapshot
 	bundle *cav1.TrustBundle
@@ -35,6 +37,7 @@ func newPusher(log *slog.Logger, cfg Config, ctl *controller.Controller, x *xds.
 	p := &pusher{
 		log: log, ctl: ctl, xds: x, leader: lw, trustDomain: cfg.CA.TrustDomain, roots: roots,
 		translator: model.NewTranslator(cfg.Model),
+		problems:   report.NewLog(log),
 		translations: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "istiod_lite_translation_seconds",
 			Help:    "Time to translate the cluster state and serialise the snapshot, by mode (full, or incremental: changed pods only).",
@@ -79,5 +82,6 @@ func (p *pusher) push() {
 	p.log.Debug("translated", "mode", mode, "podsTranslated", st.Translated, "workloads", len(m.Workloads),
 		"services", len(m.Services), "authorizations", len(m.Authorizations), "elapsed", time.Since(start))
 	p.xds.Update(snap)
-	p.leader.offer(leaderInput{in: in, roots: strings.Join(bundle.Roots, "")})
+	p.problems.Report(m.Problems)
+	p.leader.offer(leaderInput{in: in, snap: m, roots: strings.Join(bundle.Roots, "")})
 }

@@ -58,6 +58,7 @@ type clients struct {
 type writeClients struct {
 	Kube    kubernetes.Interface
 	Gateway gwclient.Interface
+	Istio   istioclient.Interface // status of AuthorizationPolicies and PeerAuthentications
 }
 
 func newClients(base *rest.Config, cfg Config) (clients, error) {
@@ -99,6 +100,9 @@ func newWriteClients(r *rest.Config) (writeClients, error) {
 	}
 	if w.Gateway, err = gwclient.NewForConfig(r); err != nil {
 		return w, fmt.Errorf("gateway write client: %w", err)
+	}
+	if w.Istio, err = istioclient.NewForConfig(r); err != nil {
+		return w, fmt.Errorf("istio write client: %w", err)
 	}
 	return w, nil
 }

@@ -260,7 +260,7 @@ func TestRun(t *testing.T) {
 func fakeClients(kube *kubefake.Clientset, istio *istiofake.Clientset, gw *gwfake.Clientset) clients {
 	return clients{
 		watch:  controller.Clients{Kube: kube, Istio: istio, Gateway: gw},
-		write:  writeClients{Kube: kube, Gateway: gw},
+		write:  writeClients{Kube: kube, Gateway: gw, Istio: istio},
 		review: kube,
 		lease:  kube,
 	}
@@ -307,7 +307,7 @@ func TestPublishRootsWriteLimit(t *testing.T) {
 	}
 	in := model.Input{Namespaces: []*corev1.Namespace{{ObjectMeta: metav1.ObjectMeta{Name: "shop"}}}}
 	cfg := Default()
-	lw := newLeaderWork(slog.New(slog.DiscardHandler), cfg, writeClients{Kube: kube, Gateway: gwfake.NewSimpleClientset()}, ctl)
+	lw := newLeaderWork(slog.New(slog.DiscardHandler), cfg, writeClients{Kube: kube, Gateway: gwfake.NewSimpleClientset(), Istio: istiofake.NewSimpleClientset()}, ctl)
 	for range 3 * rootWriteBurst {
 		lw.publishRoots(context.Background(), in, "roots")
 	}
