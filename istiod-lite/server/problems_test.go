@@ -28,8 +28,8 @@ type logLines struct {
 }
 
 func (l *logLines) Enabled(context.Context, slog.Level) bool { return true }
-func (l *logLines) WithAttrs([]slog.Attr) slog.Handler      { return l }
-func (l *logLines) WithGroup(string) slog.Handler           { return l }
+func (l *logLines) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *logLines) WithGroup(string) slog.Handler            { return l }
 func (l *logLines) Handle(_ context.Context, r slog.Record) error {
 	var b strings.Builder
 	b.WriteString(r.Message)
@@ -76,7 +76,9 @@ func TestProblemsSurfaced(t *testing.T) {
 	logs := &logLines{}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, slog.New(logs), cfg, fakeClients(kube, istio, gwfake.NewSimpleClientset()), nil) }()
+	go func() {
+		done <- run(ctx, slog.New(logs), cfg, fakeClients(kube, istio, gwfake.NewSimpleClientset()), nil)
+	}()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
