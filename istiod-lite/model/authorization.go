@@ -65,24 +65,24 @@ func (t *translator) authorizationPolicy(ap *secv1.AuthorizationPolicy) *workloa
 		return nil
 	}
 	out := &workloadv1.Authorization{Name: ap.Name, Namespace: ap.Namespace, Scope: t.scope(ap.Namespace, spec.Selector)}
-	switch spec.Action {
-	case secapi.AuthorizationPolicy_ALLOW:
-		out.Action = workloadv1.Action_ALLOW
-	case secapi.AuthorizationPolicy_DENY:
-		out.Action = workloadv1.Action_DENY
-	case secapi.AuthorizationPolicy_AUDIT:
+	dryRun := ap.Annotations[annotationDryRun] == "true"
+	switch {
+	case spec.Action < secapi.AuthorizationPolicy_ALLOW || spec.Action > secapi.AuthorizationPolicy_CUSTOM:
+		report(ConditionZtunnelAccepted, ReasonUnsupportedValue, true, "unknown action %s", spec.Action)
+		return nil
+	case dryRun:
+		// Evaluated and logged, never enforced: ztunnel's AUDIT is exactly that.
 		out.Action = workloadv1.Action_AUDIT
-	case secapi.AuthorizationPolicy_CUSTOM:
+	case spec.Action == secapi.AuthorizationPolicy_ALLOW:
+		out.Action = workloadv1.Action_ALLOW
+	case spec.Action == secapi.AuthorizationPolicy_DENY:
+		out.Action = workloadv1.Action_DENY
+	case spec.Action == secapi.AuthorizationPolicy_AUDIT:
+		out.Action = workloadv1.Action_AUDIT
+	case spec.Action == secapi.AuthorizationPolicy_CUSTOM:
 		out.Action = workloadv1.Action_DENY
 		report(ConditionZtunnelAccepted, ReasonUnsupportedValue, false,
 			"ztunnel cannot ask an external authorizer (CUSTOM): the connections the rules match are denied")
-	default:
-		report(ConditionZtunnelAccepted, ReasonUnsupportedValue, true, "unknown action %s", spec.Action)
-		return nil
-	}
-	if ap.Annotations[annotationDryRun] == "true" {
-		// Evaluated and logged, never enforced: ztunnel's AUDIT is exactly that.
-		out.Action = workloadv1.Action_AUDIT
 	}
 	for i, r := range spec.Rules {
 		var is issues

@@ -95,7 +95,11 @@ spec: {action: CUSTOM, provider: {name: opa}, rules: [{to: [{operation: {ports: 
 			policies: `
 kind: AuthorizationPolicy
 metadata: {name: p, namespace: shop, annotations: {istio.io/dry-run: "true"}}
-spec: {action: DENY, rules: [{}]}`,
+spec: {action: DENY, rules: [{}]}
+---
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: shop, annotations: {istio.io/dry-run: "true"}}
+spec: {action: CUSTOM, provider: {name: opa}, rules: [{}]}`,
 			probes: []probe{{from: "other/db", allow: true}},
 		},
 
