@@ -28,6 +28,10 @@ import (
 // GatewayNameLabel names, on each object of a waypoint, the Gateway it belongs to.
 const GatewayNameLabel = "gateway.networking.k8s.io/gateway-name"
 
+// TokenDir is where a waypoint pod finds its token for istiod-lite (file istio-token, audience
+// mesh.TokenAudience), as ztunnel does.
+const TokenDir = "/var/run/secrets/tokens"
+
 // Reconciler keeps waypoint deployments in line with their Gateways.
 type Reconciler struct {
 	kube          kubernetes.Interface
@@ -151,10 +155,18 @@ func Desired(g *gwv1.Gateway, image string, l gwv1.Listener) (*corev1.ServiceAcc
 				ObjectMeta: metav1.ObjectMeta{Labels: podLabels},
 				Spec: corev1.PodSpec{
 					ServiceAccountName: g.Name,
+					// The waypoint talks to istiod-lite only, with a token of audience istio-ca;
+					// it gets no token the API server would accept.
+					AutomountServiceAccountToken: ptr(false),
+					Volumes: []corev1.Volume{{Name: "istio-token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+						Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+							Audience: mesh.TokenAudience, ExpirationSeconds: ptr(int64(3600)), Path: "istio-token"}}},
+					}}}},
 					Containers: []corev1.Container{{
-						Name:  "waypoint",
-						Image: image,
-						Args:  []string{"--gateway=" + g.Namespace + "/" + g.Name},
+						Name:         "waypoint",
+						Image:        image,
+						Args:         []string{"--gateway=" + g.Namespace + "/" + g.Name},
+						VolumeMounts: []corev1.VolumeMount{{Name: "istio-token", MountPath: TokenDir, ReadOnly: true}},
 						Ports: []corev1.ContainerPort{
 							{Name: "hbone", ContainerPort: int32(l.Port)},
 							{Name: "metrics", ContainerPort: mesh.PortMetrics},
