@@ -397,12 +397,24 @@ func (ist *istiod) process(t testing.TB) int {
 	return 0
 }
 
-// boundToken returns a ztunnel service-account token bound to pod, as a projected token is.
+// boundToken returns a service-account token of pod's, bound to pod and of audience istio-ca, as
+// the projected token of a proxy is.
 func boundToken(t testing.TB, cs kubernetes.Interface, pod *corev1.Pod) string {
 	t.Helper()
+	return podToken(t, cs, pod, "istio-ca")
+}
+
+// podToken returns a service-account token of pod's bound to pod, for audience (empty: the API
+// server's).
+func podToken(t testing.TB, cs kubernetes.Interface, pod *corev1.Pod, audience string) string {
+	t.Helper()
 	exp := int64(3600)
+	var aud []string
+	if audience != "" {
+		aud = []string{audience}
+	}
 	tr, err := cs.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(context.Background(), pod.Spec.ServiceAccountName, &authv1.TokenRequest{Spec: authv1.TokenRequestSpec{
-		ExpirationSeconds: &exp, BoundObjectRef: &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}}}, metav1.CreateOptions{})
+		Audiences: aud, ExpirationSeconds: &exp, BoundObjectRef: &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

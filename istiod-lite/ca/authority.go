@@ -153,8 +153,9 @@ func (a *Authority) Sign(csr *x509.CertificateRequest, identity *url.URL, ttl ti
 	return append(out, a.roots...), nil
 }
 
-// SignServing issues a serving certificate for istiod-lite's own TLS listener.
-func (a *Authority) SignServing(key crypto.Signer, dnsNames []string, ttl time.Duration) ([]byte, error) {
+// SignServing issues a serving certificate for istiod-lite's own TLS listener. It returns the
+// chain to present, DER: the leaf and the intermediates, without the roots.
+func (a *Authority) SignServing(key crypto.Signer, dnsNames []string, ttl time.Duration) ([][]byte, error) {
 	serial, err := serialNumber()
 	if err != nil {
 		return nil, err
@@ -177,7 +178,14 @@ func (a *Authority) SignServing(key crypto.Signer, dnsNames []string, ttl time.D
 	if err != nil {
 		return nil, fmt.Errorf("sign serving cert: %w", err)
 	}
-	return der, nil
+	out := [][]byte{der}
+	for _, c := range a.chain {
+		if !slices.Contains(a.roots, c) {
+			blk, _ := pem.Decode([]byte(c))
+			out = append(out, blk.Bytes)
+		}
+	}
+	return out, nil
 }
 
 func serialNumber() (*big.Int, error) {

@@ -90,7 +90,7 @@ func TestCreateCertificate(t *testing.T) {
 		}
 		return out, nil
 	}
-	svc := NewService(slog.New(slog.DiscardHandler), DefaultConfig(), a, authn.NewTokenReviewer(kube, nil), onNode, nil)
+	svc := NewService(slog.New(slog.DiscardHandler), DefaultConfig(), NewKeeper(slog.New(slog.DiscardHandler), a, time.Hour, nil), authn.NewTokenReviewer(kube, reviewConfig()), onNode, nil)
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM([]byte(a.Roots()[0]))
 
@@ -229,4 +229,11 @@ func mustPEM(t *testing.T, s string) []byte {
 		t.Fatal("no PEM")
 	}
 	return b.Bytes
+}
+
+// reviewConfig is authn's default without an audience (the fake clientset ignores it).
+func reviewConfig() authn.Config {
+	c := authn.DefaultConfig()
+	c.Audiences = nil
+	return c
 }

@@ -27,7 +27,7 @@ const (
 func LoadOrCreate(ctx context.Context, kube kubernetes.Interface, namespace, trustDomain string) (*Authority, error) {
 	secrets := kube.CoreV1().Secrets(namespace)
 	if s, err := secrets.Get(ctx, UserCASecret, metav1.GetOptions{}); err == nil {
-		a, err := NewAuthority(s.Data[KeyCACert], s.Data[KeyCAKey], s.Data[KeyCertChain], s.Data[KeyRootCert])
+		a, err := fromUserSecret(s)
 		if err != nil {
 			return nil, fmt.Errorf("secret %s/%s: %w", namespace, UserCASecret, err)
 		}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ambient-mesh/ambient/api/mesh"
+	"github.com/ambient-mesh/ambient/istiod-lite/authn"
 	"github.com/ambient-mesh/ambient/istiod-lite/ca"
 	"github.com/ambient-mesh/ambient/istiod-lite/model"
 )
@@ -32,10 +33,9 @@ type Config struct {
 	// ReviewQPS and ReviewBurst limit TokenReviews, through a client of their own, so that the
 	// leader's writes never delay a proxy's authentication. The default client-go limit (5/s)
 	// would make a reconnect storm of proxies (a restart of istiod-lite, each proxy's token
-	// reviewed once) take minutes at 100 nodes. ReviewTimeout bounds each review.
-	ReviewQPS     float32
-	ReviewBurst   int
-	ReviewTimeout time.Duration
+	// reviewed once) take minutes at 100 nodes. Authn.Timeout bounds each review.
+	ReviewQPS   float32
+	ReviewBurst int
 	// Namespace istiod-lite runs in: where the CA Secret and the leader Lease live.
 	Namespace string
 	// ServiceName is istiod-lite's Service, for the DNS names of its serving certificate.
@@ -50,8 +50,9 @@ type Config struct {
 
 	Model model.Config
 	CA    ca.Config
-	// TokenAudiences the proxies' tokens must be issued for; empty: the API server's default.
-	TokenAudiences []string
+	// Authn configures the TokenReviews of proxies' tokens: the audience they must carry
+	// (istio-ca), the caches and the review budget of each peer address.
+	Authn authn.Config
 
 	DebounceQuiet time.Duration
 	DebounceMax   time.Duration
@@ -81,9 +82,9 @@ func Default() Config {
 		LeaderConcurrency: 8,
 		ReviewQPS:         100,
 		ReviewBurst:       200,
-		ReviewTimeout:     5 * time.Second,
 		Model:             model.DefaultConfig(),
 		CA:                ca.DefaultConfig(),
+		Authn:             authn.DefaultConfig(),
 		// A lone change (nothing changed for DebounceQuiet) is pushed at once, so it reaches
 		// proxies one incremental translation after it happens (target: under 100 ms); changes
 		// that follow within DebounceQuiet (a rollout) are coalesced into a push at least every
@@ -124,8 +125,8 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("need %s QPS (%v) > 0 and burst (%d) >= 1", l.what, l.qps, l.burst))
 		}
 	}
-	if c.WriteTimeout <= 0 || c.ReviewTimeout <= 0 {
-		errs = append(errs, fmt.Errorf("need write timeout (%v) and token review timeout (%v) > 0", c.WriteTimeout, c.ReviewTimeout))
+	if c.WriteTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("need write timeout (%v) > 0", c.WriteTimeout))
 	}
 	if c.LeaderConcurrency < 1 {
 		errs = append(errs, fmt.Errorf("need leader concurrency (%d) >= 1", c.LeaderConcurrency))
@@ -136,6 +137,6 @@ func (c Config) Validate() error {
 	if c.CA.TrustDomain != c.Model.TrustDomain {
 		errs = append(errs, fmt.Errorf("CA trust domain %q differs from the model's %q", c.CA.TrustDomain, c.Model.TrustDomain))
 	}
-	errs = append(errs, c.Model.Validate(), c.CA.Validate())
+	errs = append(errs, c.Model.Validate(), c.CA.Validate(), c.Authn.Validate())
 	return errors.Join(errs...)
 }

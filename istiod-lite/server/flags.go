@@ -24,7 +24,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) (finish func()) {
 	fs.IntVar(&c.LeaderConcurrency, "leader-concurrency", c.LeaderConcurrency, "namespaces whose root ConfigMap the leader writes at once")
 	float32Var(fs, &c.ReviewQPS, "review-qps", "TokenReviews per second")
 	fs.IntVar(&c.ReviewBurst, "review-burst", c.ReviewBurst, "TokenReview burst")
-	fs.DurationVar(&c.ReviewTimeout, "review-timeout", c.ReviewTimeout, "timeout of each TokenReview")
+	fs.DurationVar(&c.Authn.Timeout, "review-timeout", c.Authn.Timeout, "timeout of each TokenReview")
+	fs.DurationVar(&c.Authn.FailureTTL, "review-failure-ttl", c.Authn.FailureTTL, "how long a rejected token is remembered")
+	fs.Float64Var(&c.Authn.PeerReviewRate, "peer-review-rate", c.Authn.PeerReviewRate, "TokenReviews per second one peer address may cause (tokens not cached)")
+	fs.IntVar(&c.Authn.PeerReviewBurst, "peer-review-burst", c.Authn.PeerReviewBurst, "TokenReviews one peer address may cause at once")
+	fs.Float64Var(&c.CA.IssueRate, "cert-issue-rate", c.CA.IssueRate, "certificates per second issued to one caller")
+	fs.IntVar(&c.CA.IssueBurst, "cert-issue-burst", c.CA.IssueBurst, "certificates issued to one caller at once")
 	fs.StringVar(&c.Namespace, "namespace", c.Namespace, "namespace istiod-lite runs in (env POD_NAMESPACE)")
 	fs.StringVar(&c.PodName, "pod-name", os.Getenv("POD_NAME"), "this replica's pod name, for leader election (env POD_NAME)")
 	fs.StringVar(&c.ServiceName, "service", c.ServiceName, "istiod-lite's Service name")
@@ -38,7 +43,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) (finish func()) {
 	fs.DurationVar(&c.CA.DefaultTTL, "cert-ttl", c.CA.DefaultTTL, "default workload certificate lifetime")
 	fs.DurationVar(&c.CA.MaxTTL, "max-cert-ttl", c.CA.MaxTTL, "longest workload certificate lifetime")
 	fs.StringVar(&ztunnelSAs, "ztunnel-service-accounts", strings.Join(c.CA.ZtunnelServiceAccounts, ","), "comma-separated <ns>/<sa> of ztunnels")
-	fs.StringVar(&audiences, "token-audiences", strings.Join(c.TokenAudiences, ","), "comma-separated audiences proxies' tokens must carry")
+	fs.StringVar(&audiences, "token-audiences", strings.Join(c.Authn.Audiences, ","), "comma-separated audiences proxies' tokens must carry (empty: the API server's)")
 	fs.DurationVar(&c.DebounceQuiet, "debounce-quiet", c.DebounceQuiet, "push once changes were quiet this long")
 	fs.DurationVar(&c.DebounceMax, "debounce-max", c.DebounceMax, "push at the latest this long after a change")
 	fs.StringVar(&c.WaypointImage, "waypoint-image", c.WaypointImage, "image of waypoint Deployments")
@@ -46,7 +51,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) (finish func()) {
 	return func() {
 		c.CA.TrustDomain = c.Model.TrustDomain
 		c.CA.ZtunnelServiceAccounts = splitList(ztunnelSAs)
-		c.TokenAudiences = splitList(audiences)
+		c.Authn.Audiences = splitList(audiences)
 	}
 }
 

@@ -2,35 +2,25 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"sync"
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	istiofake "istio.io/client-go/pkg/clientset/versioned/fake"
-	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	kubefake "k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/rest"
-	k8stesting "k8s.io/client-go/testing"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gwfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
 
 	"github.com/ambient-mesh/ambient/internal/testutil"
-	"github.com/ambient-mesh/ambient/istiod-lite/ca"
-	"github.com/ambient-mesh/ambient/istiod-lite/xds"
 )
 
 // slowAPI is an API server that never answers: every request hangs until its client gives up.
@@ -143,95 +133,4 @@ func TestLeaderWorkOffPushPath(t *testing.T) {
 	if maxInFlight > cfg.LeaderConcurrency {
 		t.Errorf("%d leader writes in flight at once, want at most %d", maxInFlight, cfg.LeaderConcurrency)
 	}
-}
-
-// testConfig is the default configuration on ephemeral local ports, with short debounces.
-func testConfig(t *testing.T) Config {
-	t.Helper()
-	cfg := Default()
-	cfg.GRPCAddr, cfg.AdminAddr, cfg.MetricsAddr, cfg.ReadyAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	cfg.PodName = "istiod-lite-0"
-	cfg.DebounceQuiet, cfg.DebounceMax = 10*time.Millisecond, 100*time.Millisecond
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	return cfg
-}
-
-// reviewTokens answers TokenReviews: each token in nodes is the ztunnel service account on that
-// node; any other token is rejected.
-func reviewTokens(nodes map[string]string) k8stesting.ReactionFunc {
-	return func(a k8stesting.Action) (bool, runtime.Object, error) {
-		tr := a.(k8stesting.CreateAction).GetObject().(*authnv1.TokenReview).DeepCopy()
-		if node, ok := nodes[tr.Spec.Token]; ok {
-			tr.Status = authnv1.TokenReviewStatus{Authenticated: true, User: authnv1.UserInfo{
-				Username: "system:serviceaccount:istio-system:ztunnel",
-				Extra:    map[string]authnv1.ExtraValue{"authentication.kubernetes.io/node-name": {node}},
-			}}
-		} else {
-			tr.Status = authnv1.TokenReviewStatus{Error: "invalid bearer token"}
-		}
-		return true, tr, nil
-	}
-}
-
-// startRun runs istiod-lite until the test ends and returns its addresses once it is ready.
-func startRun(t *testing.T, cfg Config, cl clients) Addrs {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	addrs := make(chan Addrs, 1)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, slog.New(slog.DiscardHandler), cfg, cl, func(a Addrs) { addrs <- a }) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	})
-	var a Addrs
-	select {
-	case a = <-addrs:
-	case err := <-done:
-		t.Fatalf("run: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("not started")
-	}
-	testutil.Eventually(t, 10*time.Second, "the readiness endpoint to say ok", func() bool { return httpGet(t, "http://"+a.Ready+"/") == "ok\n" })
-	return a
-}
-
-// dialGRPC connects to istiod-lite over TLS, trusting the roots of its CA Secret (read through
-// kube), authenticated with token.
-func dialGRPC(t *testing.T, a Addrs, kube *kubefake.Clientset, token string, opts ...grpc.DialOption) *grpc.ClientConn {
-	t.Helper()
-	pool := x509.NewCertPool()
-	for _, name := range []string{ca.UserCASecret, ca.SelfSignedSecret} {
-		if s, err := kube.CoreV1().Secrets("istio-system").Get(context.Background(), name, metav1.GetOptions{}); err == nil {
-			pool.AppendCertsFromPEM(s.Data[ca.KeyCACert])
-			pool.AppendCertsFromPEM(s.Data[ca.KeyRootCert])
-		}
-	}
-	cc, err := grpc.NewClient(a.GRPC, append([]grpc.DialOption{
-		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "istiod-lite.istio-system.svc"})),
-		grpc.WithPerRPCCredentials(bearer(token))}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cc.Close() })
-	return cc
-}
-
-// dialXDS opens a ztunnel's wildcard workload stream.
-func dialXDS(t *testing.T, a Addrs, kube *kubefake.Clientset, token string) discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(dialGRPC(t, a, kube, token)).DeltaAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := st.Send(&discoveryv3.DeltaDiscoveryRequest{Node: &corev3.Node{Id: "ztunnel-" + token}, TypeUrl: xds.TypeWorkload}); err != nil {
-		t.Fatal(err)
-	}
-	return st
 }

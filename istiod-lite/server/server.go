@@ -51,7 +51,7 @@ func Run(ctx context.Context, log *slog.Logger, cfg Config) error {
 type clients struct {
 	watch  controller.Clients   // informers' lists and watches, and the CA Secret
 	write  writeClients         // the leader's writes, every call bounded by Config.WriteTimeout
-	review kubernetes.Interface // TokenReview, every call bounded by Config.ReviewTimeout
+	review kubernetes.Interface // TokenReview, every call bounded by Config.Authn.Timeout
 	lease  kubernetes.Interface // leader election
 }
 
@@ -82,7 +82,7 @@ func newClients(base *rest.Config, cfg Config) (clients, error) {
 	if c.write, err = newWriteClients(with(cfg.WriteQPS, cfg.WriteBurst, cfg.WriteTimeout)); err != nil {
 		return c, err
 	}
-	if c.review, err = kubernetes.NewForConfig(with(cfg.ReviewQPS, cfg.ReviewBurst, cfg.ReviewTimeout)); err != nil {
+	if c.review, err = kubernetes.NewForConfig(with(cfg.ReviewQPS, cfg.ReviewBurst, cfg.Authn.Timeout)); err != nil {
 		return c, fmt.Errorf("token review client: %w", err)
 	}
 	// A renewal every 2 s at most, and its retries; the election bounds each by RenewDeadline.
@@ -123,11 +123,13 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, cl clients, started 
 	if err != nil {
 		return fmt.Errorf("certificate authority: %w", err)
 	}
-	auth := authn.NewTokenReviewer(cl.review, cfg.TokenAudiences)
+	// Roots of a replaced CA are served as long as a certificate it issued may live.
+	keeper := ca.NewKeeper(log, authority, cfg.CA.MaxTTL, nil)
+	auth := authn.NewTokenReviewer(cl.review, cfg.Authn)
 	xdsSrv := xds.New(log, xds.Config{ZtunnelServiceAccounts: cfg.CA.ZtunnelServiceAccounts}, auth, xds.NewMetrics(reg))
-	caSrv := ca.NewService(log, cfg.CA, authority, auth, ctl.PodsOnNode, reg)
+	caSrv := ca.NewService(log, cfg.CA, keeper, auth, ctl.PodsOnNode, reg)
 
-	serving := &servingCert{ca: authority, dnsNames: dnsNames(cfg)}
+	serving := &servingCert{keeper: keeper, dnsNames: dnsNames(cfg)}
 	if _, err := serving.get(nil); err != nil {
 		return err
 	}
@@ -142,7 +144,7 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, cl clients, started 
 	cav1.RegisterCertificateServiceServer(grpcSrv, caSrv)
 
 	lw := newLeaderWork(log, cfg, cl.write, ctl)
-	p := newPusher(log, cfg, ctl, xdsSrv, lw, authority.Roots, reg)
+	p := newPusher(log, cfg, ctl, xdsSrv, lw, keeper.Roots, reg)
 
 	// The first snapshot comes only once every cache has synced (Debounce).
 	ready := xdsSrv.Ready
@@ -193,6 +195,18 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, cl clients, started 
 		})
 	}
 	g.goRun("controller", func() error { return ctl.Run(ctx) })
+	g.goRun("ca", func() error { return keeper.Run(ctx, cl.watch.Kube, cfg.Namespace) })
+	g.goRun("ca changes", func() error {
+		// A rotation, or old roots retired: push the trust bundle and republish the roots.
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-keeper.Changed():
+				ctl.Poke()
+			}
+		}
+	})
 	g.goRun("debounce", func() error {
 		ctl.Debounce(ctx, cfg.DebounceQuiet, cfg.DebounceMax, p.push)
 		return nil
