@@ -43,10 +43,16 @@ type Config struct {
 	// PodName identifies this replica in leader election.
 	PodName string
 
-	GRPCAddr    string // xDS and CA, TLS
-	AdminAddr   string // config dump, connected proxies; keep on localhost
-	MetricsAddr string
-	ReadyAddr   string
+	GRPCAddr string // xDS and CA, TLS
+	// MaxConnsPerPeer bounds the gRPC connections one peer address may hold, MaxStreamsPerConn
+	// the streams (xDS streams and certificate requests) of one connection, so a peer holds at
+	// most their product; MaxRequestBytes bounds one request message.
+	MaxConnsPerPeer   int
+	MaxStreamsPerConn int
+	MaxRequestBytes   int
+	AdminAddr         string // config dump, connected proxies; keep on localhost
+	MetricsAddr       string
+	ReadyAddr         string
 
 	Model model.Config
 	CA    ca.Config
@@ -69,11 +75,20 @@ func Default() Config {
 		Namespace:   "istio-system",
 		ServiceName: "istiod-lite",
 		GRPCAddr:    ":" + strconv.Itoa(mesh.PortXDSTLS),
-		AdminAddr:   "127.0.0.1:" + strconv.Itoa(mesh.PortAdmin),
-		MetricsAddr: ":" + strconv.Itoa(mesh.PortMetrics),
-		ReadyAddr:   ":" + strconv.Itoa(mesh.PortReadiness),
-		KubeQPS:     100,
-		KubeBurst:   200,
+		// A ztunnel or waypoint replica holds one or two connections. 128 leaves room for
+		// proxies behind one address (the lab's 100 simulated ztunnels share one).
+		MaxConnsPerPeer: 128,
+		// One xDS stream and the certificate requests of a starting ztunnel (one per service
+		// account on its node; more queue on the client).
+		MaxStreamsPerConn: 100,
+		// The largest request is a reconnecting ztunnel's initial_resource_versions: ~60
+		// bytes per workload, 3 MB at 50,000 pods.
+		MaxRequestBytes: 8 << 20,
+		AdminAddr:       "127.0.0.1:" + strconv.Itoa(mesh.PortAdmin),
+		MetricsAddr:     ":" + strconv.Itoa(mesh.PortMetrics),
+		ReadyAddr:       ":" + strconv.Itoa(mesh.PortReadiness),
+		KubeQPS:         100,
+		KubeBurst:       200,
 		// A first leadership over 1,000 namespaces writes 1,000 ConfigMaps (a read and a
 		// create each): about 40 s at 50/s, while pushes and reviews go on untouched.
 		WriteQPS:          50,
@@ -127,6 +142,10 @@ func (c Config) Validate() error {
 	}
 	if c.WriteTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("need write timeout (%v) > 0", c.WriteTimeout))
+	}
+	if c.MaxConnsPerPeer < 1 || c.MaxStreamsPerConn < 1 || c.MaxRequestBytes < 64<<10 {
+		errs = append(errs, fmt.Errorf("need connections per peer (%d) and streams per connection (%d) >= 1, request size (%d) >= 64 KiB",
+			c.MaxConnsPerPeer, c.MaxStreamsPerConn, c.MaxRequestBytes))
 	}
 	if c.LeaderConcurrency < 1 {
 		errs = append(errs, fmt.Errorf("need leader concurrency (%d) >= 1", c.LeaderConcurrency))

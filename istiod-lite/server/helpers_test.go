@@ -82,18 +82,31 @@ func startRun(t *testing.T, cfg Config, cl clients) Addrs {
 // kube), authenticated with token.
 func dialGRPC(t *testing.T, a Addrs, kube *kubefake.Clientset, token string, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
+	cc := dialGRPCNoCleanup(t, a, kube, token, opts...)
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// dialWithRoots connects to istiod-lite over TLS, trusting roots (PEM), authenticated with token.
+func dialWithRoots(t *testing.T, a Addrs, roots, token string, opts ...grpc.DialOption) *grpc.ClientConn {
+	t.Helper()
+	cc := dialWithRootsNoCleanup(t, a, roots, token, opts...)
+	t.Cleanup(func() { cc.Close() })
+	return cc
+}
+
+// dialGRPCNoCleanup is dialGRPC for callers that close the connection themselves.
+func dialGRPCNoCleanup(t *testing.T, a Addrs, kube *kubefake.Clientset, token string, opts ...grpc.DialOption) *grpc.ClientConn {
 	var roots []byte
 	for _, name := range []string{ca.UserCASecret, ca.SelfSignedSecret} {
 		if s, err := kube.CoreV1().Secrets("istio-system").Get(context.Background(), name, metav1.GetOptions{}); err == nil {
 			roots = append(append(roots, s.Data[ca.KeyCACert]...), s.Data[ca.KeyRootCert]...)
 		}
 	}
-	return dialWithRoots(t, a, string(roots), token, opts...)
+	return dialWithRootsNoCleanup(t, a, string(roots), token, opts...)
 }
 
-// dialWithRoots connects to istiod-lite over TLS, trusting roots (PEM), authenticated with token.
-func dialWithRoots(t *testing.T, a Addrs, roots, token string, opts ...grpc.DialOption) *grpc.ClientConn {
-	t.Helper()
+func dialWithRootsNoCleanup(t *testing.T, a Addrs, roots, token string, opts ...grpc.DialOption) *grpc.ClientConn {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM([]byte(roots)) {
 		t.Fatal("no roots to trust")
@@ -102,18 +115,17 @@ func dialWithRoots(t *testing.T, a Addrs, roots, token string, opts ...grpc.Dial
 		grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool, ServerName: "istiod-lite.istio-system.svc"})),
 		grpc.WithPerRPCCredentials(bearer(token))}, opts...)...)
 	if err != nil {
-		t.Fatal(err)
+		panic(err) // only for bad options
 	}
-	t.Cleanup(func() { cc.Close() })
 	return cc
 }
 
 // dialXDS opens a ztunnel's wildcard workload stream.
-func dialXDS(t *testing.T, a Addrs, kube *kubefake.Clientset, token string) discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient {
+func dialXDS(t *testing.T, a Addrs, kube *kubefake.Clientset, token string, opts ...grpc.DialOption) discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(dialGRPC(t, a, kube, token)).DeltaAggregatedResources(ctx)
+	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(dialGRPC(t, a, kube, token, opts...)).DeltaAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -107,6 +107,11 @@ func newWriteClients(r *rest.Config) (writeClients, error) {
 	return w, nil
 }
 
+const (
+	maxHeaderBytes   = 16 << 10
+	handshakeTimeout = 10 * time.Second
+)
+
 // Addrs are the addresses the servers listen on.
 type Addrs struct{ GRPC, Admin, Metrics, Ready string }
 
@@ -139,6 +144,13 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, cl clients, started 
 		// ping an idle stream but not flood.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		// What one caller can hold: connections per address (peerListener), streams per
+		// connection, the size of a message and of its headers (a token is ~1 KiB), and the
+		// time a connection may take to complete its TLS handshake.
+		grpc.MaxConcurrentStreams(uint32(cfg.MaxStreamsPerConn)),
+		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
+		grpc.MaxHeaderListSize(maxHeaderBytes),
+		grpc.ConnectionTimeout(handshakeTimeout),
 	)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(grpcSrv, xdsSrv)
 	cav1.RegisterCertificateServiceServer(grpcSrv, caSrv)
@@ -163,7 +175,7 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, cl clients, started 
 		return fmt.Errorf("listen %s: %w", cfg.GRPCAddr, err)
 	}
 	addrs.GRPC = lis.Addr().String()
-	g.goRun("grpc", func() error { return grpcSrv.Serve(lis) })
+	g.goRun("grpc", func() error { return grpcSrv.Serve(newPeerListener(lis, cfg.MaxConnsPerPeer, reg)) })
 	for _, h := range []struct {
 		addr    string
 		handler http.Handler
