@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
+	"os"
 	"testing"
 	"time"
 
@@ -59,7 +60,7 @@ func startRun(t *testing.T, cfg Config, cl clients) Addrs {
 	ctx, cancel := context.WithCancel(context.Background())
 	addrs := make(chan Addrs, 1)
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, slog.New(slog.DiscardHandler), cfg, cl, func(a Addrs) { addrs <- a }) }()
+	go func() { done <- run(ctx, testLogger(), cfg, cl, func(a Addrs) { addrs <- a }) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -133,4 +134,12 @@ func dialXDS(t *testing.T, a Addrs, kube *kubefake.Clientset, token string, opts
 		t.Fatal(err)
 	}
 	return st
+}
+
+// testLogger discards logs, unless ISTIOD_TEST_LOG is set.
+func testLogger() *slog.Logger {
+	if os.Getenv("ISTIOD_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.DiscardHandler)
 }

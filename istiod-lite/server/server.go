@@ -131,7 +131,8 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, cl clients, started 
 	// Roots of a replaced CA are served as long as a certificate it issued may live.
 	keeper := ca.NewKeeper(log, authority, cfg.CA.MaxTTL, nil)
 	auth := authn.NewTokenReviewer(cl.review, cfg.Authn)
-	xdsSrv := xds.New(log, xds.Config{ZtunnelServiceAccounts: cfg.CA.ZtunnelServiceAccounts}, auth, xds.NewMetrics(reg))
+	waypoints := &waypointIndex{clusterDomain: cfg.Model.ClusterDomain}
+	xdsSrv := xds.New(log, xds.Config{ZtunnelServiceAccounts: cfg.CA.ZtunnelServiceAccounts, Waypoint: waypoints.lookup}, auth, xds.NewMetrics(reg))
 	caSrv := ca.NewService(log, cfg.CA, keeper, auth, ctl.PodsOnNode, reg)
 
 	serving := &servingCert{keeper: keeper, dnsNames: dnsNames(cfg)}
@@ -156,7 +157,7 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, cl clients, started 
 	cav1.RegisterCertificateServiceServer(grpcSrv, caSrv)
 
 	lw := newLeaderWork(log, cfg, cl.write, ctl)
-	p := newPusher(log, cfg, ctl, xdsSrv, lw, keeper.Roots, reg)
+	p := newPusher(log, cfg, ctl, xdsSrv, lw, keeper.Roots, waypoints, reg)
 
 	// The first snapshot comes only once every cache has synced (Debounce).
 	ready := xdsSrv.Ready

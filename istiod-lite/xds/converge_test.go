@@ -30,7 +30,13 @@ func TestStreamConverges(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st := newStream(&Proxy{ID: "z", Role: RoleZtunnel, Node: "node-a"})
+		// Half the runs as a waypoint, whose view depends on bindings, not only on the
+		// resources it receives.
+		proxy := &Proxy{ID: "z", Role: RoleZtunnel, Node: "node-a"}
+		if run%2 == 1 {
+			proxy = &Proxy{ID: "w", Role: RoleWaypoint, Namespace: "shop", Waypoint: testWaypoint}
+		}
+		st := newStream(proxy)
 		held := map[string]map[string]string{}
 		apply := func(r *discoveryv3.DeltaDiscoveryResponse) {
 			if r == nil {
@@ -89,11 +95,20 @@ func TestStreamConverges(t *testing.T) {
 					node := []string{"node-a", "node-b"}[rng.IntN(2)]
 					next.Workloads[n] = wl(n, []string{"shop", "other"}[rng.IntN(2)], node, "shop/web-allow")
 					next.Workloads[n].Name = fmt.Sprint(n, step)
+					if rng.IntN(2) == 0 {
+						backing(next.Workloads[n], pool[TypeService][rng.IntN(2)])
+					}
+					if rng.IntN(4) == 0 {
+						next.Workloads[n].Waypoint = waypointAddr(testWaypoint)
+					}
 				case 1:
 					delete(next.Workloads, pool[TypeWorkload][rng.IntN(5)])
 				case 2:
 					n := pool[TypeService][rng.IntN(2)]
 					next.Services[n] = &workloadv1.Service{Name: fmt.Sprint("s", step), Namespace: "shop", Hostname: n}
+					if rng.IntN(2) == 0 {
+						next.Services[n].Waypoint = waypointAddr(testWaypoint)
+					}
 				case 3:
 					n := pool[TypeAuthorization][rng.IntN(5)]
 					if _, ok := next.Authorizations[n]; ok {

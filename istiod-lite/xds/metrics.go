@@ -9,6 +9,8 @@ type Metrics struct {
 	resourcesSent *prometheus.CounterVec
 	pushLatency   prometheus.Histogram
 	nacks         *prometheus.CounterVec
+	bulkInUse     prometheus.Gauge
+	bulkWaiting   prometheus.Gauge
 }
 
 // NewMetrics creates the metrics and registers them with reg (nil: not registered).
@@ -31,9 +33,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "istiod_lite_xds_nacks_total", Help: "Responses rejected by clients, by resource type.",
 		}, []string{"type"}),
+		bulkInUse: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "istiod_lite_xds_bulk_slots_in_use", Help: "Bulk response slots held (large responses in flight, awaiting their answer).",
+		}),
+		bulkWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "istiod_lite_xds_bulk_waiting_streams", Help: "Streams waiting for a bulk response slot.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connected, m.pushes, m.resourcesSent, m.pushLatency, m.nacks)
+		reg.MustRegister(m.connected, m.pushes, m.resourcesSent, m.pushLatency, m.nacks, m.bulkInUse, m.bulkWaiting)
 	}
 	return m
 }

@@ -16,32 +16,45 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"k8s.io/utils/clock"
 
 	"github.com/ambient-mesh/ambient/istiod-lite/authn"
 )
 
-const (
-	// bulkResources makes a response "bulk": it waits for a slot among bulkInFlight.
-	bulkResources = 256
-	bulkInFlight  = 8
-	// bulkTimeout frees the slot of a bulk response its proxy does not answer.
-	bulkTimeout = 30 * time.Second
-)
+// bulkResources makes a response "bulk": it waits for a slot among Config.BulkInFlight.
+const bulkResources = 256
 
 // Config configures the server.
 type Config struct {
 	// ZtunnelServiceAccounts are "<namespace>/<name>" of the service accounts ztunnels run as.
 	ZtunnelServiceAccounts []string
+	// Waypoint reports whether a service account is a waypoint's (that of a Gateway of class
+	// istio-waypoint), and names the waypoint as workloads and services bound to it do:
+	// "<namespace>/<hostname>" of its Service. It is asked once the first snapshot is out. Nil:
+	// no waypoints.
+	Waypoint func(namespace, serviceAccount string) (waypoint string, ok bool)
+	// BulkInFlight bounds the bulk responses in flight at once (0: 8); BulkTimeout frees the
+	// slot of one its proxy does not answer (0: 30 s).
+	BulkInFlight int
+	BulkTimeout  time.Duration
+	// Clock times bulk responses (nil: the wall clock).
+	Clock clock.Clock
 }
 
 // Server is the delta xDS server.
 type Server struct {
 	discoveryv3.UnimplementedAggregatedDiscoveryServiceServer
 
-	log     *slog.Logger
-	auth    authn.Authenticator
-	metrics *Metrics
-	ztunnel map[string]bool
+	log         *slog.Logger
+	auth        authn.Authenticator
+	metrics     *Metrics
+	ztunnel     map[string]bool
+	waypoint    func(namespace, serviceAccount string) (string, bool)
+	bulkTimeout time.Duration
+	clock       clock.Clock
+	// published is closed by the first Update: a stream's role is decided only then, when the
+	// caches it is decided from are complete.
+	published chan struct{}
 
 	// bulk bounds the large responses (a proxy's first push: every workload of the cluster) that
 	// are in flight at once, from marshalling until the proxy answers them: after a restart every
@@ -61,13 +74,29 @@ func New(log *slog.Logger, cfg Config, auth authn.Authenticator, m *Metrics) *Se
 	for _, sa := range cfg.ZtunnelServiceAccounts {
 		z[sa] = true
 	}
+	if cfg.BulkInFlight <= 0 {
+		cfg.BulkInFlight = 8
+	}
+	if cfg.BulkTimeout <= 0 {
+		cfg.BulkTimeout = 30 * time.Second
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.RealClock{}
+	}
+	if cfg.Waypoint == nil {
+		cfg.Waypoint = func(string, string) (string, bool) { return "", false }
+	}
 	return &Server{
-		log:     log.With("component", "xds"),
-		auth:    auth,
-		metrics: m,
-		ztunnel: z,
-		conns:   map[*conn]struct{}{},
-		bulk:    make(chan struct{}, bulkInFlight),
+		log:         log.With("component", "xds"),
+		auth:        auth,
+		metrics:     m,
+		ztunnel:     z,
+		waypoint:    cfg.Waypoint,
+		bulkTimeout: cfg.BulkTimeout,
+		clock:       cfg.Clock,
+		published:   make(chan struct{}),
+		conns:       map[*conn]struct{}{},
+		bulk:        make(chan struct{}, cfg.BulkInFlight),
 	}
 }
 
@@ -87,6 +116,9 @@ type conn struct {
 func (s *Server) Update(snap *Snapshot) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.snap == nil {
+		close(s.published)
+	}
 	s.generation++
 	snap.version = strconv.FormatUint(s.generation, 10)
 	var d map[string]map[string]struct{}
@@ -162,24 +194,28 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 	ctx := gs.Context()
 	caller, err := s.auth.Authenticate(ctx)
 	if err != nil {
-		if errors.Is(err, authn.ErrUnauthenticated) {
+		switch {
+		case errors.Is(err, authn.ErrUnauthenticated):
 			return status.Error(codes.Unauthenticated, err.Error())
+		case errors.Is(err, authn.ErrTooManyReviews):
+			return status.Error(codes.ResourceExhausted, err.Error())
 		}
 		return status.Error(codes.Unavailable, err.Error())
+	}
+	select {
+	case <-s.published:
+	case <-ctx.Done():
+		return nil
+	}
+	proxy, err := s.role(caller)
+	if err != nil {
+		return err
 	}
 	first, err := gs.Recv()
 	if err != nil {
 		return nil
 	}
-	proxy := &Proxy{ID: first.GetNode().GetId(), Role: RoleProxy, Node: caller.NodeName, Namespace: caller.Namespace}
-	if s.ztunnel[caller.Namespace+"/"+caller.ServiceAccount] {
-		proxy.Role = RoleZtunnel
-		if proxy.Node == "" {
-			// Without a bound token the node is unknown and policy cannot be scoped: refuse
-			// rather than send another node's policy or none.
-			return status.Error(codes.PermissionDenied, "ztunnel token is not bound to a pod on a node")
-		}
-	}
+	proxy.ID = first.GetNode().GetId()
 	if proxy.ID == "" {
 		proxy.ID = caller.Namespace + "/" + caller.PodName
 	}
@@ -220,51 +256,65 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 	var snap *Snapshot // what this stream last worked against
 	// The bulk slot this stream holds: taken (reserve) before a response that will likely be large
 	// is even built, so that proxies waiting for one do not hold their built responses in memory
-	// meanwhile; bound to the nonce of the first bulk response sent; freed when that response is
-	// answered (or after bulkTimeout), when no bulk response used it, or on exit. A stream holds
-	// at most one, and its later bulk responses ride on it: a stream waiting for a slot never
-	// holds one, so waiting cannot deadlock.
+	// meanwhile; bound to the nonce of the latest bulk response sent; freed with that nonce: when
+	// the response is answered, when the stream forgets the nonce (superseded past maxPending),
+	// or when bulkTimeout passes without an answer (the nonce is then forgotten, so a late answer
+	// is stale) — and freed when no bulk response used it, and on exit. A stream holds at most
+	// one, and its later bulk responses ride on it only while it is held: once freed, the next
+	// takes a slot again, so the bound holds for clients that never answer. A stream waiting for
+	// a slot never holds one, so waiting cannot deadlock.
 	var slot struct {
-		free  func() // nil: none held
+		held  bool
 		nonce string // "": not yet bound to a response
-		timer *time.Timer
+		timer clock.Timer
 	}
+	var slotExpired <-chan time.Time // the timer's channel while one runs
 	release := func() {
 		if slot.timer != nil {
 			slot.timer.Stop()
 		}
-		if slot.free != nil {
-			slot.free()
+		if slot.held {
+			<-s.bulk
+			s.metrics.bulkInUse.Dec()
 		}
-		slot.free, slot.nonce, slot.timer = nil, "", nil
+		slot.held, slot.nonce, slot.timer, slotExpired = false, "", nil, nil
 	}
 	defer release()
 	reserve := func() error {
-		if slot.free != nil {
+		if slot.held {
 			return nil
 		}
+		s.metrics.bulkWaiting.Inc()
+		defer s.metrics.bulkWaiting.Dec()
 		select {
 		case s.bulk <- struct{}{}:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		var once sync.Once
-		slot.free = func() { once.Do(func() { <-s.bulk }) }
+		s.metrics.bulkInUse.Inc()
+		slot.held = true
 		return nil
 	}
-	// unreserve frees a slot taken for a response that turned out small (or none).
+	// unreserve frees a slot taken for a response that turned out small (or none), and one
+	// whose nonce the stream no longer waits for.
 	unreserve := func() {
-		if slot.nonce == "" {
+		if slot.nonce == "" || !st.isPending(slot.nonce) {
 			release()
 		}
 	}
 	send := func(r *discoveryv3.DeltaDiscoveryResponse, since time.Time) error {
-		if len(r.Resources) >= bulkResources && slot.nonce == "" {
+		if len(r.Resources) >= bulkResources {
+			// The slot is bound to the latest bulk response: the client holds it until it
+			// answers that one (answers come in order).
 			if err := reserve(); err != nil {
 				return err
 			}
+			if slot.timer != nil {
+				slot.timer.Stop()
+			}
 			slot.nonce = r.Nonce
-			slot.timer = time.AfterFunc(bulkTimeout, slot.free)
+			slot.timer = s.clock.NewTimer(s.bulkTimeout)
+			slotExpired = slot.timer.C()
 		}
 		if err := gs.Send(r); err != nil {
 			return err
@@ -281,9 +331,6 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 		// Requests wait until there is a snapshot to answer them with.
 		if snap != nil {
 			for _, req := range queued {
-				if slot.nonce != "" && req.GetResponseNonce() == slot.nonce {
-					release()
-				}
 				if st.mayBeBulk(req, snap) {
 					if err := reserve(); err != nil {
 						return nil
@@ -310,6 +357,10 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-slotExpired:
+			log.Warn("bulk response not answered in time; its slot is freed and its nonce forgotten", "nonce", slot.nonce, "after", s.bulkTimeout)
+			st.forget(slot.nonce)
+			release()
 		case err := <-recvErr:
 			if err == io.EOF {
 				log.Info("client disconnected")
@@ -361,6 +412,30 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 			unreserve()
 		}
 	}
+}
+
+// role decides what an authenticated caller is: a ztunnel (its service account is a ztunnel's,
+// and its token is bound to a pod on a node, which scopes its policy), or a waypoint (its
+// service account is a waypoint Gateway's). Any other caller is refused: the configuration lists
+// every workload of the mesh, its addresses and identities, which is no business of an
+// application pod.
+func (s *Server) role(caller *authn.Caller) (*Proxy, error) {
+	sa := caller.Namespace + "/" + caller.ServiceAccount
+	proxy := &Proxy{Node: caller.NodeName, Namespace: caller.Namespace}
+	if s.ztunnel[sa] {
+		if proxy.Node == "" {
+			// Without a bound token the node is unknown and policy cannot be scoped: refuse
+			// rather than send another node's policy or none.
+			return nil, status.Error(codes.PermissionDenied, "ztunnel token is not bound to a pod on a node")
+		}
+		proxy.Role = RoleZtunnel
+		return proxy, nil
+	}
+	if wp, ok := s.waypoint(caller.Namespace, caller.ServiceAccount); ok {
+		proxy.Role, proxy.Waypoint = RoleWaypoint, wp
+		return proxy, nil
+	}
+	return nil, status.Errorf(codes.PermissionDenied, "service account %s is neither a ztunnel's nor a waypoint's", sa)
 }
 
 // mayBeBulk reports whether a push of the changes dirty (nil: everything) will likely carry

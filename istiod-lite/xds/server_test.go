@@ -68,14 +68,29 @@ func (s *syncBuffer) String() string {
 
 func newEnv(t *testing.T) *env { return newEnvB(t) }
 
-func newEnvB(t testing.TB) *env {
+// testWaypoints are the waypoints of the tests: service account -> the waypoint's Service.
+var testWaypoints = map[string]string{"shop/waypoint": "shop/waypoint.shop.svc.cluster.local"}
+
+func testServerConfig() Config {
+	return Config{
+		ZtunnelServiceAccounts: []string{"istio-system/ztunnel"},
+		Waypoint: func(ns, sa string) (string, bool) {
+			wp, ok := testWaypoints[ns+"/"+sa]
+			return wp, ok
+		},
+	}
+}
+
+func newEnvB(t testing.TB) *env { return newEnvWith(t, testServerConfig()) }
+
+func newEnvWith(t testing.TB, cfg Config) *env {
 	t.Helper()
 	e := &env{reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
 	log := slog.New(slog.NewTextHandler(e.logs, nil))
 	if _, bench := t.(*testing.B); bench {
 		log = slog.New(slog.DiscardHandler)
 	}
-	e.srv = New(log, Config{ZtunnelServiceAccounts: []string{"istio-system/ztunnel"}}, byCaller{}, NewMetrics(e.reg))
+	e.srv = New(log, cfg, byCaller{}, NewMetrics(e.reg))
 	lis := bufconn.Listen(1 << 20)
 	gs := grpc.NewServer()
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, e.srv)
@@ -322,6 +337,8 @@ func TestAuthentication(t *testing.T) {
 	}{
 		{"garbage", codes.Unauthenticated},
 		{"istio-system/ztunnel/", codes.PermissionDenied}, // ztunnel without a node
+		{"shop/web/node-a", codes.PermissionDenied},       // an application's service account
+		{"other/waypoint/node-a", codes.PermissionDenied}, // a waypoint's name, not a waypoint's account
 	} {
 		cc, err := e.dial(t, tc.caller)
 		if err != nil {
@@ -336,7 +353,7 @@ func TestAuthentication(t *testing.T) {
 			t.Errorf("caller %q: got %v, want %v", tc.caller, err, tc.code)
 		}
 	}
-	// A non-ztunnel proxy sees workloads but no authorizations.
+	// A waypoint sees no authorizations.
 	c := e.connect(t, "shop/waypoint/node-b", "waypoint", nil)
 	c.recv()
 	c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeAuthorization})
@@ -422,6 +439,7 @@ func TestBulkResponsesBounded(t *testing.T) {
 	e := newEnv(t)
 	e.update(t, scaleModel(bulkResources))
 	var clients []*client
+	bulkInFlight := cap(e.srv.bulk)
 	for i := range bulkInFlight + 1 {
 		clients = append(clients, e.connect(t, fmt.Sprintf("istio-system/ztunnel/node-%d", i), fmt.Sprintf("z%d", i), nil))
 	}

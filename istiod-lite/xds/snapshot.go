@@ -56,8 +56,13 @@ type Snapshot struct {
 	authzNamespace map[string]string
 	nodeNamespaces map[string]map[string]bool // node -> namespaces with a workload there
 	nodeBoundAuthz map[string]map[string]bool // node -> selector-bound authorizations of its workloads
-	model          *model.Snapshot
-	bundle         *cav1.TrustBundle
+	// Waypoint scoping (see visible), by waypoint ("<namespace>/<hostname>" of its Service):
+	// the services bound to it, and the workloads it forwards to (those backing a bound
+	// service, and those bound to it themselves).
+	waypointServices  map[string]map[string]bool
+	waypointWorkloads map[string]map[string]bool
+	model             *model.Snapshot
+	bundle            *cav1.TrustBundle
 
 	sortedMu sync.Mutex
 	sorted   map[string][]string // type URL -> names, sorted (see sortedNames)
@@ -87,6 +92,9 @@ func (prev *Snapshot) Next(m *model.Snapshot, bundle *cav1.TrustBundle) (*Snapsh
 		nodeNamespaces: map[string]map[string]bool{},
 		nodeBoundAuthz: map[string]map[string]bool{},
 		model:          m,
+
+		waypointServices:  map[string]map[string]bool{},
+		waypointWorkloads: map[string]map[string]bool{},
 	}
 	add := func(typ, name string, msg, was proto.Message) error {
 		if was == msg && prev != nil {
@@ -102,9 +110,29 @@ func (prev *Snapshot) Next(m *model.Snapshot, bundle *cav1.TrustBundle) (*Snapsh
 		s.resources[typ][name] = r
 		return nil
 	}
+	svcWaypoint := map[string]string{} // service -> its waypoint
+	for name, svc := range m.Services {
+		if err := add(TypeService, name, svc, old.GetService(name)); err != nil {
+			return nil, err
+		}
+		if wp := waypointKey(svc.GetWaypoint()); wp != "" {
+			svcWaypoint[name] = wp
+			addTo(s.waypointServices, wp, name)
+		}
+	}
 	for name, w := range m.Workloads {
 		if err := add(TypeWorkload, name, w, old.GetWorkload(name)); err != nil {
 			return nil, err
+		}
+		if wp := waypointKey(w.GetWaypoint()); wp != "" {
+			addTo(s.waypointWorkloads, wp, name)
+		}
+		if len(svcWaypoint) > 0 {
+			for svc := range w.GetServices() {
+				if wp := svcWaypoint[svc]; wp != "" {
+					addTo(s.waypointWorkloads, wp, name)
+				}
+			}
 		}
 		node := w.GetNode()
 		if s.nodeNamespaces[node] == nil {
@@ -114,11 +142,6 @@ func (prev *Snapshot) Next(m *model.Snapshot, bundle *cav1.TrustBundle) (*Snapsh
 		s.nodeNamespaces[node][w.GetNamespace()] = true
 		for _, a := range w.GetAuthorizationPolicies() {
 			s.nodeBoundAuthz[node][a] = true
-		}
-	}
-	for name, svc := range m.Services {
-		if err := add(TypeService, name, svc, old.GetService(name)); err != nil {
-			return nil, err
 		}
 	}
 	for name, a := range m.Authorizations {
@@ -139,6 +162,22 @@ func (prev *Snapshot) Next(m *model.Snapshot, bundle *cav1.TrustBundle) (*Snapsh
 		}
 	}
 	return s, nil
+}
+
+// waypointKey names a waypoint by its Service, "<namespace>/<hostname>" (the Service's resource
+// name); "" for none or a waypoint given by address only.
+func waypointKey(g *workloadv1.GatewayAddress) string {
+	if h := g.GetHostname(); h != nil {
+		return h.GetNamespace() + "/" + h.GetHostname()
+	}
+	return ""
+}
+
+func addTo(m map[string]map[string]bool, k, v string) {
+	if m[k] == nil {
+		m[k] = map[string]bool{}
+	}
+	m[k][v] = true
 }
 
 func newResource(name string, m proto.Message) (*resource, error) {
@@ -176,17 +215,30 @@ func (s *Snapshot) Model() *model.Snapshot { return s.model }
 
 // visible reports whether p may receive resource name of type typ.
 //
-// Scoping choices: every proxy receives all workloads and services, because a ztunnel routes any
-// pod on its node to any destination in the cluster and a waypoint forwards to any backend; what is
-// node-specific is policy. A ztunnel receives the authorizations that can apply to a workload on its
-// node: mesh-wide ones, namespace-wide ones of namespaces with a workload on the node, and
-// selector-bound ones that a workload on the node lists. Other proxies receive no authorizations
-// (waypoint L7 policy is a separate resource, not yet served).
+// Scoping choices: a ztunnel receives all workloads and services, because it routes any pod on
+// its node to any destination in the cluster; what is node-specific is policy. It receives the
+// authorizations that can apply to a workload on its node: mesh-wide ones, namespace-wide ones of
+// namespaces with a workload on the node, and selector-bound ones that a workload on the node
+// lists. A waypoint receives what its bound services need: those services, the workloads behind
+// them and the workloads bound to it, and no authorizations (its L7 policy is a separate
+// resource, not yet served). Every proxy receives the trust bundle. Any other role sees nothing.
 func (s *Snapshot) visible(p *Proxy, typ, name string) bool {
-	if typ != TypeAuthorization {
-		return true
-	}
-	if p.Role != RoleZtunnel {
+	switch p.Role {
+	case RoleZtunnel:
+		if typ != TypeAuthorization {
+			return true
+		}
+	case RoleWaypoint:
+		switch typ {
+		case TypeTrustBundle:
+			return true
+		case TypeService:
+			return s.waypointServices[p.Waypoint][name]
+		case TypeWorkload:
+			return s.waypointWorkloads[p.Waypoint][name]
+		}
+		return false
+	default:
 		return false
 	}
 	switch s.authzScope[name] {
@@ -197,6 +249,23 @@ func (s *Snapshot) visible(p *Proxy, typ, name string) bool {
 	default:
 		return s.nodeBoundAuthz[p.Node][name]
 	}
+}
+
+// scoped returns the names of typ that p may see when that set is narrower than the snapshot
+// and depends on other resources than the named one (a waypoint's workloads depend on its
+// services), so that a push re-checks them even when they did not change themselves; nil
+// otherwise.
+func (s *Snapshot) scoped(p *Proxy, typ string) map[string]bool {
+	if s == nil || p.Role != RoleWaypoint {
+		return nil
+	}
+	switch typ {
+	case TypeService:
+		return s.waypointServices[p.Waypoint]
+	case TypeWorkload:
+		return s.waypointWorkloads[p.Waypoint]
+	}
+	return nil
 }
 
 // changed returns, per type, the names whose resource differs between old and new (added, changed

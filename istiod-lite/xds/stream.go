@@ -15,8 +15,9 @@ type Role string
 
 const (
 	RoleZtunnel Role = "ztunnel"
-	// RoleProxy is any other authenticated proxy (waypoints).
-	RoleProxy Role = "proxy"
+	// RoleWaypoint is a waypoint proxy: the service account of a Gateway of class
+	// istio-waypoint.
+	RoleWaypoint Role = "waypoint"
 )
 
 // Proxy is an authenticated client.
@@ -27,6 +28,9 @@ type Proxy struct {
 	// Node is the Kubernetes node the client runs on (from its bound token).
 	Node      string
 	Namespace string
+	// Waypoint names a waypoint's Service, "<namespace>/<hostname>", as workloads and services
+	// bound to it name it.
+	Waypoint string `json:",omitempty"`
 }
 
 // watch is the subscription to one resource type on one stream.
@@ -120,8 +124,8 @@ func (s *stream) holding(typ string, w *watch, consider map[string]string) {
 
 // count returns how many resources of typ the client holds once brought to snap.
 func (s *stream) count(typ string, w *watch, snap *Snapshot) int {
-	if w.wildcard && typ != TypeAuthorization {
-		return len(snap.resources[typ]) // everything is visible to everyone
+	if w.wildcard && typ != TypeAuthorization && s.proxy.Role == RoleZtunnel {
+		return len(snap.resources[typ]) // a ztunnel sees every workload and service
 	}
 	n := 0
 	if w.wildcard {
@@ -298,6 +302,14 @@ func (s *stream) onPush(snap *Snapshot, dirty map[string]map[string]struct{}) []
 			for n := range dirty[typ] {
 				consider[n] = s.held(typ, w, n)
 			}
+			// What the proxy may see can change without the resource changing.
+			for _, set := range []map[string]bool{s.base.scoped(s.proxy, typ), snap.scoped(s.proxy, typ)} {
+				for n := range set {
+					if _, ok := consider[n]; !ok {
+						consider[n] = s.held(typ, w, n)
+					}
+				}
+			}
 		}
 		if len(consider) == 0 {
 			continue // nothing of this type changed
@@ -378,6 +390,16 @@ func (s *stream) respond(typ string, w *watch, snap *Snapshot, res []*discoveryv
 }
 
 const maxPending = 64
+
+// isPending reports whether the response with nonce still awaits its answer.
+func (s *stream) isPending(nonce string) bool {
+	_, ok := s.pending[nonce]
+	return ok
+}
+
+// forget drops the response with nonce from those awaiting an answer: an answer that comes
+// later is stale.
+func (s *stream) forget(nonce string) { delete(s.pending, nonce) }
 
 // status is a copy of the stream's state for the admin page.
 func (s *stream) status() map[string]TypeStatus {
