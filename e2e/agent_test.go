@@ -279,7 +279,7 @@ func readyOnNodes(cs kubernetes.Interface, ns, selector string) int {
 	return len(nodes)
 }
 
-func podOn(t *testing.T, cs kubernetes.Interface, ns, selector, node string) *corev1.Pod {
+func podOn(t testing.TB, cs kubernetes.Interface, ns, selector, node string) *corev1.Pod {
 	t.Helper()
 	pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: selector})
 	if err != nil {
@@ -346,7 +346,7 @@ func allAnnotated(t testing.TB, cs kubernetes.Interface, ns, value string) bool 
 
 // deployEcho applies testdata/echo.yaml (two echo pods, one per node, and a client) and returns
 // the echo pods once they are ready and the client runs.
-func deployEcho(t *testing.T, cs kubernetes.Interface, ns string) []corev1.Pod {
+func deployEcho(t testing.TB, cs kubernetes.Interface, ns string) []corev1.Pod {
 	t.Helper()
 	manifest, err := os.ReadFile("testdata/echo.yaml")
 	if err != nil {

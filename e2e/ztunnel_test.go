@@ -164,7 +164,7 @@ spec:
 // installMesh installs the mesh as a user does: istiod-lite, the node agent and ztunnel from
 // deploy/, and waits for ztunnel to be ready on every node. Cleanup removes them. istiodArgs
 // are added to istiod-lite's.
-func installMesh(t *testing.T, cs kubernetes.Interface, istiodArgs ...string) {
+func installMesh(t testing.TB, cs kubernetes.Interface, istiodArgs ...string) {
 	t.Helper()
 	deployIstiod(t, cs, 1, istiodArgs...)
 	deployAgent(t, cs)

@@ -1,7 +1,8 @@
 // Command client is the ambient/client image. With no arguments it stays idle so that
 // `lab exec` can run commands in its pod; `client http URL` and `client tcp ADDR MSG` make requests,
 // `client load INTERVAL ADDR...` opens connections until stopped and reports how many failed, and
-// `client hold ADDR N INTERVAL` keeps one connection busy.
+// `client hold ADDR N INTERVAL` keeps one connection busy, `client rr ...` measures open-loop
+// request/response latency and `client idle ADDR N` holds N idle connections.
 package main
 
 import (
@@ -74,8 +75,42 @@ func run() int {
 		}
 		fmt.Printf("held %d exchanges\n", n)
 		return 0
+	case args[0] == "rr" && len(args) == 6:
+		// rr ADDR RATE CONNS SIZE DURATION: open-loop request/response load; a JSON result.
+		cfg := images.RRConfig{Addr: args[1], Timeout: *timeout}
+		var errs []error
+		for i, dst := range []*int{&cfg.Rate, &cfg.Conns, &cfg.Size} {
+			var err error
+			*dst, err = strconv.Atoi(args[2+i])
+			errs = append(errs, err)
+		}
+		var err error
+		cfg.Duration, err = time.ParseDuration(args[5])
+		if err := errors.Join(append(errs, err)...); err != nil {
+			fmt.Fprintln(os.Stderr, "client: rr ADDR RATE CONNS SIZE DURATION:", err)
+			return 2
+		}
+		res, err := images.RR(ctx, cfg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "client:", err)
+			return 1
+		}
+		_ = json.NewEncoder(os.Stdout).Encode(res)
+		return 0
+	case args[0] == "idle" && len(args) == 3:
+		// idle ADDR N: N open connections until stopped; "open N" once they all are.
+		n, err := strconv.Atoi(args[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "client: idle ADDR N:", err)
+			return 2
+		}
+		if err := images.HoldIdle(ctx, args[1], n, *timeout, func() { fmt.Printf("open %d\n", n) }); err != nil {
+			fmt.Fprintln(os.Stderr, "client:", err)
+			return 1
+		}
+		return 0
 	default:
-		fmt.Fprintln(os.Stderr, "usage: client [-timeout d] [-h2c] [http URL | tcp ADDR MSG | load INTERVAL ADDR... | hold ADDR N INTERVAL]")
+		fmt.Fprintln(os.Stderr, "usage: client [-timeout d] [-h2c] [http URL | tcp ADDR MSG | load INTERVAL ADDR... | hold ADDR N INTERVAL | rr ADDR RATE CONNS SIZE DURATION | idle ADDR N]")
 		return 2
 	}
 }

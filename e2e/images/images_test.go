@@ -64,3 +64,41 @@ func TestEchoHTTPAndTCP(t *testing.T) {
 		t.Errorf("TCPEcho = %q, %v", got, err)
 	}
 }
+
+// TestLoadTools: the load modes of the client image against a TCP echo server: request/response
+// on persistent connections, idle connections held, many short connections, one long one.
+func TestLoadTools(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() { _ = serveTCPEcho(l) }()
+	addr := l.Addr().String()
+	ctx := context.Background()
+
+	res, err := RR(ctx, RRConfig{Addr: addr, Rate: 500, Conns: 3, Size: 1024, Duration: 60 * time.Millisecond, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requests != 30 || res.Errors != 0 || res.P50 <= 0 || res.P50 > res.P99 || res.P99 > res.Max {
+		t.Errorf("rr result %+v, want 30 requests, no errors, ordered percentiles", res)
+	}
+	if _, err := RR(ctx, RRConfig{Addr: addr}); err == nil {
+		t.Error("rr with no rate: no error")
+	}
+
+	held, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- HoldIdle(held, addr, 20, 5*time.Second, stop) }() // stops once all are open
+	if err := <-done; err != nil {
+		t.Errorf("idle: %v", err)
+	}
+
+	if err := Hold(ctx, addr, 3, time.Millisecond, 5*time.Second); err != nil {
+		t.Errorf("hold: %v", err)
+	}
+	if err := Hold(ctx, freeAddr(t), 3, time.Millisecond, time.Second); err == nil {
+		t.Error("hold to a closed port: no error")
+	}
+}

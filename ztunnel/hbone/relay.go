@@ -4,7 +4,12 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // relayBufSize is two TLS records: a read rarely returns more, and larger buffers would only
@@ -14,6 +19,19 @@ const relayBufSize = 32 << 10
 // relayBufs holds relay buffers. Pointers to arrays avoid the allocation sync.Pool makes when a
 // slice header is boxed into an interface.
 var relayBufs = sync.Pool{New: func() any { return new([relayBufSize]byte) }}
+
+// relayBufsOut counts the relay buffers taken and not yet given back.
+var relayBufsOut atomic.Int64
+
+func getRelayBuf() *[relayBufSize]byte {
+	relayBufsOut.Add(1)
+	return relayBufs.Get().(*[relayBufSize]byte)
+}
+
+func putRelayBuf(b *[relayBufSize]byte) {
+	relayBufsOut.Add(-1)
+	relayBufs.Put(b)
+}
 
 // Relay copies a to b and b to a until both directions have ended. When one source ends, the
 // matching destination is half-closed (CloseWrite) so the end reaches the other side, and the other
@@ -57,10 +75,18 @@ func copyHalf(dst, src net.Conn) (int64, error) {
 }
 
 // Copy copies src to dst until src ends, through a pooled buffer; it does not allocate. Unlike
-// io.Copy it never hands over to ReaderFrom or WriterTo, whose buffers are not pooled.
+// io.Copy it never hands over to ReaderFrom or WriterTo, whose buffers are not pooled. From a
+// TCP socket it holds the buffer only while there is data to move: the socket side of an idle
+// connection costs no buffer. (A tunnel's Read still holds its buffer while it waits: it lends
+// it to the socket reader.)
 func Copy(dst io.Writer, src io.Reader) (int64, error) {
-	buf := relayBufs.Get().(*[relayBufSize]byte)
-	defer relayBufs.Put(buf)
+	if tc, ok := src.(*net.TCPConn); ok {
+		if rc, err := tc.SyscallConn(); err == nil {
+			return copyFromSocket(dst, rc)
+		}
+	}
+	buf := getRelayBuf()
+	defer putRelayBuf(buf)
 	var written int64
 	for {
 		nr, rerr := src.Read(buf[:])
@@ -79,6 +105,57 @@ func Copy(dst io.Writer, src io.Reader) (int64, error) {
 		}
 		if rerr != nil {
 			return written, rerr
+		}
+	}
+}
+
+// copyFromSocket is Copy from a socket read through its raw fd: a read that would block gives
+// the buffer back to the pool before the goroutine parks on the poller, and the next one takes a
+// buffer when the socket is readable. Deadlines and Close interrupt the wait as they do Read.
+func copyFromSocket(dst io.Writer, rc syscall.RawConn) (int64, error) {
+	var buf *[relayBufSize]byte
+	defer func() {
+		if buf != nil {
+			putRelayBuf(buf)
+		}
+	}()
+	var written int64
+	for {
+		var nr int
+		var rerr error
+		err := rc.Read(func(fd uintptr) bool {
+			if buf == nil {
+				buf = getRelayBuf()
+			}
+			for {
+				nr, rerr = unix.Read(int(fd), buf[:])
+				if rerr != unix.EINTR {
+					break
+				}
+			}
+			if rerr == unix.EAGAIN {
+				putRelayBuf(buf)
+				buf = nil
+				return false // park until readable, holding nothing
+			}
+			return true
+		})
+		if err != nil {
+			return written, err // a deadline, or the connection closed under us
+		}
+		if rerr != nil {
+			return written, &net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", rerr)}
+		}
+		if nr == 0 {
+			return written, nil // the peer's FIN
+		}
+		nw, werr := dst.Write(buf[:nr])
+		written += int64(nw)
+		if werr != nil {
+			return written, werr
+		}
+		if nw != nr {
+			return written, io.ErrShortWrite
 		}
 	}
 }

@@ -369,3 +369,58 @@ func TestCloseWriteAfterStopSending(t *testing.T) {
 		t.Errorf("CloseWrite after stop sending: %v", err)
 	}
 }
+
+// TestIdleSocketRelayHoldsNoBuffer: a relay between two sockets takes a buffer for the bytes
+// that move and gives it back while the connection is idle, so that idle connections (most of a
+// mesh's) cost no relay buffer; the bytes, the half-close and the end still go through.
+func TestIdleSocketRelayHoldsNoBuffer(t *testing.T) {
+	tcpPair := func() (net.Conn, net.Conn) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close(); s.Close() })
+		return c, s
+	}
+	app, a := tcpPair()
+	b, upstream := tcpPair()
+	base := relayBufsOut.Load()
+	done := make(chan error, 1)
+	go func() { _, _, err := Relay(a, b); done <- err }()
+	for _, msg := range []string{"request", "another"} {
+		if _, err := io.WriteString(app, msg); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(upstream, got); err != nil || string(got) != msg {
+			t.Fatalf("upstream read %q, %v", got, err)
+		}
+		if _, err := upstream.Write(got); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(app, got); err != nil || string(got) != msg {
+			t.Fatalf("app read %q, %v", got, err)
+		}
+		testutil.Eventually(t, testTimeout(), "the idle relay to give its buffers back", func() bool { return relayBufsOut.Load() == base })
+	}
+	app.(*net.TCPConn).CloseWrite()
+	if rest, err := io.ReadAll(upstream); err != nil || len(rest) != 0 {
+		t.Fatalf("upstream after the app's FIN: %q, %v", rest, err)
+	}
+	upstream.Close()
+	if err := <-done; err != nil {
+		t.Errorf("Relay = %v", err)
+	}
+	if n := relayBufsOut.Load(); n != base {
+		t.Errorf("%d relay buffers not given back after the relay ended", n-base)
+	}
+}
