@@ -373,6 +373,21 @@ func deployEcho(t testing.TB, cs kubernetes.Interface, ns string) []corev1.Pod {
 	return echo
 }
 
+// echoByNode returns the client pod of deployEcho's namespace, the echo pod on the other node
+// and the one on the client's node.
+func echoByNode(t testing.TB, cs kubernetes.Interface, ns string, echo []corev1.Pod) (clientPod *corev1.Pod, remote, local corev1.Pod) {
+	t.Helper()
+	clientPod, err := cs.CoreV1().Pods(ns).Get(context.Background(), "client", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	remote, local = echo[0], echo[1]
+	if remote.Spec.NodeName == clientPod.Spec.NodeName {
+		remote, local = local, remote
+	}
+	return clientPod, remote, local
+}
+
 // containerStarts records each container's start time and restart count.
 func containerStarts(t *testing.T, cs kubernetes.Interface, ns string) map[string]string {
 	t.Helper()

@@ -21,7 +21,6 @@ import (
 	"github.com/ambient-mesh/ambient/e2e/images"
 	"github.com/ambient-mesh/ambient/e2e/lab"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 )
 
@@ -47,18 +46,8 @@ func BenchmarkZtunnelL4(b *testing.B) {
 	installMesh(b, cs)
 	ns := newNamespace(b, cs, "bench")
 	echo := deployEcho(b, cs, ns)
-	clientPod, err := cs.CoreV1().Pods(ns).Get(ctx, "client", metav1.GetOptions{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	targets := map[string]string{}
-	for _, p := range echo {
-		where := "cross-node"
-		if p.Spec.NodeName == clientPod.Spec.NodeName {
-			where = "same-node"
-		}
-		targets[where] = p.Status.PodIP + ":9090"
-	}
+	clientPod, remote, local := echoByNode(b, cs, ns, echo)
+	targets := map[string]string{"cross-node": remote.Status.PodIP + ":9090", "same-node": local.Status.PodIP + ":9090"}
 	clientBin := filepath.Join(labCfg.BinDir, "client")
 	rr := func(target string) images.RRResult {
 		out, err := lab.Exec(ctx, labCfg, ns, "client", clientBin, "-timeout", "5s", "rr", target,

@@ -48,14 +48,7 @@ func TestZtunnelRollingRestart(t *testing.T) {
 
 	// The long connection: 40 exchanges, one every 200 ms, to the echo pod on the other node,
 	// so that it goes through the ztunnels of both nodes.
-	clientPod, err := cs.CoreV1().Pods(ns).Get(ctx, "client", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	remote := echo[0]
-	if remote.Spec.NodeName == clientPod.Spec.NodeName {
-		remote = echo[1]
-	}
+	_, remote, _ := echoByNode(t, cs, ns, echo)
 	held := make(chan string, 1)
 	go func() {
 		out, err := lab.Exec(ctx, labCfg, ns, "client", clientBin, "-timeout", "5s", "hold", remote.Status.PodIP+":9090", "40", "200ms")
@@ -140,14 +133,7 @@ func TestZtunnelCertificateRenewal(t *testing.T) {
 	echo := deployEcho(t, cs, ns)
 	labelNamespace(t, cs, ns, mesh.DataplaneModeAmbient)
 	eventually(t, 30*time.Second, "every pod enabled", func() bool { return allAnnotated(t, cs, ns, mesh.RedirectionEnabled) })
-	clientPod, err := cs.CoreV1().Pods(ns).Get(ctx, "client", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	remote := echo[0]
-	if remote.Spec.NodeName == clientPod.Spec.NodeName {
-		remote = echo[1]
-	}
+	clientPod, remote, _ := echoByNode(t, cs, ns, echo)
 	clientBin := filepath.Join(labCfg.BinDir, "client")
 	echoRemote := func(msg string) error {
 		got, err := lab.Exec(ctx, labCfg, ns, "client", clientBin, "-timeout", "3s", "tcp", remote.Status.PodIP+":9090", msg)

@@ -1,13 +1,11 @@
 package xds
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -45,25 +43,8 @@ func (byCaller) Authenticate(ctx context.Context) (*authn.Caller, error) {
 type env struct {
 	srv  *Server
 	reg  *prometheus.Registry
-	logs *syncBuffer
+	logs *testutil.LogBuffer
 	dial func(t testing.TB, caller string) (*grpc.ClientConn, error)
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func newEnv(t *testing.T) *env { return newEnvB(t) }
@@ -85,7 +66,7 @@ func newEnvB(t testing.TB) *env { return newEnvWith(t, testServerConfig()) }
 
 func newEnvWith(t testing.TB, cfg Config) *env {
 	t.Helper()
-	e := &env{reg: prometheus.NewRegistry(), logs: &syncBuffer{}}
+	e := &env{reg: prometheus.NewRegistry(), logs: &testutil.LogBuffer{}}
 	log := slog.New(slog.NewTextHandler(e.logs, nil))
 	if _, bench := t.(*testing.B); bench {
 		log = slog.New(slog.DiscardHandler)

@@ -1,7 +1,6 @@
 package zds
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -25,22 +24,9 @@ import (
 const waitFor = 10 * time.Second
 
 // logs captures what a component logs, for assertions.
-type logs struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
+type logs struct{ testutil.LogBuffer }
 
-func (l *logs) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logs) contains(s string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Contains(l.buf.String(), s)
-}
+func (l *logs) contains(s string) bool { return strings.Contains(l.String(), s) }
 
 func (l *logs) logger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(l, &slog.HandlerOptions{Level: slog.LevelDebug}))
