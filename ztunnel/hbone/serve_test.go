@@ -244,7 +244,9 @@ func TestHostilePeers(t *testing.T) {
 	})
 
 	// A flood of connections that never send a byte: MaxHandshakes are held (until the
-	// handshake timeout), the rest are closed at once.
+	// handshake timeout), the rest are closed at once. The refused handshakes above end on the
+	// server's side a little after the clients give up.
+	testutil.Eventually(t, testTimeout(), "no handshake under way", func() bool { return len(srv.handshakes) == 0 })
 	var flood []net.Conn
 	for range 12 {
 		fc, err := net.Dial("tcp", ln.Addr().String())
@@ -258,7 +260,7 @@ func TestHostilePeers(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, fc := range flood { // together: the held ones time out at once
 		wg.Go(func() {
-			_ = fc.SetReadDeadline(time.Now().Add(time.Second))
+			_ = fc.SetReadDeadline(time.Now().Add(2 * time.Second))
 			if _, err := fc.Read(make([]byte, 1)); errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET) {
 				closed.Add(1)
 			}
