@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/ambient-mesh/ambient/internal/memlimit"
 	"github.com/ambient-mesh/ambient/redirect/agent"
 )
 
@@ -27,6 +28,7 @@ func run() int {
 		return 2
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	memlimit.Set(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if *uninstall {

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/ambient-mesh/ambient/internal/memlimit"
 	"github.com/ambient-mesh/ambient/istiod-lite/server"
 )
 
@@ -25,6 +26,7 @@ func run() int {
 		return 2
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	memlimit.Set(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := server.Run(ctx, log, cfg); err != nil {
