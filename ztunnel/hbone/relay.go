@@ -91,13 +91,10 @@ func Copy(dst io.Writer, src io.Reader) (int64, error) {
 	for {
 		nr, rerr := src.Read(buf[:])
 		if nr > 0 {
-			nw, werr := dst.Write(buf[:nr])
+			nw, werr := writeAll(dst, buf[:nr])
 			written += int64(nw)
 			if werr != nil {
 				return written, werr
-			}
-			if nw != nr {
-				return written, io.ErrShortWrite
 			}
 		}
 		if rerr == io.EOF {
@@ -149,13 +146,19 @@ func copyFromSocket(dst io.Writer, rc syscall.RawConn) (int64, error) {
 		if nr == 0 {
 			return written, nil // the peer's FIN
 		}
-		nw, werr := dst.Write(buf[:nr])
+		nw, werr := writeAll(dst, buf[:nr])
 		written += int64(nw)
 		if werr != nil {
 			return written, werr
 		}
-		if nw != nr {
-			return written, io.ErrShortWrite
-		}
 	}
+}
+
+// writeAll writes p to dst; a short write without an error is io.ErrShortWrite.
+func writeAll(dst io.Writer, p []byte) (int, error) {
+	n, err := dst.Write(p)
+	if err == nil && n != len(p) {
+		err = io.ErrShortWrite
+	}
+	return n, err
 }
