@@ -303,17 +303,22 @@ func TestReleaseDrops(t *testing.T) {
 func TestConcurrentAcquireOneCall(t *testing.T) {
 	e := newEnv(t)
 	unblock := e.ca.block(idA)
-	var wg sync.WaitGroup
+	// Every holder acquires before the CA answers: a holder arriving after the others released
+	// would rightly start a new fetch.
+	var wg, acquired sync.WaitGroup
 	errs := make(chan error, 20)
+	acquired.Add(20)
 	for range 20 {
 		wg.Go(func() {
 			defer e.m.Acquire(idA)()
+			acquired.Done()
 			ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 			defer cancel()
 			_, err := e.m.Get(ctx, idA)
 			errs <- err
 		})
 	}
+	acquired.Wait()
 	testutil.Eventually(t, waitFor, "the CA call", func() bool { _, inflight, _ := e.ca.stats(idA); return inflight == 1 })
 	unblock()
 	wg.Wait()
