@@ -152,6 +152,8 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, cl clients, started 
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
 		grpc.MaxHeaderListSize(maxHeaderBytes),
 		grpc.ConnectionTimeout(handshakeTimeout),
+		// xDS responses go out as pre-encoded resource bytes shared by every stream.
+		xds.ServerOption(),
 	)
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(grpcSrv, xdsSrv)
 	cav1.RegisterCertificateServiceServer(grpcSrv, caSrv)

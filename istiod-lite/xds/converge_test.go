@@ -38,7 +38,8 @@ func TestStreamConverges(t *testing.T) {
 		}
 		st := newStream(proxy)
 		held := map[string]map[string]string{}
-		apply := func(r *discoveryv3.DeltaDiscoveryResponse) {
+		apply := func(enc *response) {
+			r := decode(t, enc)
 			if r == nil {
 				return
 			}

@@ -32,7 +32,8 @@ func FuzzRequest(f *testing.F) {
 			if proto.Unmarshal(raw, req) != nil {
 				return
 			}
-			resp, _ := st.onRequest(req, snap)
+			enc, _ := st.onRequest(req, snap)
+			resp := decode(t, enc)
 			if resp == nil {
 				continue
 			}

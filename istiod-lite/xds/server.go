@@ -302,8 +302,8 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 			release()
 		}
 	}
-	send := func(r *discoveryv3.DeltaDiscoveryResponse, since time.Time) error {
-		if len(r.Resources) >= bulkResources {
+	send := func(r *response, since time.Time) error {
+		if len(r.res) >= bulkResources {
 			// The slot is bound to the latest bulk response: the client holds it until it
 			// answers that one (answers come in order).
 			if err := reserve(); err != nil {
@@ -312,15 +312,15 @@ func (s *Server) DeltaAggregatedResources(gs discoveryv3.AggregatedDiscoveryServ
 			if slot.timer != nil {
 				slot.timer.Stop()
 			}
-			slot.nonce = r.Nonce
+			slot.nonce = r.nonce
 			slot.timer = s.clock.NewTimer(s.bulkTimeout)
 			slotExpired = slot.timer.C()
 		}
-		if err := gs.Send(r); err != nil {
+		if err := gs.SendMsg(r); err != nil { // pre-encoded: see codec.go
 			return err
 		}
-		s.metrics.pushes.WithLabelValues(shortType(r.TypeUrl)).Inc()
-		s.metrics.resourcesSent.WithLabelValues(shortType(r.TypeUrl)).Add(float64(len(r.Resources) + len(r.RemovedResources)))
+		s.metrics.pushes.WithLabelValues(shortType(r.typ)).Inc()
+		s.metrics.resourcesSent.WithLabelValues(shortType(r.typ)).Add(float64(len(r.res) + len(r.removed)))
 		if !since.IsZero() {
 			s.metrics.pushLatency.Observe(time.Since(since).Seconds())
 		}

@@ -73,7 +73,7 @@ func newEnvWith(t testing.TB, cfg Config) *env {
 	}
 	e.srv = New(log, cfg, byCaller{}, NewMetrics(e.reg))
 	lis := bufconn.Listen(1 << 20)
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(ServerOption())
 	discoveryv3.RegisterAggregatedDiscoveryServiceServer(gs, e.srv)
 	go func() { _ = gs.Serve(lis) }()
 	t.Cleanup(gs.Stop)
@@ -355,7 +355,7 @@ func TestPendingBounded(t *testing.T) {
 		const name = "shop/web.shop.svc.cluster.local"
 		resp, _ := st.onRequest(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeService,
 			ResourceNamesUnsubscribe: []string{name}, ResourceNamesSubscribe: []string{name}}, snap)
-		if i > 0 && (resp == nil || len(resp.Resources) != 1) {
+		if i > 0 && (resp == nil || len(resp.res) != 1) {
 			t.Fatalf("round %d: response %v", i, resp)
 		}
 		// ACK an arbitrary recent response now and then, as a misbehaving client might.
@@ -405,12 +405,12 @@ func TestSubscribeMissing(t *testing.T) {
 	resp, _ := st.onRequest(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeService,
 		ResourceNamesSubscribe: []string{"shop/web.shop.svc.cluster.local", "shop/nope.shop.svc.cluster.local"}}, snap)
 	if diff := cmp.Diff(summary{Type: "Service", Names: []string{"shop/web.shop.svc.cluster.local"},
-		Removed: []string{"shop/nope.shop.svc.cluster.local"}}, summarize(resp)); diff != "" {
+		Removed: []string{"shop/nope.shop.svc.cluster.local"}}, summarize(decode(t, resp))); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
 	resp, _ = st.onRequest(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeService,
 		ResourceNamesSubscribe: []string{"other/gone.other.svc.cluster.local"}}, snap)
-	if diff := cmp.Diff(summary{Type: "Service", Removed: []string{"other/gone.other.svc.cluster.local"}}, summarize(resp)); diff != "" {
+	if diff := cmp.Diff(summary{Type: "Service", Removed: []string{"other/gone.other.svc.cluster.local"}}, summarize(decode(t, resp))); diff != "" {
 		t.Errorf("later subscription (-want +got):\n%s", diff)
 	}
 }

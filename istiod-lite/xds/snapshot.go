@@ -10,6 +10,7 @@ import (
 	"time"
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -37,11 +38,12 @@ func typeURL(m proto.Message) string {
 // across istiod-lite replicas and restarts, and a reconnecting client's initial_resource_versions
 // can be compared with what would be sent.
 //
-// msg is the resource as sent, built once and shared by every stream (gRPC only reads it).
+// wire is the resource as sent, encoded once and shared by every stream (see codec.go); kept
+// as a mem.Buffer so that a response lists it without allocating.
 type resource struct {
+	name    string
 	version string
-	body    *anypb.Any
-	msg     *discoveryv3.Resource
+	wire    mem.Buffer
 }
 
 // Snapshot is an immutable, serialised model snapshot plus the index used to scope it per proxy.
@@ -186,11 +188,13 @@ func newResource(name string, m proto.Message) (*resource, error) {
 		return nil, err
 	}
 	sum := sha256.Sum256(b)
-	r := &resource{
-		version: hex.EncodeToString(sum[:8]),
-		body:    &anypb.Any{TypeUrl: typeURL(m), Value: b},
+	r := &resource{name: name, version: hex.EncodeToString(sum[:8])}
+	wire, err := encodeResource(&discoveryv3.Resource{Name: name, Version: r.version,
+		Resource: &anypb.Any{TypeUrl: typeURL(m), Value: b}})
+	if err != nil {
+		return nil, err
 	}
-	r.msg = &discoveryv3.Resource{Name: name, Version: r.version, Resource: r.body}
+	r.wire = mem.SliceBuffer(wire)
 	return r, nil
 }
 

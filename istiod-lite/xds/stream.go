@@ -56,8 +56,8 @@ func (w *watch) subscribed(name string) bool { return w.wildcard || w.names[name
 type pendingResponse struct {
 	typ     string
 	version string
-	res     []*discoveryv3.Resource // the resources sent (sorted, as responses are), for the log of a NACK
-	held    int                     // resources the client holds once it applies the response
+	res     []*resource // the resources sent (sorted, as responses are), for the log of a NACK
+	held    int         // resources the client holds once it applies the response
 }
 
 // NACK describes a rejected response, for logs and metrics.
@@ -165,7 +165,7 @@ func (s *stream) mayBeBulk(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapsho
 // onRequest processes a request against snap, which must be the snapshot the stream last worked
 // against (the base of its last response, or any snapshot before the first). It returns the
 // response to send (nil for none) and, for a NACK, what was rejected.
-func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapshot) (*discoveryv3.DeltaDiscoveryResponse, *NACK) {
+func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapshot) (*response, *NACK) {
 	typ := req.GetTypeUrl()
 	if !known(typ) {
 		return nil, nil // unknown types are ignored, as xDS servers do
@@ -183,7 +183,7 @@ func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapsho
 			if d := req.GetErrorDetail(); d != nil {
 				// The client keeps its last good version of what it rejected. We do not resend:
 				// the same content would be rejected again; the next change of a resource does.
-				nack = &NACK{TypeURL: typ, Nonce: nonce, Reason: d.GetMessage(), Resources: resourceNames(p.res)}
+				nack = &NACK{TypeURL: typ, Nonce: nonce, Reason: d.GetMessage(), Resources: resourceNamesOf(p.res)}
 				w.lastNACK = d.GetMessage()
 			} else {
 				w.acked = p.held
@@ -285,8 +285,8 @@ func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapsho
 // onPush computes the responses that bring the client from the stream's base to snap, given
 // the names that changed per type between the two (nil: consider everything). Authorizations are
 // always re-evaluated in full (see changed).
-func (s *stream) onPush(snap *Snapshot, dirty map[string]map[string]struct{}) []*discoveryv3.DeltaDiscoveryResponse {
-	var out []*discoveryv3.DeltaDiscoveryResponse
+func (s *stream) onPush(snap *Snapshot, dirty map[string]map[string]struct{}) []*response {
+	var out []*response
 	for _, typ := range []string{TypeTrustBundle, TypeService, TypeWorkload, TypeAuthorization} {
 		w, ok := s.watches[typ]
 		if !ok {
@@ -327,15 +327,15 @@ func (s *stream) onPush(snap *Snapshot, dirty map[string]map[string]struct{}) []
 // name whose state differs between the base and snap. Names just subscribed to by name (fresh)
 // that do not exist (or that the proxy may not see) are listed as removed, so the client knows
 // not to wait for them. It returns nil when nothing differs.
-func (s *stream) generate(typ string, w *watch, snap *Snapshot, consider map[string]string, fresh map[string]bool) *discoveryv3.DeltaDiscoveryResponse {
-	var res []*discoveryv3.Resource
+func (s *stream) generate(typ string, w *watch, snap *Snapshot, consider map[string]string, fresh map[string]bool) *response {
+	var res []*resource
 	var removed []string
 	for _, n := range slices.Sorted(maps.Keys(consider)) {
 		cur := consider[n]
 		r, ok := snap.resources[typ][n]
 		if ok && w.subscribed(n) && snap.visible(s.proxy, typ, n) {
 			if cur != r.version {
-				res = append(res, r.msg)
+				res = append(res, r)
 			}
 			continue
 		}
@@ -351,12 +351,12 @@ func (s *stream) generate(typ string, w *watch, snap *Snapshot, consider map[str
 
 // generateAll builds the response of a first wildcard subscription from a client that holds
 // nothing: every visible resource of typ. It returns nil when there is none.
-func (s *stream) generateAll(typ string, w *watch, snap *Snapshot) *discoveryv3.DeltaDiscoveryResponse {
+func (s *stream) generateAll(typ string, w *watch, snap *Snapshot) *response {
 	names := snap.sortedNames(typ)
-	res := make([]*discoveryv3.Resource, 0, len(names))
+	res := make([]*resource, 0, len(names))
 	for _, n := range names {
 		if snap.visible(s.proxy, typ, n) {
-			res = append(res, snap.resources[typ][n].msg)
+			res = append(res, snap.resources[typ][n])
 		}
 	}
 	if len(res) == 0 {
@@ -365,7 +365,7 @@ func (s *stream) generateAll(typ string, w *watch, snap *Snapshot) *discoveryv3.
 	return s.respond(typ, w, snap, res, nil)
 }
 
-func (s *stream) respond(typ string, w *watch, snap *Snapshot, res []*discoveryv3.Resource, removed []string) *discoveryv3.DeltaDiscoveryResponse {
+func (s *stream) respond(typ string, w *watch, snap *Snapshot, res []*resource, removed []string) *response {
 	s.nonce++
 	nonce := strconv.FormatUint(s.nonce, 10)
 	s.pending[nonce] = &pendingResponse{typ: typ, version: snap.version, held: s.count(typ, w, snap), res: res}
@@ -380,13 +380,7 @@ func (s *stream) respond(typ string, w *watch, snap *Snapshot, res []*discoveryv
 		}
 		delete(s.pending, oldestKey)
 	}
-	return &discoveryv3.DeltaDiscoveryResponse{
-		SystemVersionInfo: snap.version,
-		TypeUrl:           typ,
-		Resources:         res,
-		RemovedResources:  removed,
-		Nonce:             nonce,
-	}
+	return &response{typ: typ, version: snap.version, nonce: nonce, res: res, removed: removed}
 }
 
 const maxPending = 64
@@ -436,11 +430,11 @@ type ClientStatus struct {
 	Types       map[string]TypeStatus `json:"types"`
 }
 
-// resourceNames returns the names of res.
-func resourceNames(res []*discoveryv3.Resource) []string {
+// resourceNamesOf returns the names of res.
+func resourceNamesOf(res []*resource) []string {
 	names := make([]string, len(res))
 	for i, r := range res {
-		names[i] = r.Name
+		names[i] = r.name
 	}
 	return names
 }
