@@ -24,6 +24,7 @@ import (
 	"time"
 
 	cav1 "github.com/ambient-mesh/ambient/api/ca/v1"
+	"github.com/ambient-mesh/ambient/api/mesh"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
 	"github.com/ambient-mesh/ambient/e2e/lab"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -401,13 +402,22 @@ func (ist *istiod) process(t testing.TB) int {
 // the projected token of a proxy is.
 func boundToken(t testing.TB, cs kubernetes.Interface, pod *corev1.Pod) string {
 	t.Helper()
-	return podToken(t, cs, pod, "istio-ca")
+	return podToken(t, cs, pod, mesh.TokenAudience)
 }
 
 // podToken returns a service-account token of pod's bound to pod, for audience (empty: the API
 // server's).
 func podToken(t testing.TB, cs kubernetes.Interface, pod *corev1.Pod, audience string) string {
 	t.Helper()
+	tok, err := requestPodToken(cs, pod, audience)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+// requestPodToken is podToken for goroutines other than the test's.
+func requestPodToken(cs kubernetes.Interface, pod *corev1.Pod, audience string) (string, error) {
 	exp := int64(3600)
 	var aud []string
 	if audience != "" {
@@ -416,7 +426,7 @@ func podToken(t testing.TB, cs kubernetes.Interface, pod *corev1.Pod, audience s
 	tr, err := cs.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(context.Background(), pod.Spec.ServiceAccountName, &authv1.TokenRequest{Spec: authv1.TokenRequestSpec{
 		Audiences: aud, ExpirationSeconds: &exp, BoundObjectRef: &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}}}, metav1.CreateOptions{})
 	if err != nil {
-		t.Fatal(err)
+		return "", fmt.Errorf("token for pod %s/%s: %w", pod.Namespace, pod.Name, err)
 	}
-	return tr.Status.Token
+	return tr.Status.Token, nil
 }

@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,9 +19,6 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	"google.golang.org/protobuf/proto"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -53,10 +49,11 @@ var ztunnelTypes = []string{
 
 // simCluster is the simulated cluster, grown on demand (ensure) and removed by Cleanup.
 type simCluster struct {
-	cs    kubernetes.Interface // with a high client-side rate limit, to load quickly
+	cs kubernetes.Interface // with a high client-side rate limit, to load quickly
+	mu sync.Mutex
+	// nodes is how many simulated nodes there are (grown by grow, never shrunk).
 	nodes int
 	// pods holds the UID of every simulated pod by "<ns>/<name>".
-	mu   sync.Mutex
 	pods map[string]types.UID
 	// disabled holds the pods whose redirection annotation a change set to disabled.
 	disabled map[string]bool
@@ -86,9 +83,25 @@ func newSimCluster(t testing.TB, nodes int) *simCluster {
 		t.Fatal(err)
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	sc := &simCluster{cs: cs, nodes: nodes, pods: map[string]types.UID{}, disabled: map[string]bool{}, stop: stop}
+	sc := &simCluster{cs: cs, pods: map[string]types.UID{}, disabled: map[string]bool{}, stop: stop}
 	t.Cleanup(func() { sc.delete(t) })
-	err = parallel(nodes, func(i int) error {
+	sc.grow(t, nodes)
+	go sc.renewLeases(ctx)
+	return sc
+}
+
+// grow adds simulated nodes, each with its Lease and its ztunnel pod, up to nodes.
+func (sc *simCluster) grow(t testing.TB, nodes int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cs := sc.cs
+	from := sc.nodeCount()
+	if nodes <= from {
+		return
+	}
+	err := parallel(nodes-from, func(j int) error {
+		i := from + j
 		name := simNodeName(i)
 		_, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{
 			ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{simTaint: "true"}},
@@ -134,8 +147,15 @@ func newSimCluster(t testing.TB, nodes int) *simCluster {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go sc.renewLeases(ctx)
-	return sc
+	sc.mu.Lock()
+	sc.nodes = nodes
+	sc.mu.Unlock()
+}
+
+func (sc *simCluster) nodeCount() int {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	return sc.nodes
 }
 
 func (sc *simCluster) renewLeases(ctx context.Context) {
@@ -147,7 +167,7 @@ func (sc *simCluster) renewLeases(ctx context.Context) {
 			return
 		case <-tick.C:
 		}
-		_ = parallel(sc.nodes, func(i int) error {
+		_ = parallel(sc.nodeCount(), func(i int) error {
 			patch := fmt.Sprintf(`{"spec":{"renewTime":%q}}`, metav1.NowMicro().Format(metav1.RFC3339Micro))
 			_, err := sc.cs.CoordinationV1().Leases(corev1.NamespaceNodeLease).Patch(ctx, simNodeName(i),
 				types.MergePatchType, []byte(patch), metav1.PatchOptions{})
@@ -170,7 +190,7 @@ func (sc *simCluster) delete(t testing.TB) {
 			_ = sc.cs.CoreV1().Namespaces().Delete(ctx, ns.Name, metav1.DeleteOptions{})
 		}
 	}
-	_ = parallel(sc.nodes, func(i int) error {
+	_ = parallel(sc.nodeCount(), func(i int) error {
 		_ = sc.cs.CoreV1().Pods("istio-system").Delete(ctx, "ztunnel-"+simNodeName(i), now)
 		_ = sc.cs.CoordinationV1().Leases(corev1.NamespaceNodeLease).Delete(ctx, simNodeName(i), metav1.DeleteOptions{})
 		return sc.cs.CoreV1().Nodes().Delete(ctx, simNodeName(i), metav1.DeleteOptions{})
@@ -178,10 +198,12 @@ func (sc *simCluster) delete(t testing.TB) {
 	t.Logf("simulated cluster deleted")
 }
 
-// ensure grows the simulated cluster to s: namespaces, services, and running pods with IPs (status
-// written as a kubelet would). It is idempotent.
+// ensure grows the simulated cluster to s: nodes, namespaces, services, and running pods with IPs
+// (status written as a kubelet would). It is idempotent.
 func (sc *simCluster) ensure(t testing.TB, s scale) {
 	t.Helper()
+	sc.grow(t, s.Nodes)
+	nodes := sc.nodeCount()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	cs := sc.cs
@@ -227,7 +249,7 @@ func (sc *simCluster) ensure(t testing.TB, s scale) {
 			ObjectMeta: metav1.ObjectMeta{Name: name,
 				Labels:      map[string]string{"app": fmt.Sprintf("svc-%02d", k%s.ServicesPerNS)},
 				Annotations: map[string]string{mesh.AnnotationRedirection: mesh.RedirectionEnabled}},
-			Spec: corev1.PodSpec{NodeName: simNodeName(i % sc.nodes), AutomountServiceAccountToken: new(bool),
+			Spec: corev1.PodSpec{NodeName: simNodeName(i % nodes), AutomountServiceAccountToken: new(bool),
 				Containers: []corev1.Container{{Name: "app", Image: "ambient/echo",
 					Ports: []corev1.ContainerPort{{Name: "http", ContainerPort: 8080}}}}},
 		}, metav1.CreateOptions{})
@@ -255,7 +277,7 @@ func (sc *simCluster) ensure(t testing.TB, s scale) {
 		t.Fatal(err)
 	}
 	t.Logf("simulated cluster at %d pods, %d services on %d nodes (grown in %s)",
-		s.pods(), s.Namespaces*s.ServicesPerNS, sc.nodes, time.Since(start).Round(time.Second))
+		s.pods(), s.Namespaces*s.ServicesPerNS, nodes, time.Since(start).Round(time.Second))
 }
 
 // uids returns the UIDs of the simulated pods.
@@ -295,252 +317,26 @@ func parallel(n int, f func(i int) error) error {
 // scale is the size of a simulated cluster.
 type scale struct {
 	Namespaces, PodsPerNS, ServicesPerNS int
+	// Nodes is how many simulated nodes, each with its ztunnel, there are at least.
+	Nodes int
 }
 
 func (s scale) pods() int { return s.Namespaces * s.PodsPerNS }
 
-// delivery is a simulated ztunnel's receipt of a resource it was waiting for.
-type delivery struct {
-	at        time.Time
-	resources []string // names of the resources in the response that carried it
-	removed   []string // and of those it removed
-}
-
-// simZtunnel is a ztunnel's delta xDS stream: it subscribes to every type with a wildcard, keeps
-// the resources' versions, ACKs every response, counts the bytes received, and tells waiters when
-// a resource they expect arrives.
-type simZtunnel struct {
-	st     discoveryv3.AggregatedDiscoveryService_DeltaAggregatedResourcesClient
-	synced chan struct{} // closed once every type had its first response
-	done   chan struct{} // closed when the stream ends
-
-	mu      sync.Mutex
-	held    map[string]map[string]string // type -> name -> version
-	first   map[string]bool
-	bytes   int64
-	expect  map[string]chan delivery
-	lastErr error
-}
-
-// connectZtunnel opens a ztunnel's stream with token and subscribes; the connection is closed
-// when ctx ends.
-func connectZtunnel(ctx context.Context, ist *istiod, token, id string) (*simZtunnel, error) {
-	cc, err := ist.conn(token)
-	if err != nil {
-		return nil, err
-	}
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
-	if err != nil {
-		cc.Close()
-		return nil, fmt.Errorf("%s: open stream: %w", id, err)
-	}
-	z := &simZtunnel{st: st, synced: make(chan struct{}), done: make(chan struct{}),
-		held: map[string]map[string]string{}, first: map[string]bool{}, expect: map[string]chan delivery{}}
-	for i, typ := range ztunnelTypes {
-		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typ}
-		if i == 0 {
-			req.Node = &corev3.Node{Id: id}
-		}
-		z.held[typ] = map[string]string{}
-		if err := st.Send(req); err != nil {
-			cc.Close()
-			return nil, fmt.Errorf("%s: subscribe: %w", id, err)
-		}
-	}
-	go func() {
-		z.run()
-		cc.Close()
-	}()
-	return z, nil
-}
-
-func (z *simZtunnel) run() {
-	defer close(z.done)
-	for {
-		r, err := z.st.Recv()
-		if err != nil {
-			z.mu.Lock()
-			z.lastErr = err
-			z.mu.Unlock()
-			return
-		}
-		at := time.Now()
-		z.mu.Lock()
-		z.bytes += int64(proto.Size(r))
-		held := z.held[r.TypeUrl]
-		for _, res := range r.Resources {
-			held[res.Name] = res.Version
-			if ch, ok := z.expect[res.Name]; ok {
-				d := delivery{at: at, removed: r.RemovedResources}
-				for _, res := range r.Resources {
-					d.resources = append(d.resources, res.Name)
-				}
-				ch <- d
-				delete(z.expect, res.Name)
-			}
-		}
-		for _, n := range r.RemovedResources {
-			delete(held, n)
-		}
-		if !z.first[r.TypeUrl] {
-			z.first[r.TypeUrl] = true
-			if len(z.first) == len(ztunnelTypes) {
-				close(z.synced)
-			}
-		}
-		z.mu.Unlock()
-		if err := z.st.Send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: r.TypeUrl, ResponseNonce: r.Nonce}); err != nil {
-			return
-		}
-	}
-}
-
-// await registers interest in the next delivery of resource name.
-func (z *simZtunnel) await(name string) <-chan delivery {
-	ch := make(chan delivery, 1)
-	z.mu.Lock()
-	z.expect[name] = ch
-	z.mu.Unlock()
-	return ch
-}
-
-func (z *simZtunnel) received() int64 {
-	z.mu.Lock()
-	defer z.mu.Unlock()
-	return z.bytes
-}
-
-// missing returns how many of uids the ztunnel does not hold as workloads.
-func (z *simZtunnel) missing(uids []types.UID) int {
-	z.mu.Lock()
-	defer z.mu.Unlock()
-	n := 0
-	for _, u := range uids {
-		if _, ok := z.held[typeWorkload][string(u)]; !ok {
-			n++
-		}
-	}
-	return n
-}
-
-func (z *simZtunnel) count(typ string) int {
-	z.mu.Lock()
-	defer z.mu.Unlock()
-	return len(z.held[typ])
-}
-
-func (z *simZtunnel) err() error {
-	z.mu.Lock()
-	defer z.mu.Unlock()
-	return z.lastErr
-}
-
-// fleet is one simulated ztunnel per simulated node.
-type fleet struct {
-	zs     []*simZtunnel
-	cancel context.CancelFunc
-}
-
-// connectFleet connects a ztunnel for each simulated node at once and returns when every one
-// has had its first response of each type (its full initial state), with how long that took.
-func connectFleet(t testing.TB, ist *istiod, tokens []string) (*fleet, time.Duration) {
+// ztunnelTokens returns a token bound to each simulated node's ztunnel pod.
+func ztunnelTokens(t testing.TB, sc *simCluster) []string {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	f := &fleet{zs: make([]*simZtunnel, len(tokens)), cancel: cancel}
-	t.Cleanup(f.close)
-	start := time.Now()
-	err := parallel(len(tokens), func(i int) (err error) {
-		f.zs[i], err = connectZtunnel(ctx, ist, tokens[i], "ztunnel-"+simNodeName(i))
+	tokens := make([]string, sc.nodeCount())
+	err := parallel(len(tokens), func(i int) error {
+		p, err := sc.cs.CoreV1().Pods("istio-system").Get(context.Background(), "ztunnel-"+simNodeName(i), metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		tokens[i], err = requestPodToken(sc.cs, p, mesh.TokenAudience)
 		return err
 	})
 	if err != nil {
 		t.Fatal(err)
-	}
-	timeout := time.After(5 * time.Minute)
-	for i, z := range f.zs {
-		select {
-		case <-z.synced:
-		case <-z.done:
-			t.Fatalf("ztunnel on %s: stream ended before its first push: %v", simNodeName(i), z.err())
-		case <-timeout:
-			t.Fatalf("ztunnel on %s: no first push after 5 minutes", simNodeName(i))
-		}
-	}
-	return f, time.Since(start)
-}
-
-func (f *fleet) close() {
-	f.cancel()
-	for _, z := range f.zs {
-		if z != nil {
-			<-z.done
-		}
-	}
-}
-
-func (f *fleet) received() int64 {
-	var n int64
-	for _, z := range f.zs {
-		n += z.received()
-	}
-	return n
-}
-
-// change toggles the redirection annotation of simulated pod key ("<ns>/<name>"), as the node
-// agent would, which changes its workload, and waits until every ztunnel has the change. It
-// returns the time from just before the API call to the last ztunnel's receipt, the time the API
-// call itself took (the API server's share, on a machine it shares with everything else), and the
-// deliveries.
-func (f *fleet) change(t testing.TB, sc *simCluster, key string) (lat, write time.Duration, out []delivery) {
-	t.Helper()
-	ns, name, _ := strings.Cut(key, "/")
-	sc.mu.Lock()
-	uid := sc.pods[key]
-	sc.disabled[key] = !sc.disabled[key]
-	value := mesh.RedirectionEnabled
-	if sc.disabled[key] {
-		value = mesh.RedirectionDisabled
-	}
-	sc.mu.Unlock()
-	waits := make([]<-chan delivery, len(f.zs))
-	for i, z := range f.zs {
-		waits[i] = z.await(string(uid))
-	}
-	patch, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": map[string]string{mesh.AnnotationRedirection: value}}})
-	start := time.Now()
-	if _, err := sc.cs.CoreV1().Pods(ns).Patch(context.Background(), name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
-		t.Fatalf("patch %s/%s: %v", ns, name, err)
-	}
-	write = time.Since(start)
-	out = make([]delivery, len(f.zs))
-	var last time.Time
-	timeout := time.After(30 * time.Second)
-	for i, w := range waits {
-		select {
-		case d := <-w:
-			out[i] = d
-			if d.at.After(last) {
-				last = d.at
-			}
-		case <-f.zs[i].done:
-			t.Fatalf("ztunnel on %s: stream ended: %v", simNodeName(i), f.zs[i].err())
-		case <-timeout:
-			t.Fatalf("ztunnel on %s: the change of %s/%s did not arrive in 30s", simNodeName(i), ns, name)
-		}
-	}
-	return last.Sub(start), write, out
-}
-
-// ztunnelTokens returns a token bound to each simulated node's ztunnel pod.
-func ztunnelTokens(t testing.TB, sc *simCluster) []string {
-	t.Helper()
-	tokens := make([]string, sc.nodes)
-	for i := range tokens {
-		p, err := sc.cs.CoreV1().Pods("istio-system").Get(context.Background(), "ztunnel-"+simNodeName(i), metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		tokens[i] = boundToken(t, sc.cs, p)
 	}
 	return tokens
 }
@@ -550,7 +346,7 @@ func waitModel(t testing.TB, ist *istiod, sc *simCluster, token string) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	z, err := connectZtunnel(ctx, ist, token, "probe")
+	z, err := connectZtunnel(ctx, ist, token, "probe", true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -643,12 +439,12 @@ func percentile(d []time.Duration, p float64) time.Duration {
 func TestIstiodScaleSmall(t *testing.T) {
 	cs := client(t)
 	ist := deployIstiod(t, cs, 1)
-	sc := newSimCluster(t, 5)
-	s := scale{Namespaces: 4, PodsPerNS: 25, ServicesPerNS: 2}
+	s := scale{Namespaces: 4, PodsPerNS: 25, ServicesPerNS: 2, Nodes: 5}
+	sc := newSimCluster(t, s.Nodes)
 	sc.ensure(t, s)
 	tokens := ztunnelTokens(t, sc)
 	waitModel(t, ist, sc, tokens[0])
-	f, first := connectFleet(t, ist, tokens)
+	f, first := connectFleet(t, ist, tokens, true)
 	uids := sc.uids()
 	simulated := map[string]bool{}
 	for _, u := range uids {
@@ -689,27 +485,40 @@ func TestIstiodScaleSmall(t *testing.T) {
 }
 
 // BenchmarkIstiodScale measures istiod-lite at 1,000 and at 10,000 pods (100 and 1,000 services)
-// with 100 simulated ztunnels: the time from connecting all of them to all having their first
+// with 100 simulated ztunnels, and at 50,000 pods in 500 services with 1,000 ztunnels (the size
+// of Istio's published large-cluster test): the time from connecting all of them to all having their first
 // full push, the latency from a single pod change (API call) to every ztunnel having it (one
 // change per iteration; p50/p99 reported), the bytes each ztunnel receives per change, and
 // istiod-lite's resident memory and CPU. Run it with make bench-scale.
 func BenchmarkIstiodScale(b *testing.B) {
 	cs := client(b)
-	ist := deployIstiod(b, cs, 1)
+	// Every simulated ztunnel connects from the lab node the harness dials from: one peer
+	// address holding 1,000 connections, each reviewed once.
+	ist := deployIstiod(b, cs, 1, "--max-conns-per-peer=1100", "--peer-review-burst=1100")
 	sc := newSimCluster(b, 100)
-	tokens := ztunnelTokens(b, sc)
 	pid := ist.process(b)
-	for _, s := range []scale{{Namespaces: 10, PodsPerNS: 100, ServicesPerNS: 10}, {Namespaces: 100, PodsPerNS: 100, ServicesPerNS: 10}} {
-		b.Run(fmt.Sprintf("pods=%d", s.pods()), func(b *testing.B) {
+	sizes := []scale{
+		{Namespaces: 10, PodsPerNS: 100, ServicesPerNS: 10, Nodes: 100},
+		{Namespaces: 100, PodsPerNS: 100, ServicesPerNS: 10, Nodes: 100},
+		{Namespaces: 100, PodsPerNS: 500, ServicesPerNS: 5, Nodes: 1000},
+	}
+	for _, s := range sizes {
+		b.Run(fmt.Sprintf("pods=%d/ztunnels=%d", s.pods(), s.Nodes), func(b *testing.B) {
 			resetPeak(b, pid)
 			sc.ensure(b, s)
+			tokens := ztunnelTokens(b, sc)
 			waitModel(b, ist, sc, tokens[0])
 			_, loadPeak, cpu0 := procStats(b, pid)
 			const translations = "istiod_lite_translation_seconds_count"
 			tr0 := ist.metrics(b, translations)
 			resetPeak(b, pid)
-			f, first := connectFleet(b, ist, tokens)
+			f, first := connectFleet(b, ist, tokens, false)
 			_, pushPeak, cpu1 := procStats(b, pid)
+			for i, z := range f.zs {
+				if n := z.firstCount(typeWorkload); n < s.pods() {
+					b.Fatalf("ztunnel on %s: first push of %d workloads, want at least %d", simNodeName(i), n, s.pods())
+				}
+			}
 			resetPeak(b, pid)
 			uids := sc.uids()
 			names := slices.Sorted(maps.Keys(sc.pods))
