@@ -1,5 +1,7 @@
-// Package memlimit sets Go's soft memory limit from the cgroup v2 memory limit of the process's
-// container, so that manifests need not repeat limits.memory as GOMEMLIMIT.
+// Package memlimit sets Go's soft memory limit from the memory limit of the process's container,
+// so that manifests need not repeat limits.memory as GOMEMLIMIT. It reads cgroup v2 (memory.max)
+// and, on hosts where the memory controller is still bound to cgroup v1 (hybrid hosts, where the
+// unified hierarchy carries no controllers), memory.limit_in_bytes; the smallest limit found wins.
 package memlimit
 
 import (
@@ -20,8 +22,8 @@ import (
 // count (the binary, stacks of threads outside Go, fragmentation).
 const Fraction = 0.9
 
-// Set sets the Go soft memory limit to Fraction of the smallest cgroup v2 memory.max of the
-// process's cgroup and its ancestors (as far as the cgroup mount shows them), unless GOMEMLIMIT is
+// Set sets the Go soft memory limit to Fraction of the smallest memory limit of the process's
+// cgroup and its ancestors (as far as the cgroup mount shows them), unless GOMEMLIMIT is
 // set, which always wins. It logs one line with what it chose. It never fails the process: a
 // problem reading the cgroup files is logged and leaves the limit alone.
 func Set(log *slog.Logger) {
@@ -38,7 +40,7 @@ func set(log *slog.Logger, root, env string, apply func(int64)) {
 	case err != nil:
 		log.Warn("memory limit: cgroup not read; no Go memory limit set", "err", err)
 	case limit <= 0:
-		log.Info("memory limit: no cgroup v2 memory limit found; no Go memory limit set")
+		log.Info("memory limit: no cgroup memory limit found; no Go memory limit set")
 	default:
 		n := int64(float64(limit) * Fraction)
 		apply(n)
@@ -46,11 +48,31 @@ func set(log *slog.Logger, root, env string, apply func(int64)) {
 	}
 }
 
-// Find returns the smallest memory.max of the process's cgroup v2 and its ancestors visible
-// under the cgroup2 mount, and the directory it was read from, using the files under root ("/"
-// on a real system: root/proc/self/cgroup, root/proc/self/mountinfo, and the mount point under
-// root). limit is 0 when there is none: "max" everywhere, no cgroup v2 mount (a cgroup v1 only
-// machine), no cgroup v2 entry, or a cgroup outside every visible mount.
+// hierarchy is where one cgroup version keeps the memory limit.
+type hierarchy struct {
+	name string
+	// cgroup returns the process's cgroup in this hierarchy from /proc/self/cgroup.
+	cgroup func(procCgroup string) (string, bool)
+	// mount reports whether a mount (file system type, super options) shows this hierarchy.
+	mount func(fstype, superOpts string) bool
+	file  string // the limit's file in each cgroup directory
+}
+
+var hierarchies = []hierarchy{
+	{name: "v2", cgroup: parseCgroup, file: "memory.max",
+		mount: func(fstype, _ string) bool { return fstype == "cgroup2" }},
+	{name: "v1", cgroup: parseCgroupV1, file: "memory.limit_in_bytes",
+		mount: func(fstype, opts string) bool {
+			return fstype == "cgroup" && slices.Contains(strings.Split(opts, ","), "memory")
+		}},
+}
+
+// Find returns the smallest memory limit of the process's cgroup and its ancestors visible under
+// the cgroup mounts (memory.max in cgroup v2, memory.limit_in_bytes in the v1 memory hierarchy),
+// and the directory it was read from, using the files under root ("/" on a real system:
+// root/proc/self/cgroup, root/proc/self/mountinfo, and the mount points under root). limit is 0
+// when there is none: no limit anywhere, no cgroup entry or mount, or a cgroup outside every
+// visible mount.
 func Find(root string) (limit int64, dir string, err error) {
 	b, err := os.ReadFile(filepath.Join(root, "proc/self/cgroup"))
 	if errors.Is(err, os.ErrNotExist) {
@@ -58,33 +80,52 @@ func Find(root string) (limit int64, dir string, err error) {
 	} else if err != nil {
 		return 0, "", err
 	}
-	cg, ok := parseCgroup(string(b))
-	if !ok {
-		return 0, "", nil // cgroup v1 only, or a cgroup outside the namespace
-	}
-	mounts, err := os.ReadFile(filepath.Join(root, "proc/self/mountinfo"))
-	if err != nil {
-		return 0, "", err
-	}
-	mnt, rel, ok := findMount(string(mounts), cg)
-	if !ok {
-		return 0, "", nil
-	}
-	// Walk from the cgroup up to the mount point: a pod's limit may be set on a parent.
-	for r := rel; ; r = path.Dir(r) {
-		d := filepath.Join(root, mnt, r)
-		n, err := readMax(filepath.Join(d, "memory.max"))
-		if err != nil {
-			return 0, "", err
+	var mounts string
+	for _, h := range hierarchies {
+		cg, ok := h.cgroup(string(b))
+		if !ok {
+			continue
 		}
-		if n > 0 && (limit == 0 || n < limit) {
-			limit, dir = n, filepath.Join(mnt, r)
+		if mounts == "" {
+			m, err := os.ReadFile(filepath.Join(root, "proc/self/mountinfo"))
+			if err != nil {
+				return 0, "", err
+			}
+			mounts = string(m)
 		}
-		if r == "/" {
-			break
+		mnt, rel, ok := findMount(mounts, cg, h.mount)
+		if !ok {
+			continue
+		}
+		// Walk from the cgroup up to the mount point: a pod's limit may be set on a parent.
+		for r := rel; ; r = path.Dir(r) {
+			d := filepath.Join(root, mnt, r)
+			n, err := readLimit(filepath.Join(d, h.file))
+			if err != nil {
+				return 0, "", err
+			}
+			if n > 0 && (limit == 0 || n < limit) {
+				limit, dir = n, filepath.Join(mnt, r)
+			}
+			if r == "/" {
+				break
+			}
 		}
 	}
 	return limit, dir, nil
+}
+
+// parseCgroupV1 returns the path of the v1 memory hierarchy in /proc/self/cgroup (the
+// "<id>:<controllers>:<path>" line whose controllers include memory).
+func parseCgroupV1(s string) (string, bool) {
+	for line := range strings.Lines(s) {
+		f := strings.SplitN(strings.TrimRight(line, "\n"), ":", 3)
+		if len(f) != 3 || !slices.Contains(strings.Split(f[1], ","), "memory") {
+			continue
+		}
+		return cleanCgroup(f[2])
+	}
+	return "", false
 }
 
 // parseCgroup returns the cgroup v2 path of /proc/self/cgroup: the "0::<path>" line; false if
@@ -95,21 +136,26 @@ func parseCgroup(s string) (string, bool) {
 		if !ok {
 			continue
 		}
-		// A cgroup outside the reader's cgroup namespace ("/../x") is in no mount it can see.
-		if !strings.HasPrefix(p, "/") || slices.Contains(strings.Split(p, "/"), "..") {
-			return "", false
-		}
-		return path.Clean(p), true
+		return cleanCgroup(p)
 	}
 	return "", false
 }
 
-// findMount returns the cgroup2 mount point that shows the cgroup cg, and cg relative to that
-// mount's root. Of several mounts at the same mount point only the last one (on top) counts. A
+// cleanCgroup cleans a cgroup path; a cgroup outside the reader's cgroup namespace ("/../x") is
+// in no mount it can see.
+func cleanCgroup(p string) (string, bool) {
+	if !strings.HasPrefix(p, "/") || slices.Contains(strings.Split(p, "/"), "..") {
+		return "", false
+	}
+	return path.Clean(p), true
+}
+
+// findMount returns the mount point of a hierarchy (a mount for which is reports true) that shows
+// the cgroup cg, and cg relative to that mount's root. Of several mounts at the same mount point only the last one (on top) counts. A
 // mount whose root is not an ancestor of cg (another subtree, or above the reader's cgroup
 // namespace: "/..") does not show it.
-func findMount(mountinfo, cg string) (mnt, rel string, ok bool) {
-	type entry struct{ root, fstype string }
+func findMount(mountinfo, cg string, is func(fstype, superOpts string) bool) (mnt, rel string, ok bool) {
+	type entry struct{ root, fstype, opts string }
 	top := map[string]entry{}
 	var order []string
 	sc := bufio.NewScanner(strings.NewReader(mountinfo))
@@ -130,11 +176,15 @@ func findMount(mountinfo, cg string) (mnt, rel string, ok bool) {
 		if _, seen := top[mp]; !seen {
 			order = append(order, mp)
 		}
-		top[mp] = entry{root: unescape(f[3]), fstype: f[sep+1]}
+		e := entry{root: unescape(f[3]), fstype: f[sep+1]}
+		if sep+3 < len(f) {
+			e.opts = f[sep+3]
+		}
+		top[mp] = e
 	}
 	for _, mp := range order {
 		e := top[mp]
-		if e.fstype != "cgroup2" {
+		if !is(e.fstype, e.opts) {
 			continue
 		}
 		// path.Clean would turn "/../.." into "/": a root above the namespace is no ancestor.
@@ -173,9 +223,13 @@ func unescape(s string) string {
 	return b.String()
 }
 
-// readMax reads a memory.max file: 0 for "max" or a missing file (the root cgroup has none),
-// else the limit in bytes.
-func readMax(p string) (int64, error) {
+// unlimitedV1 is where cgroup v1 limits mean none: an unlimited memory.limit_in_bytes reads as
+// the largest page count times the page size (9223372036854771712 with 4 KiB pages).
+const unlimitedV1 = 1 << 62
+
+// readLimit reads a memory.max or memory.limit_in_bytes file: 0 for no limit ("max", v1's
+// unlimited value, or a missing file: the root cgroup has none), else the limit in bytes.
+func readLimit(p string) (int64, error) {
 	b, err := os.ReadFile(p)
 	if errors.Is(err, os.ErrNotExist) {
 		return 0, nil
@@ -187,6 +241,9 @@ func readMax(p string) (int64, error) {
 		return 0, nil
 	}
 	n, err := strconv.ParseInt(s, 10, 64)
+	if err == nil && n >= unlimitedV1 {
+		return 0, nil
+	}
 	if err != nil || n <= 0 {
 		return 0, fmt.Errorf("%s: unexpected contents %q", p, s)
 	}

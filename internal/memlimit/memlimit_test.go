@@ -74,20 +74,58 @@ func TestFind(t *testing.T) {
 			files: v2("max", "max", "max"),
 		},
 		{
-			name: "cgroup v1 only: no limit, no error",
+			name: "cgroup v1 only: memory.limit_in_bytes",
 			files: map[string]string{
 				"proc/self/cgroup": "12:memory:/kubepods/pod1/abc\n11:cpu,cpuacct:/kubepods/pod1/abc\n1:name=systemd:/kubepods/pod1/abc\n",
 				"proc/self/mountinfo": mountRoot +
+					"29 24 0:25 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:11 - cgroup cgroup rw,cpu,cpuacct\n" +
 					"30 24 0:26 / /sys/fs/cgroup/memory rw,nosuid shared:12 - cgroup cgroup rw,memory\n",
 				"sys/fs/cgroup/memory/kubepods/pod1/abc/memory.limit_in_bytes": "536870912\n",
+				"sys/fs/cgroup/memory/kubepods/pod1/memory.limit_in_bytes":     "9223372036854771712\n",
+			},
+			limit: 512 * mib, dir: "/sys/fs/cgroup/memory/kubepods/pod1/abc",
+		},
+		{
+			name: "cgroup v1 unlimited everywhere: no limit",
+			files: map[string]string{
+				"proc/self/cgroup":    "4:memory:/kubepods/pod1/abc\n",
+				"proc/self/mountinfo": mountRoot + "30 24 0:26 / /sys/fs/cgroup/memory rw shared:12 - cgroup cgroup rw,memory\n",
+				"sys/fs/cgroup/memory/kubepods/pod1/abc/memory.limit_in_bytes": "9223372036854771712\n",
 			},
 		},
 		{
-			name: "hybrid host with an empty v2 entry and no cgroup2 mount: no limit",
+			name: "a v1 hierarchy without the memory controller does not count",
 			files: map[string]string{
-				"proc/self/cgroup":    "12:memory:/kubepods/pod1/abc\n0::/\n",
-				"proc/self/mountinfo": mountRoot + "30 24 0:26 / /sys/fs/cgroup/memory rw shared:12 - cgroup cgroup rw,memory\n",
+				"proc/self/cgroup":    "3:cpu:/kubepods/pod1/abc\n",
+				"proc/self/mountinfo": mountRoot + "29 24 0:25 / /sys/fs/cgroup/cpu rw shared:11 - cgroup cgroup rw,cpu\n",
+				"sys/fs/cgroup/cpu/kubepods/pod1/abc/memory.limit_in_bytes": "536870912\n",
 			},
+		},
+		{
+			// As on hosts whose unified hierarchy carries no controllers: the v2 cgroup has
+			// no memory.max; the limit is in the v1 memory hierarchy.
+			name: "hybrid host: v2 without memory.max, limit in v1",
+			files: map[string]string{
+				"proc/self/cgroup": "4:memory:/lab/node-1/pod1\n0::/lab/node-1/pod1\n",
+				"proc/self/mountinfo": mountRoot +
+					"30 24 0:26 / /sys/fs/cgroup/memory rw shared:12 - cgroup cgroup rw,memory\n" +
+					"31 24 0:27 / /sys/fs/cgroup/unified rw shared:13 - cgroup2 cgroup2 rw\n",
+				"sys/fs/cgroup/unified/lab/node-1/pod1/cgroup.procs":         "",
+				"sys/fs/cgroup/memory/lab/node-1/pod1/memory.limit_in_bytes": "134217728\n",
+			},
+			limit: 128 * mib, dir: "/sys/fs/cgroup/memory/lab/node-1/pod1",
+		},
+		{
+			name: "both hierarchies limit: the smaller wins",
+			files: map[string]string{
+				"proc/self/cgroup": "4:memory:/p\n0::/p\n",
+				"proc/self/mountinfo": mountRoot +
+					"30 24 0:26 / /sys/fs/cgroup/memory rw shared:12 - cgroup cgroup rw,memory\n" +
+					"31 24 0:27 / /sys/fs/cgroup/unified rw shared:13 - cgroup2 cgroup2 rw\n",
+				"sys/fs/cgroup/unified/p/memory.max":           "268435456\n",
+				"sys/fs/cgroup/memory/p/memory.limit_in_bytes": "134217728\n",
+			},
+			limit: 128 * mib, dir: "/sys/fs/cgroup/memory/p",
 		},
 		{
 			name: "private cgroup namespace: the container's cgroup is the mount's root",
@@ -206,7 +244,7 @@ func TestSet(t *testing.T) {
 		if len(applied) != 0 {
 			t.Errorf("applied %v, want nothing", applied)
 		}
-		if !strings.Contains(logged, "no cgroup v2 memory limit") {
+		if !strings.Contains(logged, "no cgroup memory limit") {
 			t.Errorf("log: %s", logged)
 		}
 	})
