@@ -294,6 +294,14 @@ type istiod struct {
 // earlier test. The namespace is deleted when the test ends.
 func deployIstiod(t testing.TB, cs kubernetes.Interface, replicas int, args ...string) *istiod {
 	t.Helper()
+	return deployIstiodWithMemory(t, cs, replicas, "", args...)
+}
+
+// deployIstiodWithMemory is deployIstiod with the container's memory limit set to memory
+// instead of the manifest's ("": as shipped); the lab enforces it, as a cluster sized for a large
+// mesh would be configured.
+func deployIstiodWithMemory(t testing.TB, cs kubernetes.Interface, replicas int, memory string, args ...string) *istiod {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	eventually(t, 2*time.Minute, "an earlier istio-system to be deleted", func() bool {
@@ -313,6 +321,13 @@ func deployIstiod(t testing.TB, cs kubernetes.Interface, replicas int, args ...s
 		t.Fatal(err)
 	}
 	b = []byte(strings.Replace(string(b), "replicas: 2", fmt.Sprintf("replicas: %d", replicas), 1))
+	if memory != "" {
+		const shipped = "limits: {memory: 512Mi}"
+		if !bytes.Contains(b, []byte(shipped)) {
+			t.Fatalf("istiod-lite's manifest has no %q to change", shipped)
+		}
+		b = bytes.Replace(b, []byte(shipped), []byte("limits: {memory: "+memory+"}"), 1)
+	}
 	if len(args) > 0 {
 		if !bytes.Contains(b, []byte("args: [")) {
 			t.Fatal("istiod-lite's manifest has no args list to add to")

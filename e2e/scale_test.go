@@ -494,7 +494,9 @@ func BenchmarkIstiodScale(b *testing.B) {
 	cs := client(b)
 	// Every simulated ztunnel connects from the lab node the harness dials from: one peer
 	// address holding 1,000 connections, each reviewed once.
-	ist := deployIstiod(b, cs, 1, "--max-conns-per-peer=1100", "--peer-review-burst=1100")
+	// At 50,000 pods istiod-lite peaks near 900 MiB: it gets 1.5 GiB, as an operator would give it
+	// for a cluster of that size (the manifest's 512 MiB is sized for up to ~10,000 pods).
+	ist := deployIstiodWithMemory(b, cs, 1, "1536Mi", "--max-conns-per-peer=1100", "--peer-review-burst=1100")
 	sc := newSimCluster(b, 100)
 	pid := ist.process(b)
 	sizes := []scale{

@@ -1,8 +1,9 @@
 // Command client is the ambient/client image. With no arguments it stays idle so that
 // `lab exec` can run commands in its pod; `client http URL` and `client tcp ADDR MSG` make requests,
-// `client load INTERVAL ADDR...` opens connections until stopped and reports how many failed, and
+// `client load INTERVAL ADDR...` opens connections until stopped and reports how many failed,
 // `client hold ADDR N INTERVAL` keeps one connection busy, `client rr ...` measures open-loop
-// request/response latency and `client idle ADDR N` holds N idle connections.
+// request/response latency, `client idle ADDR N` holds N idle connections and `client alloc MIB`
+// holds MIB MiB of memory.
 package main
 
 import (
@@ -32,6 +33,24 @@ func run() int {
 	switch {
 	case len(args) == 0:
 		<-ctx.Done() // idle until stopped
+		return 0
+	case args[0] == "alloc" && len(args) == 2:
+		// alloc MIB: take MIB MiB of memory, touch every page, then stay idle (a memory limit's test).
+		mib, err := strconv.Atoi(args[1])
+		if err != nil || mib <= 0 {
+			fmt.Fprintln(os.Stderr, "client: alloc MIB:", args[1])
+			return 2
+		}
+		held := make([][]byte, 0, mib)
+		for range mib {
+			b := make([]byte, 1<<20)
+			for i := 0; i < len(b); i += 4096 {
+				b[i] = 1
+			}
+			held = append(held, b)
+		}
+		fmt.Printf("holding %d MiB\n", len(held))
+		<-ctx.Done()
 		return 0
 	case args[0] == "http" && len(args) == 2:
 		code, body, err := images.HTTPGet(ctx, args[1], *h2c, *timeout)

@@ -227,12 +227,12 @@ func ExecCommand(ctx context.Context, cfg Config, ns, name string, argv ...strin
 	if err != nil {
 		return nil, fmt.Errorf("pod %s/%s cgroup: %w", ns, name, err)
 	}
-	// Join the mount namespace of a process of the pod too, when one runs, so that the command
-	// sees the pod's volumes, token and resolv.conf as the pod's own processes do.
+	// Join the mount and UTS namespaces of a process of the pod too, when one runs, so that the
+	// command sees the pod's volumes, token, resolv.conf and hostname as the pod's own processes do.
 	nsArgs := []string{"--net=/run/netns/" + netns}
 	if procs, err := os.ReadFile(filepath.Join(cgParent, pod.Spec.NodeName, string(pod.UID), "cgroup.procs")); err == nil {
 		if f := strings.Fields(string(procs)); len(f) > 0 {
-			nsArgs = append(nsArgs, "--mount=/proc/"+f[0]+"/ns/mnt")
+			nsArgs = append(nsArgs, "--mount=/proc/"+f[0]+"/ns/mnt", "--uts=/proc/"+f[0]+"/ns/uts")
 		}
 	}
 	cmd := exec.CommandContext(ctx, "nsenter", append(append(nsArgs, "--"), argv...)...)

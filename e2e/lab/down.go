@@ -29,6 +29,12 @@ func Down(cfg Config, log *slog.Logger) error {
 		if err := removeCgroupTree(cg); err != nil {
 			errs = append(errs, fmt.Errorf("remove lab cgroups: %w", err))
 		}
+		// The containers' memory cgroups (kubelet/limits_linux.go).
+		if mem, err := kubelet.MemoryCgroupV1(cg); err == nil && mem != "" {
+			if err := removeCgroupTree(mem); err != nil {
+				errs = append(errs, fmt.Errorf("remove lab memory cgroups: %w", err))
+			}
+		}
 	}
 	st := cfg.StateDir()
 	// The nodes' bpffs instances are mounted in the node roots; removing the roots while they

@@ -2,6 +2,7 @@ package kubelet
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,11 +32,23 @@ type container struct {
 	waitMessage  string
 	terminated   *corev1.ContainerStateTerminated
 	lastExitCode int
+	// memCgroup is the container's memory cgroup when it has a memory limit (limits_linux.go),
+	// and oomKills the OOM kills counted there as of the last start or exit.
+	memCgroup string
+	oomKills  int64
 }
 
 // start launches the container through `lab podinit` in a new mount namespace, in the pod's
-// cgroup (CLONE_INTO_CGROUP, so it never runs outside it) and its own process group.
+// cgroup (CLONE_INTO_CGROUP, so it never runs outside it) and its own process group. It returns
+// once podinit has made the container (mounts, namespaces, cgroups) and executed the program, so
+// that nothing sees a container half made: `lab exec` joins the namespaces of its process.
 func (c *container) start(labBin string, spec InitSpec, cgroupDir, logPath, marker string) error {
+	execR, execW, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer execR.Close()
+	spec.ExecFD = 3 // the first of ExtraFiles
 	enc, err := EncodeInit(spec)
 	if err != nil {
 		return err
@@ -56,15 +69,29 @@ func (c *container) start(labBin string, spec InitSpec, cgroupDir, logPath, mark
 	cmd := exec.Command(labBin, "podinit")
 	cmd.Env = []string{InitEnv + "=" + enc, marker}
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.ExtraFiles = []*os.File{execW}
+	flags := uintptr(syscall.CLONE_NEWNS)
+	if spec.Hostname != "" {
+		flags |= syscall.CLONE_NEWUTS
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags:  syscall.CLONE_NEWNS,
+		Cloneflags:  flags,
 		UseCgroupFD: true,
 		CgroupFD:    int(cg.Fd()),
 		Setpgid:     true,
 		Pdeathsig:   0, // pods outlive a kubelet restart, as with a real runtime
 	}
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	execW.Close()
+	if err != nil {
 		return fmt.Errorf("start container %s: %w", c.spec.Name, err)
+	}
+	// EOF when the program replaced podinit, or podinit failed (its exit is reaped as usual).
+	_ = execR.SetReadDeadline(time.Now().Add(execWait))
+	if _, err := io.Copy(io.Discard, execR); err != nil {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		_ = cmd.Wait()
+		return fmt.Errorf("start container %s: podinit did not execute the program within %v: %w", c.spec.Name, execWait, err)
 	}
 	c.cmd = cmd
 	c.exited = make(chan struct{})
@@ -80,6 +107,9 @@ func (c *container) start(labBin string, spec InitSpec, cgroupDir, logPath, mark
 	}()
 	return nil
 }
+
+// execWait bounds the time podinit may take to make a container.
+const execWait = 10 * time.Second
 
 // reap records the exit of a process that ended; it reports whether one did.
 func (c *container) reap() bool {
@@ -102,6 +132,11 @@ func (c *container) reap() bool {
 	}
 	if code != 0 {
 		reason = "Error"
+	}
+	if code == 128+int(syscall.SIGKILL) && c.memCgroup != "" {
+		if n, err := oomKills(c.memCgroup); err == nil && n > c.oomKills {
+			reason, c.oomKills = "OOMKilled", n
+		}
 	}
 	c.lastExitCode = code
 	c.terminated = &corev1.ContainerStateTerminated{

@@ -25,8 +25,11 @@ type Kubelet struct {
 	net          *network
 	vols         volumes
 	cgroupParent string
-	labBin       string
-	marker       string
+	// memRoot mirrors cgroupParent in the cgroup v1 memory hierarchy ("": limits not enforced;
+	// see limits_linux.go).
+	memRoot string
+	labBin  string
+	marker  string
 
 	mu      sync.Mutex
 	workers map[types.UID]*podWorker
@@ -60,9 +63,13 @@ func New(cfg Config, marker string, log *slog.Logger) (*Kubelet, error) {
 	if cfg.Domain == "" {
 		cfg.Domain = "cluster.local"
 	}
+	memRoot, err := MemoryCgroupV1(cfg.NodeCgroup)
+	if err != nil || memRoot == "" {
+		log.Warn("container memory limits are not enforced: the host has no cgroup v1 memory hierarchy", "err", err)
+	}
 	return &Kubelet{cfg: cfg, log: log, cs: cs, net: nw, vols: volumes{cs: cs, nodeRoot: cfg.NodeRoot, nodeCgroup: cfg.NodeCgroup},
-		cgroupParent: cfg.NodeCgroup,
-		labBin:       self, marker: marker, workers: map[types.UID]*podWorker{}}, nil
+		cgroupParent: cfg.NodeCgroup, memRoot: memRoot,
+		labBin: self, marker: marker, workers: map[types.UID]*podWorker{}}, nil
 }
 
 // Run registers the node and runs its pods until ctx is cancelled; cancellation returns nil and

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -143,7 +144,11 @@ func (w *podWorker) startContainer(c *container) {
 		c.waitReason, c.waitMessage = "CreateContainerConfigError", err.Error()
 		return
 	}
-	env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=" + w.pod.Name}, env...)
+	hostname := w.hostname()
+	if hostname == "" {
+		hostname = w.pod.Name // hostNetwork: the process sees the host's; the variable stays the pod's, as before
+	}
+	env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=" + hostname}, env...)
 	// The lab's marker lets lab down find pod processes even if the kubelet crashed.
 	env = append(env, w.k.marker)
 	var mounts []Mount
@@ -172,12 +177,41 @@ func (w *podWorker) startContainer(c *container) {
 		}
 	}
 	argv = append(argv, c.spec.Args...)
-	spec := InitSpec{Netns: w.sb.netnsPath(), Mounts: mounts, Dir: c.spec.WorkingDir, Argv: argv, Env: env, CreatedLog: w.k.cfg.CreatedLog}
+	spec := InitSpec{Netns: w.sb.netnsPath(), Mounts: mounts, Dir: c.spec.WorkingDir, Argv: argv, Env: env,
+		CreatedLog: w.k.cfg.CreatedLog, Hostname: w.hostname()}
+	if limit := memoryLimit(&c.spec); limit > 0 && w.k.memRoot != "" {
+		dir := filepath.Join(w.k.memRoot, string(w.pod.UID), c.spec.Name)
+		n, err := newMemoryCgroup(dir, limit)
+		if err != nil {
+			c.waitReason, c.waitMessage = "RunContainerError", err.Error()
+			w.log.Error("container memory limit", "pod", w.pod.Namespace+"/"+w.pod.Name, "container", c.spec.Name, "err", err)
+			return
+		}
+		c.memCgroup, c.oomKills = dir, n
+		spec.Cgroups = []string{dir}
+	}
 	logPath := filepath.Join(w.podDir, c.spec.Name+".log")
 	if err := c.start(w.k.labBin, spec, w.sb.cgroup, logPath, w.k.marker); err != nil {
 		c.waitReason, c.waitMessage = "RunContainerError", err.Error()
 		w.log.Error("start container", "pod", w.pod.Namespace+"/"+w.pod.Name, "container", c.spec.Name, "err", err)
 	}
+}
+
+// hostname is the pod's hostname, as a runtime sets it in the pod's UTS namespace:
+// spec.hostname, else the pod's name (cut to a DNS label); "" for a hostNetwork pod, which keeps
+// the host's.
+func (w *podWorker) hostname() string {
+	if w.pod.Spec.HostNetwork {
+		return ""
+	}
+	h := w.pod.Spec.Hostname
+	if h == "" {
+		h = w.pod.Name
+	}
+	if len(h) > 63 {
+		h = strings.TrimRight(h[:63], "-.")
+	}
+	return h
 }
 
 func (w *podWorker) probe(ctx context.Context, c *container, now time.Time) {
@@ -258,6 +292,11 @@ func (w *podWorker) terminate(ctx context.Context, grace time.Duration) {
 			break
 		}
 		time.Sleep(100 * time.Millisecond) // the cgroup empties once the kernel has reaped the tasks
+	}
+	if w.k.memRoot != "" {
+		if err := removeCgroups(filepath.Join(w.k.memRoot, string(p.UID))); err != nil {
+			w.log.Error("remove memory cgroups", "pod", p.Namespace+"/"+p.Name, "err", err)
+		}
 	}
 	if w.podDir != "" {
 		_ = os.RemoveAll(w.podDir)

@@ -32,6 +32,17 @@ type InitSpec struct {
 	Dir    string   `json:"dir,omitempty"`
 	Argv   []string `json:"argv"`
 	Env    []string `json:"env"`
+	// Hostname is set in the container's own UTS namespace (the kubelet clones one when it is
+	// not empty).
+	Hostname string `json:"hostname,omitempty"`
+	// Cgroups are cgroup directories (outside the unified hierarchy the kubelet clones the
+	// process into: the v1 memory cgroup of a container with a memory limit) podinit joins before
+	// anything else, so that everything the container does is accounted there.
+	Cgroups []string `json:"cgroups,omitempty"`
+	// ExecFD is an inherited pipe that podinit marks close-on-exec: the kubelet reads its end to
+	// EOF, which comes when the program has replaced podinit (everything in place) or podinit
+	// failed. 0 for none.
+	ExecFD int `json:"execFD,omitempty"`
 	// CreatedLog is a file to which podinit appends every directory or file it had to create on
 	// the host's file system as a mount target, so that lab down can remove them once no pod
 	// runs (removing them earlier would detach other pods' mounts on them).
@@ -42,6 +53,20 @@ type InitSpec struct {
 func PodInit(spec InitSpec) error {
 	if len(spec.Argv) == 0 {
 		return errors.New("podinit: no program")
+	}
+	if spec.ExecFD > 0 {
+		unix.CloseOnExec(spec.ExecFD)
+	}
+	for _, dir := range spec.Cgroups {
+		// "0" is the writing process: podinit, and the program it becomes.
+		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte("0"), 0); err != nil {
+			return fmt.Errorf("podinit: join cgroup %s: %w", dir, err)
+		}
+	}
+	if spec.Hostname != "" {
+		if err := unix.Sethostname([]byte(spec.Hostname)); err != nil {
+			return fmt.Errorf("podinit: hostname: %w", err)
+		}
 	}
 	runtime.LockOSThread() // setns and exec must happen on the same thread
 	// Keep the pod's mounts to itself; the host's later mounts still reach the pod.

@@ -1,0 +1,136 @@
+package kubelet
+
+// Container memory limits, as a container runtime applies them: a container with
+// resources.limits.memory runs in a memory cgroup of its own with that limit, and an exit by
+// SIGKILL after which that cgroup counts a new OOM kill is reported as OOMKilled.
+//
+// The lab's pod cgroups live in the unified (v2) hierarchy, where the pods' processes are placed
+// at clone time. The memory controller is taken from the cgroup v1 memory hierarchy, mirrored at
+// the same relative path (<v1 memory mount>/<lab>/<node>/<pod UID>/<container>): on hybrid hosts,
+// such as the machines the lab runs on, the unified hierarchy carries no controllers and the
+// memory controller is bound to v1. A container joins its memory cgroup itself, in `lab podinit`,
+// before it executes the program, so nothing it allocates escapes the limit. On a host without a
+// v1 memory hierarchy limits are not enforced, and the kubelet says so once at start.
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ambient-mesh/ambient/redirect"
+)
+
+// MemoryCgroupV1 returns the directory in the cgroup v1 memory hierarchy that mirrors the cgroup
+// v2 directory dir, or "" when the host has no v1 memory hierarchy.
+func MemoryCgroupV1(dir string) (string, error) {
+	v2, err := redirect.FindCgroup2()
+	if err != nil {
+		return "", err
+	}
+	rel, err := filepath.Rel(v2, dir)
+	if err != nil || strings.HasPrefix(rel, "..") {
+		return "", fmt.Errorf("%s is not under the cgroup v2 mount %s", dir, v2)
+	}
+	mnt, err := memoryMountV1()
+	if err != nil || mnt == "" {
+		return "", err
+	}
+	return filepath.Join(mnt, rel), nil
+}
+
+// memoryMountV1 returns the mount point of the cgroup v1 memory hierarchy ("" for none). Only a
+// mount of the hierarchy's root counts: the lab's paths are absolute in it.
+func memoryMountV1() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// ID parent major:minor root mountpoint options [optional...] - fstype source superoptions
+		fs := strings.Fields(sc.Text())
+		i := slices.Index(fs, "-")
+		if i < 5 || i+3 >= len(fs) || fs[i+1] != "cgroup" || fs[3] != "/" {
+			continue
+		}
+		if slices.Contains(strings.Split(fs[i+3], ","), "memory") {
+			return fs[4], nil
+		}
+	}
+	return "", sc.Err()
+}
+
+// memoryLimit returns a container's memory limit in bytes (0: none).
+func memoryLimit(c *corev1.Container) int64 {
+	if q, ok := c.Resources.Limits[corev1.ResourceMemory]; ok {
+		return q.Value()
+	}
+	return 0
+}
+
+// newMemoryCgroup creates the memory cgroup dir with limit bytes; it returns the cgroup's OOM
+// kill count so far (a cgroup kept across restarts keeps counting).
+func newMemoryCgroup(dir string, limit int64) (int64, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return 0, fmt.Errorf("memory cgroup: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "memory.limit_in_bytes"), []byte(strconv.FormatInt(limit, 10)), 0); err != nil {
+		return 0, fmt.Errorf("memory cgroup %s: set limit %d: %w", dir, limit, err)
+	}
+	return oomKills(dir)
+}
+
+// oomKills returns the OOM kills a v1 memory cgroup counted (memory.oom_control's oom_kill).
+func oomKills(dir string) (int64, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "memory.oom_control"))
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "oom_kill "); ok {
+			return strconv.ParseInt(v, 10, 64)
+		}
+	}
+	return 0, errors.New("memory.oom_control has no oom_kill count")
+}
+
+// removeCgroups removes a pod's memory cgroups (one per container) and the pod's own; a cgroup
+// is removed with rmdir once the kernel has reaped its tasks, so it is retried for a few seconds.
+func removeCgroups(podDir string) error {
+	ents, err := os.ReadDir(podDir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var dirs []string
+	for _, e := range ents {
+		if e.IsDir() {
+			dirs = append(dirs, filepath.Join(podDir, e.Name()))
+		}
+	}
+	var last error
+	for _, d := range append(dirs, podDir) {
+		for range 50 {
+			if last = os.Remove(d); last == nil || errors.Is(last, os.ErrNotExist) {
+				last = nil
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if last != nil {
+			return last
+		}
+	}
+	return nil
+}
