@@ -419,7 +419,7 @@ func sameStarts(before, after map[string]string) bool {
 }
 
 // containerLog reads a container's log as the lab kubelet keeps it.
-func containerLog(t *testing.T, p *corev1.Pod, container string) string {
+func containerLog(t testing.TB, p *corev1.Pod, container string) string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(labCfg.NodeDir(p.Spec.NodeName), "pods", p.Namespace+"_"+p.Name+"_"+string(p.UID), container+".log"))
 	if err != nil {

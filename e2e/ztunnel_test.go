@@ -31,6 +31,17 @@ func TestMeshL4(t *testing.T) {
 	defer cancel()
 	cs := client(t)
 	installMesh(t, cs)
+	// The manifest's memory limit holds in the lab, and ztunnel sized its Go heap from it.
+	zts, err := cs.CoreV1().Pods("istio-system").List(ctx, metav1.ListOptions{LabelSelector: "app=ztunnel"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range zts.Items {
+		if l := containerLog(t, &zts.Items[i], "ztunnel"); !strings.Contains(l, `"msg":"memory limit from cgroup"`) ||
+			!strings.Contains(l, `"cgroupLimitBytes":134217728`) {
+			t.Errorf("ztunnel %s did not set its Go memory limit from its 128Mi container limit; its log:\n%s", zts.Items[i].Name, l)
+		}
+	}
 
 	ns := newNamespace(t, cs, "mesh")
 	echo := deployEcho(t, cs, ns)
