@@ -8,12 +8,14 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
 // TestLabPodsAsARuntimeMakesThem checks what the lab kubelet does as a container runtime would:
 // a container over its memory limit is OOM-killed, reported as OOMKilled and restarted, while one
-// within its limit runs on; and a pod's hostname is its name, or spec.hostname when set.
+// within its limit runs on; a pod's hostname is its name, or spec.hostname when set; and a
+// container run as a non-root user cannot bind port 80, which root can.
 func TestLabPodsAsARuntimeMakesThem(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -48,6 +50,28 @@ spec:
   containers:
   - name: c
     image: ambient/client
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nonroot}
+spec:
+  securityContext: {runAsUser: 1000, runAsGroup: 1000}
+  containers:
+  - name: c
+    image: ambient/echo
+    args: ["-http=:80", "-tcp=:19090"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: root}
+spec:
+  containers:
+  - name: c
+    image: ambient/echo
+    args: ["-http=:80", "-tcp=:19090"]
+    readinessProbe:
+      httpGet: {path: /, port: 80}
+      periodSeconds: 1
 `))
 	eventually(t, 90*time.Second, "hog OOMKilled and restarted", func() bool {
 		p, err := cs.CoreV1().Pods(ns).Get(ctx, "hog", metav1.GetOptions{})
@@ -66,6 +90,24 @@ spec:
 		if got := strings.TrimSpace(execIn(t, ns, pod, "cat", "/proc/sys/kernel/hostname")); got != want {
 			t.Errorf("hostname in %s = %q, want %q", pod, got, want)
 		}
+	}
+	eventually(t, 60*time.Second, "root's echo ready on port 80", func() bool {
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, "root", metav1.GetOptions{})
+		return err == nil && podReady(p)
+	})
+	var nonroot *corev1.Pod
+	eventually(t, 60*time.Second, "nonroot's echo failed", func() bool {
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, "nonroot", metav1.GetOptions{})
+		if err != nil || len(p.Status.ContainerStatuses) == 0 {
+			return false
+		}
+		s := p.Status.ContainerStatuses[0]
+		nonroot = p
+		return (s.State.Terminated != nil && s.State.Terminated.ExitCode == 1) ||
+			(s.LastTerminationState.Terminated != nil && s.LastTerminationState.Terminated.ExitCode == 1)
+	})
+	if l := containerLog(t, nonroot, "c"); !strings.Contains(l, "permission denied") {
+		t.Errorf("nonroot's echo did not fail for want of permission to bind port 80; its log:\n%s", l)
 	}
 	// By now the hog was killed at least once.
 	p, err := cs.CoreV1().Pods(ns).Get(ctx, "fits", metav1.GetOptions{})

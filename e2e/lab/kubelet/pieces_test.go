@@ -129,3 +129,28 @@ func TestPodStatus(t *testing.T) {
 		t.Errorf("all succeeded: phase %s", st.Phase)
 	}
 }
+
+func TestRunAs(t *testing.T) {
+	id := func(n int64) *int64 { return &n }
+	for _, tc := range []struct {
+		name string
+		pod  *corev1.PodSecurityContext
+		ctr  *corev1.SecurityContext
+		want *User
+	}{
+		{name: "nothing set: root, as the images are", want: nil},
+		{name: "pod's user, group 0 by default", pod: &corev1.PodSecurityContext{RunAsUser: id(1000)}, want: &User{UID: 1000}},
+		{name: "container overrides the pod", pod: &corev1.PodSecurityContext{RunAsUser: id(1000), RunAsGroup: id(2000)},
+			ctr: &corev1.SecurityContext{RunAsUser: id(1001)}, want: &User{UID: 1001, GID: 2000}},
+		{name: "supplemental groups and fsGroup", pod: &corev1.PodSecurityContext{RunAsUser: id(7), SupplementalGroups: []int64{5, 6}, FSGroup: id(9)},
+			want: &User{UID: 7, Groups: []int{5, 6, 9}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pod := &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: tc.pod}}
+			got := runAs(pod, &corev1.Container{SecurityContext: tc.ctr})
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("runAs (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

@@ -178,7 +178,7 @@ func (w *podWorker) startContainer(c *container) {
 	}
 	argv = append(argv, c.spec.Args...)
 	spec := InitSpec{Netns: w.sb.netnsPath(), Mounts: mounts, Dir: c.spec.WorkingDir, Argv: argv, Env: env,
-		CreatedLog: w.k.cfg.CreatedLog, Hostname: w.hostname()}
+		CreatedLog: w.k.cfg.CreatedLog, Hostname: w.hostname(), User: runAs(w.pod, &c.spec)}
 	if limit := memoryLimit(&c.spec); limit > 0 && w.k.memRoot != "" {
 		dir := filepath.Join(w.k.memRoot, string(w.pod.UID), c.spec.Name)
 		n, err := newMemoryCgroup(dir, limit)
@@ -195,6 +195,42 @@ func (w *podWorker) startContainer(c *container) {
 		c.waitReason, c.waitMessage = "RunContainerError", err.Error()
 		w.log.Error("start container", "pod", w.pod.Namespace+"/"+w.pod.Name, "container", c.spec.Name, "err", err)
 	}
+}
+
+// runAs returns who a container runs as: its securityContext's runAsUser and runAsGroup, else
+// the pod's; the group defaults to 0, as for an image whose user has no group; the pod's
+// supplementalGroups and fsGroup are added. nil: as the lab's images, root.
+func runAs(pod *corev1.Pod, c *corev1.Container) *User {
+	var uid, gid *int64
+	var groups []int
+	if ps := pod.Spec.SecurityContext; ps != nil {
+		uid, gid = ps.RunAsUser, ps.RunAsGroup
+		for _, g := range ps.SupplementalGroups {
+			groups = append(groups, int(g))
+		}
+		if ps.FSGroup != nil {
+			groups = append(groups, int(*ps.FSGroup))
+		}
+	}
+	if cs := c.SecurityContext; cs != nil {
+		if cs.RunAsUser != nil {
+			uid = cs.RunAsUser
+		}
+		if cs.RunAsGroup != nil {
+			gid = cs.RunAsGroup
+		}
+	}
+	if uid == nil && gid == nil && len(groups) == 0 {
+		return nil
+	}
+	u := &User{Groups: groups}
+	if uid != nil {
+		u.UID = int(*uid)
+	}
+	if gid != nil {
+		u.GID = int(*gid)
+	}
+	return u
 }
 
 // hostname is the pod's hostname, as a runtime sets it in the pod's UTS namespace:

@@ -43,10 +43,20 @@ type InitSpec struct {
 	// EOF, which comes when the program has replaced podinit (everything in place) or podinit
 	// failed. 0 for none.
 	ExecFD int `json:"execFD,omitempty"`
+	// User, when set, is who the program runs as (securityContext.runAsUser/runAsGroup and the
+	// pod's supplemental groups); the container is made as root first.
+	User *User `json:"user,omitempty"`
 	// CreatedLog is a file to which podinit appends every directory or file it had to create on
 	// the host's file system as a mount target, so that lab down can remove them once no pod
 	// runs (removing them earlier would detach other pods' mounts on them).
 	CreatedLog string `json:"createdLog,omitempty"`
+}
+
+// User is a process's identity.
+type User struct {
+	UID    int   `json:"uid"`
+	GID    int   `json:"gid"`
+	Groups []int `json:"groups,omitempty"`
 }
 
 // PodInit performs spec and never returns on success.
@@ -91,6 +101,19 @@ func PodInit(spec InitSpec) error {
 	if spec.Dir != "" {
 		if err := os.Chdir(spec.Dir); err != nil {
 			return fmt.Errorf("podinit: workdir: %w", err)
+		}
+	}
+	if u := spec.User; u != nil {
+		// On this (locked) thread only, which is the one that executes the program: the
+		// program starts with these credentials, and a non-root user keeps no capability.
+		if err := unix.Setgroups(u.Groups); err != nil {
+			return fmt.Errorf("podinit: groups %v: %w", u.Groups, err)
+		}
+		if err := unix.Setresgid(u.GID, u.GID, u.GID); err != nil {
+			return fmt.Errorf("podinit: gid %d: %w", u.GID, err)
+		}
+		if err := unix.Setresuid(u.UID, u.UID, u.UID); err != nil {
+			return fmt.Errorf("podinit: uid %d: %w", u.UID, err)
 		}
 	}
 	return unix.Exec(spec.Argv[0], spec.Argv, spec.Env)
