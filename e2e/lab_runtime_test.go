@@ -4,10 +4,12 @@ package e2e
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -116,5 +118,50 @@ spec:
 	}
 	if s := p.Status.ContainerStatuses; len(s) == 0 || s[0].State.Running == nil || s[0].RestartCount != 0 {
 		t.Errorf("fits (16 MiB under a 64 MiB limit): %+v, want running, never restarted", s)
+	}
+}
+
+// TestLabTokensRefreshed checks that a projected service-account token is replaced in the
+// running pod before it ages out (here at the lab's shortened refresh age), with a token the API
+// server accepts, bound to the pod.
+func TestLabTokensRefreshed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cs := client(t)
+	ns := newNamespace(t, cs, "tokens")
+	apply(t, ns, []byte(`
+apiVersion: v1
+kind: Pod
+metadata: {name: holder}
+spec:
+  containers:
+  - name: c
+    image: ambient/client
+    volumeMounts: [{name: tok, mountPath: /var/run/secrets/lab}]
+  volumes:
+  - name: tok
+    projected:
+      sources:
+      - serviceAccountToken: {path: token, audience: lab-test, expirationSeconds: 600}
+`))
+	eventually(t, 60*time.Second, "holder running", func() bool {
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, "holder", metav1.GetOptions{})
+		return err == nil && podReady(p)
+	})
+	read := func() string { return execIn(t, ns, "holder", "cat", "/var/run/secrets/lab/token") }
+	first := read()
+	var next string
+	eventually(t, 3*tokenMaxAge, "the token replaced", func() bool {
+		next = read()
+		return next != first
+	})
+	tr, err := cs.AuthenticationV1().TokenReviews().Create(ctx, &authv1.TokenReview{
+		Spec: authv1.TokenReviewSpec{Token: next, Audiences: []string{"lab-test"}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !tr.Status.Authenticated || tr.Status.User.Username != "system:serviceaccount:"+ns+":default" ||
+		!slices.Contains(tr.Status.User.Extra["authentication.kubernetes.io/pod-name"], "holder") {
+		t.Errorf("refreshed token: %+v, want the pod's default service account, bound to holder", tr.Status)
 	}
 }

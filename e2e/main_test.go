@@ -22,6 +22,9 @@ import (
 
 var labCfg lab.Config
 
+// tokenMaxAge is the lab kubelets' token refresh age in the end-to-end tests.
+const tokenMaxAge = 30 * time.Second
+
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
 func run(m *testing.M) int {
@@ -40,6 +43,9 @@ func run(m *testing.M) int {
 		return 1
 	}
 	labCfg = lab.Default(root)
+	// Every run refreshes the pods' tokens (a kubelet does it at 80% of their life, after an hour
+	// at the earliest): the mesh must keep working across a refresh.
+	labCfg.TokenMaxAge = tokenMaxAge
 	if labCfg.ToolsDir, err = lab.BuildTools(root); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1

@@ -270,6 +270,7 @@ func cmdKubelet(ctx context.Context, args []string) error {
 	fs.StringVar(&c.NodeRoot, "node-root", "", "the node's root file system (hostPath volumes resolve under it)")
 	fs.StringVar(&c.BinDir, "bin-dir", "", "directories (colon-separated) of the programs images map to")
 	fs.StringVar(&c.ClusterDNS, "cluster-dns", ClusterDNSIP, "cluster DNS address")
+	fs.DurationVar(&c.TokenMaxAge, "token-max-age", 0, "refresh projected service-account tokens at this age at the latest (0: 24h)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}

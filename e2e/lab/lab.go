@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 )
 
 // Names and addresses of the lab network. The lab subnet carries node and control-plane
@@ -46,6 +47,9 @@ type Config struct {
 	Nodes    int    // number of nodes
 	ToolsDir string // directory with bin/ and cni/ from e2e/tools/build.sh
 	BinDir   string // the repository's bin/ (lab, echo, client, mesh components)
+	// TokenMaxAge is the age at which the kubelets refresh a projected service-account token
+	// whatever its lifetime (0: a kubelet's 24 hours).
+	TokenMaxAge time.Duration
 }
 
 // Default returns a two-node lab rooted at root.

@@ -197,7 +197,7 @@ func startNode(cfg Config, p *pki, n Node) error {
 		"--pod-cidr=" + n.PodCIDR.String(), "--kubeconfig=" + kc,
 		"--cni-conf-dir=" + filepath.Join(root, "etc/cni/net.d"), "--cni-bin-dir=" + filepath.Join(root, "opt/cni/bin"),
 		"--node-root=" + root, "--state-dir=" + dir, "--bin-dir=" + cfg.BinDir + ":" + filepath.Join(cfg.ToolsDir, "bin"),
-		"--cluster-dns=" + ClusterDNSIP,
+		"--cluster-dns=" + ClusterDNSIP, "--token-max-age=" + cfg.TokenMaxAge.String(),
 	}}
 	if _, err := d.start(cfg.Root, cfg.LogDir()); err != nil {
 		return err

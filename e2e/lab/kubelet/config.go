@@ -12,6 +12,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // Config configures a lab kubelet.
@@ -36,6 +37,9 @@ type Config struct {
 	Domain     string
 	APIHost    string // KUBERNETES_SERVICE_HOST given to pods
 	APIPort    string
+	// TokenMaxAge is the age at which a projected service-account token is refreshed whatever
+	// its lifetime (0: DefaultTokenMaxAge); see tokens.go.
+	TokenMaxAge time.Duration
 }
 
 // Validate reports every problem with the config.

@@ -67,7 +67,7 @@ func New(cfg Config, marker string, log *slog.Logger) (*Kubelet, error) {
 	if err != nil || memRoot == "" {
 		log.Warn("container memory limits are not enforced: the host has no cgroup v1 memory hierarchy", "err", err)
 	}
-	return &Kubelet{cfg: cfg, log: log, cs: cs, net: nw, vols: volumes{cs: cs, nodeRoot: cfg.NodeRoot, nodeCgroup: cfg.NodeCgroup},
+	return &Kubelet{cfg: cfg, log: log, cs: cs, net: nw, vols: volumes{cs: cs, nodeRoot: cfg.NodeRoot, nodeCgroup: cfg.NodeCgroup, tokenMaxAge: cfg.TokenMaxAge},
 		cgroupParent: cfg.NodeCgroup, memRoot: memRoot,
 		labBin: self, marker: marker, workers: map[types.UID]*podWorker{}}, nil
 }

@@ -31,6 +31,7 @@ type podWorker struct {
 	startAt metav1.Time
 	failure string // why the sandbox could not be set up (reported in status)
 	sent    *corev1.PodStatus
+	tokens  []*projectedToken // kept fresh (tokens.go)
 }
 
 func (w *podWorker) run(ctx context.Context) {
@@ -77,6 +78,7 @@ func (w *podWorker) sync(ctx context.Context) {
 		w.failure = ""
 	}
 	now := time.Now()
+	w.refreshTokens(ctx, now)
 	for _, c := range w.ctrs {
 		if c.reap() {
 			w.log.Info("container exited", "pod", w.pod.Namespace+"/"+w.pod.Name, "container", c.spec.Name, "code", c.lastExitCode)
@@ -102,11 +104,11 @@ func (w *podWorker) setup(ctx context.Context) error {
 	if err := os.MkdirAll(w.podDir, 0o755); err != nil {
 		return err
 	}
-	mounts, err := w.k.vols.prepare(ctx, p, w.podDir)
+	mounts, tokens, err := w.k.vols.prepare(ctx, p, w.podDir)
 	if err != nil {
 		return err
 	}
-	w.mounts = mounts
+	w.mounts, w.tokens = mounts, tokens
 	if !p.Spec.HostNetwork {
 		resolv := fmt.Sprintf("search %s.svc.%s svc.%s %s\nnameserver %s\noptions ndots:5\n",
 			p.Namespace, w.k.cfg.Domain, w.k.cfg.Domain, w.k.cfg.Domain, w.k.cfg.ClusterDNS)

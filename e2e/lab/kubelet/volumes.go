@@ -7,8 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"time"
 
-	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -17,13 +17,16 @@ import (
 // volumes materialises a pod's volumes as directories on the node and returns, per volume
 // name, the directory to bind into the pod.
 type volumes struct {
-	cs         kubernetes.Interface
-	nodeRoot   string // hostPath volumes resolve under it (see hostPathSource)
-	nodeCgroup string
+	cs          kubernetes.Interface
+	nodeRoot    string // hostPath volumes resolve under it (see hostPathSource)
+	nodeCgroup  string
+	tokenMaxAge time.Duration // see tokens.go
 }
 
-func (v volumes) prepare(ctx context.Context, pod *corev1.Pod, podDir string) (map[string]string, error) {
+// prepare returns the directory of each volume and the service-account tokens to keep fresh.
+func (v volumes) prepare(ctx context.Context, pod *corev1.Pod, podDir string) (map[string]string, []*projectedToken, error) {
 	out := map[string]string{}
+	var tokens []*projectedToken
 	for _, vol := range pod.Spec.Volumes {
 		dir := filepath.Join(podDir, "volumes", vol.Name)
 		var err error
@@ -37,16 +40,18 @@ func (v volumes) prepare(ctx context.Context, pod *corev1.Pod, podDir string) (m
 		case vol.Secret != nil:
 			err = v.secret(ctx, pod.Namespace, vol.Secret.SecretName, vol.Secret.Items, optional(vol.Secret.Optional), dir)
 		case vol.Projected != nil:
-			err = v.projected(ctx, pod, vol.Projected, dir)
+			var ts []*projectedToken
+			ts, err = v.projected(ctx, pod, vol.Projected, dir)
+			tokens = append(tokens, ts...)
 		default:
 			err = fmt.Errorf("unsupported volume type")
 		}
 		if err != nil {
-			return nil, fmt.Errorf("volume %s: %w", vol.Name, err)
+			return nil, nil, fmt.Errorf("volume %s: %w", vol.Name, err)
 		}
 		out[vol.Name] = dir
 	}
-	return out, nil
+	return out, tokens, nil
 }
 
 func optional(b *bool) bool { return b != nil && *b }
@@ -106,59 +111,47 @@ func (v volumes) secret(ctx context.Context, ns, name string, items []corev1.Key
 }
 
 // projected writes the sources of a projected volume into one directory; the service-account
-// token is requested from the API server bound to this pod, as a kubelet does.
-func (v volumes) projected(ctx context.Context, pod *corev1.Pod, p *corev1.ProjectedVolumeSource, dir string) error {
+// tokens are requested from the API server bound to this pod, as a kubelet does, and returned
+// for their refresh (tokens.go).
+func (v volumes) projected(ctx context.Context, pod *corev1.Pod, p *corev1.ProjectedVolumeSource, dir string) ([]*projectedToken, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+		return nil, err
 	}
+	var tokens []*projectedToken
 	for _, src := range p.Sources {
 		switch {
 		case src.ServiceAccountToken != nil:
-			t := src.ServiceAccountToken
-			exp := int64(3600)
-			if t.ExpirationSeconds != nil {
-				exp = *t.ExpirationSeconds
+			t := &projectedToken{src: src.ServiceAccountToken, path: filepath.Join(dir, filepath.Clean("/"+src.ServiceAccountToken.Path))}
+			if err := v.writeToken(ctx, pod, t, time.Now()); err != nil {
+				return nil, err
 			}
-			var aud []string
-			if t.Audience != "" {
-				aud = []string{t.Audience}
-			}
-			tr, err := v.cs.CoreV1().ServiceAccounts(pod.Namespace).CreateToken(ctx, pod.Spec.ServiceAccountName, &authv1.TokenRequest{
-				Spec: authv1.TokenRequestSpec{Audiences: aud, ExpirationSeconds: &exp,
-					BoundObjectRef: &authv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID}},
-			}, metav1.CreateOptions{})
-			if err != nil {
-				return fmt.Errorf("service-account token for %s/%s: %w", pod.Namespace, pod.Spec.ServiceAccountName, err)
-			}
-			if err := writeItems(dir, map[string][]byte{t.Path: []byte(tr.Status.Token)}, nil); err != nil {
-				return err
-			}
+			tokens = append(tokens, t)
 		case src.ConfigMap != nil:
 			if err := v.configMap(ctx, pod.Namespace, src.ConfigMap.Name, src.ConfigMap.Items, optional(src.ConfigMap.Optional), dir); err != nil {
-				return err
+				return nil, err
 			}
 		case src.Secret != nil:
 			if err := v.secret(ctx, pod.Namespace, src.Secret.Name, src.Secret.Items, optional(src.Secret.Optional), dir); err != nil {
-				return err
+				return nil, err
 			}
 		case src.DownwardAPI != nil:
 			data := map[string][]byte{}
 			var items []corev1.KeyToPath
 			for _, f := range src.DownwardAPI.Items {
 				if f.FieldRef == nil {
-					return fmt.Errorf("downwardAPI %s: only fieldRef is supported", f.Path)
+					return nil, fmt.Errorf("downwardAPI %s: only fieldRef is supported", f.Path)
 				}
 				val, err := fieldValue(podEnv{Pod: pod}, f.FieldRef.FieldPath)
 				if err != nil {
-					return err
+					return nil, err
 				}
 				data[f.Path] = []byte(val)
 				items = append(items, corev1.KeyToPath{Key: f.Path, Path: f.Path})
 			}
 			if err := writeItems(dir, data, items); err != nil {
-				return err
+				return nil, err
 			}
 		}
 	}
-	return nil
+	return tokens, nil
 }
