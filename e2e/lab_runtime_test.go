@@ -4,6 +4,8 @@ package e2e
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -12,12 +14,16 @@ import (
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ambient-mesh/ambient/e2e/lab"
+	"github.com/ambient-mesh/ambient/e2e/lab/kubelet"
 )
 
 // TestLabPodsAsARuntimeMakesThem checks what the lab kubelet does as a container runtime would:
 // a container over its memory limit is OOM-killed, reported as OOMKilled and restarted, while one
-// within its limit runs on; a pod's hostname is its name, or spec.hostname when set; and a
-// container run as a non-root user cannot bind port 80, which root can.
+// within its limit runs on; a container over its cpu limit is throttled; a pod's hostname is its
+// name, or spec.hostname when set; and a container run as a non-root user cannot bind port 80,
+// which root can.
 func TestLabPodsAsARuntimeMakesThem(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -43,6 +49,16 @@ spec:
     image: ambient/client
     args: ["alloc", "16"]
     resources: {limits: {memory: 64Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: spinner}
+spec:
+  containers:
+  - name: c
+    image: ambient/client
+    args: ["spin"]
+    resources: {limits: {cpu: 50m}}
 ---
 apiVersion: v1
 kind: Pod
@@ -111,6 +127,34 @@ spec:
 	if l := containerLog(t, nonroot, "c"); !strings.Contains(l, "permission denied") {
 		t.Errorf("nonroot's echo did not fail for want of permission to bind port 80; its log:\n%s", l)
 	}
+	// The spinner wants a core and may have 5% of one: the kernel throttles it.
+	spinner, err := cs.CoreV1().Pods(ns).Get(ctx, "spinner", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	labCg, err := lab.LabCgroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cpuDir, err := kubelet.CgroupV1("cpu", filepath.Join(labCg, spinner.Spec.NodeName, string(spinner.UID), "c"))
+	if err != nil || cpuDir == "" {
+		t.Fatalf("no cgroup v1 cpu hierarchy on this host (%v): the lab's cpu limits need it", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(cpuDir, "cpu.cfs_quota_us")); err != nil || strings.TrimSpace(string(b)) != "5000" {
+		t.Errorf("spinner's cpu.cfs_quota_us = %q, %v; want 5000 (50m of a 100 ms period)", b, err)
+	}
+	eventually(t, 30*time.Second, "the spinner throttled", func() bool {
+		b, err := os.ReadFile(filepath.Join(cpuDir, "cpu.stat"))
+		if err != nil {
+			return false
+		}
+		for line := range strings.Lines(string(b)) {
+			if n, ok := strings.CutPrefix(strings.TrimSpace(line), "nr_throttled "); ok {
+				return n != "0"
+			}
+		}
+		return false
+	})
 	// By now the hog was killed at least once.
 	p, err := cs.CoreV1().Pods(ns).Get(ctx, "fits", metav1.GetOptions{})
 	if err != nil {

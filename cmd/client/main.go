@@ -23,6 +23,9 @@ import (
 
 func main() { os.Exit(run()) }
 
+// spun keeps spin's loop from being optimised away.
+var spun int
+
 func run() int {
 	timeout := flag.Duration("timeout", 5*time.Second, "request timeout")
 	h2c := flag.Bool("h2c", false, "use HTTP/2 prior knowledge (h2c)")
@@ -51,6 +54,14 @@ func run() int {
 		}
 		fmt.Printf("holding %d MiB\n", len(held))
 		<-ctx.Done()
+		return 0
+	case args[0] == "spin" && len(args) == 1:
+		// spin: keep one core busy until stopped (a cpu limit's test).
+		for ctx.Err() == nil {
+			for i := 0; i < 1e6; i++ {
+				spun += i
+			}
+		}
 		return 0
 	case args[0] == "http" && len(args) == 2:
 		code, body, err := images.HTTPGet(ctx, args[1], *h2c, *timeout)

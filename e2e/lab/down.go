@@ -29,10 +29,12 @@ func Down(cfg Config, log *slog.Logger) error {
 		if err := removeCgroupTree(cg); err != nil {
 			errs = append(errs, fmt.Errorf("remove lab cgroups: %w", err))
 		}
-		// The containers' memory cgroups (kubelet/limits_linux.go).
-		if mem, err := kubelet.MemoryCgroupV1(cg); err == nil && mem != "" {
-			if err := removeCgroupTree(mem); err != nil {
-				errs = append(errs, fmt.Errorf("remove lab memory cgroups: %w", err))
+		// The containers' memory and cpu cgroups (kubelet/limits_linux.go).
+		for _, ctl := range []string{"memory", "cpu"} {
+			if dir, err := kubelet.CgroupV1(ctl, cg); err == nil && dir != "" {
+				if err := removeCgroupTree(dir); err != nil {
+					errs = append(errs, fmt.Errorf("remove lab %s cgroups: %w", ctl, err))
+				}
 			}
 		}
 	}

@@ -25,11 +25,11 @@ type Kubelet struct {
 	net          *network
 	vols         volumes
 	cgroupParent string
-	// memRoot mirrors cgroupParent in the cgroup v1 memory hierarchy ("": limits not enforced;
-	// see limits_linux.go).
-	memRoot string
-	labBin  string
-	marker  string
+	// memRoot and cpuRoot mirror cgroupParent in the cgroup v1 memory and cpu hierarchies ("":
+	// those limits are not enforced; see limits_linux.go).
+	memRoot, cpuRoot string
+	labBin           string
+	marker           string
 
 	mu      sync.Mutex
 	workers map[types.UID]*podWorker
@@ -63,12 +63,16 @@ func New(cfg Config, marker string, log *slog.Logger) (*Kubelet, error) {
 	if cfg.Domain == "" {
 		cfg.Domain = "cluster.local"
 	}
-	memRoot, err := MemoryCgroupV1(cfg.NodeCgroup)
+	memRoot, err := CgroupV1("memory", cfg.NodeCgroup)
 	if err != nil || memRoot == "" {
 		log.Warn("container memory limits are not enforced: the host has no cgroup v1 memory hierarchy", "err", err)
 	}
+	cpuRoot, err := CgroupV1("cpu", cfg.NodeCgroup)
+	if err != nil || cpuRoot == "" {
+		log.Warn("container cpu limits are not enforced: the host has no cgroup v1 cpu hierarchy", "err", err)
+	}
 	return &Kubelet{cfg: cfg, log: log, cs: cs, net: nw, vols: volumes{cs: cs, nodeRoot: cfg.NodeRoot, nodeCgroup: cfg.NodeCgroup, tokenMaxAge: cfg.TokenMaxAge},
-		cgroupParent: cfg.NodeCgroup, memRoot: memRoot,
+		cgroupParent: cfg.NodeCgroup, memRoot: memRoot, cpuRoot: cpuRoot,
 		labBin: self, marker: marker, workers: map[types.UID]*podWorker{}}, nil
 }
 

@@ -1,16 +1,18 @@
 package kubelet
 
-// Container memory limits, as a container runtime applies them: a container with
+// Container resource limits, as a container runtime applies them: a container with
 // resources.limits.memory runs in a memory cgroup of its own with that limit, and an exit by
-// SIGKILL after which that cgroup counts a new OOM kill is reported as OOMKilled.
+// SIGKILL after which that cgroup counts a new OOM kill is reported as OOMKilled; a container with
+// resources.limits.cpu runs in a cpu cgroup of its own with the CFS quota of that many cores per
+// 100 ms period.
 //
 // The lab's pod cgroups live in the unified (v2) hierarchy, where the pods' processes are placed
-// at clone time. The memory controller is taken from the cgroup v1 memory hierarchy, mirrored at
-// the same relative path (<v1 memory mount>/<lab>/<node>/<pod UID>/<container>): on hybrid hosts,
-// such as the machines the lab runs on, the unified hierarchy carries no controllers and the
-// memory controller is bound to v1. A container joins its memory cgroup itself, in `lab podinit`,
-// before it executes the program, so nothing it allocates escapes the limit. On a host without a
-// v1 memory hierarchy limits are not enforced, and the kubelet says so once at start.
+// at clone time. The memory and cpu controllers are taken from their cgroup v1 hierarchies,
+// mirrored at the same relative path (<v1 mount>/<lab>/<node>/<pod UID>/<container>): on hybrid
+// hosts, such as the machines the lab runs on, the unified hierarchy carries no controllers and
+// they are bound to v1. A container joins its cgroups itself, in `lab podinit`, before it executes
+// the program, so nothing it does escapes the limits. On a host without a v1 hierarchy for a
+// controller its limits are not enforced, and the kubelet says so once at start.
 
 import (
 	"bufio"
@@ -28,9 +30,9 @@ import (
 	"github.com/ambient-mesh/ambient/redirect"
 )
 
-// MemoryCgroupV1 returns the directory in the cgroup v1 memory hierarchy that mirrors the cgroup
-// v2 directory dir, or "" when the host has no v1 memory hierarchy.
-func MemoryCgroupV1(dir string) (string, error) {
+// CgroupV1 returns the directory in the cgroup v1 hierarchy of controller ("memory", "cpu") that
+// mirrors the cgroup v2 directory dir, or "" when the host has no such v1 hierarchy.
+func CgroupV1(controller, dir string) (string, error) {
 	v2, err := redirect.FindCgroup2()
 	if err != nil {
 		return "", err
@@ -39,16 +41,16 @@ func MemoryCgroupV1(dir string) (string, error) {
 	if err != nil || strings.HasPrefix(rel, "..") {
 		return "", fmt.Errorf("%s is not under the cgroup v2 mount %s", dir, v2)
 	}
-	mnt, err := memoryMountV1()
+	mnt, err := mountV1(controller)
 	if err != nil || mnt == "" {
 		return "", err
 	}
 	return filepath.Join(mnt, rel), nil
 }
 
-// memoryMountV1 returns the mount point of the cgroup v1 memory hierarchy ("" for none). Only a
+// mountV1 returns the mount point of the cgroup v1 hierarchy of controller ("" for none). Only a
 // mount of the hierarchy's root counts: the lab's paths are absolute in it.
-func memoryMountV1() (string, error) {
+func mountV1(controller string) (string, error) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return "", err
@@ -62,7 +64,7 @@ func memoryMountV1() (string, error) {
 		if i < 5 || i+3 >= len(fs) || fs[i+1] != "cgroup" || fs[3] != "/" {
 			continue
 		}
-		if slices.Contains(strings.Split(fs[i+3], ","), "memory") {
+		if slices.Contains(strings.Split(fs[i+3], ","), controller) {
 			return fs[4], nil
 		}
 	}
@@ -75,6 +77,30 @@ func memoryLimit(c *corev1.Container) int64 {
 		return q.Value()
 	}
 	return 0
+}
+
+// cfsPeriod is the CFS period of a cpu limit, as runtimes set it (100 ms).
+const cfsPeriod = 100000 // µs
+
+// cpuQuota returns a container's CFS quota in µs per cfsPeriod (0: no limit).
+func cpuQuota(c *corev1.Container) int64 {
+	if q, ok := c.Resources.Limits[corev1.ResourceCPU]; ok {
+		return max(q.MilliValue()*cfsPeriod/1000, 1000) // the kernel's minimum is 1 ms
+	}
+	return 0
+}
+
+// newCPUCgroup creates the cpu cgroup dir with quota µs per period.
+func newCPUCgroup(dir string, quota int64) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("cpu cgroup: %w", err)
+	}
+	for f, v := range map[string]int64{"cpu.cfs_period_us": cfsPeriod, "cpu.cfs_quota_us": quota} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte(strconv.FormatInt(v, 10)), 0); err != nil {
+			return fmt.Errorf("cpu cgroup %s: %s: %w", dir, f, err)
+		}
+	}
+	return nil
 }
 
 // newMemoryCgroup creates the memory cgroup dir with limit bytes; it returns the cgroup's OOM

@@ -190,7 +190,16 @@ func (w *podWorker) startContainer(c *container) {
 			return
 		}
 		c.memCgroup, c.oomKills = dir, n
-		spec.Cgroups = []string{dir}
+		spec.Cgroups = append(spec.Cgroups, dir)
+	}
+	if quota := cpuQuota(&c.spec); quota > 0 && w.k.cpuRoot != "" {
+		dir := filepath.Join(w.k.cpuRoot, string(w.pod.UID), c.spec.Name)
+		if err := newCPUCgroup(dir, quota); err != nil {
+			c.waitReason, c.waitMessage = "RunContainerError", err.Error()
+			w.log.Error("container cpu limit", "pod", w.pod.Namespace+"/"+w.pod.Name, "container", c.spec.Name, "err", err)
+			return
+		}
+		spec.Cgroups = append(spec.Cgroups, dir)
 	}
 	logPath := filepath.Join(w.podDir, c.spec.Name+".log")
 	if err := c.start(w.k.labBin, spec, w.sb.cgroup, logPath, w.k.marker); err != nil {
@@ -331,9 +340,12 @@ func (w *podWorker) terminate(ctx context.Context, grace time.Duration) {
 		}
 		time.Sleep(100 * time.Millisecond) // the cgroup empties once the kernel has reaped the tasks
 	}
-	if w.k.memRoot != "" {
-		if err := removeCgroups(filepath.Join(w.k.memRoot, string(p.UID))); err != nil {
-			w.log.Error("remove memory cgroups", "pod", p.Namespace+"/"+p.Name, "err", err)
+	for _, root := range []string{w.k.memRoot, w.k.cpuRoot} {
+		if root == "" {
+			continue
+		}
+		if err := removeCgroups(filepath.Join(root, string(p.UID))); err != nil {
+			w.log.Error("remove v1 cgroups", "pod", p.Namespace+"/"+p.Name, "err", err)
 		}
 	}
 	if w.podDir != "" {
