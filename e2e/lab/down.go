@@ -26,13 +26,13 @@ func Down(cfg Config, log *slog.Logger) error {
 	}
 	errs = append(errs, teardownNetwork()...)
 	if cg, err := LabCgroup(); err == nil {
-		if err := removeCgroupTree(cg); err != nil {
+		if err := kubelet.RemoveCgroupTree(cg); err != nil {
 			errs = append(errs, fmt.Errorf("remove lab cgroups: %w", err))
 		}
 		// The containers' memory and cpu cgroups (kubelet/limits_linux.go).
 		for _, ctl := range []string{"memory", "cpu"} {
 			if dir, err := kubelet.CgroupV1(ctl, cg); err == nil && dir != "" {
-				if err := removeCgroupTree(dir); err != nil {
+				if err := kubelet.RemoveCgroupTree(dir); err != nil {
 					errs = append(errs, fmt.Errorf("remove lab %s cgroups: %w", ctl, err))
 				}
 			}

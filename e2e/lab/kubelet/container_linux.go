@@ -48,7 +48,8 @@ func (c *container) start(labBin string, spec InitSpec, cgroupDir, logPath, mark
 		return err
 	}
 	defer execR.Close()
-	spec.ExecFD = 3 // the first of ExtraFiles
+	defer execW.Close() // on the early returns; closed right after the start otherwise
+	spec.ExecFD = 3     // the first of ExtraFiles
 	enc, err := EncodeInit(spec)
 	if err != nil {
 		return err

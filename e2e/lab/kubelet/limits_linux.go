@@ -129,34 +129,28 @@ func oomKills(dir string) (int64, error) {
 	return 0, errors.New("memory.oom_control has no oom_kill count")
 }
 
-// removeCgroups removes a pod's memory cgroups (one per container) and the pod's own; a cgroup
-// is removed with rmdir once the kernel has reaped its tasks, so it is retried for a few seconds.
-func removeCgroups(podDir string) error {
-	ents, err := os.ReadDir(podDir)
+// RemoveCgroupTree removes the cgroup dir and its descendants, deepest first. A cgroup is
+// removed with rmdir, which fails until the kernel has reaped its tasks, so each is retried for a
+// few seconds.
+func RemoveCgroupTree(dir string) error {
+	ents, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	var dirs []string
+	var errs []error
 	for _, e := range ents {
 		if e.IsDir() {
-			dirs = append(dirs, filepath.Join(podDir, e.Name()))
+			errs = append(errs, RemoveCgroupTree(filepath.Join(dir, e.Name())))
 		}
 	}
-	var last error
-	for _, d := range append(dirs, podDir) {
-		for range 50 {
-			if last = os.Remove(d); last == nil || errors.Is(last, os.ErrNotExist) {
-				last = nil
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
+	for range 50 {
+		if err = os.Remove(dir); err == nil || errors.Is(err, os.ErrNotExist) {
+			return errors.Join(errs...)
 		}
-		if last != nil {
-			return last
-		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	return nil
+	return errors.Join(append(errs, err)...)
 }

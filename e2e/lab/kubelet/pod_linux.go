@@ -2,7 +2,6 @@ package kubelet
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -333,19 +332,13 @@ func (w *podWorker) terminate(ctx context.Context, grace time.Duration) {
 	if err := w.k.net.teardown(ctx, p); err != nil {
 		w.log.Error("pod network teardown", "pod", p.Namespace+"/"+p.Name, "err", err)
 	}
-	cg := filepath.Join(w.k.cgroupParent, string(p.UID))
-	for i := 0; i < 50; i++ {
-		if err := os.Remove(cg); err == nil || errors.Is(err, os.ErrNotExist) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond) // the cgroup empties once the kernel has reaped the tasks
-	}
-	for _, root := range []string{w.k.memRoot, w.k.cpuRoot} {
+	// The pod's cgroup, and its containers' in the v1 hierarchies (limits_linux.go).
+	for _, root := range []string{w.k.cgroupParent, w.k.memRoot, w.k.cpuRoot} {
 		if root == "" {
 			continue
 		}
-		if err := removeCgroups(filepath.Join(root, string(p.UID))); err != nil {
-			w.log.Error("remove v1 cgroups", "pod", p.Namespace+"/"+p.Name, "err", err)
+		if err := RemoveCgroupTree(filepath.Join(root, string(p.UID))); err != nil {
+			w.log.Error("remove pod cgroups", "pod", p.Namespace+"/"+p.Name, "err", err)
 		}
 	}
 	if w.podDir != "" {

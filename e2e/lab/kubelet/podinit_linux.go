@@ -35,8 +35,8 @@ type InitSpec struct {
 	// Hostname is set in the container's own UTS namespace (the kubelet clones one when it is
 	// not empty).
 	Hostname string `json:"hostname,omitempty"`
-	// Cgroups are cgroup directories (outside the unified hierarchy the kubelet clones the
-	// process into: the v1 memory cgroup of a container with a memory limit) podinit joins before
+	// Cgroups are cgroup directories outside the unified hierarchy the kubelet clones the process
+	// into (the v1 memory and cpu cgroups of a container with limits) that podinit joins before
 	// anything else, so that everything the container does is accounted there.
 	Cgroups []string `json:"cgroups,omitempty"`
 	// ExecFD is an inherited pipe that podinit marks close-on-exec: the kubelet reads its end to

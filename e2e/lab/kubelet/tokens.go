@@ -4,7 +4,7 @@ package kubelet
 // bound to its pod, written atomically (a reader never sees half a token), and requested again
 // once 80% of its life has passed, or once it is older than Config.TokenMaxAge (a kubelet's 24
 // hours; the e2e lab shortens it so that every run exercises a refresh). A refresh that fails is
-// retried on the next pass; the old token stays until it expires.
+// retried after tokenRetry; the old token stays until it expires.
 
 import (
 	"context"
@@ -17,6 +17,9 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
+
+// tokenRetry is the pause after a failed refresh.
+const tokenRetry = 10 * time.Second
 
 // DefaultTokenMaxAge is the age at which a kubelet refreshes a token whatever its lifetime.
 const DefaultTokenMaxAge = 24 * time.Hour
@@ -72,6 +75,7 @@ func (w *podWorker) refreshTokens(ctx context.Context, now time.Time) {
 				w.log.Error("refresh service-account token; the old one stays until it expires", "pod", w.pod.Namespace+"/"+w.pod.Name, "file", t.path, "err", err)
 			}
 			t.failed = err.Error()
+			t.refreshAt = now.Add(tokenRetry)
 			continue
 		}
 		t.failed = ""
