@@ -21,7 +21,8 @@ import (
 
 // TestLabPodsAsARuntimeMakesThem checks what the lab kubelet does as a container runtime would:
 // a container over its memory limit is OOM-killed, reported as OOMKilled and restarted, while one
-// within its limit runs on; a container over its cpu limit is throttled; a pod's hostname is its
+// within its limit runs on and sees its limits through resourceFieldRef; a container over its cpu
+// limit is throttled; a pod's hostname is its
 // name, or spec.hostname when set; and a container run as a non-root user cannot bind port 80,
 // which root can.
 func TestLabPodsAsARuntimeMakesThem(t *testing.T) {
@@ -49,6 +50,11 @@ spec:
     image: ambient/client
     args: ["alloc", "16"]
     resources: {limits: {memory: 64Mi}}
+    env:
+    - name: MEMORY_MIB
+      valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}
+    - name: CPU_MILLIS
+      valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}
 ---
 apiVersion: v1
 kind: Pod
@@ -155,6 +161,25 @@ spec:
 		}
 		return false
 	})
+	// resourceFieldRef: the memory limit in MiB; no cpu limit, so the node's 8 cores.
+	fits, err := cs.CoreV1().Pods(ns).Get(ctx, "fits", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	procs, err := os.ReadFile(filepath.Join(labCg, fits.Spec.NodeName, string(fits.UID), "cgroup.procs"))
+	if err != nil || len(strings.Fields(string(procs))) == 0 {
+		t.Fatalf("fits's processes: %q, %v", procs, err)
+	}
+	environ, err := os.ReadFile("/proc/" + strings.Fields(string(procs))[0] + "/environ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := strings.Split(string(environ), "\x00")
+	for _, want := range []string{"MEMORY_MIB=64", "CPU_MILLIS=8000"} {
+		if !slices.Contains(env, want) {
+			t.Errorf("fits's environment lacks %s: %q", want, env)
+		}
+	}
 	// By now the hog was killed at least once.
 	p, err := cs.CoreV1().Pods(ns).Get(ctx, "fits", metav1.GetOptions{})
 	if err != nil {

@@ -2,9 +2,12 @@ package kubelet
 
 import (
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 )
 
 // podEnv is what a container's environment is computed from.
@@ -17,7 +20,7 @@ type podEnv struct {
 }
 
 // containerEnv returns the container's environment: the Kubernetes service variables, then the
-// container's env in order, with downward-API field references resolved. Unknown references are
+// container's env in order, with downward-API field and resource references resolved. Unknown references are
 // an error naming the variable, as a real kubelet reports them.
 func containerEnv(e podEnv, c *corev1.Container) ([]string, error) {
 	vars := map[string]string{}
@@ -44,8 +47,14 @@ func containerEnv(e podEnv, c *corev1.Container) ([]string, error) {
 				return nil, fmt.Errorf("env %s: %w", ev.Name, err)
 			}
 			set(ev.Name, v)
+		case ev.ValueFrom.ResourceFieldRef != nil:
+			v, err := resourceValue(e.Pod, c, ev.ValueFrom.ResourceFieldRef)
+			if err != nil {
+				return nil, fmt.Errorf("env %s: %w", ev.Name, err)
+			}
+			set(ev.Name, v)
 		default:
-			return nil, fmt.Errorf("env %s: only value and fieldRef are supported", ev.Name)
+			return nil, fmt.Errorf("env %s: only value, fieldRef and resourceFieldRef are supported", ev.Name)
 		}
 	}
 	out := make([]string, 0, len(order))
@@ -116,4 +125,45 @@ func subscript(path, prefix string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// resourceValue resolves a resourceFieldRef as a kubelet does: the named container's (default:
+// c) limit or request, in units of the divisor rounded up; a missing limit is the node's
+// allocatable amount, a missing request 0.
+func resourceValue(pod *corev1.Pod, c *corev1.Container, ref *corev1.ResourceFieldSelector) (string, error) {
+	if ref.ContainerName != "" && ref.ContainerName != c.Name {
+		i := slices.IndexFunc(pod.Spec.Containers, func(o corev1.Container) bool { return o.Name == ref.ContainerName })
+		if i < 0 {
+			return "", fmt.Errorf("resourceFieldRef: no container %q", ref.ContainerName)
+		}
+		c = &pod.Spec.Containers[i]
+	}
+	kind, name, ok := strings.Cut(ref.Resource, ".")
+	if !ok || (kind != "limits" && kind != "requests") ||
+		(name != string(corev1.ResourceCPU) && name != string(corev1.ResourceMemory) && name != string(corev1.ResourceEphemeralStorage)) {
+		return "", fmt.Errorf("resourceFieldRef: unsupported resource %q", ref.Resource)
+	}
+	list := c.Resources.Limits
+	if kind == "requests" {
+		list = c.Resources.Requests
+	}
+	q, ok := list[corev1.ResourceName(name)]
+	if !ok && kind == "limits" {
+		q = nodeCapacity()[corev1.ResourceName(name)] // zero for ephemeral storage: the lab reports none
+	}
+	divisor := ref.Divisor
+	if divisor.IsZero() {
+		divisor = resource.MustParse("1")
+	}
+	if name == string(corev1.ResourceCPU) {
+		return strconv.FormatInt(ceilDiv(q.MilliValue(), divisor.MilliValue()), 10), nil
+	}
+	return strconv.FormatInt(ceilDiv(q.Value(), divisor.Value()), 10), nil
+}
+
+func ceilDiv(a, b int64) int64 {
+	if b <= 0 {
+		return a
+	}
+	return (a + b - 1) / b
 }

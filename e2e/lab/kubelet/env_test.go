@@ -5,6 +5,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -37,5 +38,44 @@ func TestContainerEnv(t *testing.T) {
 	}
 	if _, err := containerEnv(podEnv{Pod: pod}, &corev1.Container{Env: []corev1.EnvVar{field("X", "spec.bogus")}}); err == nil {
 		t.Error("unsupported fieldRef: want error")
+	}
+}
+
+func TestResourceFieldRef(t *testing.T) {
+	q := resource.MustParse
+	pod := &corev1.Pod{Spec: corev1.PodSpec{Containers: []corev1.Container{
+		{Name: "app", Resources: corev1.ResourceRequirements{
+			Limits:   corev1.ResourceList{corev1.ResourceCPU: q("250m"), corev1.ResourceMemory: q("64Mi")},
+			Requests: corev1.ResourceList{corev1.ResourceCPU: q("100m")}}},
+		{Name: "side"},
+	}}}
+	for _, tc := range []struct {
+		resource, divisor, container string
+		want                         string
+	}{
+		{resource: "limits.cpu", want: "1"}, // 250m in cores, rounded up
+		{resource: "limits.cpu", divisor: "1m", want: "250"},
+		{resource: "requests.cpu", divisor: "1m", want: "100"},
+		{resource: "limits.memory", divisor: "1Mi", want: "64"},
+		{resource: "limits.memory", want: "67108864"},
+		{resource: "requests.memory", want: "0"},               // no request
+		{resource: "limits.cpu", container: "side", want: "8"}, // no limit: the node's
+		{resource: "limits.memory", container: "side", divisor: "1Gi", want: "16"},
+	} {
+		ref := &corev1.ResourceFieldSelector{Resource: tc.resource, ContainerName: tc.container}
+		if tc.divisor != "" {
+			ref.Divisor = q(tc.divisor)
+		}
+		got, err := resourceValue(pod, &pod.Spec.Containers[0], ref)
+		if err != nil || got != tc.want {
+			t.Errorf("%s of %q / %q = %q, %v; want %q", tc.resource, tc.container, tc.divisor, got, err, tc.want)
+		}
+	}
+	for _, bad := range []*corev1.ResourceFieldSelector{
+		{Resource: "limits.gpu"}, {Resource: "cpu"}, {Resource: "limits.cpu", ContainerName: "nope"},
+	} {
+		if _, err := resourceValue(pod, &pod.Spec.Containers[0], bad); err == nil {
+			t.Errorf("%+v: want an error", bad)
+		}
 	}
 }

@@ -39,11 +39,7 @@ func updateNodeStatus(ctx context.Context, cs kubernetes.Interface, cfg Config) 
 		return err
 	}
 	now := metav1.Now()
-	capacity := corev1.ResourceList{
-		corev1.ResourceCPU:    resource.MustParse("8"),
-		corev1.ResourceMemory: resource.MustParse("16Gi"),
-		corev1.ResourcePods:   resource.MustParse("110"),
-	}
+	capacity := nodeCapacity()
 	n.Status.Capacity, n.Status.Allocatable = capacity, capacity
 	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: cfg.NodeIP}, {Type: corev1.NodeHostName, Address: cfg.Node}}
 	n.Status.NodeInfo.KubeletVersion = "v1.37.2-lab"
@@ -98,5 +94,16 @@ func keepAlive(ctx context.Context, cs kubernetes.Interface, cfg Config, log *sl
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// nodeCapacity is what a lab node reports it has (and all of it allocatable): a fixed size, so
+// that scheduling in the lab does not depend on the machine; a container without a limit sees it
+// through resourceFieldRef, as on a real node.
+func nodeCapacity() corev1.ResourceList {
+	return corev1.ResourceList{
+		corev1.ResourceCPU:    resource.MustParse("8"),
+		corev1.ResourceMemory: resource.MustParse("16Gi"),
+		corev1.ResourcePods:   resource.MustParse("110"),
 	}
 }
