@@ -50,7 +50,6 @@ func set(log *slog.Logger, root, env string, apply func(int64)) {
 
 // hierarchy is where one cgroup version keeps the memory limit.
 type hierarchy struct {
-	name string
 	// cgroup returns the process's cgroup in this hierarchy from /proc/self/cgroup.
 	cgroup func(procCgroup string) (string, bool)
 	// mount reports whether a mount (file system type, super options) shows this hierarchy.
@@ -58,10 +57,11 @@ type hierarchy struct {
 	file  string // the limit's file in each cgroup directory
 }
 
+// hierarchies are cgroup v2, then the v1 memory hierarchy.
 var hierarchies = []hierarchy{
-	{name: "v2", cgroup: parseCgroup, file: "memory.max",
+	{cgroup: parseCgroup, file: "memory.max",
 		mount: func(fstype, _ string) bool { return fstype == "cgroup2" }},
-	{name: "v1", cgroup: parseCgroupV1, file: "memory.limit_in_bytes",
+	{cgroup: parseCgroupV1, file: "memory.limit_in_bytes",
 		mount: func(fstype, opts string) bool {
 			return fstype == "cgroup" && slices.Contains(strings.Split(opts, ","), "memory")
 		}},
@@ -150,9 +150,9 @@ func cleanCgroup(p string) (string, bool) {
 	return path.Clean(p), true
 }
 
-// findMount returns the mount point of a hierarchy (a mount for which is reports true) that shows
-// the cgroup cg, and cg relative to that mount's root. Of several mounts at the same mount point only the last one (on top) counts. A
-// mount whose root is not an ancestor of cg (another subtree, or above the reader's cgroup
+// findMount returns the mount point of a hierarchy (a mount for which is reports true) that
+// shows the cgroup cg, and cg relative to that mount's root. Of several mounts at the same mount
+// point only the last one (on top) counts. A mount whose root is not an ancestor of cg (another subtree, or above the reader's cgroup
 // namespace: "/..") does not show it.
 func findMount(mountinfo, cg string, is func(fstype, superOpts string) bool) (mnt, rel string, ok bool) {
 	type entry struct{ root, fstype, opts string }

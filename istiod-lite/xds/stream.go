@@ -183,7 +183,7 @@ func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapsho
 			if d := req.GetErrorDetail(); d != nil {
 				// The client keeps its last good version of what it rejected. We do not resend:
 				// the same content would be rejected again; the next change of a resource does.
-				nack = &NACK{TypeURL: typ, Nonce: nonce, Reason: d.GetMessage(), Resources: resourceNamesOf(p.res)}
+				nack = &NACK{TypeURL: typ, Nonce: nonce, Reason: d.GetMessage(), Resources: resourceNames(p.res)}
 				w.lastNACK = d.GetMessage()
 			} else {
 				w.acked = p.held
@@ -430,8 +430,8 @@ type ClientStatus struct {
 	Types       map[string]TypeStatus `json:"types"`
 }
 
-// resourceNamesOf returns the names of res.
-func resourceNamesOf(res []*resource) []string {
+// resourceNames returns the names of res.
+func resourceNames(res []*resource) []string {
 	names := make([]string, len(res))
 	for i, r := range res {
 		names[i] = r.name

@@ -90,6 +90,30 @@ func cpuQuota(c *corev1.Container) int64 {
 	return 0
 }
 
+// limitCgroups makes the v1 cgroups that hold c's memory and cpu limits, as far as the host has
+// the hierarchies, and returns them for podinit to join. The memory cgroup is recorded in c, for
+// telling an OOM kill from another SIGKILL.
+func (w *podWorker) limitCgroups(c *container) ([]string, error) {
+	var dirs []string
+	if limit := memoryLimit(&c.spec); limit > 0 && w.k.memRoot != "" {
+		dir := filepath.Join(w.k.memRoot, string(w.pod.UID), c.spec.Name)
+		n, err := newMemoryCgroup(dir, limit)
+		if err != nil {
+			return nil, err
+		}
+		c.memCgroup, c.oomKills = dir, n
+		dirs = append(dirs, dir)
+	}
+	if quota := cpuQuota(&c.spec); quota > 0 && w.k.cpuRoot != "" {
+		dir := filepath.Join(w.k.cpuRoot, string(w.pod.UID), c.spec.Name)
+		if err := newCPUCgroup(dir, quota); err != nil {
+			return nil, err
+		}
+		dirs = append(dirs, dir)
+	}
+	return dirs, nil
+}
+
 // newCPUCgroup creates the cpu cgroup dir with quota µs per period.
 func newCPUCgroup(dir string, quota int64) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {

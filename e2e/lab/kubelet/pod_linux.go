@@ -1,6 +1,7 @@
 package kubelet
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -146,10 +147,8 @@ func (w *podWorker) startContainer(c *container) {
 		return
 	}
 	hostname := w.hostname()
-	if hostname == "" {
-		hostname = w.pod.Name // hostNetwork: the process sees the host's; the variable stays the pod's, as before
-	}
-	env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=" + hostname}, env...)
+	// hostNetwork: the process sees the host's name; the variable stays the pod's, as before.
+	env = append([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=" + cmp.Or(hostname, w.pod.Name)}, env...)
 	// The lab's marker lets lab down find pod processes even if the kubelet crashed.
 	env = append(env, w.k.marker)
 	var mounts []Mount
@@ -179,26 +178,11 @@ func (w *podWorker) startContainer(c *container) {
 	}
 	argv = append(argv, c.spec.Args...)
 	spec := InitSpec{Netns: w.sb.netnsPath(), Mounts: mounts, Dir: c.spec.WorkingDir, Argv: argv, Env: env,
-		CreatedLog: w.k.cfg.CreatedLog, Hostname: w.hostname(), User: runAs(w.pod, &c.spec)}
-	if limit := memoryLimit(&c.spec); limit > 0 && w.k.memRoot != "" {
-		dir := filepath.Join(w.k.memRoot, string(w.pod.UID), c.spec.Name)
-		n, err := newMemoryCgroup(dir, limit)
-		if err != nil {
-			c.waitReason, c.waitMessage = "RunContainerError", err.Error()
-			w.log.Error("container memory limit", "pod", w.pod.Namespace+"/"+w.pod.Name, "container", c.spec.Name, "err", err)
-			return
-		}
-		c.memCgroup, c.oomKills = dir, n
-		spec.Cgroups = append(spec.Cgroups, dir)
-	}
-	if quota := cpuQuota(&c.spec); quota > 0 && w.k.cpuRoot != "" {
-		dir := filepath.Join(w.k.cpuRoot, string(w.pod.UID), c.spec.Name)
-		if err := newCPUCgroup(dir, quota); err != nil {
-			c.waitReason, c.waitMessage = "RunContainerError", err.Error()
-			w.log.Error("container cpu limit", "pod", w.pod.Namespace+"/"+w.pod.Name, "container", c.spec.Name, "err", err)
-			return
-		}
-		spec.Cgroups = append(spec.Cgroups, dir)
+		CreatedLog: w.k.cfg.CreatedLog, Hostname: hostname, User: runAs(w.pod, &c.spec)}
+	if spec.Cgroups, err = w.limitCgroups(c); err != nil {
+		c.waitReason, c.waitMessage = "RunContainerError", err.Error()
+		w.log.Error("container limits", "pod", w.pod.Namespace+"/"+w.pod.Name, "container", c.spec.Name, "err", err)
+		return
 	}
 	logPath := filepath.Join(w.podDir, c.spec.Name+".log")
 	if err := c.start(w.k.labBin, spec, w.sb.cgroup, logPath, w.k.marker); err != nil {
