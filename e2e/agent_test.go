@@ -418,12 +418,19 @@ func sameStarts(before, after map[string]string) bool {
 	return true
 }
 
-// containerLog reads a container's log as the lab kubelet keeps it.
+// containerLog reads a container's log through the API server and the lab kubelet's API, as
+// kubectl logs does.
 func containerLog(t testing.TB, p *corev1.Pod, container string) string {
+	return podLog(t, p, &corev1.PodLogOptions{Container: container})
+}
+
+func podLog(t testing.TB, p *corev1.Pod, o *corev1.PodLogOptions) string {
 	t.Helper()
-	b, err := os.ReadFile(filepath.Join(labCfg.NodeDir(p.Spec.NodeName), "pods", p.Namespace+"_"+p.Name+"_"+string(p.UID), container+".log"))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := client(t).CoreV1().Pods(p.Namespace).GetLogs(p.Name, o).DoRaw(ctx)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("logs of %s/%s %s: %v: %s", p.Namespace, p.Name, o.Container, err, b)
 	}
 	return string(b)
 }

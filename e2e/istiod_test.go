@@ -15,7 +15,6 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -244,7 +243,7 @@ spec:
 // kubectl runs the lab's kubectl and returns its output; a failure fails the test.
 func kubectl(t testing.TB, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(filepath.Join(labCfg.StateDir(), "bin", "kubectl"), append([]string{"--kubeconfig", labCfg.Kubeconfig()}, args...)...).CombinedOutput()
+	out, err := kubectlCmd(context.Background(), args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("kubectl %v: %v: %s", args, err, out)
 	}

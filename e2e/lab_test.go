@@ -153,11 +153,17 @@ func newNamespace(t testing.TB, cs kubernetes.Interface, prefix string) string {
 
 func apply(t testing.TB, ns string, manifest []byte) {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(labCfg.StateDir(), "bin", "kubectl"), "--kubeconfig", labCfg.Kubeconfig(), "-n", ns, "apply", "-f", "-")
+	cmd := kubectlCmd(context.Background(), "-n", ns, "apply", "-f", "-")
 	cmd.Stdin = strings.NewReader(string(manifest))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("kubectl apply: %v: %s", err, out)
 	}
+}
+
+// kubectlCmd is the lab's kubectl (the real binary, built from its module) with args.
+func kubectlCmd(ctx context.Context, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, filepath.Join(labCfg.StateDir(), "bin", "kubectl"),
+		append([]string{"--kubeconfig", labCfg.Kubeconfig()}, args...)...)
 }
 
 // execIn runs argv in the pod and returns its output; a failure fails the test.

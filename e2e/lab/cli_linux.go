@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -25,6 +26,8 @@ const usage = `usage: lab <command> [flags]
   down                           stop the lab and remove everything it created
   status                         show the control plane, nodes and pods
   exec <ns>/<pod> -- <cmd...>    run a command in the pod's network namespace and cgroup
+  logs <ns>/<pod> [-c container] [-f] [--previous]
+                                 print a container's log (kubectl logs, without kubectl)
   nodeview --root DIR --cgroup DIR -- <cmd...>
                                  run a command in a node's view of the file system (as CNI
                                  plugins run), in a new mount namespace
@@ -51,6 +54,10 @@ func Command(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdKubelet(ctx, args[1:])
 	case "nodeview":
 		return cmdNodeView(args[1:], stderr)
+	case "logs":
+		err = cmdLogs(ctx, args[1:], stdout, stderr)
+	case "containerlog":
+		err = cmdContainerLog(args[1:])
 	case "podinit":
 		spec, derr := kubelet.DecodeInit(os.Getenv(kubelet.InitEnv))
 		if derr != nil {
@@ -270,6 +277,10 @@ func cmdKubelet(ctx context.Context, args []string) error {
 	fs.StringVar(&c.NodeRoot, "node-root", "", "the node's root file system (hostPath volumes resolve under it)")
 	fs.StringVar(&c.BinDir, "bin-dir", "", "directories (colon-separated) of the programs images map to")
 	fs.StringVar(&c.ClusterDNS, "cluster-dns", ClusterDNSIP, "cluster DNS address")
+	fs.StringVar(&c.TLSCertFile, "tls-cert-file", "", "the kubelet API's serving certificate (none: no API)")
+	fs.StringVar(&c.TLSKeyFile, "tls-private-key-file", "", "its key")
+	fs.StringVar(&c.ClientCAFile, "client-ca-file", "", "the CA of the client certificates the API accepts")
+	fs.IntVar(&c.ServerPort, "port", kubelet.DefaultServerPort, "the kubelet API's port")
 	fs.DurationVar(&c.TokenMaxAge, "token-max-age", 0, "refresh projected service-account tokens at this age at the latest (0: 24h)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -286,6 +297,73 @@ func cmdKubelet(ctx context.Context, args []string) error {
 		return err
 	}
 	return k.Run(ctx)
+}
+
+// cmdLogs prints a container's log through the API server, as kubectl logs does.
+func cmdLogs(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("logs", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o corev1.PodLogOptions
+	fs.StringVar(&o.Container, "c", "", "container (default: the pod's only or first one)")
+	fs.BoolVar(&o.Follow, "f", false, "follow the log")
+	fs.BoolVar(&o.Previous, "previous", false, "the log of the previous start")
+	// Flags may come after the pod, as with kubectl.
+	var target string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			return err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		if target != "" {
+			return errors.New("usage: lab logs <ns>/<pod> [-c container] [-f] [--previous]")
+		}
+		target, args = fs.Arg(0), fs.Args()[1:]
+	}
+	ns, name, ok := strings.Cut(target, "/")
+	if !ok || ns == "" || name == "" {
+		return errors.New("usage: lab logs <ns>/<pod> [-c container] [-f] [--previous]")
+	}
+	cfg, err := repoConfig()
+	if err != nil {
+		return err
+	}
+	cs, err := Client(cfg)
+	if err != nil {
+		return err
+	}
+	if o.Container == "" {
+		pod, err := cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		o.Container = pod.Spec.Containers[0].Name
+	}
+	r, err := cs.CoreV1().Pods(ns).GetLogs(name, &o).Stream(ctx)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	_, err = io.Copy(stdout, r)
+	return err
+}
+
+// cmdContainerLog is a container's log shim: it writes its stdin (the container's stdout) and
+// fd 3 (its stderr) to the log file until both end.
+func cmdContainerLog(args []string) error {
+	fs := flag.NewFlagSet("containerlog", flag.ContinueOnError)
+	maxSize := fs.Int64("max-size", kubelet.DefaultLogMaxSize, "rotate the file at this size (bytes)")
+	maxFiles := fs.Int("max-files", kubelet.DefaultLogMaxFiles, "files kept, the current one included")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return errors.New("usage: lab containerlog [--max-size N] [--max-files N] <path>")
+	}
+	// The shim outlives the kubelet that started it; only the closing of its pipes ends it.
+	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	return kubelet.RunLogShim(fs.Arg(0), os.Stdin, os.NewFile(3, "stderr"), *maxSize, *maxFiles)
 }
 
 // cmdNodeView enters a node's view of the file system and execs the command. Run in the mount

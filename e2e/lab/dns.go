@@ -16,6 +16,9 @@ import (
 //go:embed manifests/coredns.yaml
 var corednsManifest []byte
 
+//go:embed manifests/kubelet-api.yaml
+var kubeletAPIManifest []byte
+
 // Apply applies a manifest to the lab with its kubectl.
 func Apply(ctx context.Context, cfg Config, manifest []byte) error {
 	cmd := exec.CommandContext(ctx, filepath.Join(cfg.StateDir(), "bin", "kubectl"), "--kubeconfig", cfg.Kubeconfig(), "apply", "-f", "-")

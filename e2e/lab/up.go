@@ -55,6 +55,9 @@ func Up(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err := startControlPlane(ctx, cfg, p, log); err != nil {
 		return err
 	}
+	if err := Apply(ctx, cfg, kubeletAPIManifest); err != nil {
+		return fmt.Errorf("kubelet API access: %w", err)
+	}
 	for i := 1; i <= cfg.Nodes; i++ {
 		if err := startNode(cfg, p, NodeAt(i)); err != nil {
 			return err
@@ -112,6 +115,12 @@ func startControlPlane(ctx context.Context, cfg Config, p *pki, log *slog.Logger
 			return err
 		}
 	}
+	// The API server's identity towards kubelets, granted system:kubelet-api-admin by the binding
+	// in manifests/kubelet-api.yaml (as kubeadm does), not a cluster administrator.
+	kubeletClientCert, kubeletClientKey, err := p.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", nil, nil, nil, false)
+	if err != nil {
+		return err
+	}
 	daemons := []daemon{
 		{Name: "etcd", Netns: SwitchNetns, Argv: []string{cfg.tool("etcd"),
 			"--name=lab", "--data-dir=" + filepath.Join(st, "etcd"),
@@ -128,8 +137,8 @@ func startControlPlane(ctx context.Context, cfg Config, p *pki, log *slog.Logger
 			"--service-cluster-ip-range=" + ServiceCIDR, "--allow-privileged=true",
 			"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 			"--service-account-key-file=" + saPub, "--service-account-signing-key-file=" + saKey,
-			"--kubelet-client-certificate=" + filepath.Join(st, "pki", "kubeconfig.crt"),
-			"--kubelet-client-key=" + filepath.Join(st, "pki", "kubeconfig.key"),
+			"--kubelet-client-certificate=" + kubeletClientCert, "--kubelet-client-key=" + kubeletClientKey,
+			"--kubelet-certificate-authority=" + p.CAPath(), "--kubelet-preferred-address-types=InternalIP",
 			"--cert-dir=" + filepath.Join(st, "pki", "apiserver-certs"), "--profiling=false", "--v=1"}},
 	}
 	for _, d := range daemons {
@@ -198,6 +207,7 @@ func startNode(cfg Config, p *pki, n Node) error {
 		"--cni-conf-dir=" + filepath.Join(root, "etc/cni/net.d"), "--cni-bin-dir=" + filepath.Join(root, "opt/cni/bin"),
 		"--node-root=" + root, "--state-dir=" + dir, "--bin-dir=" + cfg.BinDir + ":" + filepath.Join(cfg.ToolsDir, "bin"),
 		"--cluster-dns=" + ClusterDNSIP, "--token-max-age=" + cfg.TokenMaxAge.String(),
+		"--tls-cert-file=" + c, "--tls-private-key-file=" + k, "--client-ca-file=" + p.CAPath(),
 	}}
 	if _, err := d.start(cfg.Root, cfg.LogDir()); err != nil {
 		return err

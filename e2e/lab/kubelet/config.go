@@ -37,6 +37,11 @@ type Config struct {
 	Domain     string
 	APIHost    string // KUBERNETES_SERVICE_HOST given to pods
 	APIPort    string
+	// TLSCertFile and TLSKeyFile are the kubelet API's serving certificate, ClientCAFile the CA
+	// of the client certificates it accepts; the API is served on NodeIP:ServerPort (0: 10250)
+	// when TLSCertFile is set (server_linux.go).
+	TLSCertFile, TLSKeyFile, ClientCAFile string
+	ServerPort                            int
 	// TokenMaxAge is the age at which a projected service-account token is refreshed whatever
 	// its lifetime (0: DefaultTokenMaxAge); see tokens.go.
 	TokenMaxAge time.Duration
@@ -57,6 +62,9 @@ func (c Config) Validate() error {
 	}
 	if _, _, err := net.ParseCIDR(c.PodCIDR); err != nil {
 		errs = append(errs, errors.New("pod-cidr must be a CIDR"))
+	}
+	if c.TLSCertFile != "" && (c.TLSKeyFile == "" || c.ClientCAFile == "") {
+		errs = append(errs, errors.New("tls-cert-file needs tls-private-key-file and client-ca-file"))
 	}
 	for name, v := range map[string]string{"node-root": c.NodeRoot, "node-cgroup": c.NodeCgroup} {
 		if v != "" && !filepath.IsAbs(v) {

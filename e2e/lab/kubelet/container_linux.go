@@ -5,7 +5,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -36,12 +36,15 @@ type container struct {
 	// and oomKills the OOM kills counted there as of the last start or exit.
 	memCgroup string
 	oomKills  int64
+	// cgroups are the v1 cgroups the container runs in (its limits), which an exec joins too.
+	cgroups []string
 }
 
 // start launches the container through `lab podinit` in a new mount namespace, in the pod's
-// cgroup (CLONE_INTO_CGROUP, so it never runs outside it) and its own process group. It returns
-// once podinit has made the container (mounts, namespaces, cgroups) and executed the program, so
-// that nothing sees a container half made: `lab exec` joins the namespaces of its process.
+// cgroup (CLONE_INTO_CGROUP, so it never runs outside it) and its own process group, its output
+// going through a log shim (`lab containerlog`, logs.go) into logPath. It returns once podinit has
+// made the container (mounts, namespaces, cgroups) and executed the program, so that nothing sees
+// a container half made: exec joins the namespaces of its process.
 func (c *container) start(labBin string, spec InitSpec, cgroupDir, logPath, marker string) error {
 	execR, execW, err := os.Pipe()
 	if err != nil {
@@ -59,17 +62,15 @@ func (c *container) start(labBin string, spec InitSpec, cgroupDir, logPath, mark
 		return fmt.Errorf("open pod cgroup: %w", err)
 	}
 	defer cg.Close()
-	if err := os.MkdirAll(filepath.Dir(logPath), 0o755); err != nil {
-		return err
-	}
-	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	stdout, stderr, err := startLogShim(labBin, logPath, marker)
 	if err != nil {
-		return err
+		return fmt.Errorf("container %s log: %w", c.spec.Name, err)
 	}
-	defer logf.Close()
+	defer stdout.Close()
+	defer stderr.Close()
 	cmd := exec.Command(labBin, "podinit")
 	cmd.Env = []string{InitEnv + "=" + enc, marker}
-	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.ExtraFiles = []*os.File{execW}
 	flags := uintptr(syscall.CLONE_NEWNS)
 	if spec.Hostname != "" {
@@ -107,6 +108,36 @@ func (c *container) start(labBin string, spec InitSpec, cgroupDir, logPath, mark
 		close(done)
 	}()
 	return nil
+}
+
+// startLogShim starts the process that writes a container's output to its log file and returns
+// the write ends of the container's stdout and stderr. The shim runs in its own process group,
+// outside the pod's cgroup, and ends when both pipes are closed by everything that holds them.
+func startLogShim(labBin, logPath, marker string) (stdout, stderr *os.File, err error) {
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer outR.Close()
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outW.Close()
+		return nil, nil, err
+	}
+	defer errR.Close()
+	cmd := exec.Command(labBin, "containerlog", "--max-size", strconv.Itoa(DefaultLogMaxSize),
+		"--max-files", strconv.Itoa(DefaultLogMaxFiles), logPath)
+	cmd.Env = []string{marker}
+	cmd.Stdin, cmd.Stderr = outR, os.Stderr // the shim's own complaints go to the kubelet's log
+	cmd.ExtraFiles = []*os.File{errR}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		outW.Close()
+		errW.Close()
+		return nil, nil, err
+	}
+	go func() { _ = cmd.Wait() }()
+	return outW, errW, nil
 }
 
 // execWait bounds the time podinit may take to make a container.

@@ -86,6 +86,10 @@ func (k *Kubelet) Run(ctx context.Context) error {
 		return err
 	}
 	k.log.Info("node registered", "node", k.cfg.Node, "ip", k.cfg.NodeIP, "podCIDR", k.cfg.PodCIDR)
+	apiErr := make(chan error, 1)
+	if k.cfg.TLSCertFile != "" {
+		go func() { apiErr <- k.serveAPI(ctx) }()
+	}
 	go keepAlive(ctx, k.cs, k.cfg, k.log)
 	f := informers.NewSharedInformerFactoryWithOptions(k.cs, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = "spec.nodeName=" + k.cfg.Node
@@ -100,8 +104,15 @@ func (k *Kubelet) Run(ctx context.Context) error {
 		return err
 	}
 	f.Start(ctx.Done())
-	<-ctx.Done()
+	var err2 error
+	select {
+	case <-ctx.Done():
+	case err2 = <-apiErr: // the API could not be served: a kubelet without it is no use
+	}
 	f.Shutdown()
+	if err2 != nil {
+		return err2
+	}
 	k.wg.Wait()
 	return nil
 }

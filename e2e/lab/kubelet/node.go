@@ -42,6 +42,13 @@ func updateNodeStatus(ctx context.Context, cs kubernetes.Interface, cfg Config) 
 	capacity := nodeCapacity()
 	n.Status.Capacity, n.Status.Allocatable = capacity, capacity
 	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: cfg.NodeIP}, {Type: corev1.NodeHostName, Address: cfg.Node}}
+	if cfg.TLSCertFile != "" {
+		port := cfg.ServerPort
+		if port == 0 {
+			port = DefaultServerPort
+		}
+		n.Status.DaemonEndpoints.KubeletEndpoint.Port = int32(port)
+	}
 	n.Status.NodeInfo.KubeletVersion = "v1.37.2-lab"
 	n.Status.NodeInfo.OperatingSystem, n.Status.NodeInfo.Architecture = "linux", "amd64"
 	n.Status.NodeInfo.ContainerRuntimeVersion = "ambient-lab://1"

@@ -32,6 +32,8 @@ type podWorker struct {
 	failure string // why the sandbox could not be set up (reported in status)
 	sent    *corev1.PodStatus
 	tokens  []*projectedToken // kept fresh (tokens.go)
+	// published is what the kubelet API sees of the pod (view.go).
+	published publishedView
 }
 
 func (w *podWorker) run(ctx context.Context) {
@@ -95,6 +97,7 @@ func (w *podWorker) sync(ctx context.Context) {
 			w.probe(ctx, c, now)
 		}
 	}
+	w.publish()
 	w.report(ctx)
 }
 
@@ -177,14 +180,28 @@ func (w *podWorker) startContainer(c *container) {
 		}
 	}
 	argv = append(argv, c.spec.Args...)
+	if argv[0], err = w.k.resolveCommand(argv[0]); err != nil {
+		c.waitReason, c.waitMessage = "RunContainerError", err.Error()
+		return
+	}
 	spec := InitSpec{Netns: w.sb.netnsPath(), Mounts: mounts, Dir: c.spec.WorkingDir, Argv: argv, Env: env,
 		CreatedLog: w.k.cfg.CreatedLog, Hostname: hostname, User: runAs(w.pod, &c.spec)}
-	if spec.Cgroups, err = w.limitCgroups(c); err != nil {
+	spec.Cgroups, err = w.limitCgroups(c)
+	c.cgroups = spec.Cgroups
+	if err != nil {
 		c.waitReason, c.waitMessage = "RunContainerError", err.Error()
 		w.log.Error("container limits", "pod", w.pod.Namespace+"/"+w.pod.Name, "container", c.spec.Name, "err", err)
 		return
 	}
-	logPath := filepath.Join(w.podDir, c.spec.Name+".log")
+	// A kubelet keeps the logs of the current and the previous start (kubectl logs --previous).
+	logPath := containerLogPath(w.podDir, c.spec.Name, c.restarts)
+	if c.restarts >= 2 {
+		old := containerLogPath(w.podDir, c.spec.Name, c.restarts-2)
+		rotated, _ := rotatedLogs(old)
+		for _, f := range append(rotated, old) {
+			_ = os.Remove(f)
+		}
+	}
 	if err := c.start(w.k.labBin, spec, w.sb.cgroup, logPath, w.k.marker); err != nil {
 		c.waitReason, c.waitMessage = "RunContainerError", err.Error()
 		w.log.Error("start container", "pod", w.pod.Namespace+"/"+w.pod.Name, "container", c.spec.Name, "err", err)
@@ -297,6 +314,7 @@ func (w *podWorker) probe(ctx context.Context, c *container, now time.Time) {
 // and removes the pod from the API server.
 func (w *podWorker) terminate(ctx context.Context, grace time.Duration) {
 	p := w.pod
+	w.published.set(nil)
 	for _, c := range w.ctrs {
 		c.signal(syscall.SIGTERM)
 	}
