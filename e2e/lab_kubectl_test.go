@@ -93,8 +93,8 @@ spec:
 	k := func(args ...string) []string { return append([]string{"-n", ns}, args...) }
 
 	t.Run("exec", func(t *testing.T) {
-		out, code := kubectlRun(t, "", k("exec", "web", "--", "sh", "-c", "id -u; id -g; pwd; hostname; echo $GREETING")...)
-		if want := "1000\n1000\n/tmp\nweb\nhello-from-env\n"; code != 0 || out != want {
+		out, code := kubectlRun(t, "", k("exec", "web", "--", "sh", "-c", "id -u; id -g; pwd; hostname; echo $GREETING; grep CapEff /proc/self/status")...)
+		if want := "1000\n1000\n/tmp\nweb\nhello-from-env\nCapEff:\t0000000000000000\n"; code != 0 || out != want {
 			t.Errorf("exec: code %d, output %q, want %q", code, out, want)
 		}
 		if out, code := kubectlRun(t, "", k("exec", "web", "--", "sh", "-c", "echo to-stderr >&2; exit 7")...); code != 7 || !strings.Contains(out, "to-stderr") {

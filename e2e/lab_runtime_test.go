@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,14 +18,16 @@ import (
 
 	"github.com/ambient-mesh/ambient/e2e/lab"
 	"github.com/ambient-mesh/ambient/e2e/lab/kubelet"
+	"golang.org/x/sys/unix"
 )
 
 // TestLabPodsAsARuntimeMakesThem checks what the lab kubelet does as a container runtime would:
 // a container over its memory limit is OOM-killed, reported as OOMKilled and restarted, while one
 // within its limit runs on and sees its limits through resourceFieldRef; a container over its cpu
 // limit is throttled; a pod's hostname is its
-// name, or spec.hostname when set; and a container run as a non-root user cannot bind port 80,
-// which root can.
+// name, or spec.hostname when set; a container run as a non-root user cannot bind port 80,
+// which root can, unless its capabilities drop NET_BIND_SERVICE; and a container's capabilities
+// are the runtime's defaults with securityContext's add and drop, for exec'd commands too.
 func TestLabPodsAsARuntimeMakesThem(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -55,6 +58,12 @@ spec:
       valueFrom: {resourceFieldRef: {resource: limits.memory, divisor: 1Mi}}
     - name: CPU_MILLIS
       valueFrom: {resourceFieldRef: {resource: limits.cpu, divisor: 1m}}
+    volumeMounts: [{name: limits, mountPath: /etc/limits}]
+  volumes:
+  - name: limits
+    downwardAPI:
+      items:
+      - {path: memory, resourceFieldRef: {containerName: c, resource: limits.memory, divisor: 1Mi}}
 ---
 apiVersion: v1
 kind: Pod
@@ -84,6 +93,26 @@ spec:
   - name: c
     image: ambient/echo
     args: ["-http=:80", "-tcp=:19090"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nobind}
+spec:
+  containers:
+  - name: c
+    image: ambient/echo
+    args: ["-http=:80", "-tcp=:19090"]
+    securityContext: {capabilities: {drop: [NET_BIND_SERVICE]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: caps}
+spec:
+  containers:
+  - name: c
+    image: ambient/client
+    command: ["sh", "-c", "grep -E '^Cap(Eff|Bnd)' /proc/self/status; exec sleep infinity"]
+    securityContext: {capabilities: {add: [NET_ADMIN], drop: [NET_RAW]}}
 ---
 apiVersion: v1
 kind: Pod
@@ -133,6 +162,44 @@ spec:
 	if l := podLog(t, nonroot, &corev1.PodLogOptions{Container: "c", Previous: true}); !strings.Contains(l, "permission denied") {
 		t.Errorf("nonroot's echo did not fail for want of permission to bind port 80; its log:\n%s", l)
 	}
+	// Root without CAP_NET_BIND_SERVICE cannot either.
+	var nobind *corev1.Pod
+	eventually(t, 60*time.Second, "nobind's echo failed", func() bool {
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, "nobind", metav1.GetOptions{})
+		if err != nil || len(p.Status.ContainerStatuses) == 0 {
+			return false
+		}
+		nobind = p
+		s := p.Status.ContainerStatuses[0]
+		return s.RestartCount >= 1 && s.LastTerminationState.Terminated != nil && s.LastTerminationState.Terminated.ExitCode == 1
+	})
+	if l := podLog(t, nobind, &corev1.PodLogOptions{Container: "c", Previous: true}); !strings.Contains(l, "permission denied") {
+		t.Errorf("root without NET_BIND_SERVICE bound port 80; its log:\n%s", l)
+	}
+	// The runtime's default set, plus NET_ADMIN, minus NET_RAW: for the container and for a
+	// command exec'd into it.
+	want := uint64(0)
+	for _, c := range []int{unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_FSETID, unix.CAP_FOWNER, unix.CAP_MKNOD,
+		unix.CAP_SETGID, unix.CAP_SETUID, unix.CAP_SETFCAP, unix.CAP_SETPCAP, unix.CAP_NET_BIND_SERVICE,
+		unix.CAP_SYS_CHROOT, unix.CAP_KILL, unix.CAP_AUDIT_WRITE, unix.CAP_NET_ADMIN} {
+		want |= 1 << c
+	}
+	wantCaps := fmt.Sprintf("CapEff:\t%016x\nCapBnd:\t%016x\n", want, want)
+	eventually(t, 30*time.Second, "caps running", func() bool {
+		p, err := cs.CoreV1().Pods(ns).Get(ctx, "caps", metav1.GetOptions{})
+		return err == nil && podReady(p)
+	})
+	capsPod, err := cs.CoreV1().Pods(ns).Get(ctx, "caps", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "caps reported its capabilities", func() bool { return containerLog(t, capsPod, "c") != "" })
+	if got := containerLog(t, capsPod, "c"); got != wantCaps {
+		t.Errorf("container capabilities:\n%s\nwant:\n%s", got, wantCaps)
+	}
+	if got, code := kubectlRun(t, "", "-n", ns, "exec", "caps", "--", "grep", "-E", "^Cap(Eff|Bnd)", "/proc/self/status"); got != wantCaps || code != 0 {
+		t.Errorf("exec'd command's capabilities (exit %d):\n%s\nwant:\n%s", code, got, wantCaps)
+	}
 	// The spinner wants a core and may have 5% of one: the kernel throttles it.
 	spinner, err := cs.CoreV1().Pods(ns).Get(ctx, "spinner", metav1.GetOptions{})
 	if err != nil {
@@ -161,7 +228,8 @@ spec:
 		}
 		return false
 	})
-	// resourceFieldRef: the memory limit in MiB; no cpu limit, so the node's 8 cores.
+	// resourceFieldRef, in env and in a downwardAPI volume: the memory limit in MiB; no cpu
+	// limit, so the node's 8 cores.
 	fits, err := cs.CoreV1().Pods(ns).Get(ctx, "fits", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -179,6 +247,9 @@ spec:
 		if !slices.Contains(env, want) {
 			t.Errorf("fits's environment lacks %s: %q", want, env)
 		}
+	}
+	if got := execIn(t, ns, "fits", "cat", "/etc/limits/memory"); got != "64" {
+		t.Errorf("downwardAPI volume's limits.memory = %q, want 64", got)
 	}
 	// By now the hog was killed at least once.
 	p, err := cs.CoreV1().Pods(ns).Get(ctx, "fits", metav1.GetOptions{})

@@ -1,6 +1,8 @@
 package kubelet
 
 import (
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -77,5 +79,29 @@ func TestResourceFieldRef(t *testing.T) {
 		if _, err := resourceValue(pod, &pod.Spec.Containers[0], bad); err == nil {
 			t.Errorf("%+v: want an error", bad)
 		}
+	}
+}
+
+func TestDownwardAPIVolume(t *testing.T) {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns", Labels: map[string]string{"app": "echo"}},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "app", Resources: corev1.ResourceRequirements{
+			Limits: corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")}}}}},
+	}
+	dir := t.TempDir()
+	err := downwardAPI(pod, []corev1.DownwardAPIVolumeFile{
+		{Path: "name", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}},
+		{Path: "limits/mem", ResourceFieldRef: &corev1.ResourceFieldSelector{ContainerName: "app", Resource: "limits.memory", Divisor: resource.MustParse("1Mi")}},
+	}, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{"name": "p", "limits/mem": "64"} {
+		if b, err := os.ReadFile(filepath.Join(dir, path)); err != nil || string(b) != want {
+			t.Errorf("%s = %q, %v; want %q", path, b, err, want)
+		}
+	}
+	if err := downwardAPI(pod, []corev1.DownwardAPIVolumeFile{{Path: "x"}}, dir); err == nil {
+		t.Error("a file with neither reference: want an error")
 	}
 }

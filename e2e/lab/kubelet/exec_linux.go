@@ -5,7 +5,7 @@ package kubelet
 // An exec'd command is a sibling of the container's process: it joins that process's network,
 // mount, UTS and IPC namespaces (nsenter), its working directory and environment (read from
 // /proc), the pod's cgroup (cloned into it) and the container's limit cgroups, and runs as the
-// container's user. A command name is looked up among the lab's image programs first, then on
+// container's user with its capabilities (setpriv). A command name is looked up among the lab's image programs first, then on
 // the host's PATH. Attach gives the container's output from now on; the lab keeps no
 // container's stdin open, so attach carries no input. Port-forward dials localhost:<port> inside
 // the pod's network namespace.
@@ -62,9 +62,21 @@ func (e executor) ExecInContainer(ctx context.Context, _, _, container string, c
 	if err != nil {
 		return fmt.Errorf("container %s environment: %w", container, err)
 	}
-	args := []string{"--target", strconv.Itoa(c.PID), "--net", "--mount", "--uts", "--ipc", "--wd"}
-	if c.User != nil {
-		args = append(args, "--setuid", strconv.Itoa(c.User.UID), "--setgid", strconv.Itoa(c.User.GID))
+	// nsenter joins the namespaces; setpriv (both util-linux) takes on the container's user
+	// and privileges, and executes the program.
+	args := []string{"--target", strconv.Itoa(c.PID), "--net", "--mount", "--uts", "--ipc", "--wd", "--", "setpriv"}
+	args = append(args, c.Privs.setprivArgs()...)
+	if u := c.User; u != nil {
+		args = append(args, "--reuid="+strconv.Itoa(u.UID), "--regid="+strconv.Itoa(u.GID))
+		if len(u.Groups) == 0 {
+			args = append(args, "--clear-groups")
+		} else {
+			g := make([]string, len(u.Groups))
+			for i, n := range u.Groups {
+				g[i] = strconv.Itoa(n)
+			}
+			args = append(args, "--groups="+strings.Join(g, ","))
+		}
 	}
 	args = append(append(args, "--", prog), cmd[1:]...)
 	x := exec.CommandContext(ctx, "nsenter", args...)

@@ -184,8 +184,13 @@ func (w *podWorker) startContainer(c *container) {
 		c.waitReason, c.waitMessage = "RunContainerError", err.Error()
 		return
 	}
+	priv, err := containerPrivileges(&c.spec)
+	if err != nil {
+		c.waitReason, c.waitMessage = "CreateContainerConfigError", err.Error()
+		return
+	}
 	spec := InitSpec{Netns: w.sb.netnsPath(), Mounts: mounts, Dir: c.spec.WorkingDir, Argv: argv, Env: env,
-		CreatedLog: w.k.cfg.CreatedLog, Hostname: hostname, User: runAs(w.pod, &c.spec)}
+		CreatedLog: w.k.cfg.CreatedLog, Hostname: hostname, User: runAs(w.pod, &c.spec), Privileges: priv}
 	spec.Cgroups, err = w.limitCgroups(c)
 	c.cgroups = spec.Cgroups
 	if err != nil {

@@ -46,6 +46,8 @@ type InitSpec struct {
 	// User, when set, is who the program runs as (securityContext.runAsUser/runAsGroup and the
 	// pod's supplemental groups); the container is made as root first.
 	User *User `json:"user,omitempty"`
+	// Privileges are the container's capabilities and no_new_privs (capabilities.go).
+	Privileges Privileges `json:"privileges,omitempty"`
 	// CreatedLog is a file to which podinit appends every directory or file it had to create on
 	// the host's file system as a mount target, so that lab down can remove them once no pod
 	// runs (removing them earlier would detach other pods' mounts on them).
@@ -103,6 +105,9 @@ func PodInit(spec InitSpec) error {
 			return fmt.Errorf("podinit: workdir: %w", err)
 		}
 	}
+	if err := spec.Privileges.limitBounding(); err != nil {
+		return fmt.Errorf("podinit: %w", err)
+	}
 	if u := spec.User; u != nil {
 		// On this (locked) thread only, which is the one that executes the program: the
 		// program starts with these credentials, and a non-root user keeps no capability.
@@ -114,6 +119,11 @@ func PodInit(spec InitSpec) error {
 		}
 		if err := unix.Setresuid(u.UID, u.UID, u.UID); err != nil {
 			return fmt.Errorf("podinit: uid %d: %w", u.UID, err)
+		}
+	}
+	if spec.User == nil || spec.User.UID == 0 {
+		if err := spec.Privileges.limitSets(); err != nil {
+			return fmt.Errorf("podinit: %w", err)
 		}
 	}
 	return unix.Exec(spec.Argv[0], spec.Argv, spec.Env)

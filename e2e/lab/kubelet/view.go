@@ -27,6 +27,7 @@ type ctrView struct {
 	PID      int // the container's process; 0 when not running
 	Restarts int32
 	User     *User
+	Privs    Privileges
 	Cgroups  []string // v1 cgroups with its limits, which an exec joins too
 }
 
@@ -67,6 +68,7 @@ func (w *podWorker) publish() {
 	v := &podView{Namespace: w.pod.Namespace, Name: w.pod.Name, UID: w.pod.UID, Netns: w.sb.netnsPath(), Cgroup: w.sb.cgroup, Dir: w.podDir}
 	for _, c := range w.ctrs {
 		cv := ctrView{Name: c.spec.Name, Restarts: c.restarts, User: runAs(w.pod, &c.spec), Cgroups: c.cgroups}
+		cv.Privs, _ = containerPrivileges(&c.spec) // a container that runs had valid ones
 		if c.running && c.cmd != nil && c.cmd.Process != nil {
 			cv.PID = c.cmd.Process.Pid
 		}

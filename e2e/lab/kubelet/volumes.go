@@ -39,6 +39,10 @@ func (v volumes) prepare(ctx context.Context, pod *corev1.Pod, podDir string) (m
 			err = v.configMap(ctx, pod.Namespace, vol.ConfigMap.Name, vol.ConfigMap.Items, optional(vol.ConfigMap.Optional), dir)
 		case vol.Secret != nil:
 			err = v.secret(ctx, pod.Namespace, vol.Secret.SecretName, vol.Secret.Items, optional(vol.Secret.Optional), dir)
+		case vol.DownwardAPI != nil:
+			if err = os.MkdirAll(dir, 0o755); err == nil {
+				err = downwardAPI(pod, vol.DownwardAPI.Items, dir)
+			}
 		case vol.Projected != nil:
 			var ts []*projectedToken
 			ts, err = v.projected(ctx, pod, vol.Projected, dir)
@@ -113,6 +117,31 @@ func (v volumes) secret(ctx context.Context, ns, name string, items []corev1.Key
 // projected writes the sources of a projected volume into one directory; the service-account
 // tokens are requested from the API server bound to this pod, as a kubelet does, and returned
 // for their refresh (tokens.go).
+// downwardAPI writes a downwardAPI volume's (or projection's) files: pod fields, and containers'
+// limits and requests (resourceFieldRef, which names its container in a volume).
+func downwardAPI(pod *corev1.Pod, files []corev1.DownwardAPIVolumeFile, dir string) error {
+	data := map[string][]byte{}
+	var items []corev1.KeyToPath
+	for _, f := range files {
+		var val string
+		var err error
+		switch {
+		case f.FieldRef != nil:
+			val, err = fieldValue(podEnv{Pod: pod}, f.FieldRef.FieldPath)
+		case f.ResourceFieldRef != nil:
+			val, err = resourceValue(pod, &corev1.Container{}, f.ResourceFieldRef)
+		default:
+			err = fmt.Errorf("downwardAPI %s: neither fieldRef nor resourceFieldRef", f.Path)
+		}
+		if err != nil {
+			return err
+		}
+		data[f.Path] = []byte(val)
+		items = append(items, corev1.KeyToPath{Key: f.Path, Path: f.Path})
+	}
+	return writeItems(dir, data, items)
+}
+
 func (v volumes) projected(ctx context.Context, pod *corev1.Pod, p *corev1.ProjectedVolumeSource, dir string) ([]*projectedToken, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
@@ -135,20 +164,7 @@ func (v volumes) projected(ctx context.Context, pod *corev1.Pod, p *corev1.Proje
 				return nil, err
 			}
 		case src.DownwardAPI != nil:
-			data := map[string][]byte{}
-			var items []corev1.KeyToPath
-			for _, f := range src.DownwardAPI.Items {
-				if f.FieldRef == nil {
-					return nil, fmt.Errorf("downwardAPI %s: only fieldRef is supported", f.Path)
-				}
-				val, err := fieldValue(podEnv{Pod: pod}, f.FieldRef.FieldPath)
-				if err != nil {
-					return nil, err
-				}
-				data[f.Path] = []byte(val)
-				items = append(items, corev1.KeyToPath{Key: f.Path, Path: f.Path})
-			}
-			if err := writeItems(dir, data, items); err != nil {
+			if err := downwardAPI(pod, src.DownwardAPI.Items, dir); err != nil {
 				return nil, err
 			}
 		}
