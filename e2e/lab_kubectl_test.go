@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -187,6 +188,36 @@ spec:
 		}
 		if first < 0 || sc.Err() != nil {
 			t.Errorf("logs -f ended without following: first %d, err %v", first, sc.Err())
+		}
+	})
+
+	t.Run("attach and lab logs", func(t *testing.T) {
+		// attach: the container's output from now on, so only lines the talker writes after it.
+		actx, stop := context.WithCancel(ctx)
+		defer stop()
+		a := kubectlCmd(actx, k("attach", "talker", "-c", "c")...)
+		r, err := a.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Start(); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { stop(); _ = a.Wait() }()
+		sc := bufio.NewScanner(r)
+		seen := 0
+		for seen < 5 && sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "line ") {
+				seen++
+			}
+		}
+		if seen < 5 {
+			t.Errorf("attach ended after %d lines: %v", seen, sc.Err())
+		}
+		// The shortcut without kubectl.
+		out, err := exec.CommandContext(ctx, filepath.Join(labCfg.BinDir, "lab"), "logs", ns+"/talker", "-c", "c").CombinedOutput()
+		if err != nil || !strings.HasPrefix(string(out), "line 1\n") && !strings.HasPrefix(string(out), "err 1\n") {
+			t.Errorf("lab logs: %v: %.100q", err, out)
 		}
 	})
 
