@@ -1,12 +1,21 @@
 package server
 
 import (
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	"maps"
 	"net/http"
 	"net/http/pprof"
+	"slices"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/protobuf/encoding/protojson"
 
+	"github.com/ambient-mesh/ambient/api/status"
+	"github.com/ambient-mesh/ambient/internal/version"
+	"github.com/ambient-mesh/ambient/istiod-lite/ca"
 	"github.com/ambient-mesh/ambient/istiod-lite/xds"
 )
 
@@ -55,4 +64,45 @@ func writeJSON(w http.ResponseWriter, v any) {
 	e := json.NewEncoder(w)
 	e.SetIndent("", "  ")
 	_ = e.Encode(v)
+}
+
+// metricsHandler serves the metrics port: Prometheus metrics, and the summary ambientctl reads
+// through the API server's pod proxy (api/status), which holds nothing secret.
+func metricsHandler(reg *prometheus.Registry, x *xds.Server, keeper *ca.Keeper) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc(status.Path, func(w http.ResponseWriter, _ *http.Request) {
+		writeJSON(w, istiodStatus(x, keeper))
+	})
+	return mux
+}
+
+func istiodStatus(x *xds.Server, keeper *ca.Keeper) status.Istiod {
+	out := status.Istiod{Version: version.String(), Proxies: []status.Proxy{}, Problems: []status.Problem{}}
+	for _, c := range x.Clients() {
+		p := status.Proxy{ID: c.ID, Role: string(c.Role), Node: c.Node, ConnectedAt: c.ConnectedAt, UpToDate: true}
+		for _, t := range slices.Sorted(maps.Keys(c.Types)) {
+			ts := c.Types[t]
+			if ts.Acked < ts.Sent || ts.LastNACK != "" {
+				p.UpToDate = false
+			}
+			if ts.LastNACK != "" {
+				p.LastNACK = ts.LastNACK
+			}
+		}
+		out.Proxies = append(out.Proxies, p)
+	}
+	if snap := x.Snapshot(); snap != nil {
+		for _, pr := range snap.Model().Problems {
+			out.Problems = append(out.Problems, status.Problem{Kind: pr.Kind, Namespace: pr.Namespace, Name: pr.Name, Reason: pr.Reason, Message: pr.Message})
+		}
+	}
+	if roots := keeper.Authority().Roots(); len(roots) > 0 {
+		if b, _ := pem.Decode([]byte(roots[0])); b != nil {
+			if c, err := x509.ParseCertificate(b.Bytes); err == nil {
+				out.RootNotAfter = c.NotAfter
+			}
+		}
+	}
+	return out
 }

@@ -13,7 +13,6 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
@@ -185,7 +184,7 @@ func run(ctx context.Context, log *slog.Logger, cfg Config, cl clients, started 
 		out     *string
 	}{
 		{cfg.AdminAddr, adminHandler(xdsSrv), &addrs.Admin},
-		{cfg.MetricsAddr, promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}), &addrs.Metrics},
+		{cfg.MetricsAddr, metricsHandler(reg, xdsSrv, keeper), &addrs.Metrics},
 		{cfg.ReadyAddr, readyH, &addrs.Ready},
 	} {
 		l, err := net.Listen("tcp", h.addr)

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"io"
 	"log/slog"
@@ -35,6 +36,7 @@ import (
 	gwfake "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned/fake"
 
 	cav1 "github.com/ambient-mesh/ambient/api/ca/v1"
+	"github.com/ambient-mesh/ambient/api/status"
 	"github.com/ambient-mesh/ambient/internal/testutil"
 	"github.com/ambient-mesh/ambient/istiod-lite/ca"
 	"github.com/ambient-mesh/ambient/istiod-lite/controller"
@@ -224,6 +226,14 @@ func TestRun(t *testing.T) {
 	}
 	if got := httpGet(t, "http://"+a.Metrics+"/metrics"); !strings.Contains(got, "istiod_lite_ca_certificates_issued_total") {
 		t.Errorf("metrics lack CA issuance")
+	}
+	var sum status.Istiod
+	if err := json.Unmarshal([]byte(httpGet(t, "http://"+a.Metrics+status.Path)), &sum); err != nil {
+		t.Fatal(err)
+	}
+	if len(sum.Proxies) != 1 || sum.Proxies[0].ID != "ztunnel-node-a" || !sum.Proxies[0].UpToDate ||
+		sum.RootNotAfter.Before(time.Now()) || sum.Version == "" {
+		t.Errorf("status on the metrics port: %+v", sum)
 	}
 	// Cluster writes happen once this replica leads.
 	testutil.Eventually(t, 10*time.Second, "the leader lease held by istiod-lite-0", func() bool {

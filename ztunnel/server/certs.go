@@ -13,7 +13,7 @@ import (
 // dialCertManager builds the certificate manager, and what the config dump shows of it, on
 // istiod-lite's CA (same address and TLS as
 // xDS, ztunnel's projected token on each call).
-func dialCertManager(ctx context.Context, cfg Config, tlsCfg *tls.Config, roots func() *x509.CertPool, log *slog.Logger) (Certs, any, error) {
+func dialCertManager(ctx context.Context, cfg Config, tlsCfg *tls.Config, roots func() *x509.CertPool, log *slog.Logger) (Certs, snapshot, error) {
 	ca, err := certs.DialCA(ctx, cfg.XDSAddr, tlsCfg, cfg.TokenFile)
 	if err != nil {
 		return nil, nil, err
@@ -28,7 +28,7 @@ func dialCertManager(ctx context.Context, cfg Config, tlsCfg *tls.Config, roots 
 	return m, snapshot(m.Snapshot), nil
 }
 
-// snapshot marshals as what the function returns now, for the config dump.
+// snapshot returns the certificates' state now; it marshals as that, for the config dump.
 type snapshot func() []certs.CertInfo
 
 func (f snapshot) MarshalJSON() ([]byte, error) { return json.Marshal(f()) }

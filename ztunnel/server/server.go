@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -11,12 +12,15 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ambient-mesh/ambient/api/identity"
+	"github.com/ambient-mesh/ambient/api/status"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+	"github.com/ambient-mesh/ambient/internal/version"
 	"github.com/ambient-mesh/ambient/redirect"
 	"github.com/ambient-mesh/ambient/redirect/zds"
 	"github.com/ambient-mesh/ambient/ztunnel/authz"
@@ -214,8 +218,35 @@ type endpoints struct {
 	store     *xdsclient.Store
 	xds       *xdsclient.Client
 	pods      *inpod.Manager
-	certsInfo any
+	certsInfo snapshot
 	ready     func() bool
+}
+
+// status summarises ztunnel's state for ambientctl.
+func (e *endpoints) status() status.Ztunnel {
+	st := e.store.Load()
+	xs := e.xds.Stats()
+	out := status.Ztunnel{Version: version.String(), Ready: e.ready(),
+		XDS:       status.XDS{Connected: xs.Connected, Types: map[string]status.XDSType{}},
+		Workloads: st.Len(xdsclient.TypeWorkload), Services: st.Len(xdsclient.TypeService),
+		Authorizations: st.Len(xdsclient.TypeAuthorization), Pods: []status.Pod{}, Certificates: []status.Certificate{}}
+	for t, ts := range xs.Types {
+		out.XDS.Types[t] = status.XDSType{Synced: ts.Synced, LastACK: ts.LastACK, NACKs: ts.NACKs, Resources: ts.Resources}
+	}
+	for _, p := range e.pods.Pods() {
+		sp := status.Pod{Namespace: p.Namespace, Name: p.Name, ServiceAccount: p.ServiceAccount, IPs: []string{}}
+		for _, ip := range p.IPs {
+			sp.IPs = append(sp.IPs, ip.String())
+		}
+		out.Pods = append(out.Pods, sp)
+	}
+	slices.SortFunc(out.Pods, func(a, b status.Pod) int { return cmp.Compare(a.Namespace+"/"+a.Name, b.Namespace+"/"+b.Name) })
+	if e.certsInfo != nil {
+		for _, c := range e.certsInfo() {
+			out.Certificates = append(out.Certificates, status.Certificate{Identity: c.Identity, State: string(c.State), NotAfter: c.NotAfter, LastError: c.LastError})
+		}
+	}
+	return out
 }
 
 func (e *endpoints) serve(ctx context.Context) error {
@@ -234,6 +265,12 @@ func (e *endpoints) serve(ctx context.Context) error {
 	admin.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	metrics := http.NewServeMux()
 	metrics.Handle("/metrics", promhttp.HandlerFor(e.reg, promhttp.HandlerOpts{}))
+	// The summary ambientctl reads through the API server's pod proxy (api/status): on the
+	// metrics port, which is reachable on the pod's address, unlike the admin port.
+	metrics.HandleFunc(status.Path, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(e.status())
+	})
 	ready := http.NewServeMux()
 	ready.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
 		if !e.ready() {
