@@ -5,7 +5,9 @@ SHELL := /usr/bin/env bash
 .SHELLFLAGS := -euo pipefail -c
 GO ?= go
 BIN := $(CURDIR)/bin
-GOFLAGS_BUILD := -trimpath
+# Binaries report the commit they were built from (ambientctl version, /debug/status).
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+GOFLAGS_BUILD := -trimpath -ldflags "-X github.com/ambient-mesh/ambient/internal/version.Release=$(VERSION)"
 export GOFLAGS := -buildvcs=false
 
 # Debian packages the targets need: iproute2 (netns, veth), nftables/iptables and conntrack
