@@ -29,10 +29,10 @@ var ErrProblems = errors.New("problems found")
 type options struct {
 	kubeconfig string
 	overrides  clientcmd.ConfigOverrides
-	output string
-	out    io.Writer
-	errOut io.Writer
-	now    func() time.Time
+	output     string
+	out        io.Writer
+	errOut     io.Writer
+	now        func() time.Time
 	// clients, when set, replaces the kubeconfig (tests).
 	clients func() (kubernetes.Interface, ProxyGet, error)
 }
