@@ -42,7 +42,7 @@ lab-tools:
 	@./e2e/tools/build.sh >/dev/null
 
 e2e: deps build lab-tools
-	$(GO) test -tags e2e -count=1 -timeout 70m -v ./e2e/... 2>&1 | tee .e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; \
+	$(GO) test -tags e2e -count=1 -timeout 70m -v ./e2e/... ./deploy/... 2>&1 | tee .e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; \
 	test $${PIPESTATUS[0]} -eq 0
 
 test: lint unit e2e
@@ -50,7 +50,7 @@ test: lint unit e2e
 lint: deps
 	@out="$$(gofmt -l $$(git ls-files '*.go' | grep -v '/e2e/tools/'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) vet -tags e2e ./e2e/...
+	$(GO) vet -tags e2e ./e2e/... ./deploy/...
 	$(GO) tool staticcheck ./...
 	$(MAKE) generate-check
 
@@ -64,6 +64,11 @@ generate-check: generate
 
 lab-up: build lab-tools
 	$(BIN)/lab up
+
+# The README's first command: the lab, the mesh from deploy/, a sample application, and a walk
+# through what the mesh does (e2e/demo). A second run reuses what is built and up.
+demo: deps lab-up
+	$(BIN)/ambient-demo
 
 lab-down: build
 	$(BIN)/lab down

@@ -3,11 +3,9 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -204,59 +202,12 @@ type capture struct {
 // the nodes) while fn runs.
 func captureLab(t *testing.T, fn func()) capture {
 	t.Helper()
-	file := filepath.Join(t.TempDir(), "lab.pcap")
-	cmd := exec.Command("ip", "netns", "exec", lab.SwitchNetns, "tcpdump", "-Z", "root", "-i", "any", "-U", "-s", "0", "-w", file, "tcp")
-	stderr, err := cmd.StderrPipe()
+	ctx := context.Background()
+	c, err := lab.CaptureSwitch(ctx, t.TempDir(), "tcp port 15008", func() error { fn(); return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("tcpdump: %v", err)
-	}
-	listening := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "listening on") {
-				close(listening)
-			}
-		}
-	}()
-	select {
-	case <-listening:
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		t.Fatal("tcpdump did not start listening")
-	}
-	// The control plane's own traffic crosses the switch all the time: once some of it is in the
-	// file, the capture is running.
-	eventually(t, 10*time.Second, "tcpdump capturing", func() bool {
-		st, err := os.Stat(file)
-		return err == nil && st.Size() > 24
-	})
-	fn()
-	// tcpdump stops without writing what the kernel still holds for it: wait until what fn sent
-	// is in the file (its HBONE packets, counted the same way twice in a row) before stopping it.
-	count := func() int {
-		out, _ := exec.Command("tcpdump", "-nn", "-r", file, "tcp port 15008").Output()
-		return strings.Count(string(out), "\n")
-	}
-	last := -1
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		n := count()
-		if n > 0 && n == last {
-			break
-		}
-		last = n
-	}
-	_ = cmd.Process.Signal(os.Interrupt)
-	_ = cmd.Wait()
-	raw, err := os.ReadFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := capture{raw: raw, hbone: count()}
-	all, err := exec.Command("tcpdump", "-nn", "-c", "20", "-r", file, "net 10.234.0.0/16").CombinedOutput()
-	c.summary = fmt.Sprintf("%d bytes captured; %s %v", len(raw), all, err)
-	return c
+	all, err := c.Packets(ctx, "net 10.234.0.0/16", false, 20)
+	return capture{raw: c.Raw, hbone: c.Count(ctx, "tcp port 15008"),
+		summary: fmt.Sprintf("%d bytes captured; %s %v", len(c.Raw), all, err)}
 }

@@ -134,7 +134,7 @@ func (r *Report) controlPlane(ctx context.Context, cs kubernetes.Interface, get 
 	d, err := cs.AppsV1().Deployments(SystemNamespace).Get(ctx, istiodName, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		r.problem("deployment/"+istiodName, "istiod-lite is not installed in "+SystemNamespace,
-			"install the mesh: kubectl apply --server-side -k deploy/ (or helm install ambient deploy/charts/ambient -n istio-system)")
+			"install the mesh: kubectl apply --server-side -k deploy/ (or helm install ambient deploy/charts/ambient -n istio-system --create-namespace)")
 		return nil
 	}
 	if err != nil {

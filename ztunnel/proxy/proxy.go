@@ -147,7 +147,7 @@ func (p *Proxy) side(pod *inpod.Pod, id identity.Identity) (*podSide, error) {
 		return nil, err
 	}
 	server, err := hbone.NewServer(p.d.ServerConfig, tlsCfg, hbone.HandlerFunc(func(ctx context.Context, req *hbone.Request) error {
-		return p.serveTunnel(ctx, pod, req)
+		return p.serveTunnel(ctx, pod, id, req)
 	}), p.d.Log)
 	if err != nil {
 		client.Close()
@@ -265,11 +265,12 @@ func (p *Proxy) HBONE(ctx context.Context, pod *inpod.Pod, c net.Conn) {
 	s.server.ServeConn(goAway, c)
 }
 
-// serveTunnel checks one CONNECT to the pod and connects it to the application.
-func (p *Proxy) serveTunnel(ctx context.Context, pod *inpod.Pod, req *hbone.Request) error {
+// serveTunnel checks one CONNECT to the pod, whose identity is id (the certificate the tunnel
+// was accepted with), and connects it to the application.
+func (p *Proxy) serveTunnel(ctx context.Context, pod *inpod.Pod, id identity.Identity, req *hbone.Request) error {
 	start := time.Now()
 	rec := &record{reporter: "destination", srcPrincipal: principal(req.Peer), srcNS: req.Peer.Namespace,
-		dstNS: pod.Namespace, dstWorkload: pod.Name, security: "mutual_tls"}
+		dstNS: pod.Namespace, dstWorkload: pod.Name, dstPrincipal: principal(id), security: "mutual_tls"}
 	peer := addrPortOf(req.RemoteAddr)
 	if reservedPort(req.Authority.Port()) {
 		p.access(rec, pod, peer, req.Authority, start, "bad request", fmt.Errorf("port %d is ztunnel's own", req.Authority.Port()))
