@@ -17,6 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/ambient-mesh/ambient/api/status"
+	"github.com/ambient-mesh/ambient/e2e/lab"
 	"github.com/ambient-mesh/ambient/internal/ambientctl"
 )
 
@@ -57,7 +59,8 @@ func hasProblem(r ambientctl.Report, object, cause string) bool {
 }
 
 // TestAmbientctl drives the operator's CLI against the mesh installed from deploy/: enroll
-// (the pods join, no restart), status on a healthy mesh (exit 0), then on broken ones, each
+// (the pods join, no restart), status on a healthy mesh (exit 0), workloads, services, certs and the
+// node preflight (check, in a node's view), then status on broken ones, each
 // reported with its cause and a non-zero exit: a policy with a problem, ztunnel or the node
 // agent missing on a node, istiod-lite down; and unenroll.
 func TestAmbientctl(t *testing.T) {
@@ -94,6 +97,36 @@ func TestAmbientctl(t *testing.T) {
 	}
 	if served != 3 || !slices.Contains(r.Namespaces, ns) || len(r.Workloads) != 3 {
 		t.Errorf("workloads served %d, namespaces %v, workloads %+v", served, r.Namespaces, r.Workloads)
+	}
+	// What the ztunnels hold.
+	var wls []status.Workload
+	out, _, code = ambientctlRun(t, "workloads", "-n", ns, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &wls); err != nil || code != 0 || len(wls) != 3 ||
+		slices.ContainsFunc(wls, func(w status.Workload) bool { return w.Protocol != "HBONE" || !strings.HasSuffix(w.Identity, "/ns/"+ns+"/sa/default") }) {
+		t.Errorf("workloads: exit %d, %v: %s", code, err, out)
+	}
+	var svcs []status.Service
+	out, _, code = ambientctlRun(t, "services", "-n", ns, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &svcs); err != nil || code != 0 || len(svcs) != 1 || svcs[0].Endpoints != 2 || len(svcs[0].VIPs) == 0 {
+		t.Errorf("services: exit %d, %v: %s", code, err, out)
+	}
+	var certs []ambientctl.NodeCertificate
+	out, _, code = ambientctlRun(t, "certs", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &certs); err != nil || code != 0 ||
+		!slices.ContainsFunc(certs, func(c ambientctl.NodeCertificate) bool {
+			return c.Identity == "spiffe://cluster.local/ns/"+ns+"/sa/default" && c.State == "valid" && c.NotAfter.After(time.Now())
+		}) {
+		t.Errorf("certs: exit %d, %v: %s", code, err, out)
+	}
+	// The node preflight, run as on a node: in the node's view of the file system.
+	cg, err := lab.LabCgroup()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pre, err := exec.Command(filepath.Join(labCfg.BinDir, "lab"), "nodeview", "--root", labCfg.NodeRoot("node-1"), "--cgroup", filepath.Join(cg, "node-1"),
+		"--", filepath.Join(labCfg.BinDir, "ambientctl"), "check").CombinedOutput()
+	if err != nil {
+		t.Errorf("ambientctl check on node-1: %v\n%s", err, pre)
 	}
 	if out, _, code := ambientctlRun(t, "status"); code != 0 || !strings.Contains(out, "no problems found") {
 		t.Errorf("status table: exit %d\n%s", code, out)

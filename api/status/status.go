@@ -87,3 +87,31 @@ type Problem struct {
 	Reason    string `json:"reason"`
 	Message   string `json:"message"`
 }
+
+// Paths of what a ztunnel holds, served beside Path (ambientctl workloads, services).
+const (
+	WorkloadsPath = "/debug/workloads"
+	ServicesPath  = "/debug/services"
+)
+
+// Workload is a workload as a ztunnel knows it.
+type Workload struct {
+	Namespace string   `json:"namespace"`
+	Name      string   `json:"name"`
+	Node      string   `json:"node"`
+	IPs       []string `json:"ips"`
+	Identity  string   `json:"identity"`
+	Protocol  string   `json:"protocol"` // HBONE or TCP (not in the mesh)
+	Waypoint  string   `json:"waypoint,omitempty"`
+	Healthy   bool     `json:"healthy"`
+}
+
+// Service is a service as a ztunnel knows it.
+type Service struct {
+	Namespace string   `json:"namespace"`
+	Hostname  string   `json:"hostname"`
+	VIPs      []string `json:"vips"`
+	Ports     []string `json:"ports"` // service port -> target port (a name when the target is named)
+	Endpoints int      `json:"endpoints"`
+	Waypoint  string   `json:"waypoint,omitempty"`
+}

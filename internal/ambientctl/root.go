@@ -85,7 +85,7 @@ func newRoot(o *options) *cobra.Command {
 	clientcmd.BindOverrideFlags(&o.overrides, root.PersistentFlags(), clientcmd.RecommendedConfigOverrideFlags(""))
 	root.PersistentFlags().StringVarP(&o.output, "output", "o", "table", "output format: table, json or yaml")
 	_ = root.RegisterFlagCompletionFunc("output", cobra.FixedCompletions([]string{"table", "json", "yaml"}, cobra.ShellCompDirectiveNoFileComp))
-	root.AddCommand(statusCmd(o), enrollCmd(o, true), enrollCmd(o, false), versionCmd(o))
+	root.AddCommand(statusCmd(o), enrollCmd(o, true), enrollCmd(o, false), workloadsCmd(o), servicesCmd(o), certsCmd(o), checkCmd(o), versionCmd(o))
 	return root
 }
 

@@ -355,7 +355,16 @@ func fetchJSON(ctx context.Context, get ProxyGet, p *corev1.Pod, v any) error {
 	if err != nil {
 		return err
 	}
-	return json.Unmarshal(b, v)
+	return jsonUnmarshal(b, v)
+}
+
+// jsonUnmarshal decodes a component's document, saying what it got when it is not JSON (a
+// proxy error page, say).
+func jsonUnmarshal(b []byte, v any) error {
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("not a status document (%w): %.200s", err, b)
+	}
+	return nil
 }
 
 func podState(p *corev1.Pod) string {

@@ -34,6 +34,7 @@ var testNow = time.Date(2026, 12, 5, 9, 0, 0, 0, time.UTC)
 type cluster struct {
 	objs     []runtime.Object
 	statuses map[string]any // pod name -> status document
+	docs     map[string]any // pod name + path -> another document
 }
 
 func readyPod(ns, name, node string, labels, annotations map[string]string) *corev1.Pod {
@@ -47,7 +48,7 @@ func readyPod(ns, name, node string, labels, annotations map[string]string) *cor
 
 // healthy is a two-node mesh with one enrolled namespace, everything well.
 func healthy() *cluster {
-	c := &cluster{statuses: map[string]any{}}
+	c := &cluster{statuses: map[string]any{}, docs: map[string]any{}}
 	c.objs = append(c.objs,
 		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: SystemNamespace, Name: istiodName},
 			Spec: appsv1.DeploymentSpec{Replicas: ptr.To[int32](1)}, Status: appsv1.DeploymentStatus{ReadyReplicas: 1}},
@@ -72,6 +73,12 @@ func healthy() *cluster {
 			Certificates: []status.Certificate{{Identity: "spiffe://cluster.local/ns/demo/sa/default", State: "valid",
 				NotAfter: testNow.Add(time.Duration(20+i) * time.Hour)}},
 			Workloads: 5, Services: 2}
+		c.docs["ztunnel-"+node+status.WorkloadsPath] = []status.Workload{
+			{Namespace: "demo", Name: "app-0", Node: "node-1", IPs: []string{"10.234.1.5"}, Identity: "spiffe://cluster.local/ns/demo/sa/default", Protocol: "HBONE", Healthy: true},
+			{Namespace: "demo", Name: "app-1", Node: "node-2", IPs: []string{"10.234.2.5"}, Identity: "spiffe://cluster.local/ns/demo/sa/default", Protocol: "HBONE", Healthy: true},
+			{Namespace: "other", Name: "outside", Node: "node-1", IPs: []string{"10.234.1.9"}, Protocol: "TCP", Healthy: true}}
+		c.docs["ztunnel-"+node+status.ServicesPath] = []status.Service{
+			{Namespace: "demo", Hostname: "app.demo.svc.cluster.local", VIPs: []string{"10.235.0.20"}, Ports: []string{"80->http"}, Endpoints: 2}}
 	}
 	return c
 }
@@ -80,7 +87,10 @@ func (c *cluster) clients() (kubernetes.Interface, ProxyGet, error) {
 	cs := fake.NewClientset(c.objs...)
 	get := func(_ context.Context, _, pod string, port int, path string) ([]byte, error) {
 		st, ok := c.statuses[pod]
-		if !ok || port != mesh.PortMetrics || path != status.Path {
+		if path != status.Path {
+			st, ok = c.docs[pod+path]
+		}
+		if !ok || port != mesh.PortMetrics {
 			return nil, errors.New("the server could not find the requested resource")
 		}
 		return json.Marshal(st)
@@ -107,6 +117,30 @@ func TestStatusGolden(t *testing.T) {
 			}
 			golden(t, "status-healthy."+format, out)
 		})
+	}
+}
+
+func TestConfigCommands(t *testing.T) {
+	for _, tc := range []struct {
+		golden string
+		args   []string
+	}{
+		{"workloads.table", []string{"workloads"}},
+		{"workloads-demo.json", []string{"workloads", "-n", "demo", "-o", "json"}},
+		{"services.yaml", []string{"services", "--node", "node-2", "-o", "yaml"}},
+		{"certs.table", []string{"certs"}},
+		{"certs.json", []string{"certs", "-o", "json"}},
+	} {
+		t.Run(tc.golden, func(t *testing.T) {
+			out, err := run(t, healthy(), tc.args...)
+			if err != nil {
+				t.Fatalf("%v: %v\n%s", tc.args, err, out)
+			}
+			golden(t, tc.golden, out)
+		})
+	}
+	if _, err := run(t, healthy(), "workloads", "--node", "node-9"); err == nil || !strings.Contains(err.Error(), "no ready ztunnel on node node-9") {
+		t.Errorf("a node without ztunnel: %v", err)
 	}
 }
 

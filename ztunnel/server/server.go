@@ -267,10 +267,16 @@ func (e *endpoints) serve(ctx context.Context) error {
 	metrics.Handle("/metrics", promhttp.HandlerFor(e.reg, promhttp.HandlerOpts{}))
 	// The summary ambientctl reads through the API server's pod proxy (api/status): on the
 	// metrics port, which is reachable on the pod's address, unlike the admin port.
-	metrics.HandleFunc(status.Path, func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(e.status())
-	})
+	for path, doc := range map[string]func() any{
+		status.Path:          func() any { return e.status() },
+		status.WorkloadsPath: func() any { return workloadsOf(e.store.Load()) },
+		status.ServicesPath:  func() any { return servicesOf(e.store.Load()) },
+	} {
+		metrics.HandleFunc(path, func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(doc())
+		})
+	}
 	ready := http.NewServeMux()
 	ready.HandleFunc("/healthz/ready", func(w http.ResponseWriter, _ *http.Request) {
 		if !e.ready() {
