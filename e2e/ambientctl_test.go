@@ -102,7 +102,9 @@ func TestAmbientctl(t *testing.T) {
 	var wls []status.Workload
 	out, _, code = ambientctlRun(t, "workloads", "-n", ns, "-o", "json")
 	if err := json.Unmarshal([]byte(out), &wls); err != nil || code != 0 || len(wls) != 3 ||
-		slices.ContainsFunc(wls, func(w status.Workload) bool { return w.Protocol != "HBONE" || !strings.HasSuffix(w.Identity, "/ns/"+ns+"/sa/default") }) {
+		slices.ContainsFunc(wls, func(w status.Workload) bool {
+			return w.Protocol != "HBONE" || !strings.HasSuffix(w.Identity, "/ns/"+ns+"/sa/default")
+		}) {
 		t.Errorf("workloads: exit %d, %v: %s", code, err, out)
 	}
 	var svcs []status.Service
