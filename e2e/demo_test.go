@@ -5,12 +5,14 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"maps"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/ambient-mesh/ambient/api/mesh"
 	"github.com/ambient-mesh/ambient/e2e/demo"
 )
 
@@ -61,20 +63,39 @@ func TestDemo(t *testing.T) {
 
 // uninstallDeploy removes what `kubectl apply -k deploy/` installed, in the order deploy/README.md
 // gives (the agent first, while it may still read its DaemonSet, so that it lifts redirection),
-// and waits until it is gone.
+// waits until it is gone, and checks that the cluster is as it was: no pin, link, CNI entry or
+// binary on any node (uninstallAgent), no root ConfigMap, no redirection annotation on any pod, no
+// webhook.
 func uninstallDeploy(t *testing.T) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if out, err := kubectlCmd(ctx, "-n", "istio-system", "delete", "daemonset", "ambient-agent", "--cascade=foreground", "--ignore-not-found", "--wait").CombinedOutput(); err != nil {
-		t.Errorf("delete the agent: %v: %s", err, out)
-	}
+	cs := client(t)
+	uninstallAgent(t, cs)
 	if out, err := kubectlCmd(ctx, "delete", "-k", "../deploy", "--ignore-not-found", "--wait").CombinedOutput(); err != nil {
 		t.Errorf("kubectl delete -k deploy/: %v: %s", err, out)
 	}
-	cs := client(t)
 	eventually(t, 2*time.Minute, "istio-system gone", func() bool {
 		_, err := cs.CoreV1().Namespaces().Get(ctx, "istio-system", metav1.GetOptions{})
 		return err != nil
 	})
+	// istiod-lite's root ConfigMaps are owned by istio-system: the garbage collector takes them.
+	eventually(t, 60*time.Second, "no istio-ca-root-cert ConfigMap left", func() bool {
+		cms, err := cs.CoreV1().ConfigMaps("").List(ctx, metav1.ListOptions{FieldSelector: "metadata.name=istio-ca-root-cert"})
+		return err == nil && len(cms.Items) == 0
+	})
+	pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range pods.Items {
+		if v, ok := p.Annotations[mesh.AnnotationRedirection]; ok {
+			t.Errorf("pod %s/%s still annotated %s=%s after uninstall", p.Namespace, p.Name, mesh.AnnotationRedirection, v)
+		}
+	}
+	vw, err1 := cs.AdmissionregistrationV1().ValidatingWebhookConfigurations().List(ctx, metav1.ListOptions{})
+	mw, err2 := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().List(ctx, metav1.ListOptions{})
+	if err1 != nil || err2 != nil || len(vw.Items)+len(mw.Items) != 0 {
+		t.Errorf("webhooks after uninstall: %v %v %v", vw, mw, errors.Join(err1, err2))
+	}
 }

@@ -47,6 +47,16 @@ func readyZtunnels(ctx context.Context, cs kubernetes.Interface, node string) ([
 	return out, nil
 }
 
+// ztunnels connects to the cluster and finds its ready ztunnels (node's only, when not empty).
+func (o *options) ztunnels(ctx context.Context, node string) (ProxyGet, []corev1.Pod, error) {
+	cs, get, err := o.client()
+	if err != nil {
+		return nil, nil, err
+	}
+	zts, err := readyZtunnels(ctx, cs, node)
+	return get, zts, err
+}
+
 // fetchFrom reads a JSON document from a ztunnel.
 func fetchFrom(ctx context.Context, get ProxyGet, p *corev1.Pod, path string, v any) error {
 	b, err := get(ctx, p.Namespace, p.Name, mesh.PortMetrics, path)
@@ -64,13 +74,9 @@ func configCmd[T any](o *options, use, short, path string, ns func(T) string, ta
 		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cs, get, err := o.client()
-			if err != nil {
-				return err
-			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
-			zts, err := readyZtunnels(ctx, cs, node)
+			get, zts, err := o.ztunnels(ctx, node)
 			if err != nil {
 				return err
 			}
@@ -132,13 +138,9 @@ func certsCmd(o *options) *cobra.Command {
 		Short: "The workload certificates each node's ztunnel holds, their state and expiry",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cs, get, err := o.client()
-			if err != nil {
-				return err
-			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
-			zts, err := readyZtunnels(ctx, cs, node)
+			get, zts, err := o.ztunnels(ctx, node)
 			if err != nil {
 				return err
 			}

@@ -208,16 +208,17 @@ func TestUserSuppliedCA(t *testing.T) {
 func TestPublishRoots(t *testing.T) {
 	kube := fakeKube()
 	ctx := context.Background()
+	owner := &metav1.OwnerReference{APIVersion: "v1", Kind: "Namespace", Name: "istio-system", UID: "ns-uid"}
 	for _, roots := range []string{"one", "two", "two"} {
-		if err := PublishRoots(ctx, kube, "shop", roots); err != nil {
+		if err := PublishRoots(ctx, kube, "shop", roots, owner); err != nil {
 			t.Fatal(err)
 		}
 		cm, err := kube.CoreV1().ConfigMaps("shop").Get(ctx, RootConfigMap, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cm.Data[RootConfigMapKey] != roots {
-			t.Errorf("configmap holds %q, want %q", cm.Data[RootConfigMapKey], roots)
+		if cm.Data[RootConfigMapKey] != roots || len(cm.OwnerReferences) != 1 || cm.OwnerReferences[0].UID != "ns-uid" {
+			t.Errorf("configmap holds %q owned by %v, want %q owned by the installation's namespace", cm.Data[RootConfigMapKey], cm.OwnerReferences, roots)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 )
 
@@ -75,14 +76,21 @@ const (
 )
 
 // PublishRoots writes the roots into RootConfigMap of namespace, creating or updating it; an
-// up-to-date ConfigMap is left untouched.
-func PublishRoots(ctx context.Context, kube kubernetes.Interface, namespace, rootsPEM string) error {
+// up-to-date ConfigMap is left untouched. owner, when not nil, is set as the ConfigMap's owner
+// (istiod-lite's own Namespace, cluster-scoped): when the installation's namespace is deleted,
+// the garbage collector removes the ConfigMaps from every namespace, and uninstalling leaves
+// nothing behind.
+func PublishRoots(ctx context.Context, kube kubernetes.Interface, namespace, rootsPEM string, owner *metav1.OwnerReference) error {
 	cms := kube.CoreV1().ConfigMaps(namespace)
 	cm, err := cms.Get(ctx, RootConfigMap, metav1.GetOptions{})
+	var owners []metav1.OwnerReference
+	if owner != nil {
+		owners = []metav1.OwnerReference{*owner}
+	}
 	switch {
 	case apierrors.IsNotFound(err):
 		_, err = cms.Create(ctx, &corev1.ConfigMap{
-			ObjectMeta: metav1.ObjectMeta{Name: RootConfigMap, Namespace: namespace},
+			ObjectMeta: metav1.ObjectMeta{Name: RootConfigMap, Namespace: namespace, OwnerReferences: owners},
 			Data:       map[string]string{RootConfigMapKey: rootsPEM},
 		}, metav1.CreateOptions{})
 		if err != nil && !apierrors.IsAlreadyExists(err) {
@@ -91,7 +99,7 @@ func PublishRoots(ctx context.Context, kube kubernetes.Interface, namespace, roo
 		return nil
 	case err != nil:
 		return fmt.Errorf("get configmap %s/%s: %w", namespace, RootConfigMap, err)
-	case cm.Data[RootConfigMapKey] == rootsPEM:
+	case cm.Data[RootConfigMapKey] == rootsPEM && (owner == nil || hasOwner(cm, owner.UID)):
 		return nil
 	}
 	cm = cm.DeepCopy()
@@ -99,8 +107,20 @@ func PublishRoots(ctx context.Context, kube kubernetes.Interface, namespace, roo
 		cm.Data = map[string]string{}
 	}
 	cm.Data[RootConfigMapKey] = rootsPEM
+	if owner != nil && !hasOwner(cm, owner.UID) {
+		cm.OwnerReferences = append(cm.OwnerReferences, *owner)
+	}
 	if _, err := cms.Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("update configmap %s/%s: %w", namespace, RootConfigMap, err)
 	}
 	return nil
+}
+
+func hasOwner(o metav1.Object, uid types.UID) bool {
+	for _, r := range o.GetOwnerReferences() {
+		if r.UID == uid {
+			return true
+		}
+	}
+	return false
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"golang.org/x/time/rate"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
@@ -49,6 +50,7 @@ type leaderWork struct {
 	problems    *report.Writer
 	concurrency int
 	timeout     time.Duration
+	namespace   string // istiod-lite's own, which owns the root ConfigMaps
 
 	// rootLimits holds the rewrite limiter of each namespace written to (see publishRoots);
 	// the run goroutine's own.
@@ -70,6 +72,7 @@ func newLeaderWork(log *slog.Logger, cfg Config, w writeClients, ctl *controller
 		problems:    report.NewWriter(w.Kube, w.Istio, cfg.PodName, time.Now),
 		concurrency: cfg.LeaderConcurrency,
 		timeout:     cfg.WriteTimeout,
+		namespace:   cfg.Namespace,
 		rootLimits:  map[string]*rate.Limiter{},
 		wake:        make(chan struct{}, 1),
 	}
@@ -191,6 +194,13 @@ func (l *leaderWork) publishRoots(ctx context.Context, in model.Input, roots str
 	var mu sync.Mutex
 	var failed []string
 	var firstErr error
+	// The ConfigMaps are owned by the installation's namespace: deleting it removes them all.
+	var owner *metav1.OwnerReference
+	for _, ns := range in.Namespaces {
+		if ns.Name == l.namespace && ns.UID != "" {
+			owner = &metav1.OwnerReference{APIVersion: "v1", Kind: "Namespace", Name: ns.Name, UID: ns.UID}
+		}
+	}
 namespaces:
 	for _, ns := range in.Namespaces {
 		live[ns.Name] = true
@@ -217,7 +227,7 @@ namespaces:
 			defer func() { <-sem }()
 			cctx, cancel := context.WithTimeout(ctx, l.timeout)
 			defer cancel()
-			if err := ca.PublishRoots(cctx, l.kube, name, roots); err != nil {
+			if err := ca.PublishRoots(cctx, l.kube, name, roots, owner); err != nil {
 				mu.Lock()
 				failed = append(failed, name)
 				if firstErr == nil {

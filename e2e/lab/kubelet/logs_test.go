@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -107,24 +106,6 @@ func TestLogsRotate(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for one writer and one reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestLogsFollowAcrossRotation(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "0.log")
 	w, err := openLogWriter(path, 100, 5, stepClock())
@@ -135,7 +116,7 @@ func TestLogsFollowAcrossRotation(t *testing.T) {
 	if err := w.entry("stdout", false, []byte("before")); err != nil {
 		t.Fatal(err)
 	}
-	var out syncBuffer
+	var out testutil.LogBuffer
 	var alive atomic.Bool
 	alive.Store(true)
 	done := make(chan error, 1)
