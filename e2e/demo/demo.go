@@ -155,6 +155,13 @@ func (d *demo) wait(ctx context.Context, timeout time.Duration, what string, con
 
 func (d *demo) install(ctx context.Context, _ *Outcome) error {
 	d.title("Install the mesh", "kubectl apply --server-side -k deploy/: CRDs, istiod-lite, the node agent and ztunnel on every node.")
+	// An istio-system still terminating (a recent uninstall) refuses new objects: wait it out.
+	if err := d.wait(ctx, 2*time.Minute, "the previous istio-system to finish terminating", func() (bool, string) {
+		ns, err := d.cs.CoreV1().Namespaces().Get(ctx, "istio-system", metav1.GetOptions{})
+		return err != nil || ns.DeletionTimestamp == nil, "terminating"
+	}); err != nil {
+		return err
+	}
 	if _, err := d.kubectl(ctx, nil, "apply", "--server-side", "--force-conflicts", "-k", filepath.Join(d.cfg.Root, "deploy")); err != nil {
 		return err
 	}

@@ -59,6 +59,8 @@ func (o *options) ztunnels(ctx context.Context, node string) (ProxyGet, []corev1
 
 // fetchFrom reads a JSON document from a ztunnel.
 func fetchFrom(ctx context.Context, get ProxyGet, p *corev1.Pod, path string, v any) error {
+	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
+	defer cancel()
 	b, err := get(ctx, p.Namespace, p.Name, mesh.PortMetrics, path)
 	if err != nil {
 		return fmt.Errorf("%s on %s: %w", p.Name, p.Spec.NodeName, err)

@@ -166,7 +166,7 @@ func (r *Report) controlPlane(ctx context.Context, cs kubernetes.Interface, get 
 			continue
 		}
 		var st status.Istiod
-		if err := fetchJSON(ctx, get, &p, &st); err != nil {
+		if err := fetchFrom(ctx, get, &p, status.Path, &st); err != nil {
 			r.problem("pod/"+p.Name, "istiod-lite's status could not be read: "+err.Error(),
 				"check that the pod serves port "+strconv.Itoa(mesh.PortMetrics)+" and that you may use pods/proxy in "+SystemNamespace)
 			continue
@@ -261,7 +261,7 @@ func (r *Report) nodes(ctx context.Context, cs kubernetes.Interface, get ProxyGe
 
 func (r *Report) ztunnel(ctx context.Context, get ProxyGet, p *corev1.Pod, node *Node) {
 	var st status.Ztunnel
-	if err := fetchJSON(ctx, get, p, &st); err != nil {
+	if err := fetchFrom(ctx, get, p, status.Path, &st); err != nil {
 		r.problem("pod/"+p.Name, "ztunnel's status could not be read: "+err.Error(),
 			"check that you may use pods/proxy in "+SystemNamespace)
 		return
@@ -350,13 +350,9 @@ func lastWarning(ctx context.Context, cs kubernetes.Interface, p *corev1.Pod) st
 	return last.Reason + ": " + last.Message
 }
 
-func fetchJSON(ctx context.Context, get ProxyGet, p *corev1.Pod, v any) error {
-	b, err := get(ctx, p.Namespace, p.Name, mesh.PortMetrics, status.Path)
-	if err != nil {
-		return err
-	}
-	return jsonUnmarshal(b, v)
-}
+// fetchTimeout bounds one read through the pod proxy: a pod whose network is gone (it is
+// stopping) would otherwise hold the command until its own deadline.
+const fetchTimeout = 5 * time.Second
 
 // jsonUnmarshal decodes a component's document, saying what it got when it is not JSON (a
 // proxy error page, say).
@@ -378,7 +374,11 @@ func podState(p *corev1.Pod) string {
 	}
 }
 
+// podReady reports whether p is ready and not on its way out.
 func podReady(p *corev1.Pod) bool {
+	if p.DeletionTimestamp != nil {
+		return false
+	}
 	for _, c := range p.Status.Conditions {
 		if c.Type == corev1.PodReady {
 			return c.Status == corev1.ConditionTrue
