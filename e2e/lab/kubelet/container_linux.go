@@ -36,8 +36,11 @@ type container struct {
 	// and oomKills the OOM kills counted there as of the last start or exit.
 	memCgroup string
 	oomKills  int64
-	// cgroups are the v1 cgroups the container runs in (its limits), which an exec joins too.
+	// cgroups are the v1 cgroups the container runs in (its limits), and user and privs who it
+	// runs as: an exec takes on all three.
 	cgroups []string
+	user    *User
+	privs   Privileges
 }
 
 // start launches the container through `lab podinit` in a new mount namespace, in the pod's

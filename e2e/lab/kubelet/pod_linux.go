@@ -189,8 +189,9 @@ func (w *podWorker) startContainer(c *container) {
 		c.waitReason, c.waitMessage = "CreateContainerConfigError", err.Error()
 		return
 	}
+	c.user, c.privs = runAs(w.pod, &c.spec), priv
 	spec := InitSpec{Netns: w.sb.netnsPath(), Mounts: mounts, Dir: c.spec.WorkingDir, Argv: argv, Env: env,
-		CreatedLog: w.k.cfg.CreatedLog, Hostname: hostname, User: runAs(w.pod, &c.spec), Privileges: priv}
+		CreatedLog: w.k.cfg.CreatedLog, Hostname: hostname, User: c.user, Privileges: priv}
 	spec.Cgroups, err = w.limitCgroups(c)
 	c.cgroups = spec.Cgroups
 	if err != nil {

@@ -253,14 +253,24 @@ func (a *apiServer) target(w http.ResponseWriter, r *http.Request, needContainer
 	return v, c, true
 }
 
-func (a *apiServer) exec(w http.ResponseWriter, r *http.Request) {
+// streamTarget is what exec and attach share: the pod and container named, and the streams asked
+// for; it answers the request itself when it cannot go on.
+func (a *apiServer) streamTarget(w http.ResponseWriter, r *http.Request) (*podView, ctrView, *remotecommand.Options, bool) {
 	v, c, ok := a.target(w, r, true)
 	if !ok {
-		return
+		return nil, c, nil, false
 	}
 	opts, err := remotecommand.NewOptions(r)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
+		return nil, c, nil, false
+	}
+	return v, c, opts, true
+}
+
+func (a *apiServer) exec(w http.ResponseWriter, r *http.Request) {
+	v, c, opts, ok := a.streamTarget(w, r)
+	if !ok {
 		return
 	}
 	cmd := r.URL.Query()["command"]
@@ -274,13 +284,8 @@ func (a *apiServer) exec(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *apiServer) attach(w http.ResponseWriter, r *http.Request) {
-	v, c, ok := a.target(w, r, true)
+	v, c, opts, ok := a.streamTarget(w, r)
 	if !ok {
-		return
-	}
-	opts, err := remotecommand.NewOptions(r)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
 	remotecommand.ServeAttach(w, r, executor{a.k, v}, v.Namespace+"/"+v.Name, string(v.UID), c.Name, opts,

@@ -67,8 +67,7 @@ func (w *podWorker) publish() {
 	}
 	v := &podView{Namespace: w.pod.Namespace, Name: w.pod.Name, UID: w.pod.UID, Netns: w.sb.netnsPath(), Cgroup: w.sb.cgroup, Dir: w.podDir}
 	for _, c := range w.ctrs {
-		cv := ctrView{Name: c.spec.Name, Restarts: c.restarts, User: runAs(w.pod, &c.spec), Cgroups: c.cgroups}
-		cv.Privs, _ = containerPrivileges(&c.spec) // a container that runs had valid ones
+		cv := ctrView{Name: c.spec.Name, Restarts: c.restarts, User: c.user, Privs: c.privs, Cgroups: c.cgroups}
 		if c.running && c.cmd != nil && c.cmd.Process != nil {
 			cv.PID = c.cmd.Process.Pid
 		}
