@@ -15,7 +15,7 @@ export GOFLAGS := -buildvcs=false
 # only TLS crosses the lab network).
 APT_PKGS := iproute2 nftables iptables conntrack clang llvm libbpf-dev protobuf-compiler tcpdump
 
-.PHONY: all build unit e2e test lint generate generate-check lab-up lab-down lab-tools deps bench bench-unit bench-scale bench-onboard bench-ztunnel demo clean
+.PHONY: all build unit e2e test lint generate generate-check lab-up lab-down lab-tools deps bench bench-deps bench-unit bench-scale demo clean
 
 all: build
 
@@ -73,33 +73,44 @@ demo: deps lab-up
 lab-down: build
 	$(BIN)/lab down
 
-bench: bench-unit bench-scale bench-onboard bench-ztunnel
+# make bench: the L4 data path against direct traffic, stunnel4, HAProxy and Go TLS on the same
+# pods (e2e/l4_bench_test.go) and the node agent's onboarding (e2e/onboard_bench_test.go), in one
+# lab; then BENCHMARKS.md and its plots from what they wrote to $(BENCH_RESULTS) (cmd/bench-report),
+# with the control plane at scale from the last make bench-scale.
+BENCH_RESULTS := e2e/bench/results
+BENCH_PKGS := stunnel4 haproxy
+
+bench-deps: deps
+	@missing=""; for p in $(BENCH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+bench: bench-deps build lab-tools
+	@mkdir -p $(BENCH_RESULTS)
+	{ echo "# make bench on $$(date -u '+%F %H:%M UTC'), commit $(VERSION)"; \
+	  $(GO) test -tags e2e -count=1 -timeout 40m -run '^$$' -bench 'AgentOnboarding|L4' -benchtime 1x -v ./e2e/ 2>&1; } | \
+		tee .bench.log | grep -E '^(Benchmark|ok|FAIL|PASS|panic)|_test.go' ; \
+	test $${PIPESTATUS[0]} -eq 0
+	grep -E '^(# make bench|Benchmark.*-[0-9]+[[:space:]])' .bench.log > $(BENCH_RESULTS)/lab.bench
+	$(BIN)/bench-report -results $(BENCH_RESULTS) -out BENCHMARKS.md
 
 bench-unit: deps
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 # istiod-lite at 1,000 and 10,000 pods with 100 simulated ztunnels and at 50,000 pods with 1,000,
 # in the lab (e2e/scale_test.go); 100 single-pod changes per size. Most of its time is loading the
-# pods into the API server.
+# pods into the API server. Its figures appear in BENCHMARKS.md from the next make bench (or
+# bin/bench-report).
 bench-scale: deps build lab-tools
-	$(GO) test -tags e2e -count=1 -timeout 120m -run '^$$' -bench IstiodScale -benchtime 100x -v ./e2e/ 2>&1 | \
+	@mkdir -p $(BENCH_RESULTS)
+	{ echo "# make bench-scale on $$(date -u '+%F %H:%M UTC'), commit $(VERSION)"; \
+	  $(GO) test -tags e2e -count=1 -timeout 120m -run '^$$' -bench IstiodScale -benchtime 100x -v ./e2e/ 2>&1; } | \
 		tee .bench-scale.log | grep -E '^(Benchmark|ok|FAIL|PASS|panic)|scale_test.go' ; \
 	test $${PIPESTATUS[0]} -eq 0
+	grep -E '^(# make bench-scale|Benchmark.*-[0-9]+[[:space:]])' .bench-scale.log > $(BENCH_RESULTS)/scale.bench
 
 clean:
 	rm -rf $(BIN) .deps.stamp
-
-# The node agent onboarding a namespace of 100 running pods on two nodes (e2e/onboard_bench_test.go):
-# time from the label to the last pod annotated enabled, median of 5 rounds.
-bench-onboard: deps build lab-tools
-	$(GO) test -tags e2e -count=1 -timeout 30m -run '^$$' -bench AgentOnboarding -benchtime 5x -v ./e2e/ 2>&1 | \
-		tee .bench-onboard.log | grep -E '^(Benchmark|ok|FAIL|PASS|panic)|_test.go' ; \
-	test $${PIPESTATUS[0]} -eq 0
-
-# The mesh at L4 against direct traffic between the same pods (e2e/ztunnel_bench_test.go): 1 KiB
-# request/response at 1000 rps, cross-node and same-node, 3 interleaved rounds; ztunnel CPU, RSS
-# and memory per idle connection.
-bench-ztunnel: deps build lab-tools
-	$(GO) test -tags e2e -count=1 -timeout 30m -run '^$$' -bench ZtunnelL4 -benchtime 1x -v ./e2e/ 2>&1 | \
-		tee .bench-ztunnel.log | grep -E '^(Benchmark|ok|FAIL|PASS|panic)|_test.go|^ +(cross|same)-node|^ +ztunnel|^ +1 KiB' ; \
-	test $${PIPESTATUS[0]} -eq 0

@@ -1,9 +1,9 @@
 // Command client is the ambient/client image. With no arguments it stays idle so that
 // `lab exec` can run commands in its pod; `client http URL` and `client tcp ADDR MSG` make requests,
 // `client load INTERVAL ADDR...` opens connections until stopped and reports how many failed,
-// `client hold ADDR N INTERVAL` keeps one connection busy, `client rr ...` measures open-loop
-// request/response latency, `client idle ADDR N` holds N idle connections and `client alloc MIB`
-// holds MIB MiB of memory.
+// `client hold ADDR N INTERVAL` keeps one connection busy, `client bench ...` is the benchmark load
+// generator (open-loop latency, maximum rate, throughput, connection rate, idle connections; a
+// JSON result) and `client alloc MIB` holds MIB MiB of memory.
 package main
 
 import (
@@ -104,42 +104,53 @@ func run() int {
 		}
 		fmt.Printf("held %d exchanges\n", n)
 		return 0
-	case args[0] == "rr" && len(args) == 6:
-		// rr ADDR RATE CONNS SIZE DURATION: open-loop request/response load; a JSON result.
-		cfg := images.RRConfig{Addr: args[1], Timeout: *timeout}
-		var errs []error
-		for i, dst := range []*int{&cfg.Rate, &cfg.Conns, &cfg.Size} {
-			var err error
-			*dst, err = strconv.Atoi(args[2+i])
-			errs = append(errs, err)
-		}
-		var err error
-		cfg.Duration, err = time.ParseDuration(args[5])
-		if err := errors.Join(append(errs, err)...); err != nil {
-			fmt.Fprintln(os.Stderr, "client: rr ADDR RATE CONNS SIZE DURATION:", err)
-			return 2
-		}
-		res, err := images.RR(ctx, cfg)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "client:", err)
-			return 1
-		}
-		_ = json.NewEncoder(os.Stdout).Encode(res)
-		return 0
-	case args[0] == "idle" && len(args) == 3:
-		// idle ADDR N: N open connections until stopped; "open N" once they all are.
-		n, err := strconv.Atoi(args[2])
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "client: idle ADDR N:", err)
-			return 2
-		}
-		if err := images.HoldIdle(ctx, args[1], n, *timeout, func() { fmt.Printf("open %d\n", n) }); err != nil {
-			fmt.Fprintln(os.Stderr, "client:", err)
-			return 1
-		}
-		return 0
+	case args[0] == "bench":
+		return bench(ctx, args[1:], *timeout)
 	default:
-		fmt.Fprintln(os.Stderr, "usage: client [-timeout d] [-h2c] [http URL | tcp ADDR MSG | load INTERVAL ADDR... | hold ADDR N INTERVAL | rr ADDR RATE CONNS SIZE DURATION | idle ADDR N]")
+		fmt.Fprintln(os.Stderr, "usage: client [-timeout d] [-h2c] [http URL | tcp ADDR MSG | load INTERVAL ADDR... | hold ADDR N INTERVAL | bench -mode MODE -addr ADDR ...]")
 		return 2
 	}
+}
+
+// bench runs one benchmark load (images.RunLoad) and prints its JSON result; mode idle holds
+// -conns open connections, prints "open N" and waits to be stopped.
+func bench(ctx context.Context, args []string, timeout time.Duration) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	cfg := images.LoadConfig{Timeout: timeout}
+	fs.StringVar(&cfg.Mode, "mode", images.ModeRate, "rate, max, stream, connrate or idle")
+	fs.StringVar(&cfg.Addr, "addr", "", "target host:port")
+	fs.IntVar(&cfg.Rate, "rate", 1000, "offered requests per second (rate)")
+	fs.IntVar(&cfg.Conns, "conns", 10, "connections or workers (idle: connections to hold)")
+	fs.IntVar(&cfg.Size, "size", 1024, "request and response bytes")
+	fs.BoolVar(&cfg.NewConn, "new", false, "a new connection per request (rate)")
+	fs.DurationVar(&cfg.Duration, "duration", 5*time.Second, "how long to run")
+	cert := fs.String("tls-cert", "", "client certificate: connect over mutual TLS 1.3")
+	key := fs.String("tls-key", "", "client key")
+	ca := fs.String("tls-ca", "", "CA the server's certificate must chain to")
+	name := fs.String("tls-name", "", "server name to verify")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *cert != "" {
+		var err error
+		if cfg.TLS, err = images.MutualTLS(*cert, *key, *ca, *name); err != nil {
+			fmt.Fprintln(os.Stderr, "client:", err)
+			return 2
+		}
+	}
+	if cfg.Mode == "idle" {
+		err := images.HoldIdle(ctx, cfg.Addr, cfg.Conns, timeout, cfg.TLS, func() { fmt.Printf("open %d\n", cfg.Conns) })
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "client:", err)
+			return 1
+		}
+		return 0
+	}
+	res, err := images.RunLoad(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "client:", err)
+		return 1
+	}
+	_ = json.NewEncoder(os.Stdout).Encode(res)
+	return 0
 }

@@ -5,10 +5,9 @@ package images
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -18,12 +17,18 @@ import (
 
 // EchoConfig configures the echo server.
 type EchoConfig struct {
-	HTTPAddr string // HTTP/1.1 and h2c
-	TCPAddr  string // raw TCP echo
+	HTTPAddr   string // HTTP/1.1 and h2c
+	TCPAddr    string // raw TCP echo
+	SourceAddr string // writes zeros until the client leaves (throughput); none when empty
+	// With TLS set (mutual TLS 1.3), TLSAddr echoes and TLSSourceAddr is a source, both over TLS.
+	TLS                    *tls.Config
+	TLSAddr, TLSSourceAddr string
 }
 
 // DefaultEcho returns the ports the ambient/echo image listens on.
-func DefaultEcho() EchoConfig { return EchoConfig{HTTPAddr: ":8080", TCPAddr: ":9090"} }
+func DefaultEcho() EchoConfig {
+	return EchoConfig{HTTPAddr: ":8080", TCPAddr: ":9090", SourceAddr: ":9091", TLSAddr: ":9443", TLSSourceAddr: ":9444"}
+}
 
 // EchoReply is what the HTTP server answers: what it received, and who answered.
 type EchoReply struct {
@@ -68,36 +73,51 @@ func RunEcho(ctx context.Context, cfg EchoConfig, log *slog.Logger) error {
 		hl.Close()
 		return fmt.Errorf("listen tcp: %w", err)
 	}
-	log.Info("echo serving", "http", hl.Addr().String(), "tcp", tl.Addr().String())
-	errc := make(chan error, 2)
+	listeners := []net.Listener{tl}
+	defer func() { closeListeners(listeners) }()
+	errc := make(chan error, 5)
 	go func() { errc <- srv.Serve(hl) }()
 	go func() { errc <- serveTCPEcho(tl) }()
+	extra := []struct {
+		addr  string
+		tls   bool
+		serve func(net.Listener) error
+	}{
+		{cfg.SourceAddr, false, serveSource},
+		{cfg.TLSAddr, true, serveTCPEcho},
+		{cfg.TLSSourceAddr, true, serveSource},
+	}
+	for _, x := range extra {
+		if x.addr == "" || (x.tls && cfg.TLS == nil) {
+			continue
+		}
+		l, err := net.Listen("tcp", x.addr)
+		if err != nil {
+			srv.Close()
+			return fmt.Errorf("listen %s: %w", x.addr, err)
+		}
+		if x.tls {
+			l = tls.NewListener(l, cfg.TLS)
+		}
+		listeners = append(listeners, l)
+		go func() { errc <- x.serve(l) }()
+	}
+	log.Info("echo serving", "http", hl.Addr().String(), "tcp", tl.Addr().String(), "listeners", len(listeners)+1)
 	select {
 	case <-ctx.Done():
-		tl.Close()
+		closeListeners(listeners)
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 		return nil
 	case err := <-errc:
-		tl.Close()
 		srv.Close()
 		return err
 	}
 }
 
-func serveTCPEcho(l net.Listener) error {
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return nil
-			}
-			return err
-		}
-		go func() {
-			defer c.Close()
-			_, _ = io.Copy(c, c)
-		}()
+func closeListeners(ls []net.Listener) {
+	for _, l := range ls {
+		l.Close()
 	}
 }

@@ -174,3 +174,25 @@ current-context: lab
 `, server, caPath, certPath, keyPath)
 	return os.WriteFile(path, []byte(cfg), 0o600)
 }
+
+// IssueCert signs a certificate for a test workload with the lab CA (ECDSA P-256, for client and
+// server use, valid for dns) and returns the PEM of the certificate, its key and the CA.
+func (c Config) IssueCert(name string, dns ...string) (certPEM, keyPEM, caPEM []byte, err error) {
+	p, err := newPKI(filepath.Join(c.StateDir(), "pki"))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	certPath, keyPath, err := p.issue("workload-"+name, name, nil, nil, dns, true)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	for _, f := range []struct {
+		path string
+		dst  *[]byte
+	}{{certPath, &certPEM}, {keyPath, &keyPEM}, {p.CAPath(), &caPEM}} {
+		if *f.dst, err = os.ReadFile(f.path); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	return certPEM, keyPEM, caPEM, nil
+}
