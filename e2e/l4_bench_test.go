@@ -60,6 +60,8 @@ const (
 	haproxyServerPort = 19401
 	benchTLSDir       = "/etc/bench-tls"
 	benchConfDir      = "/etc/bench"
+	// benchZtunnelMemory is ztunnel's memory limit during the run.
+	benchZtunnelMemory = "1Gi"
 )
 
 func BenchmarkL4(b *testing.B) {
@@ -135,6 +137,21 @@ func newL4Harness(b testing.TB, s bench.Settings) *l4Harness {
 	ctx := context.Background()
 	cs := client(b)
 	installMesh(b, cs)
+	// ztunnel's memory limit (128Mi in deploy/) is lifted for the run, so that the memory per idle
+	// connection is measured at IdleConns instead of ztunnel being cut off on the way there.
+	for _, args := range [][]string{
+		{"-n", "istio-system", "patch", "daemonset", "ztunnel", "--type=json", "-p",
+			`[{"op":"replace","path":"/spec/template/spec/containers/0/resources/limits/memory","value":"` + benchZtunnelMemory + `"}]`},
+		{"-n", "istio-system", "rollout", "status", "daemonset/ztunnel", "--timeout=180s"},
+	} {
+		if out, err := kubectlCmd(ctx, args...).CombinedOutput(); err != nil {
+			b.Fatalf("kubectl %v: %v: %s", args, err, out)
+		}
+	}
+	eventually(b, 90*time.Second, "one ztunnel per node after the rollout", func() bool {
+		pods, err := cs.CoreV1().Pods("istio-system").List(ctx, metav1.ListOptions{LabelSelector: "app=ztunnel"})
+		return err == nil && len(pods.Items) == labCfg.Nodes && readyOnNodes(cs, "istio-system", "app=ztunnel") == labCfg.Nodes
+	})
 	h := &l4Harness{b: b, cs: cs, ns: newNamespace(b, cs, "bench"), s: s, ips: map[string]string{},
 		proxies: map[string]map[string]*benchProc{}}
 	h.s.IdleConnsSidecar = min(h.s.IdleConns, int(nofileHard(b)-200)/2)
