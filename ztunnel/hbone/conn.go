@@ -43,6 +43,7 @@ type stream struct {
 	waitBuf        []byte // a waiting Read's buffer, for the reader goroutine to fill directly
 	waitN          int    // bytes the reader goroutine put in waitBuf
 	filling        bool   // the reader goroutine is writing into waitBuf outside the lock
+	waitReady      bool   // a waitReadable waits, with no buffer: wake it when data is appended
 	recvDone       bool   // the peer's END_STREAM arrived
 	recvWindow     int32
 	recvUnacked    int32
@@ -129,6 +130,39 @@ func (s *stream) Read(p []byte) (int, error) {
 			c.mu.Lock()
 		}
 	}
+}
+
+// waitReadable blocks until a Read would return at once (data, the end, an error), lending no
+// buffer meanwhile: what arrives waits in pooled chunks. Copy uses it so that an idle tunnel's
+// relay holds no buffer (one Read at a time, as for Read).
+func (s *stream) waitReadable() {
+	c := s.c
+	c.mu.Lock()
+	for s.reading {
+		s.readQueue++
+		s.rcond.Wait()
+		s.readQueue--
+	}
+	s.reading = true
+	ready := func() bool { return s.recvLen > 0 || s.rerr != nil || s.recvDone || c.err != nil }
+	for !ready() {
+		s.waitReady = true
+		if c.tHeld {
+			c.waitTurnLocked(s)
+			continue
+		}
+		// Nobody reads the socket: read it here (waitBuf is nil: no frame is read into a buffer).
+		c.takeTokenLocked(s, true)
+		err := c.readFramesLocked(func() bool { return s.recvLen > 0 || s.recvDone || s.rerr != nil })
+		c.releaseTokenLocked(s.recvLen > 0)
+		if err != nil {
+			c.mu.Unlock()
+			c.readFailed(err)
+			c.mu.Lock()
+		}
+	}
+	s.waitReady = false
+	s.endRead(0, nil)
 }
 
 // consumed credits n read bytes to flow control and returns them from Read. Called with c.mu

@@ -282,6 +282,10 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 		c.wakeLocked(s)
 	case pre != nil:
 		s.appendLocked(pre) // not reachable while the holder waits in Read; kept for safety
+		if s.waitReady {
+			c.deliveredData = true
+			c.wakeLocked(s)
+		}
 	case body > 0 && s.waitBuf != nil && s.recvLen == 0:
 		// Another goroutine's Read waits: fill its buffer outside the lock.
 		direct = s.waitBuf[:min(body, len(s.waitBuf))]
@@ -322,7 +326,7 @@ func (c *h2conn) readData(fh http2.FrameHeader) error {
 			c.consumedLocked(nil, m)
 		} else {
 			s.appendLocked(c.scratch[:m])
-			if s.waitBuf != nil {
+			if s.waitBuf != nil || s.waitReady {
 				c.deliveredData = true
 				c.wakeLocked(s)
 			}

@@ -76,14 +76,16 @@ func copyHalf(dst, src net.Conn) (int64, error) {
 
 // Copy copies src to dst until src ends, through a pooled buffer; it does not allocate. Unlike
 // io.Copy it never hands over to ReaderFrom or WriterTo, whose buffers are not pooled. From a
-// TCP socket it holds the buffer only while there is data to move: the socket side of an idle
-// connection costs no buffer. (A tunnel's Read still holds its buffer while it waits: it lends
-// it to the socket reader.)
+// TCP socket or a tunnel it holds the buffer only while there is data to move: neither side of an
+// idle connection costs a buffer.
 func Copy(dst io.Writer, src io.Reader) (int64, error) {
-	if tc, ok := src.(*net.TCPConn); ok {
-		if rc, err := tc.SyscallConn(); err == nil {
+	switch s := src.(type) {
+	case *net.TCPConn:
+		if rc, err := s.SyscallConn(); err == nil {
 			return copyFromSocket(dst, rc)
 		}
+	case *stream:
+		return copyFromStream(dst, s)
 	}
 	buf := getRelayBuf()
 	defer putRelayBuf(buf)
@@ -101,6 +103,32 @@ func Copy(dst io.Writer, src io.Reader) (int64, error) {
 			return written, nil
 		}
 		if rerr != nil {
+			return written, rerr
+		}
+	}
+}
+
+// copyFromStream is Copy from a tunnel: it waits for data with no buffer (waitReadable), then
+// takes one for the Read and the write that follows.
+func copyFromStream(dst io.Writer, s *stream) (int64, error) {
+	var written int64
+	for {
+		s.waitReadable()
+		buf := getRelayBuf()
+		nr, rerr := s.Read(buf[:])
+		var werr error
+		if nr > 0 {
+			var nw int
+			nw, werr = writeAll(dst, buf[:nr])
+			written += int64(nw)
+		}
+		putRelayBuf(buf)
+		switch {
+		case werr != nil:
+			return written, werr
+		case rerr == io.EOF:
+			return written, nil
+		case rerr != nil:
 			return written, rerr
 		}
 	}

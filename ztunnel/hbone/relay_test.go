@@ -424,3 +424,63 @@ func TestIdleSocketRelayHoldsNoBuffer(t *testing.T) {
 		t.Errorf("%d relay buffers not given back after the relay ended", n-base)
 	}
 }
+
+// TestIdleTunnelRelayHoldsNoBuffer: the server side of a tunnel relayed to an upstream socket
+// holds no relay buffer while the tunnel is idle, in either direction (a tunnel's Read used to
+// lend its buffer while it waited: 32 KiB per idle connection); bytes and the end still go
+// through.
+func TestIdleTunnelRelayHoldsNoBuffer(t *testing.T) {
+	up, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer up.Close()
+	go func() {
+		for {
+			c, err := up.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); io.Copy(c, c) }()
+		}
+	}()
+	relayed := make(chan error, 1)
+	srv := startServer(t, DefaultServerConfig(), HandlerFunc(func(ctx context.Context, req *Request) error {
+		var d net.Dialer
+		upstream, err := d.DialContext(ctx, "tcp", up.Addr().String())
+		if err != nil {
+			return errors.Join(ErrUpstreamUnreachable, err)
+		}
+		stream, err := req.Accept()
+		if err != nil {
+			upstream.Close()
+			return err
+		}
+		_, _, err = Relay(stream, upstream)
+		relayed <- err
+		return err
+	}))
+	base := relayBufsOut.Load()
+	cl := newTestClient(t, DefaultClientConfig(), nil)
+	conn := mustDial(t, cl, target(srv))
+	defer conn.Close()
+	for _, msg := range []string{"request", "another", string(make([]byte, 100<<10))} {
+		if _, err := io.WriteString(conn, msg); err != nil {
+			t.Fatal(err)
+		}
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(conn, got); err != nil || string(got) != msg {
+			t.Fatalf("echo of %d bytes: %d bytes back, %v", len(msg), len(got), err)
+		}
+		testutil.Eventually(t, testTimeout(), "the idle relay to give its buffers back", func() bool { return relayBufsOut.Load() == base })
+	}
+	if err := conn.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	if rest, err := io.ReadAll(conn); err != nil || len(rest) != 0 {
+		t.Fatalf("after the client's end: %q, %v", rest, err)
+	}
+	if err := <-relayed; err != nil {
+		t.Errorf("Relay = %v", err)
+	}
+}
