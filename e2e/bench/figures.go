@@ -20,6 +20,9 @@ const (
 	RSSPrefix  = "rss/"  // + side: proxy RSS (MB) at the end of the fixed-rate run
 	PeakPrefix = "peak/" // + side: proxy peak RSS (MB) so far
 	IdlePrefix = "idle/" // + side: proxy memory per idle connection (KiB)
+
+	IdleHeld     = "idleconns/held"      // idle connections the memory figure was measured at
+	IdleFailedAt = "idleconns/failed-at" // where opening Settings.IdleConns broke, when it did
 )
 
 // QuantileKey names a latency quantile in figure keys: p50, p99.9, max.
@@ -66,7 +69,10 @@ func proxyDefs() []figureDef {
 			figureDef{key: IdlePrefix + side, label: side + "-side proxy memory per idle connection", unit: "KiB", digits: 2},
 		)
 	}
-	return out
+	return append(out,
+		figureDef{key: IdleHeld, label: "idle connections measured at", unit: "connections"},
+		figureDef{key: IdleFailedAt, label: "idle connections: where opening all of them broke", unit: "connection"},
+	)
 }
 
 // isLatency reports whether a figure is a latency (lower is better, in ms).

@@ -176,7 +176,7 @@ func (rep Report) WriteMarkdown(w io.Writer) error {
 	p("\n## How each figure is measured\n\n")
 	p("- **Latency at %d rps**: 1 KiB request, 1 KiB echoed, open loop over %d persistent connections for %s; a request is timed from when it was due when the generator was behind (no coordinated omission), from when it was sent otherwise; HDR histogram.\n", s.Rate, s.Conns, fmtDuration(s.LatencySeconds))
 	p("- **Latency with a new connection per request**: the same at %d rps, each request on its own connection (connect, TLS handshake where the scenario has one, exchange, close).\n", s.NewConnRate)
-	p("- **Highest rate holding p99 under %.0f ms**: found by a %d-step bisection between 0 and the maximum rate before the rounds; each round then measures latency at that rate.\n", s.SLAMillis, s.SearchSteps)
+	p("- **Highest rate holding p99 under %.0f ms**: found once before the rounds: from the maximum rate, halved until a rate holds, then %d bisection steps towards the next one up (2 s each, %d connections); each round then measures latency at that rate. A scenario with no such rate down to 1/256 of its maximum has none.\n", s.SLAMillis, s.SearchSteps, s.MaxConns)
 	p("- **Maximum request rate**: closed loop on %d connections. **Single-stream throughput**: one connection, the server writing as fast as it can. **New connections per second**: %d workers each connecting, exchanging one byte each way and closing. Each for %s.\n", s.MaxConns, s.ConnWorkers, fmtDuration(s.ShortSeconds))
 	idle := strconv.Itoa(s.IdleConns)
 	if s.IdleConnsSidecar > 0 && s.IdleConnsSidecar < s.IdleConns {
