@@ -221,21 +221,41 @@ func (g *generator) once(ctx context.Context, req, resp []byte) error {
 	return g.exchange(c, req, resp)
 }
 
+// dialPersistent opens the Conns persistent connections of a run, none when each request has its
+// own connection.
+func (g *generator) dialPersistent(ctx context.Context, newConn bool) ([]net.Conn, error) {
+	if newConn {
+		return nil, nil
+	}
+	var conns []net.Conn
+	for i := range g.cfg.Conns {
+		c, err := g.dial(ctx)
+		if err != nil {
+			closeAll(conns)
+			return nil, fmt.Errorf("connection %d: %w", i, err)
+		}
+		conns = append(conns, c)
+	}
+	return conns, nil
+}
+
+// request makes worker w's next request: on its persistent connection, or on a new one when
+// there are none.
+func (g *generator) request(ctx context.Context, conns []net.Conn, w int, req, resp []byte) error {
+	if conns == nil {
+		return g.once(ctx, req, resp)
+	}
+	return g.exchange(conns[w], req, resp)
+}
+
 // rate is the open loop: request k is due at start + k/Rate; a pool of Conns workers takes them
 // in order.
 func (g *generator) rate(ctx context.Context) (LoadResult, error) {
-	var conns []net.Conn
-	if !g.cfg.NewConn {
-		for i := range g.cfg.Conns {
-			c, err := g.dial(ctx)
-			if err != nil {
-				closeAll(conns)
-				return LoadResult{}, fmt.Errorf("connection %d: %w", i, err)
-			}
-			conns = append(conns, c)
-		}
-		defer closeAll(conns)
+	conns, err := g.dialPersistent(ctx, g.cfg.NewConn)
+	if err != nil {
+		return LoadResult{}, err
 	}
+	defer closeAll(conns)
 	interval := time.Second / time.Duration(g.cfg.Rate)
 	total := int64(g.cfg.Duration / interval)
 	start := time.Now().Add(5 * time.Millisecond)
@@ -259,13 +279,7 @@ func (g *generator) rate(ctx context.Context) (LoadResult, error) {
 				} else {
 					from = due // behind: the wait since due counts
 				}
-				var err error
-				if g.cfg.NewConn {
-					err = g.once(ctx, req, resp)
-				} else {
-					err = g.exchange(conns[w], req, resp)
-				}
-				if err != nil {
+				if err := g.request(ctx, conns, w, req, resp); err != nil {
 					g.fail(err)
 					if !g.cfg.NewConn {
 						return // a broken connection takes no more requests
@@ -285,18 +299,11 @@ func (g *generator) rate(ctx context.Context) (LoadResult, error) {
 // closed runs Conns workers for Duration, each sending its next request as soon as the last is
 // answered, on one persistent connection (max) or a new connection each time (connrate).
 func (g *generator) closed(ctx context.Context, newConn bool) (LoadResult, error) {
-	var conns []net.Conn
-	if !newConn {
-		for i := range g.cfg.Conns {
-			c, err := g.dial(ctx)
-			if err != nil {
-				closeAll(conns)
-				return LoadResult{}, fmt.Errorf("connection %d: %w", i, err)
-			}
-			conns = append(conns, c)
-		}
-		defer closeAll(conns)
+	conns, err := g.dialPersistent(ctx, newConn)
+	if err != nil {
+		return LoadResult{}, err
 	}
+	defer closeAll(conns)
 	// The run ends at a fixed time, checked by the clock: a context deadline alone would let a
 	// dial fail at once on its expired deadline before the context reports done, and count.
 	start := time.Now()
@@ -311,13 +318,7 @@ func (g *generator) closed(ctx context.Context, newConn bool) (LoadResult, error
 			req, resp := make([]byte, g.cfg.Size), make([]byte, g.cfg.Size)
 			for time.Now().Before(end) {
 				t := time.Now()
-				var err error
-				if newConn {
-					err = g.once(ctx, req, resp)
-				} else {
-					err = g.exchange(conns[w], req, resp)
-				}
-				if err != nil {
+				if err := g.request(ctx, conns, w, req, resp); err != nil {
 					if !time.Now().Before(end) {
 						return // the run ended mid-request
 					}

@@ -83,13 +83,7 @@ func (s *stream) Read(p []byte) (int, error) {
 	}
 	c := s.c
 	c.mu.Lock()
-	// One Read at a time: a waiting Read lends its buffer to whoever reads the socket.
-	for s.reading {
-		s.readQueue++
-		s.rcond.Wait()
-		s.readQueue--
-	}
-	s.reading = true
+	s.beginReadLocked()
 	for {
 		if s.waitN > 0 {
 			n := s.waitN
@@ -132,18 +126,25 @@ func (s *stream) Read(p []byte) (int, error) {
 	}
 }
 
-// waitReadable blocks until a Read would return at once (data, the end, an error), lending no
-// buffer meanwhile: what arrives waits in pooled chunks. Copy uses it so that an idle tunnel's
-// relay holds no buffer (one Read at a time, as for Read).
-func (s *stream) waitReadable() {
-	c := s.c
-	c.mu.Lock()
+// beginReadLocked waits for the Read under way to end, then marks one under way: one Read (or
+// waitReadable) at a time, as a waiting Read lends its buffer to whoever reads the socket. Called
+// with c.mu held; endRead ends it.
+func (s *stream) beginReadLocked() {
 	for s.reading {
 		s.readQueue++
 		s.rcond.Wait()
 		s.readQueue--
 	}
 	s.reading = true
+}
+
+// waitReadable blocks until a Read would return at once (data, the end, an error), lending no
+// buffer meanwhile: what arrives waits in pooled chunks. Copy uses it so that an idle tunnel's
+// relay holds no buffer (one Read at a time, as for Read).
+func (s *stream) waitReadable() {
+	c := s.c
+	c.mu.Lock()
+	s.beginReadLocked()
 	ready := func() bool { return s.recvLen > 0 || s.rerr != nil || s.recvDone || c.err != nil }
 	for !ready() {
 		s.waitReady = true
