@@ -17,6 +17,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 
 	"github.com/ambient-mesh/ambient/api/identity"
+	"github.com/ambient-mesh/ambient/internal/netutil"
 )
 
 // Errors a Handler returns to choose the answer to a CONNECT it does not accept.
@@ -126,27 +127,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var err error
-	var backoff time.Duration
 	for {
 		var c net.Conn
-		c, err = ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				break
-			}
-			// Out of file descriptors and the like pass; keep the port served, as net/http does.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.log.Warn("accept failed, retrying", "err", err, "in", backoff)
-			t := time.NewTimer(backoff)
-			select {
-			case <-t.C:
-				continue
-			case <-ctx.Done():
-				t.Stop()
-			}
+		if c, err = netutil.Accept(ctx, ln, s.log); err != nil {
 			break
 		}
-		backoff = 0
 		mu.Lock()
 		conns[c] = struct{}{}
 		mu.Unlock()

@@ -24,6 +24,7 @@ import (
 
 	"github.com/ambient-mesh/ambient/api/mesh"
 	zdsv1 "github.com/ambient-mesh/ambient/api/zds/v1"
+	"github.com/ambient-mesh/ambient/internal/netutil"
 	"github.com/ambient-mesh/ambient/redirect"
 	"golang.org/x/sys/unix"
 )
@@ -306,12 +307,9 @@ func (m *Manager) changed() {
 
 func (m *Manager) accept(s *served, l net.Listener, h func(context.Context, *Pod, net.Conn)) {
 	for {
-		c, err := l.Accept()
+		c, err := netutil.Accept(s.ctx, l, m.cfg.Log.With("pod", s.pod.Key()))
 		if err != nil {
-			if !errors.Is(err, net.ErrClosed) {
-				m.cfg.Log.Warn("accept", "pod", s.pod.Key(), "listener", l.Addr(), "err", err)
-			}
-			return
+			return // the pod left: its listeners are closed
 		}
 		s.conns.Add(1)
 		go func() {
