@@ -66,7 +66,7 @@ const (
 )
 
 func BenchmarkL4(b *testing.B) {
-	s := bench.Settings{Rate: 1000, Conns: 10, Size: 1024, NewConnRate: 200, LatencySeconds: 4, ShortSeconds: 2,
+	s := bench.Settings{Rate: 1000, Conns: 10, Size: 1024, NewConnRate: 200, LatencySeconds: 3, ShortSeconds: 2, SearchSeconds: 1,
 		MaxConns: 32, ConnWorkers: 16, SLAMillis: 10, IdleConns: 10000, IdleRounds: 5, SearchSteps: 3}
 	rounds := 5
 	if v, err := strconv.Atoi(os.Getenv("AMBIENT_BENCH_ROUNDS")); err == nil && v > 0 {
@@ -79,17 +79,19 @@ func BenchmarkL4(b *testing.B) {
 	start := time.Now()
 
 	// The highest rate each scenario holds with p99 under the bound, found once before the rounds.
-	slaRate := map[string]int{}
+	slaRate := map[string]int{} // by scenario and placement
 	for _, sc := range benchScenarios {
 		h.mode(sc.ID)
-		slaRate[sc.ID] = h.searchRate(sc.ID, bench.CrossNode)
-		b.Logf("(%s) %s: highest rate with p99 under %.0f ms: %d rps", sc.ID, sc.Name, s.SLAMillis, slaRate[sc.ID])
+		for _, pl := range []string{bench.CrossNode, bench.SameNode} {
+			slaRate[sc.ID+pl] = h.searchRate(sc.ID, pl)
+			b.Logf("(%s) %s, %s: highest rate with p99 under %.0f ms: %d rps", sc.ID, sc.Name, pl, s.SLAMillis, slaRate[sc.ID+pl])
+		}
 	}
 	for round := range rounds {
 		for _, sc := range benchScenarios {
 			h.mode(sc.ID)
 			for _, pl := range []string{bench.CrossNode, bench.SameNode} {
-				h.measure(run, round, sc.ID, pl, slaRate[sc.ID])
+				h.measure(run, round, sc.ID, pl, slaRate[sc.ID+pl])
 			}
 		}
 		b.Logf("round %d of %d done after %v", round+1, rounds, time.Since(start).Round(time.Second))
@@ -104,7 +106,7 @@ func BenchmarkL4(b *testing.B) {
 	}
 	b.StopTimer()
 	run.ElapsedSeconds = time.Since(start).Seconds()
-	dir := filepath.Join(labCfg.Root, "e2e", "bench", "results")
+	dir := benchResults()
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.Fatal(err)
 	}
@@ -120,6 +122,9 @@ func BenchmarkL4(b *testing.B) {
 	b.ReportMetric(0, "ns/op")
 }
 
+// benchResults is where the run's results go, committed from one run of make bench.
+func benchResults() string { return filepath.Join(labCfg.Root, "e2e", "bench", "results") }
+
 // l4Harness holds the bench pods and what it needs to drive them.
 type l4Harness struct {
 	b        testing.TB
@@ -130,8 +135,7 @@ type l4Harness struct {
 	ips      map[string]string // placement -> server pod IP
 	tlsArgs  []string          // the client's mutual TLS flags for (e)
 	// proxies by scenario and side (cross-node: the client's and the cross-node server's).
-	proxies  map[string]map[string]*benchProc
-	profiled bool
+	proxies map[string]map[string]*benchProc
 }
 
 func newL4Harness(b testing.TB, s bench.Settings) *l4Harness {
@@ -155,7 +159,10 @@ func newL4Harness(b testing.TB, s bench.Settings) *l4Harness {
 	})
 	h := &l4Harness{b: b, cs: cs, ns: newNamespace(b, cs, "bench"), s: s, ips: map[string]string{},
 		proxies: map[string]map[string]*benchProc{}}
-	h.s.IdleConnsSidecar = min(h.s.IdleConns, int(nofileHard(b)-200)/2)
+	// stunnel4 and HAProxy hold two descriptors per connection, and stunnel4 takes at most
+	// 125/256 of its descriptor limit as clients (its max_clients).
+	hard := int(nofileHard(b))
+	h.s.IdleConnsSidecar = min(h.s.IdleConns, (hard-200)/2, hard*125/256-50)
 	h.tlsArgs = []string{"-tls-cert", benchTLSDir + "/client.crt", "-tls-key", benchTLSDir + "/client.key",
 		"-tls-ca", benchTLSDir + "/ca.crt", "-tls-name", "bench-server"}
 
@@ -360,10 +367,10 @@ func secs(v float64) string { return strconv.FormatFloat(v, 'f', -1, 64) + "s" }
 func (h *l4Harness) searchRate(scenario, placement string) int {
 	echo, _, tls := h.target(scenario, placement)
 	conns := strconv.Itoa(h.s.MaxConns)
-	max := h.load("-mode", images.ModeMax, "-addr", echo, "-conns", conns, "-duration", secs(h.s.ShortSeconds), strings.Join(tls, " "))
+	max := h.load("-mode", images.ModeMax, "-addr", echo, "-conns", conns, "-duration", secs(h.s.SearchSeconds), strings.Join(tls, " "))
 	holds := func(rate int) bool {
 		res, err := h.tryLoad("-mode", images.ModeRate, "-addr", echo, "-rate", strconv.Itoa(rate), "-conns", conns,
-			"-duration", secs(h.s.ShortSeconds), strings.Join(tls, " "))
+			"-duration", secs(h.s.SearchSeconds), strings.Join(tls, " "))
 		ok := err == nil && res.Errors == 0 && float64(res.Percentile(99)) < h.s.SLAMillis*1e6 && res.Achieved >= 0.95*float64(rate)
 		h.b.Logf("(%s) %s at %d rps: p99 %.2f ms, %.0f rps achieved, %d errors %v (holds: %v)", scenario, placement, rate,
 			float64(res.Percentile(99))/1e6, res.Achieved, res.Errors, err, ok)
@@ -388,9 +395,8 @@ func (h *l4Harness) searchRate(scenario, placement string) int {
 	return lo
 }
 
-// measure runs one round of one scenario at one placement. The server-to-client figures that
-// need no placement comparison (maximum rate, connection rate, the sustainable rate) run
-// cross-node only.
+// measure runs one round of one scenario at one placement. The proxies' CPU and memory are read
+// cross-node, where the client and server sides are distinct processes.
 func (h *l4Harness) measure(run *bench.Run, round int, scenario, placement string, slaRate int) {
 	echo, source, tls := h.target(scenario, placement)
 	tlsArg := strings.Join(tls, " ")
@@ -403,23 +409,29 @@ func (h *l4Harness) measure(run *bench.Run, round int, scenario, placement strin
 	if placement != bench.CrossNode {
 		procs = nil
 	}
+	// Where ztunnel's time goes under each load: CPU profiles of both sides in the first round,
+	// cross-node, taken while the load runs.
+	profiled := func(name string, seconds int, load func() images.LoadResult) images.LoadResult {
+		if scenario != bench.Mesh || placement != bench.CrossNode || round != 0 {
+			return load()
+		}
+		var wg sync.WaitGroup
+		for side, p := range procs {
+			wg.Go(func() { p.profile(h.b, side, "profile?seconds="+strconv.Itoa(seconds), name) })
+		}
+		defer wg.Wait()
+		return load()
+	}
 	before := map[string]time.Duration{}
 	for side, p := range procs {
 		before[side] = p.cpu(h.b)
 	}
-	var profiled sync.WaitGroup
-	if scenario == bench.Mesh && placement == bench.CrossNode && !h.profiled {
-		// Where ztunnel's time goes at the fixed rate: a CPU profile of each side (.bench/).
-		h.profiled = true
-		for side, p := range procs {
-			profiled.Go(func() { p.profile(h.b, side, "profile?seconds=3", "cpu") })
-		}
-	}
 	t0 := time.Now()
-	res := h.load("-mode", images.ModeRate, "-addr", echo, "-rate", strconv.Itoa(h.s.Rate), "-conns", strconv.Itoa(h.s.Conns),
-		"-size", strconv.Itoa(h.s.Size), "-duration", secs(h.s.LatencySeconds), tlsArg)
+	res := profiled(bench.ProfileRate, int(h.s.LatencySeconds)-1, func() images.LoadResult {
+		return h.load("-mode", images.ModeRate, "-addr", echo, "-rate", strconv.Itoa(h.s.Rate), "-conns", strconv.Itoa(h.s.Conns),
+			"-size", strconv.Itoa(h.s.Size), "-duration", secs(h.s.LatencySeconds), tlsArg)
+	})
 	elapsed := time.Since(t0)
-	profiled.Wait()
 	latency(bench.LoadRate, res)
 	for side, p := range procs {
 		used := p.cpu(h.b) - before[side]
@@ -429,14 +441,14 @@ func (h *l4Harness) measure(run *bench.Run, round int, scenario, placement strin
 		run.Add(scenario, placement, bench.PeakPrefix+side, round, float64(peak)/1e6)
 	}
 	short := secs(h.s.ShortSeconds)
+	profileSeconds := max(int(h.s.ShortSeconds)-1, 1)
 	res = h.load("-mode", images.ModeRate, "-new", "-addr", echo, "-rate", strconv.Itoa(h.s.NewConnRate), "-conns", strconv.Itoa(h.s.ConnWorkers),
 		"-size", strconv.Itoa(h.s.Size), "-duration", short, tlsArg)
 	latency(bench.LoadNewConn, res)
-	res = h.load("-mode", images.ModeStream, "-addr", source, "-duration", short, tlsArg)
+	res = profiled(bench.ProfileStream, profileSeconds, func() images.LoadResult {
+		return h.load("-mode", images.ModeStream, "-addr", source, "-duration", short, tlsArg)
+	})
 	run.Add(scenario, placement, bench.StreamGbps, round, res.BytesPerSecond*8/1e9)
-	if placement != bench.CrossNode {
-		return
-	}
 	if slaRate > 0 {
 		res, err := h.tryLoad("-mode", images.ModeRate, "-addr", echo, "-rate", strconv.Itoa(slaRate), "-conns", strconv.Itoa(h.s.MaxConns),
 			"-size", strconv.Itoa(h.s.Size), "-duration", short, tlsArg)
@@ -444,12 +456,16 @@ func (h *l4Harness) measure(run *bench.Run, round int, scenario, placement strin
 			latency(bench.LoadSLA, res)
 			run.Add(scenario, placement, bench.SLARate, round, float64(slaRate))
 		} else {
-			h.b.Logf("(%s) at %d rps: %v, %d errors", scenario, slaRate, err, res.Errors)
+			h.b.Logf("(%s) %s at %d rps: %v, %d errors", scenario, placement, slaRate, err, res.Errors)
 		}
 	}
-	res = h.load("-mode", images.ModeMax, "-addr", echo, "-conns", strconv.Itoa(h.s.MaxConns), "-size", strconv.Itoa(h.s.Size), "-duration", short, tlsArg)
+	res = profiled(bench.ProfileMax, profileSeconds, func() images.LoadResult {
+		return h.load("-mode", images.ModeMax, "-addr", echo, "-conns", strconv.Itoa(h.s.MaxConns), "-size", strconv.Itoa(h.s.Size), "-duration", short, tlsArg)
+	})
 	run.Add(scenario, placement, bench.MaxRPS, round, res.Achieved)
-	res = h.load("-mode", images.ModeConnRate, "-addr", echo, "-conns", strconv.Itoa(h.s.ConnWorkers), "-size", "1", "-duration", short, tlsArg)
+	res = profiled(bench.ProfileConnRate, profileSeconds, func() images.LoadResult {
+		return h.load("-mode", images.ModeConnRate, "-addr", echo, "-conns", strconv.Itoa(h.s.ConnWorkers), "-size", "1", "-duration", short, tlsArg)
+	})
 	run.Add(scenario, placement, bench.ConnRate, round, res.Achieved)
 }
 
@@ -481,9 +497,10 @@ var failedAtRE = regexp.MustCompile(`connection (\d+) of \d+`)
 func (h *l4Harness) holdIdle(run *bench.Run, round int, scenario string, n int) error {
 	echo, _, tls := h.target(scenario, bench.CrossNode)
 	procs := h.proxies[scenario]
-	before := map[string]int64{}
+	before, beforeGo := map[string]int64{}, map[string]goMemory{}
 	for side, p := range procs {
 		before[side], _ = p.memory(h.b)
+		beforeGo[side] = p.goMemory(h.b)
 	}
 	argv := append([]string{filepath.Join(labCfg.BinDir, "client"), "-timeout", "10s", "bench", "-mode", "idle", "-addr", echo,
 		"-conns", strconv.Itoa(n)}, tls...)
@@ -509,8 +526,13 @@ func (h *l4Harness) holdIdle(run *bench.Run, round int, scenario string, n int) 
 	for side, p := range procs {
 		rss, _ := p.memory(h.b)
 		run.Add(scenario, bench.CrossNode, bench.IdlePrefix+side, round, float64(rss-before[side])/float64(n)/1024)
+		if m := p.goMemory(h.b); m.ok && beforeGo[side].ok { // where ztunnel's grew, from the Go runtime
+			run.Add(scenario, bench.CrossNode, bench.IdleStackPrefix+side, round, float64(m.stack-beforeGo[side].stack)/float64(n)/1024)
+			run.Add(scenario, bench.CrossNode, bench.IdleHeapPrefix+side, round, float64(m.heap-beforeGo[side].heap)/float64(n)/1024)
+		}
 		if scenario == bench.Mesh && round == 0 {
-			p.profile(h.b, side, "heap", "idle-heap")
+			p.profile(h.b, side, "heap", bench.ProfileIdleHeap)
+			p.profile(h.b, side, "goroutine", bench.ProfileIdleGoroutine)
 		}
 	}
 	_ = hold.Process.Signal(syscall.SIGTERM)
@@ -635,8 +657,8 @@ func (p *benchProc) memory(t testing.TB) (rss, peak int64) {
 	return rss, peak
 }
 
-// profile saves a ztunnel pprof endpoint (its localhost admin port) to
-// .bench/ztunnel-<side>.<name>.pprof (go tool pprof bin/ztunnel <file>).
+// profile saves a ztunnel pprof endpoint (its localhost admin port) with the run's results
+// (bench.ProfilePath; go tool pprof bin/ztunnel <file>).
 func (p *benchProc) profile(t testing.TB, side, endpoint, name string) {
 	if p.pod == nil {
 		return
@@ -647,13 +669,50 @@ func (p *benchProc) profile(t testing.TB, side, endpoint, name string) {
 		t.Errorf("%s profile of the %s-side ztunnel: %v", name, side, err)
 		return
 	}
-	dir := filepath.Join(labCfg.Root, ".bench")
-	if err := os.MkdirAll(dir, 0o755); err == nil {
-		err = os.WriteFile(filepath.Join(dir, "ztunnel-"+side+"."+name+".pprof"), []byte(out), 0o644)
+	path := bench.ProfilePath(benchResults(), side, name)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err == nil {
+		err = os.WriteFile(path, []byte(out), 0o644)
 	}
 	if err != nil {
 		t.Error(err)
 	}
+}
+
+// goMemory is what a Go proxy's runtime reports of its memory in use.
+type goMemory struct {
+	stack, heap int64 // go_memstats_stack_inuse_bytes, go_memstats_heap_inuse_bytes
+	ok          bool
+}
+
+// goMemory reads ztunnel's goroutine stacks and heap in use from its metrics; other proxies
+// report nothing.
+func (p *benchProc) goMemory(t testing.TB) goMemory {
+	if p.pod == nil {
+		return goMemory{}
+	}
+	out, err := lab.Exec(context.Background(), labCfg, p.pod.Namespace, p.pod.Name, filepath.Join(labCfg.BinDir, "client"),
+		"-timeout", "10s", "http", "http://127.0.0.1:15020/metrics")
+	if err != nil {
+		t.Errorf("metrics of ztunnel %s: %v", p.pod.Name, err)
+		return goMemory{}
+	}
+	var m goMemory
+	var found int
+	for line := range strings.Lines(out) {
+		name, value, ok := strings.Cut(strings.TrimSpace(line), " ")
+		v, err := strconv.ParseFloat(value, 64)
+		if !ok || err != nil {
+			continue
+		}
+		switch name {
+		case "go_memstats_stack_inuse_bytes":
+			m.stack, found = int64(v), found+1
+		case "go_memstats_heap_inuse_bytes":
+			m.heap, found = int64(v), found+1
+		}
+	}
+	m.ok = found == 2
+	return m
 }
 
 // stunnelNoDelay turns Nagle's algorithm off on both of stunnel's sockets, as anyone tuning it

@@ -32,6 +32,9 @@ func run(results, out string) error {
 	if rep.Plots, err = bench.WritePlots(l4, results, filepath.Dir(out)); err != nil {
 		return err
 	}
+	if rep.Profiles, err = bench.SummarizeProfiles(results); err != nil {
+		return err
+	}
 	files, err := filepath.Glob(filepath.Join(results, "*.bench"))
 	if err != nil {
 		return err

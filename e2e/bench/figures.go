@@ -20,6 +20,9 @@ const (
 	RSSPrefix  = "rss/"  // + side: proxy RSS (MB) at the end of the fixed-rate run
 	PeakPrefix = "peak/" // + side: proxy peak RSS (MB) so far
 	IdlePrefix = "idle/" // + side: proxy memory per idle connection (KiB)
+	// Where a Go proxy's memory per idle connection goes, from its runtime's statistics (KiB).
+	IdleStackPrefix = "idle-stack/" // + side: goroutine stacks
+	IdleHeapPrefix  = "idle-heap/"  // + side: heap in use
 
 	IdleHeld     = "idleconns/held"      // idle connections the memory figure was measured at
 	IdleFailedAt = "idleconns/failed-at" // where opening Settings.IdleConns broke, when it did
@@ -67,6 +70,8 @@ func proxyDefs() []figureDef {
 			figureDef{key: RSSPrefix + side, label: side + "-side proxy RSS at the fixed rate", unit: "MB", digits: 1},
 			figureDef{key: PeakPrefix + side, label: side + "-side proxy peak RSS", unit: "MB", digits: 1},
 			figureDef{key: IdlePrefix + side, label: side + "-side proxy memory per idle connection", unit: "KiB", digits: 2},
+			figureDef{key: IdleStackPrefix + side, label: "… of which goroutine stacks (Go runtime)", unit: "KiB", digits: 2},
+			figureDef{key: IdleHeapPrefix + side, label: "… of which Go heap in use", unit: "KiB", digits: 2},
 		)
 	}
 	return append(out,

@@ -73,6 +73,8 @@ type Report struct {
 	Lab []BenchFile
 	// Plots are PNG files relative to the report, with a caption.
 	Plots []Plot
+	// Profiles summarize where ztunnel's time and memory went in the run.
+	Profiles []ProfileSummary
 }
 
 // Plot is an image the report links.
@@ -176,11 +178,11 @@ func (rep Report) WriteMarkdown(w io.Writer) error {
 	p("\n## How each figure is measured\n\n")
 	p("- **Latency at %d rps**: 1 KiB request, 1 KiB echoed, open loop over %d persistent connections for %s; a request is timed from when it was due when the generator was behind (no coordinated omission), from when it was sent otherwise; HDR histogram.\n", s.Rate, s.Conns, fmtDuration(s.LatencySeconds))
 	p("- **Latency with a new connection per request**: the same at %d rps, each request on its own connection (connect, TLS handshake where the scenario has one, exchange, close).\n", s.NewConnRate)
-	p("- **Highest rate holding p99 under %.0f ms**: found once before the rounds: from the maximum rate, halved until a rate holds, then %d bisection steps towards the next one up (2 s each, %d connections); each round then measures latency at that rate. A scenario with no such rate down to 1/256 of its maximum has none.\n", s.SLAMillis, s.SearchSteps, s.MaxConns)
+	p("- **Highest rate holding p99 under %.0f ms**: found once per scenario and placement before the rounds: from the maximum rate, halved until a rate holds, then %d bisection steps towards the next one up (%s each, %d connections); each round then measures latency at that rate. A scenario with no such rate down to 1/256 of its maximum has none.\n", s.SLAMillis, s.SearchSteps, fmtDuration(s.SearchSeconds), s.MaxConns)
 	p("- **Maximum request rate**: closed loop on %d connections. **Single-stream throughput**: one connection, the server writing as fast as it can. **New connections per second**: %d workers each connecting, exchanging one byte each way and closing. Each for %s.\n", s.MaxConns, s.ConnWorkers, fmtDuration(s.ShortSeconds))
 	idle := strconv.Itoa(s.IdleConns)
 	if s.IdleConnsSidecar > 0 && s.IdleConnsSidecar < s.IdleConns {
-		idle += fmt.Sprintf(" (%d through stunnel4 and HAProxy, which hold two descriptors per connection: the machine's hard limit on open files allows no more)", s.IdleConnsSidecar)
+		idle += fmt.Sprintf(" (%d through stunnel4 and HAProxy, which hold two descriptors per connection, stunnel4 serving at most 125/256 of its descriptor limit: the machine's hard limit on open files allows no more)", s.IdleConnsSidecar)
 	}
 	p("- **Proxy CPU** is from the proxy's own cgroup's `cpu.stat` (`usage_usec`) over the %d-rps run, in cores per 1000 rps; **RSS** is `VmRSS` at its end, **peak** is `VmHWM`; **memory per idle connection** is the RSS growth with %s idle connections open through the proxy (cross-node), median of %d interleaved rounds (b, c, d) after the others. ztunnel's memory limit is lifted from deploy/'s 128Mi to 1Gi for the run, so that the figure is measured rather than cut off.\n\n", s.Rate, idle, s.IdleRounds)
 
@@ -194,6 +196,17 @@ func (rep Report) WriteMarkdown(w io.Writer) error {
 			met = "yes"
 		}
 		p("| %s | %s | %s |\n", t.What, t.Measured, met)
+	}
+	if len(rep.Profiles) > 0 {
+		p("\n## Where ztunnel's time and memory go\n\n")
+		p("From the profiles of both ztunnels taken during this run (cross-node, first round; `e2e/bench/results/profiles`, read with `go tool pprof`). CPU is grouped by what the sampled code was doing; *functions* are those with the most samples themselves.\n\n")
+		for _, ps := range rep.Profiles {
+			p("- **%s**, %s side (%s)", ps.What, ps.Side, ps.Total)
+			if len(ps.Groups) > 0 {
+				p(": %s", joinShares(ps.Groups))
+			}
+			p(". Functions: %s.\n", joinShares(ps.Top))
+		}
 	}
 	var untrusted []string
 	for _, pl := range []string{CrossNode, SameNode} {
@@ -265,6 +278,14 @@ func (rep Report) WriteMarkdown(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+func joinShares(sh []Share) string {
+	var parts []string
+	for _, x := range sh {
+		parts = append(parts, fmt.Sprintf("%s %.0f%%", x.Name, x.Percent))
+	}
+	return strings.Join(parts, ", ")
 }
 
 func labTitle(name string) string {

@@ -72,6 +72,7 @@ type Settings struct {
 	NewConnRate    int     `json:"newConnRate"`    // offered rps with a new connection per request
 	LatencySeconds float64 `json:"latencySeconds"` // length of the fixed-rate runs
 	ShortSeconds   float64 `json:"shortSeconds"`   // length of the other runs
+	SearchSeconds  float64 `json:"searchSeconds"`  // length of each try of the sustainable-rate search
 	MaxConns       int     `json:"maxConns"`       // connections of the maximum-rate run
 	ConnWorkers    int     `json:"connWorkers"`    // concurrent workers of the connection-rate run
 	SLAMillis      float64 `json:"slaMillis"`      // the p99 bound the highest sustainable rate holds
