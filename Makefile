@@ -78,7 +78,7 @@ lab-down: build
 # lab; then BENCHMARKS.md and its plots from what they wrote to $(BENCH_RESULTS) (cmd/bench-report),
 # with the control plane at scale from the last make bench-scale.
 BENCH_RESULTS := e2e/bench/results
-BENCH_PKGS := stunnel4 haproxy
+BENCH_PKGS := stunnel4 haproxy curl
 
 bench-deps: deps
 	@missing=""; for p in $(BENCH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

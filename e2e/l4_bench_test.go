@@ -66,7 +66,7 @@ const (
 )
 
 func BenchmarkL4(b *testing.B) {
-	s := bench.Settings{Rate: 1000, Conns: 10, Size: 1024, NewConnRate: 200, LatencySeconds: 3, ShortSeconds: 2, SearchSeconds: 1,
+	s := bench.Settings{Rate: 1000, Conns: 10, Size: 1024, NewConnRate: 200, LatencySeconds: 3, ShortSeconds: 1, SearchSeconds: 1,
 		MaxConns: 32, ConnWorkers: 16, SLAMillis: 10, IdleConns: 10000, IdleRounds: 5, SearchSteps: 3}
 	rounds := 5
 	if v, err := strconv.Atoi(os.Getenv("AMBIENT_BENCH_ROUNDS")); err == nil && v > 0 {
@@ -443,7 +443,7 @@ func (h *l4Harness) measure(run *bench.Run, round int, scenario, placement strin
 	short := secs(h.s.ShortSeconds)
 	profileSeconds := max(int(h.s.ShortSeconds)-1, 1)
 	res = h.load("-mode", images.ModeRate, "-new", "-addr", echo, "-rate", strconv.Itoa(h.s.NewConnRate), "-conns", strconv.Itoa(h.s.ConnWorkers),
-		"-size", strconv.Itoa(h.s.Size), "-duration", short, tlsArg)
+		"-size", strconv.Itoa(h.s.Size), "-duration", secs(h.s.LatencySeconds), tlsArg)
 	latency(bench.LoadNewConn, res)
 	res = profiled(bench.ProfileStream, profileSeconds, func() images.LoadResult {
 		return h.load("-mode", images.ModeStream, "-addr", source, "-duration", short, tlsArg)
@@ -497,8 +497,11 @@ var failedAtRE = regexp.MustCompile(`connection (\d+) of \d+`)
 func (h *l4Harness) holdIdle(run *bench.Run, round int, scenario string, n int) error {
 	echo, _, tls := h.target(scenario, bench.CrossNode)
 	procs := h.proxies[scenario]
+	// Each reading follows a collection that gives freed memory back to the kernel (ztunnel), so
+	// that memory kept from the rounds before does not hide what the connections take.
 	before, beforeGo := map[string]int64{}, map[string]goMemory{}
 	for side, p := range procs {
+		p.freeMemory(h.b)
 		before[side], _ = p.memory(h.b)
 		beforeGo[side] = p.goMemory(h.b)
 	}
@@ -524,6 +527,7 @@ func (h *l4Harness) holdIdle(run *bench.Run, round int, scenario string, n int) 
 		return fmt.Errorf("%d idle connections: %q, %v: %s", n, line, err, strings.TrimSpace(stderr.String()))
 	}
 	for side, p := range procs {
+		p.freeMemory(h.b)
 		rss, _ := p.memory(h.b)
 		run.Add(scenario, bench.CrossNode, bench.IdlePrefix+side, round, float64(rss-before[side])/float64(n)/1024)
 		if m := p.goMemory(h.b); m.ok && beforeGo[side].ok { // where ztunnel's grew, from the Go runtime
@@ -675,6 +679,19 @@ func (p *benchProc) profile(t testing.TB, side, endpoint, name string) {
 	}
 	if err != nil {
 		t.Error(err)
+	}
+}
+
+// freeMemory has ztunnel collect and give what it no longer uses back to the kernel (its admin
+// port's /debug/free_memory); stunnel4 and HAProxy have no such control.
+func (p *benchProc) freeMemory(t testing.TB) {
+	if p.pod == nil {
+		return
+	}
+	out, err := lab.Exec(context.Background(), labCfg, p.pod.Namespace, p.pod.Name, "curl", "-sSf", "-m", "30", "-X", "POST",
+		"http://127.0.0.1:15000/debug/free_memory")
+	if err != nil {
+		t.Errorf("free memory of ztunnel %s: %v: %s", p.pod.Name, err, out)
 	}
 }
 

@@ -421,7 +421,7 @@ func acceptLoop(l net.Listener, serve func(net.Conn)) error {
 	}
 }
 
-// HoldIdle opens n connections to addr (with tlsCfg when set), 32 at a time, proves each carries
+// HoldIdle opens n connections to addr (with tlsCfg when set), 128 at a time, proves each carries
 // a byte both ways, calls ready, and keeps them open until ctx ends.
 func HoldIdle(ctx context.Context, addr string, n int, timeout time.Duration, tlsCfg *tls.Config, ready func()) error {
 	g := &generator{cfg: LoadConfig{Addr: addr, Timeout: timeout, TLS: tlsCfg}}
@@ -437,7 +437,7 @@ func HoldIdle(ctx context.Context, addr string, n int, timeout time.Duration, tl
 	var mu sync.Mutex
 	var first error
 	var wg sync.WaitGroup
-	for range min(n, 32) {
+	for range min(n, 128) {
 		wg.Go(func() {
 			b := []byte{'x'}
 			for {

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"os"
+	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -260,6 +261,12 @@ func (e *endpoints) serve(ctx context.Context) error {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		_ = enc.Encode(dump)
+	})
+	// Returns what the Go runtime holds and no longer uses to the kernel, after a collection, so
+	// that RSS read next is what ztunnel needs (make bench reads memory per connection so).
+	admin.HandleFunc("POST /debug/free_memory", func(w http.ResponseWriter, _ *http.Request) {
+		debug.FreeOSMemory()
+		w.WriteHeader(http.StatusNoContent)
 	})
 	admin.HandleFunc("/debug/pprof/", pprof.Index)
 	admin.HandleFunc("/debug/pprof/profile", pprof.Profile)
