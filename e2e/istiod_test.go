@@ -312,7 +312,13 @@ func deployIstiodWithMemory(t testing.TB, cs kubernetes.Interface, replicas int,
 		if err != nil {
 			t.Fatal(err)
 		}
-		apply(t, "default", b)
+		// Server-side: the experimental HTTPRoute CRD is too large for client-side apply's
+		// last-applied annotation.
+		cmd := kubectlCmd(ctx, "apply", "--server-side", "--force-conflicts", "-f", "-")
+		cmd.Stdin = bytes.NewReader(b)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("kubectl apply %s: %v: %s", f, err, out)
+		}
 	}
 	apply(t, "default", []byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: istio-system}\n"))
 	b, err := os.ReadFile("../deploy/istiod-lite/istiod-lite.yaml")

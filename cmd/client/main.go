@@ -12,9 +12,11 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -26,6 +28,16 @@ func main() { os.Exit(run()) }
 func run() int {
 	timeout := flag.Duration("timeout", 5*time.Second, "request timeout")
 	h2c := flag.Bool("h2c", false, "use HTTP/2 prior knowledge (h2c)")
+	headers := map[string][]string{}
+	flag.Func("header", "a request header, 'Name: value' (repeatable)", func(v string) error {
+		k, val, ok := strings.Cut(v, ":")
+		if !ok {
+			return errors.New("want 'Name: value'")
+		}
+		k = http.CanonicalHeaderKey(strings.TrimSpace(k))
+		headers[k] = append(headers[k], strings.TrimSpace(val))
+		return nil
+	})
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -74,6 +86,18 @@ func run() int {
 			return 1
 		}
 		return 0
+	case args[0] == "requests" && len(args) == 3:
+		// requests N URL: N GETs (with every -header), one JSON result per line.
+		n, err := strconv.Atoi(args[1])
+		if err != nil || n <= 0 {
+			fmt.Fprintln(os.Stderr, "client: requests N URL:", args[1])
+			return 2
+		}
+		enc := json.NewEncoder(os.Stdout)
+		for _, r := range images.Requests(ctx, args[2], n, http.Header(headers), *h2c, *timeout) {
+			_ = enc.Encode(r)
+		}
+		return 0
 	case args[0] == "tcp" && len(args) == 3:
 		out, err := images.TCPEcho(ctx, args[1], args[2], *timeout)
 		if err != nil {
@@ -107,7 +131,7 @@ func run() int {
 	case args[0] == "bench":
 		return bench(ctx, args[1:], *timeout)
 	default:
-		fmt.Fprintln(os.Stderr, "usage: client [-timeout d] [-h2c] [http URL | tcp ADDR MSG | load INTERVAL ADDR... | hold ADDR N INTERVAL | bench -mode MODE -addr ADDR ...]")
+		fmt.Fprintln(os.Stderr, "usage: client [-timeout d] [-h2c] [-header 'K: v']... [http URL | requests N URL | tcp ADDR MSG | load INTERVAL ADDR... | hold ADDR N INTERVAL | bench -mode MODE -addr ADDR ...]")
 		return 2
 	}
 }

@@ -2,7 +2,9 @@
 # update.sh copies the CRDs istiod-lite watches from the Go modules pinned in go.mod, so the
 # manifests always match the client types compiled in:
 #   security.istio.io: AuthorizationPolicy, PeerAuthentication, RequestAuthentication (istio.io/api)
-#   gateway.networking.k8s.io: GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant (sigs.k8s.io/gateway-api)
+#   gateway.networking.k8s.io: GatewayClass, Gateway, HTTPRoute, GRPCRoute, ReferenceGrant (sigs.k8s.io/gateway-api,
+#   experimental channel: the mesh features of routes that are not yet standard, retries and CORS,
+#   are in it)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here/../.."
@@ -20,5 +22,5 @@ first=1
 for r in gatewayclasses gateways httproutes grpcroutes referencegrants; do
 	[ $first -eq 1 ] || echo "---" >>"$here/gateway-api.yaml"
 	first=0
-	cat "$gw/config/crd/standard/gateway.networking.k8s.io_$r.yaml" >>"$here/gateway-api.yaml"
+	cat "$gw/config/crd/experimental/gateway.networking.k8s.io_$r.yaml" >>"$here/gateway-api.yaml"
 done

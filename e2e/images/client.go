@@ -2,6 +2,7 @@ package images
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -124,4 +125,52 @@ func Hold(ctx context.Context, addr string, n int, interval, timeout time.Durati
 		}
 	}
 	return nil
+}
+
+// Result is one request's outcome, as Requests reports it.
+type Result struct {
+	Code     int    `json:"code,omitempty"`
+	Pod      string `json:"pod,omitempty"`
+	Location string `json:"location,omitempty"`
+	// Headers are the request headers the echo server received.
+	Headers map[string][]string `json:"headers,omitempty"`
+	Err     string              `json:"err,omitempty"`
+}
+
+// Requests sends n GETs to url with header over kept-alive connections, not following
+// redirects, and returns each outcome (the echo server's reply decoded when it is one).
+func Requests(ctx context.Context, url string, n int, header http.Header, h2c bool, timeout time.Duration) []Result {
+	rt := &http.Transport{}
+	if h2c {
+		var protos http.Protocols
+		protos.SetUnencryptedHTTP2(true)
+		rt.Protocols = &protos
+	}
+	defer rt.CloseIdleConnections()
+	c := &http.Client{Transport: rt, Timeout: timeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	out := make([]Result, 0, n)
+	for range n {
+		var r Result
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return append(out, Result{Err: err.Error()})
+		}
+		for k, v := range header {
+			req.Header[k] = v
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			out = append(out, Result{Err: err.Error()})
+			continue
+		}
+		r.Code, r.Location = resp.StatusCode, resp.Header.Get("Location")
+		var reply EchoReply
+		if b, err := io.ReadAll(resp.Body); err == nil && json.Unmarshal(b, &reply) == nil {
+			r.Pod, r.Headers = reply.Pod, reply.Headers
+		}
+		resp.Body.Close()
+		out = append(out, r)
+	}
+	return out
 }

@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
 )
 
@@ -46,6 +47,9 @@ type EchoReply struct {
 // RunEcho serves until ctx is cancelled; cancellation returns nil.
 func RunEcho(ctx context.Context, cfg EchoConfig, log *slog.Logger) error {
 	mux := http.NewServeMux()
+	// ECHO_STATUS makes every answer carry that status (an endpoint that fails, for retry and
+	// outlier tests); readiness (/ready) still answers 200.
+	status, _ := strconv.Atoi(os.Getenv("ECHO_STATUS"))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		h := map[string][]string{}
 		for k, v := range r.Header {
@@ -58,6 +62,9 @@ func RunEcho(ctx context.Context, cfg EchoConfig, log *slog.Logger) error {
 			ServiceAccount: os.Getenv("SERVICE_ACCOUNT"),
 		}
 		w.Header().Set("Content-Type", "application/json")
+		if status != 0 && r.URL.Path != "/ready" {
+			w.WriteHeader(status)
+		}
 		_ = json.NewEncoder(w).Encode(reply)
 	})
 	var protos http.Protocols

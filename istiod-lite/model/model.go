@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	routev1 "github.com/ambient-mesh/ambient/api/route/v1"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
 )
 
@@ -60,7 +61,7 @@ type Input struct {
 	PeerAuthentications   []*secv1.PeerAuthentication
 	// Nodes give workloads their locality; only their names and labels are read.
 	Nodes []*corev1.Node
-	// Routes are only checked (routeProblems): what they do to traffic is the waypoint's.
+	// Routes are checked (routeProblems) and translated for waypoints (serviceRoutes).
 	HTTPRoutes      []*gwv1.HTTPRoute
 	GRPCRoutes      []*gwv1.GRPCRoute
 	ReferenceGrants []*gwv1.ReferenceGrant
@@ -72,6 +73,8 @@ type Snapshot struct {
 	Workloads      map[string]*workloadv1.Workload
 	Services       map[string]*workloadv1.Service
 	Authorizations map[string]*workloadv1.Authorization
+	// Routes are the HTTP routing of each Service, for waypoints, by the Service's name.
+	Routes map[string]*routev1.ServiceRoutes
 	// Problems are what could not be translated as written, sorted, for logs, Events and status.
 	Problems []Problem
 }
@@ -90,6 +93,14 @@ func (s *Snapshot) GetService(name string) *workloadv1.Service {
 		return nil
 	}
 	return s.Services[name]
+}
+
+// GetRoutes returns the routes of the service named name, or nil; s may be nil.
+func (s *Snapshot) GetRoutes(name string) *routev1.ServiceRoutes {
+	if s == nil {
+		return nil
+	}
+	return s.Routes[name]
 }
 
 // GetAuthorization returns the authorization named name, or nil; s may be nil.
@@ -159,7 +170,7 @@ func (tr *Translator) Translate(in Input) *Snapshot {
 	snap := &Snapshot{Workloads: make(map[string]*workloadv1.Workload, len(in.Pods))}
 	reuse := tr.last != nil && sum != 0 && sum == tr.lastSum
 	if reuse {
-		snap.Services, snap.Authorizations = tr.last.Services, tr.last.Authorizations
+		snap.Services, snap.Authorizations, snap.Routes = tr.last.Services, tr.last.Authorizations, tr.last.Routes
 	} else {
 		tr.t = newTranslator(tr.cfg, in)
 		snap.Services = map[string]*workloadv1.Service{}
@@ -179,6 +190,7 @@ func (tr *Translator) Translate(in Input) *Snapshot {
 				snap.Authorizations[AuthorizationName(a)] = a
 			}
 		}
+		snap.Routes = tr.t.serviceRoutes(in)
 		tr.ctxProblem = append(tr.t.problems, routeProblems(in)...)
 	}
 	t := tr.t

@@ -236,7 +236,13 @@ func (idx *index) resolvedRefs(kind, routeNS string, backends []gwv1.BackendRef)
 // granted reports whether a ReferenceGrant in ns lets a route of kind in fromNS refer to Service
 // name there.
 func (idx *index) granted(kind, fromNS, ns, name string) bool {
-	for _, g := range idx.grants {
+	return Granted(idx.grants, kind, fromNS, ns, name)
+}
+
+// Granted reports whether one of grants, in ns, lets a route of kind in fromNS refer to Service
+// name there.
+func Granted(grants []*gwv1.ReferenceGrant, kind, fromNS, ns, name string) bool {
+	for _, g := range grants {
 		if g.Namespace != ns {
 			continue
 		}

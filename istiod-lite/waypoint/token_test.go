@@ -31,7 +31,11 @@ func TestWaypointToken(t *testing.T) {
 	if aud != mesh.TokenAudience {
 		t.Errorf("projected token audience %q, want %q", aud, mesh.TokenAudience)
 	}
-	if m := spec.Containers[0].VolumeMounts; len(m) != 1 || m[0].MountPath != TokenDir {
-		t.Errorf("token mounts %v", m)
+	mounts := map[string]string{}
+	for _, m := range spec.Containers[0].VolumeMounts {
+		mounts[m.MountPath] = m.Name
+	}
+	if len(mounts) != 2 || mounts[TokenDir] != "istio-token" || mounts[RootCertDir] != "root-cert" {
+		t.Errorf("mounts %v, want the token at %s and the mesh's root at %s only", mounts, TokenDir, RootCertDir)
 	}
 }

@@ -32,6 +32,13 @@ const GatewayNameLabel = "gateway.networking.k8s.io/gateway-name"
 // mesh.TokenAudience), as ztunnel does.
 const TokenDir = "/var/run/secrets/tokens"
 
+// RootCertDir is where a waypoint pod finds the mesh's root certificate (root-cert.pem), from
+// the ConfigMap istiod-lite publishes in every namespace.
+const (
+	RootCertDir   = "/var/run/secrets/istio"
+	RootConfigMap = "istio-ca-root-cert"
+)
+
 // Reconciler keeps waypoint deployments in line with their Gateways.
 type Reconciler struct {
 	kube          kubernetes.Interface
@@ -161,12 +168,18 @@ func Desired(g *gwv1.Gateway, image string, l gwv1.Listener) (*corev1.ServiceAcc
 					Volumes: []corev1.Volume{{Name: "istio-token", VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
 						Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
 							Audience: mesh.TokenAudience, ExpirationSeconds: ptr(int64(3600)), Path: "istio-token"}}},
-					}}}},
+					}}}, {Name: "root-cert", VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+						LocalObjectReference: corev1.LocalObjectReference{Name: RootConfigMap}}}}},
 					Containers: []corev1.Container{{
-						Name:         "waypoint",
-						Image:        image,
-						Args:         []string{"--gateway=" + g.Namespace + "/" + g.Name},
-						VolumeMounts: []corev1.VolumeMount{{Name: "istio-token", MountPath: TokenDir, ReadOnly: true}},
+						Name:  "waypoint",
+						Image: image,
+						Args:  []string{"--gateway=" + g.Namespace + "/" + g.Name},
+						Env: []corev1.EnvVar{
+							{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+							{Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}},
+						},
+						VolumeMounts: []corev1.VolumeMount{{Name: "istio-token", MountPath: TokenDir, ReadOnly: true},
+							{Name: "root-cert", MountPath: RootCertDir, ReadOnly: true}},
 						Ports: []corev1.ContainerPort{
 							{Name: "hbone", ContainerPort: int32(l.Port)},
 							{Name: "metrics", ContainerPort: mesh.PortMetrics},

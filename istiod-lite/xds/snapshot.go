@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/anypb"
 
 	cav1 "github.com/ambient-mesh/ambient/api/ca/v1"
+	routev1 "github.com/ambient-mesh/ambient/api/route/v1"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
 	"github.com/ambient-mesh/ambient/istiod-lite/model"
 )
@@ -25,6 +26,7 @@ var (
 	TypeService       = typeURL(&workloadv1.Service{})
 	TypeAuthorization = typeURL(&workloadv1.Authorization{})
 	TypeTrustBundle   = typeURL(&cav1.TrustBundle{})
+	TypeServiceRoutes = typeURL(&routev1.ServiceRoutes{})
 )
 
 // TrustBundleName is the name of the single TrustBundle resource.
@@ -63,8 +65,10 @@ type Snapshot struct {
 	// service, and those bound to it themselves).
 	waypointServices  map[string]map[string]bool
 	waypointWorkloads map[string]map[string]bool
-	model             *model.Snapshot
-	bundle            *cav1.TrustBundle
+	// waypointBackends are the services a waypoint's routes send to that are not bound to it.
+	waypointBackends map[string]map[string]bool
+	model            *model.Snapshot
+	bundle           *cav1.TrustBundle
 
 	sortedMu sync.Mutex
 	sorted   map[string][]string // type URL -> names, sorted (see sortedNames)
@@ -87,7 +91,7 @@ func (prev *Snapshot) Next(m *model.Snapshot, bundle *cav1.TrustBundle) (*Snapsh
 	s := &Snapshot{
 		created: time.Now(),
 		resources: map[string]map[string]*resource{
-			TypeWorkload: {}, TypeService: {}, TypeAuthorization: {}, TypeTrustBundle: {},
+			TypeWorkload: {}, TypeService: {}, TypeAuthorization: {}, TypeTrustBundle: {}, TypeServiceRoutes: {},
 		},
 		authzScope:     map[string]workloadv1.Scope{},
 		authzNamespace: map[string]string{},
@@ -97,6 +101,7 @@ func (prev *Snapshot) Next(m *model.Snapshot, bundle *cav1.TrustBundle) (*Snapsh
 
 		waypointServices:  map[string]map[string]bool{},
 		waypointWorkloads: map[string]map[string]bool{},
+		waypointBackends:  map[string]map[string]bool{},
 	}
 	add := func(typ, name string, msg, was proto.Message) error {
 		if was == msg && prev != nil {
@@ -144,6 +149,37 @@ func (prev *Snapshot) Next(m *model.Snapshot, bundle *cav1.TrustBundle) (*Snapsh
 		s.nodeNamespaces[node][w.GetNamespace()] = true
 		for _, a := range w.GetAuthorizationPolicies() {
 			s.nodeBoundAuthz[node][a] = true
+		}
+	}
+	// A waypoint routes to the backends of its services' routes too, which need not be bound to
+	// it (a canary's Service, say): it sees those services and their workloads.
+	for name, sr := range m.Routes {
+		if err := add(TypeServiceRoutes, name, sr, old.GetRoutes(name)); err != nil {
+			return nil, err
+		}
+		wp := svcWaypoint[name]
+		if wp == "" {
+			continue
+		}
+		for _, b := range routeBackends(sr) {
+			if _, ok := m.Services[b]; ok && !s.waypointServices[wp][b] {
+				addTo(s.waypointBackends, wp, b)
+			}
+		}
+	}
+	if len(s.waypointBackends) > 0 {
+		backed := map[string][]string{} // backend service -> waypoints routing to it
+		for wp, set := range s.waypointBackends {
+			for b := range set {
+				backed[b] = append(backed[b], wp)
+			}
+		}
+		for name, w := range m.Workloads {
+			for svc := range w.GetServices() {
+				for _, wp := range backed[svc] {
+					addTo(s.waypointWorkloads, wp, name)
+				}
+			}
 		}
 	}
 	for name, a := range m.Authorizations {
@@ -223,9 +259,9 @@ func (s *Snapshot) Model() *model.Snapshot { return s.model }
 // its node to any destination in the cluster; what is node-specific is policy. It receives the
 // authorizations that can apply to a workload on its node: mesh-wide ones, namespace-wide ones of
 // namespaces with a workload on the node, and selector-bound ones that a workload on the node
-// lists. A waypoint receives what its bound services need: those services, the workloads behind
-// them and the workloads bound to it, and no authorizations (its L7 policy is a separate
-// resource, not yet served). Every proxy receives the trust bundle. Any other role sees nothing.
+// lists. A waypoint receives what its bound services need: those services and their routes, the
+// services their routes send to, the workloads behind all of them and the workloads bound to it,
+// and no authorizations (its L7 policy is a separate resource, not yet served). Every proxy receives the trust bundle. Any other role sees nothing.
 func (s *Snapshot) visible(p *Proxy, typ, name string) bool {
 	switch p.Role {
 	case RoleZtunnel:
@@ -237,6 +273,8 @@ func (s *Snapshot) visible(p *Proxy, typ, name string) bool {
 		case TypeTrustBundle:
 			return true
 		case TypeService:
+			return s.waypointServices[p.Waypoint][name] || s.waypointBackends[p.Waypoint][name]
+		case TypeServiceRoutes:
 			return s.waypointServices[p.Waypoint][name]
 		case TypeWorkload:
 			return s.waypointWorkloads[p.Waypoint][name]
@@ -265,11 +303,43 @@ func (s *Snapshot) scoped(p *Proxy, typ string) map[string]bool {
 	}
 	switch typ {
 	case TypeService:
+		if len(s.waypointBackends[p.Waypoint]) == 0 {
+			return s.waypointServices[p.Waypoint]
+		}
+		all := maps.Clone(s.waypointServices[p.Waypoint])
+		if all == nil {
+			all = map[string]bool{}
+		}
+		maps.Copy(all, s.waypointBackends[p.Waypoint])
+		return all
+	case TypeServiceRoutes:
 		return s.waypointServices[p.Waypoint]
 	case TypeWorkload:
 		return s.waypointWorkloads[p.Waypoint]
 	}
 	return nil
+}
+
+// routeBackends lists the services a ServiceRoutes sends to (rules' backends and mirrors).
+func routeBackends(sr *routev1.ServiceRoutes) []string {
+	var out []string
+	addFilters := func(fs []*routev1.Filter) {
+		for _, f := range fs {
+			if m := f.GetMirror(); m != nil && m.GetBackend().GetService() != "" {
+				out = append(out, m.GetBackend().GetService())
+			}
+		}
+	}
+	for _, r := range sr.GetRules() {
+		addFilters(r.GetFilters())
+		for _, b := range r.GetBackends() {
+			if b.GetService() != "" {
+				out = append(out, b.GetService())
+			}
+			addFilters(b.GetFilters())
+		}
+	}
+	return out
 }
 
 // changed returns, per type, the names whose resource differs between old and new (added, changed

@@ -84,7 +84,7 @@ func newStream(p *Proxy) *stream {
 // known reports whether typ is a type this server serves.
 func known(typ string) bool {
 	switch typ {
-	case TypeWorkload, TypeService, TypeAuthorization, TypeTrustBundle:
+	case TypeWorkload, TypeService, TypeAuthorization, TypeTrustBundle, TypeServiceRoutes:
 		return true
 	}
 	return false
@@ -287,7 +287,7 @@ func (s *stream) onRequest(req *discoveryv3.DeltaDiscoveryRequest, snap *Snapsho
 // always re-evaluated in full (see changed).
 func (s *stream) onPush(snap *Snapshot, dirty map[string]map[string]struct{}) []*response {
 	var out []*response
-	for _, typ := range []string{TypeTrustBundle, TypeService, TypeWorkload, TypeAuthorization} {
+	for _, typ := range []string{TypeTrustBundle, TypeService, TypeWorkload, TypeAuthorization, TypeServiceRoutes} {
 		w, ok := s.watches[typ]
 		if !ok {
 			continue

@@ -5,8 +5,8 @@
 // the peer, then a connection to the application inside the pod's namespace.
 //
 // It never lets a connection through on a guess: no original destination, no configuration or
-// certificate within the wait bound, a destination behind a waypoint, or a denying policy all
-// close the connection. It keeps no per-connection state beyond the connection's goroutine.
+// certificate within the wait bound, an unreachable waypoint, a denying policy, or inbound traffic
+// to a waypoint-bound port that does not come from the waypoint all close the connection. It keeps no per-connection state beyond the connection's goroutine.
 package proxy
 
 import (
@@ -340,6 +340,12 @@ func (p *Proxy) authorize(ctx context.Context, pod *inpod.Pod, rec *record, src 
 	rec.srcWorkload = workloadName(cfg.WorkloadByAddr(src.Unmap()))
 	if sw := cfg.WorkloadByAddr(src.Unmap()); sw != nil && rec.srcNS == "" {
 		rec.srcNS = sw.Namespace
+	}
+	if wps := route.InboundWaypoints(cfg, w, dst.Port()); len(wps) > 0 && !route.FromWaypoint(cfg, wps, principal) {
+		rec.flags = "RBAC"
+		why := fmt.Errorf("bypasses waypoint %s: only the waypoint may connect to port %d", route.WaypointName(wps[0]), dst.Port())
+		p.access(rec, pod, netip.AddrPortFrom(src, 0), dst, start, "denied", why)
+		return fmt.Errorf("%w: %v", hbone.ErrDenied, why)
 	}
 	var pol *authz.Policies
 	if p.d.Policies != nil {

@@ -45,6 +45,7 @@ func (s staticConfig) WorkloadByAddr(a netip.Addr) *workloadv1.Workload {
 }
 func (staticConfig) ServiceByAddr(netip.AddrPort) *workloadv1.Service { return nil }
 func (staticConfig) Endpoints(string) []*workloadv1.Workload          { return nil }
+func (staticConfig) ServiceByName(string) *workloadv1.Service         { return nil }
 func (s staticConfig) WorkloadByUID(uid string) *workloadv1.Workload {
 	for _, w := range s.ws {
 		if w.Uid == uid {

@@ -48,8 +48,10 @@ type Decision struct {
 	// Dst is the address the connection is for: the chosen endpoint's address and target port
 	// for a Service, the original destination otherwise.
 	Dst netip.AddrPort
-	// Gateway is where the tunnel connects (the destination pod's HBONE port).
+	// Gateway is where the tunnel connects: the destination pod's HBONE port, or its waypoint's.
 	Gateway netip.AddrPort
+	// Waypoint is the waypoint the tunnel goes through (Workload is then the waypoint's pod).
+	Waypoint *workloadv1.Service
 	// Identity is what the tunnel's peer must prove.
 	Identity identity.Identity
 	// Workload is the destination workload, when the configuration knows it.
@@ -69,6 +71,8 @@ type Lookup interface {
 	// Endpoints returns the workloads that serve the Service (Workload.services has its key,
 	// "<namespace>/<hostname>").
 	Endpoints(key string) []*workloadv1.Workload
+	// ServiceByName returns the Service named "<namespace>/<hostname>", or nil.
+	ServiceByName(key string) *workloadv1.Service
 }
 
 // Router makes decisions; it holds the round-robin position of each Service. Safe for
@@ -90,12 +94,82 @@ func (r *Router) Outbound(l Lookup, src *workloadv1.Workload, orig netip.AddrPor
 	if w == nil {
 		return Decision{Kind: Passthrough, Dst: orig} // not in the configuration: outside the mesh
 	}
+	if w.Waypoint != nil {
+		return r.viaWaypoint(l, w.Waypoint, orig, nil)
+	}
 	return toWorkload(w, orig, nil)
+}
+
+// viaWaypoint sends a connection for orig (a Service's address, or a bound workload's) to the
+// waypoint g over HBONE, with orig as the authority: the waypoint routes it on. A waypoint that
+// cannot be reached refuses the connection: it never goes around the waypoint.
+func (r *Router) viaWaypoint(l Lookup, g *workloadv1.GatewayAddress, orig netip.AddrPort, svc *workloadv1.Service) Decision {
+	port := uint16(g.GetHboneMtlsPort())
+	if port == 0 {
+		port = mesh.PortHBONE
+	}
+	refuse := func(why string) Decision {
+		return Decision{Kind: Refuse, Service: svc, Reason: fmt.Sprintf("%s is bound to waypoint %s, which %s", dstName(svc, orig), WaypointName(g), why)}
+	}
+	var pods []*workloadv1.Workload
+	if h := g.GetHostname(); h != nil {
+		key := h.GetNamespace() + "/" + h.GetHostname()
+		for _, w := range l.Endpoints(key) {
+			if w.Status == workloadv1.WorkloadStatus_HEALTHY {
+				pods = append(pods, w)
+			}
+		}
+		if len(pods) == 0 {
+			return refuse("has no ready pod")
+		}
+		ctr, _ := r.rr.LoadOrStore("waypoint:"+key, new(atomic.Uint64))
+		pods = pods[(ctr.(*atomic.Uint64).Add(1)-1)%uint64(len(pods)):][:1]
+	} else if a, ok := netip.AddrFromSlice(g.GetAddress()); ok {
+		w := l.WorkloadByAddr(a.Unmap())
+		if w == nil {
+			return refuse("is not a known workload")
+		}
+		pods = []*workloadv1.Workload{w}
+	} else {
+		return refuse("has no address")
+	}
+	wp := pods[0]
+	addr, ok := addrOfFamily(wp, orig.Addr().Is4())
+	if !ok {
+		return refuse(fmt.Sprintf("has no address of the family of %s", orig.Addr()))
+	}
+	id := identity.Identity{TrustDomain: wp.TrustDomain, Namespace: wp.Namespace, ServiceAccount: wp.ServiceAccount}
+	if err := id.Validate(); err != nil {
+		return refuse(fmt.Sprintf("has no valid identity: %v", err))
+	}
+	var via *workloadv1.Service
+	if h := g.GetHostname(); h != nil {
+		via = l.ServiceByName(h.GetNamespace() + "/" + h.GetHostname())
+	}
+	return Decision{Kind: Tunnel, Dst: orig, Gateway: netip.AddrPortFrom(addr, port), Identity: id, Workload: wp, Service: svc, Waypoint: via}
+}
+
+// WaypointName names a waypoint for logs: its Service's "<namespace>/<hostname>", or its address.
+func WaypointName(g *workloadv1.GatewayAddress) string {
+	if h := g.GetHostname(); h != nil {
+		return h.GetNamespace() + "/" + h.GetHostname()
+	}
+	if a, ok := netip.AddrFromSlice(g.GetAddress()); ok {
+		return a.String()
+	}
+	return "(none)"
+}
+
+func dstName(svc *workloadv1.Service, orig netip.AddrPort) string {
+	if svc != nil {
+		return "service " + ServiceKey(svc)
+	}
+	return orig.String()
 }
 
 func (r *Router) viaService(l Lookup, src *workloadv1.Workload, svc *workloadv1.Service, orig netip.AddrPort) Decision {
 	if svc.Waypoint != nil {
-		return Decision{Kind: Refuse, Service: svc, Reason: fmt.Sprintf("service %s is bound to a waypoint, and the waypoint hop is not supported yet", ServiceKey(svc))}
+		return r.viaWaypoint(l, svc.Waypoint, orig, svc)
 	}
 	key := ServiceKey(svc)
 	eps := l.Endpoints(key)
@@ -139,9 +213,6 @@ type endpoint struct {
 
 // toWorkload sends to a known workload: over HBONE when it is in the mesh, in plain TCP otherwise.
 func toWorkload(w *workloadv1.Workload, dst netip.AddrPort, svc *workloadv1.Service) Decision {
-	if w.Waypoint != nil && svc == nil {
-		return Decision{Kind: Refuse, Workload: w, Reason: fmt.Sprintf("workload %s/%s is bound to a waypoint, and the waypoint hop is not supported yet", w.Namespace, w.Name)}
-	}
 	if w.TunnelProtocol != workloadv1.TunnelProtocol_HBONE {
 		return Decision{Kind: Passthrough, Dst: dst, Workload: w, Service: svc}
 	}
@@ -192,4 +263,51 @@ func localityScore(src, w *workloadv1.Workload) int {
 		return 2
 	}
 	return 3
+}
+
+// InboundWaypoints returns the waypoints that traffic to workload w on port (a port the workload
+// listens on) must come through: its own, and that of every Service bound to a waypoint that w
+// serves on that port. Traffic to such a port from anyone else would skip the waypoint's policy.
+func InboundWaypoints(l Lookup, w *workloadv1.Workload, port uint16) []*workloadv1.GatewayAddress {
+	var out []*workloadv1.GatewayAddress
+	if w.Waypoint != nil {
+		out = append(out, w.Waypoint)
+	}
+	for key, pl := range w.Services {
+		svc := l.ServiceByName(key)
+		if svc == nil || svc.Waypoint == nil {
+			continue
+		}
+		for _, p := range pl.GetPorts() {
+			if tp := p.TargetPort; tp == uint32(port) || (tp == 0 && p.ServicePort == uint32(port)) {
+				out = append(out, svc.Waypoint)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// FromWaypoint reports whether principal ("<trust domain>/ns/<ns>/sa/<sa>") is the identity of
+// a pod of one of the waypoints.
+func FromWaypoint(l Lookup, wps []*workloadv1.GatewayAddress, principal string) bool {
+	if principal == "" {
+		return false
+	}
+	for _, g := range wps {
+		var pods []*workloadv1.Workload
+		if h := g.GetHostname(); h != nil {
+			pods = l.Endpoints(h.GetNamespace() + "/" + h.GetHostname())
+		} else if a, ok := netip.AddrFromSlice(g.GetAddress()); ok {
+			if w := l.WorkloadByAddr(a.Unmap()); w != nil {
+				pods = []*workloadv1.Workload{w}
+			}
+		}
+		for _, p := range pods {
+			if p.TrustDomain+"/ns/"+p.Namespace+"/sa/"+p.ServiceAccount == principal {
+				return true
+			}
+		}
+	}
+	return false
 }

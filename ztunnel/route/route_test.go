@@ -49,6 +49,15 @@ func (t table) Endpoints(key string) []*workloadv1.Workload {
 	return out
 }
 
+func (t table) ServiceByName(key string) *workloadv1.Service {
+	for _, s := range t.svc {
+		if ServiceKey(s) == key {
+			return s
+		}
+	}
+	return nil
+}
+
 func ip(s string) []byte { return netip.MustParseAddr(s).AsSlice() }
 
 type wopt func(*workloadv1.Workload)
@@ -102,8 +111,8 @@ func TestOutbound(t *testing.T) {
 		{"service with no ready endpoint refuses", []*workloadv1.Workload{src, wl("e1", "10.1.0.4", inMesh, unhealthy, serves(key, 80, 8080))}, "10.96.0.10:80", Refuse, "", ""},
 		{"endpoint that does not serve the port is skipped", []*workloadv1.Workload{src, wl("e1", "10.1.0.4", inMesh, serves(key, 81, 8081))}, "10.96.0.10:80", Refuse, "", ""},
 		{"same zone first", []*workloadv1.Workload{src, wl("far", "10.1.0.6", inMesh, zone("b"), serves(key, 80, 8080)), wl("near", "10.1.0.7", inMesh, zone("a"), serves(key, 80, 8080))}, "10.96.0.10:80", Tunnel, "10.1.0.7:8080", "spiffe://cluster.local/ns/shop/sa/near"},
-		{"waypoint-bound service refuses rather than skip the waypoint", []*workloadv1.Workload{src}, "10.96.0.11:80", Refuse, "", ""},
-		{"waypoint-bound workload refuses", []*workloadv1.Workload{src, func() *workloadv1.Workload {
+		{"waypoint-bound service whose waypoint is unknown refuses rather than skip it", []*workloadv1.Workload{src}, "10.96.0.11:80", Refuse, "", ""},
+		{"waypoint-bound workload whose waypoint is unknown refuses", []*workloadv1.Workload{src, func() *workloadv1.Workload {
 			w := wl("db", "10.1.0.3", inMesh)
 			w.Waypoint = waypointSvc.Waypoint
 			return w
@@ -156,6 +165,52 @@ func TestRoundRobin(t *testing.T) {
 		if seen[n] != 10 {
 			t.Errorf("round robin over 3 endpoints, 30 connections: %v", seen)
 			break
+		}
+	}
+}
+
+func TestWaypointHop(t *testing.T) {
+	const wpKey = "shop/wp.shop.svc.cluster.local"
+	wpAddr := &workloadv1.GatewayAddress{HboneMtlsPort: 15008, Destination: &workloadv1.GatewayAddress_Hostname{
+		Hostname: &workloadv1.NamespacedHostname{Namespace: "shop", Hostname: "wp.shop.svc.cluster.local"}}}
+	wpSvc := &workloadv1.Service{Name: "wp", Namespace: "shop", Hostname: "wp.shop.svc.cluster.local",
+		Addresses: [][]byte{ip("10.96.0.20")}, Ports: []*workloadv1.Port{{ServicePort: 15008, TargetPort: 15008}}}
+	bound := &workloadv1.Service{Name: "echo", Namespace: "shop", Hostname: "echo.shop.svc.cluster.local",
+		Addresses: [][]byte{ip("10.96.0.10")}, Ports: []*workloadv1.Port{{ServicePort: 80, TargetPort: 8080}}, Waypoint: wpAddr}
+	const key = "shop/echo.shop.svc.cluster.local"
+	src := wl("client", "10.1.0.1", inMesh)
+	wpPod := wl("wp", "10.1.0.50", serves(wpKey, 15008, 15008)) // not in the mesh: it speaks HBONE itself
+	backend := wl("e1", "10.1.0.4", inMesh, serves(key, 80, 8080))
+	l := table{ws: []*workloadv1.Workload{src, wpPod, backend}, svc: []*workloadv1.Service{wpSvc, bound}}
+
+	var r Router
+	d := r.Outbound(l, src, netip.MustParseAddrPort("10.96.0.10:80"))
+	if d.Kind != Tunnel || d.Gateway.String() != "10.1.0.50:15008" || d.Dst.String() != "10.96.0.10:80" ||
+		d.Identity.String() != "spiffe://cluster.local/ns/shop/sa/wp" || d.Waypoint != wpSvc {
+		t.Fatalf("service bound to a waypoint: got %v to %s via %s as %s (%s), want HBONE to the waypoint pod with the VIP as authority",
+			d.Kind, d.Dst, d.Gateway, d.Identity, d.Reason)
+	}
+
+	unready := wl("wp", "10.1.0.50", unhealthy, serves(wpKey, 15008, 15008))
+	if d := r.Outbound(table{ws: []*workloadv1.Workload{src, unready, backend}, svc: l.svc}, src, netip.MustParseAddrPort("10.96.0.10:80")); d.Kind != Refuse {
+		t.Errorf("waypoint without a ready pod: %v, want refuse (never around the waypoint)", d.Kind)
+	}
+
+	// Inbound: the backend's port 8080 serves the bound service; only the waypoint may reach it.
+	wps := InboundWaypoints(l, backend, 8080)
+	if len(wps) != 1 || WaypointName(wps[0]) != wpKey {
+		t.Fatalf("inbound waypoints of port 8080 = %v, want %s", wps, wpKey)
+	}
+	if len(InboundWaypoints(l, backend, 9090)) != 0 {
+		t.Error("a port no bound service uses needs no waypoint")
+	}
+	for principal, want := range map[string]bool{
+		"cluster.local/ns/shop/sa/wp":     true,
+		"cluster.local/ns/shop/sa/client": false,
+		"":                                false,
+	} {
+		if got := FromWaypoint(l, wps, principal); got != want {
+			t.Errorf("FromWaypoint(%q) = %v, want %v", principal, got, want)
 		}
 	}
 }

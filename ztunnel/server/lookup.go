@@ -29,6 +29,7 @@ func newLookup(st *xdsclient.State) *lookup {
 func (l *lookup) WorkloadByAddr(a netip.Addr) *workloadv1.Workload    { return l.st.WorkloadByAddr(a) }
 func (l *lookup) ServiceByAddr(ap netip.AddrPort) *workloadv1.Service { return l.st.ServiceByVIP(ap) }
 func (l *lookup) Endpoints(key string) []*workloadv1.Workload         { return l.endpoints[key] }
+func (l *lookup) ServiceByName(key string) *workloadv1.Service        { return l.st.Service(key) }
 func (l *lookup) WorkloadByUID(uid string) *workloadv1.Workload       { return l.st.Workload(uid) }
 
 // current gives the lookup of the store's latest State, built once per State.

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	cav1 "github.com/ambient-mesh/ambient/api/ca/v1"
+	routev1 "github.com/ambient-mesh/ambient/api/route/v1"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
 )
 
@@ -61,6 +62,9 @@ func apply(prev *State, resp *discoveryv3.DeltaDiscoveryResponse, v Validator) (
 	case TypeAuthorization:
 		next.authz, _, _, rej = applyTable(typ, prev.authz, resp, func() *workloadv1.Authorization { return new(workloadv1.Authorization) }, checkAuthorization, v)
 		changed = next.authz != nil
+	case TypeServiceRoutes:
+		next.routes, _, _, rej = applyTable(typ, prev.routes, resp, func() *routev1.ServiceRoutes { return new(routev1.ServiceRoutes) }, checkRoutes, v)
+		changed = next.routes != nil
 	case TypeTrustBundle:
 		var b map[string]entry[*cav1.TrustBundle]
 		held := map[string]entry[*cav1.TrustBundle]{}
@@ -227,6 +231,13 @@ func checkService(name string, s *workloadv1.Service) error {
 func checkAuthorization(name string, a *workloadv1.Authorization) error {
 	if a.GetName() == "" || a.GetNamespace()+"/"+a.GetName() != name {
 		return fmt.Errorf("namespace %q and name %q do not make the resource name", a.GetNamespace(), a.GetName())
+	}
+	return nil
+}
+
+func checkRoutes(name string, r *routev1.ServiceRoutes) error {
+	if r.GetHostname() == "" || r.GetNamespace()+"/"+r.GetHostname() != name {
+		return fmt.Errorf("namespace %q and hostname %q do not make the resource name", r.GetNamespace(), r.GetHostname())
 	}
 	return nil
 }

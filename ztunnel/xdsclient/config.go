@@ -17,6 +17,8 @@ const (
 	TypeService       = "type.googleapis.com/ambient.workload.v1.Service"
 	TypeAuthorization = "type.googleapis.com/ambient.workload.v1.Authorization"
 	TypeTrustBundle   = "type.googleapis.com/ambient.ca.v1.TrustBundle"
+	// TypeServiceRoutes is served to waypoints only.
+	TypeServiceRoutes = "type.googleapis.com/ambient.route.v1.ServiceRoutes"
 )
 
 // TrustBundleName is the name of the single TrustBundle resource.
@@ -25,6 +27,9 @@ const TrustBundleName = "trust-bundle"
 // knownTypes are the types this client can decode, in the order it subscribes to them: the trust
 // bundle and services before the workloads that refer to them, as the server pushes them.
 var knownTypes = []string{TypeTrustBundle, TypeService, TypeWorkload, TypeAuthorization}
+
+// WaypointTypes are the types a waypoint subscribes to.
+var WaypointTypes = []string{TypeTrustBundle, TypeService, TypeWorkload, TypeServiceRoutes}
 
 // DefaultServerName is the name istiod-lite's serving certificate carries.
 const DefaultServerName = "istiod-lite.istio-system.svc"
@@ -99,7 +104,7 @@ func (c Config) Validate() error {
 	}
 	seen := map[string]bool{}
 	for _, t := range c.Types {
-		if !slices.Contains(knownTypes, t) {
+		if !slices.Contains(knownTypes, t) && t != TypeServiceRoutes {
 			errs = append(errs, fmt.Errorf("unknown type %q in Types", t))
 		} else if seen[t] {
 			errs = append(errs, fmt.Errorf("type %q listed twice in Types", t))

@@ -2,12 +2,18 @@ package xdsclient
 
 import (
 	"crypto/x509"
+	"errors"
 	"iter"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+
 	cav1 "github.com/ambient-mesh/ambient/api/ca/v1"
+	routev1 "github.com/ambient-mesh/ambient/api/route/v1"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
 )
 
@@ -26,6 +32,7 @@ type State struct {
 	services  map[string]entry[*workloadv1.Service] // by "<namespace>/<hostname>"
 	byVIP     index[netip.AddrPort, *workloadv1.Service]
 	authz     map[string]entry[*workloadv1.Authorization] // by "<namespace>/<name>"
+	routes    map[string]entry[*routev1.ServiceRoutes]    // by service, "<namespace>/<hostname>"
 	bundle    *bundle                                     // nil: none
 }
 
@@ -43,6 +50,7 @@ func emptyState() *State {
 		services:  map[string]entry[*workloadv1.Service]{},
 		byVIP:     newIndex(serviceKeys, serviceName),
 		authz:     map[string]entry[*workloadv1.Authorization]{},
+		routes:    map[string]entry[*routev1.ServiceRoutes]{},
 	}
 }
 
@@ -80,6 +88,12 @@ func (s *State) Authorizations() iter.Seq2[string, *workloadv1.Authorization] {
 	return messages(s.authz)
 }
 
+// Routes returns the routes of the service named "<namespace>/<hostname>" (waypoints only).
+func (s *State) Routes(name string) *routev1.ServiceRoutes { return s.routes[name].msg }
+
+// AllRoutes iterates over the routes by service, in no order.
+func (s *State) AllRoutes() iter.Seq2[string, *routev1.ServiceRoutes] { return messages(s.routes) }
+
 // TrustBundle returns the trust bundle, nil before one was received or after it was removed.
 func (s *State) TrustBundle() *cav1.TrustBundle {
 	if s.bundle == nil {
@@ -105,6 +119,8 @@ func (s *State) Len(typeURL string) int {
 		return len(s.services)
 	case TypeAuthorization:
 		return len(s.authz)
+	case TypeServiceRoutes:
+		return len(s.routes)
 	case TypeTrustBundle:
 		if s.bundle != nil {
 			return 1
@@ -124,6 +140,8 @@ func (s *State) versions(typeURL string) map[string]string {
 		addVersions(out, s.services)
 	case TypeAuthorization:
 		addVersions(out, s.authz)
+	case TypeServiceRoutes:
+		addVersions(out, s.routes)
 	case TypeTrustBundle:
 		if s.bundle != nil {
 			out[TrustBundleName] = s.bundle.version
@@ -194,4 +212,25 @@ func (s *Store) publish(st *State) {
 		default: // one is pending already
 		}
 	}
+}
+
+// Put applies resources as if the server had sent them (name, message pairs of one type per
+// call), for tests of what reads a Store and for tools that replay a configuration dump. It
+// returns the first resource refused.
+func (s *Store) Put(typeURL string, resources map[string]proto.Message) error {
+	resp := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: typeURL}
+	for name, m := range resources {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			return err
+		}
+		resp.Resources = append(resp.Resources, &discoveryv3.Resource{Name: name, Version: "put",
+			Resource: &anypb.Any{TypeUrl: typeURL, Value: b}})
+	}
+	next, rej := apply(s.Load(), resp, nil)
+	if len(rej) > 0 {
+		return errors.New(rej[0].String())
+	}
+	s.publish(next)
+	return nil
 }

@@ -1,0 +1,222 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/ambient-mesh/ambient/api/mesh"
+	"github.com/ambient-mesh/ambient/e2e/images"
+	"github.com/ambient-mesh/ambient/e2e/lab"
+)
+
+// TestWaypointL7 binds a namespace to its waypoint (a Gateway of class istio-waypoint, deployed
+// by istiod-lite and run from the ambient/waypoint image) and sends HTTP from an enrolled pod to
+// its Services, as an application does (the connection is captured and carried by ztunnel to the
+// waypoint over HBONE). It checks an HTTPRoute's header canary, a 90/10 split within ±5% over
+// 1000 requests, a redirect, a request header added, a retry that hides a failing endpoint,
+// Accepted route status, the waypoint's request metrics, and that a pod of a bound Service is
+// not reachable around the waypoint.
+func TestWaypointL7(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	cs := client(t)
+	installMesh(t, cs)
+	ns := newNamespace(t, cs, "l7")
+	labelNamespace(t, cs, ns, mesh.DataplaneModeAmbient)
+	manifest, err := os.ReadFile("testdata/waypoint.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply(t, ns, manifest)
+	eventually(t, 90*time.Second, "the waypoint, echo pods and client ready", func() bool {
+		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false
+		}
+		ready := 0
+		for i := range pods.Items {
+			p := &pods.Items[i]
+			if podReady(p) || p.Name == "client" && p.Status.Phase == corev1.PodRunning {
+				ready++
+			}
+		}
+		return ready == 5 // wp, echo-v1, echo-v2, broken, client
+	})
+	eventually(t, 30*time.Second, "every pod enabled", func() bool { return allAnnotated(t, cs, ns, mesh.RedirectionEnabled) })
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		wps, _ := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "gateway.networking.k8s.io/gateway-name=wp"})
+		for i := range wps.Items {
+			t.Logf("waypoint %s log:\n%s", wps.Items[i].Name, containerLog(t, &wps.Items[i], "waypoint"))
+		}
+		zts, _ := cs.CoreV1().Pods("istio-system").List(context.Background(), metav1.ListOptions{LabelSelector: "app=ztunnel"})
+		for i := range zts.Items {
+			var lines []string
+			for _, l := range strings.Split(containerLog(t, &zts.Items[i], "ztunnel"), "\n") {
+				if strings.Contains(l, ns) {
+					lines = append(lines, l)
+				}
+			}
+			t.Logf("ztunnel %s, the last lines about %s:\n%s", zts.Items[i].Name, ns, strings.Join(lines[max(0, len(lines)-8):], "\n"))
+		}
+	})
+	patch := fmt.Sprintf(`{"metadata":{"labels":{%q:"wp"}}}`, mesh.LabelUseWaypoint)
+	if _, err := cs.CoreV1().Namespaces().Patch(ctx, ns, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, svc := range []string{"echo", "flaky"} {
+		eventually(t, 30*time.Second, "Service "+svc+" bound to the waypoint", func() bool {
+			return kubectl(t, "-n", ns, "get", "service", svc, "-o",
+				`jsonpath={.status.conditions[?(@.type=="istio.io/WaypointBound")].status}`) == "True"
+		})
+	}
+	clientBin := filepath.Join(labCfg.BinDir, "client")
+	// requests runs the client program in the client pod (its connections captured like any
+	// application's): n GETs of url with headers, one result each.
+	requests := func(n int, url string, headers ...string) []images.Result {
+		t.Helper()
+		args := []string{"-timeout", "5s"}
+		for _, h := range headers {
+			args = append(args, "-header", h)
+		}
+		out, err := lab.Exec(ctx, labCfg, ns, "client", append(append([]string{clientBin}, args...), "requests", strconv.Itoa(n), url)...)
+		if err != nil {
+			t.Fatalf("client requests %s: %v: %s", url, err, out)
+		}
+		var rs []images.Result
+		dec := json.NewDecoder(strings.NewReader(out))
+		for {
+			var r images.Result
+			if err := dec.Decode(&r); err == io.EOF {
+				break
+			} else if err != nil {
+				t.Fatalf("client output %q: %v", out, err)
+			}
+			rs = append(rs, r)
+		}
+		if len(rs) != n {
+			t.Fatalf("client requests %s: %d results, want %d", url, len(rs), n)
+		}
+		return rs
+	}
+	echo, flaky := "http://echo."+ns, "http://flaky."+ns
+
+	// Through the waypoint without a route: the Service's own endpoints answer.
+	eventually(t, 60*time.Second, "a request through the waypoint", func() bool {
+		return requests(1, echo+"/")[0].Code == 200
+	})
+
+	routes, err := os.ReadFile("testdata/waypoint-routes.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply(t, ns, routes)
+	for _, r := range []string{"echo", "flaky"} {
+		eventually(t, 60*time.Second, "HTTPRoute "+r+" Accepted", func() bool {
+			return kubectl(t, "-n", ns, "get", "httproute", r, "-o",
+				`jsonpath={.status.parents[0].conditions[?(@.type=="Accepted")].status}`) == "True"
+		})
+	}
+
+	// Header canary: every request with the header goes to v2.
+	eventually(t, 60*time.Second, "the canary rule applied", func() bool {
+		return requests(1, echo+"/", "X-Canary: true")[0].Pod == "echo-v2"
+	})
+	for i, r := range requests(20, echo+"/", "X-Canary: true") {
+		if r.Code != 200 || r.Pod != "echo-v2" {
+			t.Fatalf("canary request %d: %+v; want 200 from echo-v2", i, r)
+		}
+	}
+
+	// 90/10 split, with the rule's request header added.
+	counts := map[string]int{}
+	for i, r := range requests(1000, echo+"/split") {
+		if r.Code != 200 {
+			t.Fatalf("split request %d: %+v", i, r)
+		}
+		if got := r.Headers["X-Routed-By"]; len(got) != 1 || got[0] != "waypoint" {
+			t.Fatalf("split request %d: X-Routed-By = %q, want the route's header", i, got)
+		}
+		counts[r.Pod]++
+	}
+	if v2 := counts["echo-v2"]; v2 < 50 || v2 > 150 || counts["echo-v1"]+v2 != 1000 {
+		t.Errorf("1000 requests split %v; want echo-v2 at 10%% ± 5%%", counts)
+	}
+	t.Logf("90/10 split over 1000 requests: %v", counts)
+
+	// Redirect, answered by the waypoint itself.
+	if r := requests(1, echo+"/old/page?q=1")[0]; r.Code != 301 || !strings.HasSuffix(r.Location, "/new/page?q=1") {
+		t.Errorf("redirect = %+v; want 301 to /new/page?q=1", r)
+	}
+
+	// The broken pod always answers 503; retries on 503 hide it.
+	for i, r := range requests(40, flaky+"/") {
+		if r.Code != 200 {
+			t.Fatalf("flaky request %d: %+v; want the retry to hide the broken pod", i, r)
+		}
+	}
+
+	// Around the waypoint: straight to a pod of a bound Service is refused by its ztunnel.
+	v1, err := cs.CoreV1().Pods(ns).Get(ctx, "echo-v1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := requests(1, "http://"+v1.Status.PodIP+":8080/")[0]; r.Err == "" {
+		t.Errorf("a request around the waypoint to echo-v1's pod IP got %+v; want it refused", r)
+	}
+
+	// The waypoint reports what it did, as Istio's waypoints do.
+	wps, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "gateway.networking.k8s.io/gateway-name=wp"})
+	if err != nil || len(wps.Items) != 1 {
+		t.Fatalf("waypoint pods: %v, %v", wps, err)
+	}
+	text := fetchMetrics(t, ctx, wps.Items[0].Status.PodIP)
+	for _, want := range []string{`reporter="waypoint"`, `destination_workload="echo-v2"`, `response_code="200"`,
+		`source_principal="cluster.local/ns/` + ns + `/sa/default"`} {
+		if !strings.Contains(text, "istio_requests_total{") || !strings.Contains(text, want) {
+			t.Errorf("waypoint metrics lack istio_requests_total with %s", want)
+		}
+	}
+}
+
+// fetchMetrics reads a component's Prometheus metrics from the first node's namespace.
+func fetchMetrics(t testing.TB, ctx context.Context, podIP string) string {
+	t.Helper()
+	tr := &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+		return lab.DialInNetns(ctx, lab.NodeAt(1).Netns, addr)
+	}}
+	defer tr.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s:%d/metrics", podIP, mesh.PortMetrics), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}

@@ -1,0 +1,107 @@
+package proxy
+
+// softDeadlines lets net/http's servers use their read deadlines on an HBONE tunnel.
+//
+// A tunnel cannot abandon a blocked Read and stay in a known state with its peer, so a read
+// deadline that passes resets it (ztunnel/hbone). net/http's server, though, aborts its
+// background read after each request by setting a read deadline in the past, and expects the
+// connection to go on; on a tunnel that reset the client's next request or the end of a
+// response. Here the tunnel is read by one goroutine of its own, and Read waits for that
+// goroutine's data or for the deadline, whichever comes first: a deadline only ever ends a Read,
+// never the tunnel. Write deadlines are not used by the servers here and are ignored.
+
+import (
+	"net"
+	"os"
+	"sync"
+	"time"
+)
+
+type softDeadlines struct {
+	net.Conn
+	start    sync.Once
+	data     chan []byte   // chunks read by the pump; closed at the first error
+	consumed chan struct{} // the pump may reuse its buffer
+	readErr  error         // set before data is closed
+	pending  []byte        // the unread rest of the last chunk (Read's goroutine only)
+
+	mu       sync.Mutex
+	deadline time.Time
+	changed  chan struct{} // closed when the deadline changes
+}
+
+func newSoftDeadlines(c net.Conn) *softDeadlines {
+	return &softDeadlines{Conn: c, data: make(chan []byte), consumed: make(chan struct{}, 1), changed: make(chan struct{})}
+}
+
+func (c *softDeadlines) pump() {
+	buf := make([]byte, 16<<10)
+	for {
+		n, err := c.Conn.Read(buf)
+		if n > 0 {
+			c.data <- buf[:n]
+			<-c.consumed
+		}
+		if err != nil {
+			c.readErr = err
+			close(c.data)
+			return
+		}
+	}
+}
+
+func (c *softDeadlines) Read(b []byte) (int, error) {
+	if len(c.pending) > 0 {
+		return c.take(b), nil
+	}
+	c.start.Do(func() { go c.pump() })
+	for {
+		c.mu.Lock()
+		dl, changed := c.deadline, c.changed
+		c.mu.Unlock()
+		var expired <-chan time.Time
+		if !dl.IsZero() {
+			d := time.Until(dl)
+			if d <= 0 {
+				return 0, os.ErrDeadlineExceeded
+			}
+			t := time.NewTimer(d)
+			defer t.Stop()
+			expired = t.C
+		}
+		select {
+		case p, ok := <-c.data:
+			if !ok {
+				return 0, c.readErr
+			}
+			c.pending = p
+			return c.take(b), nil
+		case <-expired:
+			return 0, os.ErrDeadlineExceeded
+		case <-changed:
+		}
+	}
+}
+
+// take copies from the pending chunk and lets the pump go on once it is used up.
+func (c *softDeadlines) take(b []byte) int {
+	n := copy(b, c.pending)
+	c.pending = c.pending[n:]
+	if len(c.pending) == 0 {
+		c.consumed <- struct{}{}
+	}
+	return n
+}
+
+func (c *softDeadlines) SetReadDeadline(t time.Time) error {
+	c.mu.Lock()
+	c.deadline = t
+	close(c.changed)
+	c.changed = make(chan struct{})
+	c.mu.Unlock()
+	return nil
+}
+
+func (c *softDeadlines) SetWriteDeadline(time.Time) error { return nil }
+
+func (c *softDeadlines) SetDeadline(t time.Time) error { return c.SetReadDeadline(t) }

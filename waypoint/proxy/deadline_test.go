@@ -1,0 +1,49 @@
+package proxy
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"testing"
+	"time"
+)
+
+// resetOnDeadline is a conn that, like an HBONE tunnel, breaks for good when a read deadline
+// is set in the past.
+type resetOnDeadline struct{ net.Conn }
+
+func (c resetOnDeadline) SetReadDeadline(t time.Time) error {
+	if !t.IsZero() && !t.After(time.Now()) {
+		c.Conn.Close()
+	}
+	return nil
+}
+
+func TestSoftDeadlinesNeverEndTheConn(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	c := newSoftDeadlines(resetOnDeadline{a})
+	defer c.Close()
+	// A read blocked when the deadline passes returns a timeout, as net/http expects.
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Read(make([]byte, 8))
+		errc <- err
+	}()
+	_ = c.SetReadDeadline(time.Unix(1, 0))
+	if err := <-errc; !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read with a past deadline: %v, want os.ErrDeadlineExceeded", err)
+	}
+	// Cleared, the connection goes on: what the peer sends arrives whole.
+	_ = c.SetReadDeadline(time.Time{})
+	go func() { _, _ = b.Write([]byte("hello, world")) }()
+	got := make([]byte, 12)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "hello, world" {
+		t.Fatalf("after the deadline: %q, %v", got, err)
+	}
+	b.Close()
+	if _, err := c.Read(got); err != io.EOF {
+		t.Errorf("after the peer closed: %v, want EOF", err)
+	}
+}

@@ -1,0 +1,399 @@
+package proxy
+
+// HTTP handling: one tunnel's requests, routed by the Service's rules.
+//
+// Rules kept here (Gateway API HTTPRoute semantics, DESIGN.md §2):
+//   - The first rule that matches applies; without one the request goes to the Service itself.
+//   - Filters run in the order written; a redirect answers at once. Request header modifiers,
+//     rewrites and mirrors apply before the backend is chosen, then the backend's own filters.
+//   - A rule with no usable backend (none, weights of 0, or a reference that did not resolve)
+//     answers 500; a backend without a ready endpoint 503; a timeout 504.
+//   - A retried request is replayed from a buffered copy of its body (up to maxReplayBody);
+//     a larger body is sent once. Upgrades (WebSocket) are never retried.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	routev1 "github.com/ambient-mesh/ambient/api/route/v1"
+	"github.com/ambient-mesh/ambient/waypoint/route"
+)
+
+// maxReplayBody bounds the request body kept to replay a retried or mirrored request.
+const maxReplayBody = 1 << 20
+
+// serveHTTP serves HTTP/1.1 or cleartext HTTP/2 (by its preface) requests on c until the client
+// closes it or ctx ends.
+func (p *Proxy) serveHTTP(ctx context.Context, c net.Conn, t *tunnel) {
+	done := make(chan struct{})
+	var once sync.Once
+	finish := func() { once.Do(func() { close(done) }) }
+	var hijacked atomic.Bool
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			p.serveRequest(w, r, t)
+			if hijacked.Load() {
+				finish() // an upgraded connection ends with its handler
+			}
+		}),
+		Protocols:         &protos,
+		ReadHeaderTimeout: 30 * time.Second,
+		IdleTimeout:       5 * time.Minute,
+		ConnState: func(_ net.Conn, s http.ConnState) {
+			switch s {
+			case http.StateHijacked:
+				hijacked.Store(true)
+			case http.StateClosed:
+				finish()
+			}
+		},
+		ErrorLog: slog.NewLogLogger(p.d.Log.Handler(), slog.LevelDebug),
+	}
+	go func() { _ = srv.Serve(&oneConn{c: c, done: done}) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		c.Close()
+		<-done
+	}
+}
+
+// oneConn is a listener that yields one connection, then blocks until done.
+type oneConn struct {
+	mu   sync.Mutex
+	c    net.Conn
+	done chan struct{}
+}
+
+func (l *oneConn) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	c := l.c
+	l.c = nil
+	l.mu.Unlock()
+	if c != nil {
+		return c, nil
+	}
+	<-l.done
+	return nil, net.ErrClosed
+}
+func (l *oneConn) Close() error   { return nil }
+func (l *oneConn) Addr() net.Addr { return &net.TCPAddr{} }
+
+// serveRequest routes one request.
+func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, t *tunnel) {
+	start := p.d.Now()
+	v := p.cur.get()
+	key := t.svc.Namespace + "/" + t.svc.Hostname
+	rec := p.newRecord(t)
+	rec.method, rec.path, rec.proto = r.Method, r.URL.Path, protoName(r)
+	sw := &statusWriter{ResponseWriter: w}
+	defer func() { p.finish(rec, sw, r, start) }()
+
+	var rule *route.Rule
+	if tb := v.tables[key]; tb != nil {
+		rule = tb.Select(r, t.port, rec.srcNS)
+	}
+	be := &routev1.Backend{Service: key, Port: uint32(t.port), Weight: 1}
+	var pr *routev1.Rule
+	var respMods []*routev1.HeaderModifier
+	var mirrors []*routev1.Mirror
+	if rule != nil {
+		pr = rule.Proto
+		rec.route = pr.Route
+		if handled := p.applyFilters(sw, r, pr.Match, pr.Filters, &respMods, &mirrors); handled {
+			return
+		}
+		be = route.PickBackend(pr.Backends, func(n uint64) uint64 { return rand.Uint64N(n) })
+		if be == nil || be.Service == "" {
+			rec.flags = "NR"
+			http.Error(sw, "no valid backend for this route", http.StatusInternalServerError)
+			return
+		}
+		if handled := p.applyFilters(sw, r, pr.Match, be.Filters, &respMods, &mirrors); handled {
+			return
+		}
+	}
+	rec.dstService = be.Service
+	p.forward(sw, r, v, be, pr, respMods, mirrors, rec)
+}
+
+// applyFilters applies a rule's or backend's filters to r; it reports whether it answered the
+// request itself (a redirect).
+func (p *Proxy) applyFilters(w http.ResponseWriter, r *http.Request, m *routev1.Match, fs []*routev1.Filter,
+	respMods *[]*routev1.HeaderModifier, mirrors *[]*routev1.Mirror,
+) bool {
+	for _, f := range fs {
+		switch k := f.Kind.(type) {
+		case *routev1.Filter_RequestHeaders:
+			route.ModifyHeaders(r.Header, k.RequestHeaders)
+		case *routev1.Filter_ResponseHeaders:
+			*respMods = append(*respMods, k.ResponseHeaders)
+		case *routev1.Filter_Redirect:
+			code, loc := route.RedirectTarget(r, m, k.Redirect)
+			for _, rm := range *respMods {
+				route.ModifyHeaders(w.Header(), rm)
+			}
+			w.Header().Set("Location", loc)
+			w.WriteHeader(code)
+			return true
+		case *routev1.Filter_Rewrite:
+			route.Rewrite(r, m, k.Rewrite)
+		case *routev1.Filter_Mirror:
+			*mirrors = append(*mirrors, k.Mirror)
+		}
+	}
+	return false
+}
+
+// forward sends r to backend be, with the rule's timeouts and retries.
+func (p *Proxy) forward(w *statusWriter, r *http.Request, v *view, be *routev1.Backend, pr *routev1.Rule,
+	respMods []*routev1.HeaderModifier, mirrors []*routev1.Mirror, rec *record,
+) {
+	ctx := r.Context()
+	if ms := pr.GetRequestTimeoutMs(); ms > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
+		defer cancel()
+	}
+	upgrade := r.Header.Get("Upgrade") != ""
+	retry := pr.GetRetry()
+	var body []byte
+	replay := false
+	if (retry.GetAttempts() > 0 || len(mirrors) > 0) && !upgrade {
+		if r.Body == nil || r.Body == http.NoBody {
+			replay = true
+		} else if b, err := io.ReadAll(io.LimitReader(r.Body, maxReplayBody+1)); err == nil && len(b) <= maxReplayBody {
+			body, replay = b, true
+			r.Body = io.NopCloser(bytes.NewReader(b))
+		} else if err == nil {
+			r.Body = struct {
+				io.Reader
+				io.Closer
+			}{io.MultiReader(bytes.NewReader(b), r.Body), r.Body}
+		}
+	}
+	for _, m := range mirrors {
+		if replay {
+			p.mirror(r, v, m, body)
+		}
+	}
+	at := &attempts{p: p, v: v, be: be, retry: retry, replay: replay, body: body, h2: r.ProtoMajor == 2, rec: rec,
+		backendTimeout: time.Duration(pr.GetBackendRequestTimeoutMs()) * time.Millisecond}
+	if upgrade {
+		at.retry = nil
+	}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = "upstream" // the endpoint is chosen per attempt
+			pr.Out.Host = r.Host
+		},
+		Transport:     at,
+		FlushInterval: -1,
+		ModifyResponse: func(resp *http.Response) error {
+			for _, m := range respMods {
+				route.ModifyHeaders(resp.Header, m)
+			}
+			return nil
+		},
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, err error) {
+			code := http.StatusServiceUnavailable
+			switch {
+			case errors.Is(err, context.DeadlineExceeded):
+				code, rec.flags = http.StatusGatewayTimeout, "UT"
+			case errors.Is(err, errNoEndpoint):
+				rec.flags = "UH"
+			default:
+				rec.flags = "UF"
+			}
+			rec.err = err
+			http.Error(w, http.StatusText(code), code)
+		},
+	}
+	rp.ServeHTTP(w, r.WithContext(ctx))
+}
+
+// attempts is the transport of one request: each round trip is one attempt at an endpoint of
+// the backend, repeated while the retry policy asks for it.
+type attempts struct {
+	p              *Proxy
+	v              *view
+	be             *routev1.Backend
+	retry          *routev1.Retry
+	replay         bool
+	body           []byte
+	h2             bool
+	backendTimeout time.Duration
+	rec            *record
+}
+
+func (a *attempts) RoundTrip(req *http.Request) (*http.Response, error) {
+	n := 1
+	if a.replay && a.retry != nil {
+		n += int(a.retry.Attempts)
+	}
+	var tried []netip.AddrPort
+	for i := 0; ; i++ {
+		ep, release, err := a.p.up.pick(a.v, a.be.Service, uint16(a.be.Port), tried)
+		if err != nil {
+			return nil, err
+		}
+		tried = append(tried, ep.addr)
+		a.rec.dstWorkload, a.rec.dstNS, a.rec.dstPrincipal = workloadName(ep.w), ep.w.Namespace, principalOf(ep.w)
+		resp, done, err := a.try(req, ep)
+		status := 0
+		if err == nil {
+			status = resp.StatusCode
+		}
+		if i+1 < n && route.Retryable(a.retry, status) && req.Context().Err() == nil {
+			if resp != nil {
+				_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+				resp.Body.Close()
+			}
+			done()
+			release()
+			a.rec.retries++
+			if !sleep(req.Context(), time.Duration(a.retry.BackoffMs)*time.Millisecond) {
+				return nil, req.Context().Err()
+			}
+			continue
+		}
+		if err != nil {
+			done()
+			release()
+			return nil, err
+		}
+		if resp.StatusCode == http.StatusSwitchingProtocols {
+			release() // the upgraded stream is not a request in flight
+			return resp, nil
+		}
+		resp.Body = &doneBody{ReadCloser: resp.Body, done: func() { done(); release() }}
+		return resp, nil
+	}
+}
+
+// try sends one attempt to ep, bounded by the backend request timeout; done ends the attempt
+// (after its response body is read).
+func (a *attempts) try(req *http.Request, ep endpoint) (*http.Response, context.CancelFunc, error) {
+	var tr http.RoundTripper = a.p.up.h1
+	if a.h2 {
+		tr = a.p.up.h2
+	}
+	ctx, cancel := context.WithCancel(req.Context())
+	if a.backendTimeout > 0 {
+		ctx, cancel = context.WithTimeout(req.Context(), a.backendTimeout)
+	}
+	out := req.Clone(ctx)
+	out.URL.Host = ep.addr.String()
+	if a.replay && a.body != nil {
+		out.Body = io.NopCloser(bytes.NewReader(a.body))
+		out.ContentLength = int64(len(a.body))
+	}
+	resp, err := tr.RoundTrip(out)
+	return resp, cancel, err
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// doneBody calls done once, when the response body is closed.
+type doneBody struct {
+	io.ReadCloser
+	once sync.Once
+	done func()
+}
+
+func (b *doneBody) Close() error {
+	err := b.ReadCloser.Close()
+	b.once.Do(b.done)
+	return err
+}
+
+// mirror sends a copy of r to the mirror's backend and forgets the answer.
+func (p *Proxy) mirror(r *http.Request, v *view, m *routev1.Mirror, body []byte) {
+	if m.GetBackend().GetService() == "" {
+		return
+	}
+	if f := m.GetFractionPpm(); f < 1_000_000 && rand.Uint32N(1_000_000) >= f {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	out := r.Clone(ctx)
+	out.RequestURI = ""
+	out.URL.Scheme = "http"
+	out.Body = io.NopCloser(bytes.NewReader(body))
+	out.ContentLength = int64(len(body))
+	at := &attempts{p: p, v: v, be: m.Backend, h2: r.ProtoMajor == 2, rec: &record{}}
+	go func() {
+		defer cancel()
+		resp, err := at.RoundTrip(out)
+		if err != nil {
+			p.d.Log.Debug("mirror failed", "backend", m.Backend.Service, "err", err)
+			return
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+	}()
+}
+
+// statusWriter records the status and size of a response.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if w.status == 0 && code >= 200 || code == http.StatusSwitchingProtocols {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	if w.status == 0 {
+		w.status = http.StatusOK
+	}
+	n, err := w.ResponseWriter.Write(b)
+	w.bytes += int64(n)
+	return n, err
+}
+
+// Unwrap lets http.ResponseController reach Flush and Hijack (streaming, WebSocket).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func protoName(r *http.Request) string {
+	if r.ProtoMajor == 2 {
+		if ct := r.Header.Get("Content-Type"); ct == "application/grpc" || strings.HasPrefix(ct, "application/grpc+") {
+			return "grpc"
+		}
+		return "http/2"
+	}
+	return "http/1.1"
+}

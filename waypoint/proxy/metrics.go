@@ -1,0 +1,136 @@
+package proxy
+
+// Telemetry: Istio's standard request metrics with reporter="waypoint" (DESIGN.md §7), so that
+// existing dashboards work, and one access log line per request.
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+)
+
+var requestLabels = []string{"reporter", "source_workload", "source_workload_namespace", "source_principal",
+	"destination_workload", "destination_workload_namespace", "destination_principal", "destination_service",
+	"destination_service_name", "destination_service_namespace", "request_protocol", "response_code",
+	"response_flags", "connection_security_policy"}
+
+// Metrics are the waypoint's request metrics.
+type Metrics struct {
+	requests                    *prometheus.CounterVec
+	duration, reqSize, respSize *prometheus.HistogramVec
+}
+
+// NewMetrics registers the metrics with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	ms := []float64{0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000}
+	bytes := prometheus.ExponentialBuckets(1, 10, 8)
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "istio_requests_total", Help: "Requests handled."}, requestLabels),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_request_duration_milliseconds",
+			Help: "Request duration, from the request's arrival to its response's end.", Buckets: ms}, requestLabels),
+		reqSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_request_bytes",
+			Help: "Request sizes (headers and body).", Buckets: bytes}, requestLabels),
+		respSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_response_bytes",
+			Help: "Response sizes (body).", Buckets: bytes}, requestLabels),
+	}
+	reg.MustRegister(m.requests, m.duration, m.reqSize, m.respSize)
+	return m
+}
+
+// record is one request's account.
+type record struct {
+	srcWorkload, srcNS, srcPrincipal string
+	dstWorkload, dstNS, dstPrincipal string
+	dstService, svcName, svcNS       string
+	method, path, proto, route       string
+	flags                            string
+	retries                          int
+	err                              error
+}
+
+func (p *Proxy) newRecord(t *tunnel) *record {
+	r := &record{srcPrincipal: principalString(t.peer.TrustDomain, t.peer.Namespace, t.peer.ServiceAccount),
+		srcNS: t.peer.Namespace, svcName: t.svc.Name, svcNS: t.svc.Namespace, dstService: t.svc.Hostname}
+	if t.srcW != nil {
+		r.srcWorkload = workloadName(t.srcW)
+	}
+	return r
+}
+
+// finish counts the request and writes its access log line.
+func (p *Proxy) finish(rec *record, w *statusWriter, r *http.Request, start time.Time) {
+	d := p.d.Now().Sub(start)
+	code := w.status
+	if code == 0 {
+		code = http.StatusOK
+	}
+	if p.d.Metrics != nil {
+		or := func(s string) string {
+			if s == "" {
+				return "unknown"
+			}
+			return s
+		}
+		flags := rec.flags
+		if flags == "" {
+			flags = "-"
+		}
+		dstService := rec.dstService
+		if i := strings.IndexByte(dstService, '/'); i >= 0 {
+			dstService = dstService[i+1:]
+		}
+		l := prometheus.Labels{"reporter": "waypoint", "source_workload": or(rec.srcWorkload), "source_workload_namespace": or(rec.srcNS),
+			"source_principal": or(rec.srcPrincipal), "destination_workload": or(rec.dstWorkload),
+			"destination_workload_namespace": or(rec.dstNS), "destination_principal": or(rec.dstPrincipal),
+			"destination_service": or(dstService), "destination_service_name": or(rec.svcName),
+			"destination_service_namespace": or(rec.svcNS), "request_protocol": rec.proto,
+			"response_code": strconv.Itoa(code), "response_flags": flags, "connection_security_policy": "mutual_tls"}
+		p.d.Metrics.requests.With(l).Inc()
+		p.d.Metrics.duration.With(l).Observe(float64(d) / float64(time.Millisecond))
+		reqSize := max(r.ContentLength, 0)
+		for k, vs := range r.Header {
+			for _, v := range vs {
+				reqSize += int64(len(k) + len(v))
+			}
+		}
+		p.d.Metrics.reqSize.With(l).Observe(float64(reqSize))
+		p.d.Metrics.respSize.With(l).Observe(float64(w.bytes))
+	}
+	attrs := []any{"reporter", "waypoint", "method", rec.method, "path", rec.path, "protocol", rec.proto,
+		"authority", r.Host, "status", code, "duration_ms", d.Milliseconds(), "src_principal", rec.srcPrincipal,
+		"src_workload", rec.srcWorkload, "dst_service", rec.dstService, "dst_workload", rec.dstWorkload,
+		"route", rec.route, "flags", rec.flags, "retries", rec.retries, "bytes_sent", w.bytes}
+	if tp := r.Header.Get("Traceparent"); tp != "" {
+		attrs = append(attrs, "traceparent", tp)
+	}
+	if rec.err != nil {
+		attrs = append(attrs, "err", rec.err.Error())
+	}
+	p.d.Log.Info("access", attrs...)
+}
+
+func workloadName(w *workloadv1.Workload) string {
+	if w == nil {
+		return ""
+	}
+	if w.WorkloadName != "" {
+		return w.WorkloadName
+	}
+	return w.Name
+}
+
+func principalOf(w *workloadv1.Workload) string {
+	return principalString(w.TrustDomain, w.Namespace, w.ServiceAccount)
+}
+
+func principalString(td, ns, sa string) string {
+	if sa == "" {
+		return ""
+	}
+	return td + "/ns/" + ns + "/sa/" + sa
+}

@@ -1,0 +1,209 @@
+// Package proxy is the waypoint's request handling. Each HBONE tunnel that a ztunnel opens to the
+// waypoint names, in its authority, the Service VIP:port the client asked for; the tunnel's
+// certificate names the client. The waypoint takes the tunnel only for a Service bound to it,
+// finds the port's protocol (configured, or sniffed from the first bytes), and then:
+//
+//   - HTTP/1.1 and cleartext HTTP/2 (gRPC): parses requests, applies the Service's routes (match,
+//     filters, weighted backends, timeouts, retries), picks an endpoint of the chosen backend and
+//     sends the request on over HBONE to that endpoint's ztunnel, over pooled connections;
+//   - anything else: passes the bytes through to one endpoint of the Service, over HBONE.
+//
+// It never sends a request around policy: no configuration, an unknown Service, a route that
+// cannot be applied or a backend without endpoints answer an error, never a guess.
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/ambient-mesh/ambient/api/identity"
+	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+	"github.com/ambient-mesh/ambient/ztunnel/hbone"
+	"github.com/ambient-mesh/ambient/ztunnel/xdsclient"
+)
+
+// Deps are what the proxy is built from.
+type Deps struct {
+	Store *xdsclient.Store
+	// Self is the waypoint's identity; Gateway its Gateway, "<namespace>/<name>".
+	Self    identity.Identity
+	Gateway string
+	// Client opens the upstream tunnels (the waypoint's certificate).
+	Client  *hbone.Client
+	Metrics *Metrics
+	Log     *slog.Logger
+	// Now is the clock of the access log and metrics.
+	Now func() time.Time
+}
+
+// Proxy serves the tunnels of one waypoint; it implements hbone.Handler.
+type Proxy struct {
+	d   Deps
+	cur *current
+	up  *upstream
+}
+
+// New returns a proxy.
+func New(d Deps) *Proxy {
+	if d.Log == nil {
+		d.Log = slog.New(slog.DiscardHandler)
+	}
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	p := &Proxy{d: d, cur: &current{store: d.Store}}
+	p.up = newUpstream(d.Client, d.Self)
+	return p
+}
+
+// Close releases the upstream connections.
+func (p *Proxy) Close() { p.up.close() }
+
+// tunnel is what a tunnel tells about its requests' origin.
+type tunnel struct {
+	svc    *workloadv1.Service
+	port   uint16
+	peer   identity.Identity
+	srcIP  netip.Addr
+	srcW   *workloadv1.Workload
+	accept time.Time
+}
+
+// ServeHBONE takes one tunnel.
+func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request) error {
+	v := p.cur.get()
+	auth := netip.AddrPortFrom(req.Authority.Addr().Unmap(), req.Authority.Port())
+	svc := v.st.ServiceByVIP(auth)
+	if svc == nil {
+		p.d.Log.Info("tunnel refused", "authority", auth.String(), "peer", req.Peer.String(), "err", "not a Service bound to this waypoint")
+		return fmt.Errorf("%w: %s is not a Service bound to waypoint %s", hbone.ErrBadRequest, auth, p.d.Gateway)
+	}
+	if !p.boundHere(svc) {
+		p.d.Log.Info("tunnel refused", "authority", auth.String(), "service", svc.Namespace+"/"+svc.Name, "peer", req.Peer.String(), "err", "service is not bound to this waypoint")
+		return fmt.Errorf("%w: service %s/%s is not bound to waypoint %s", hbone.ErrBadRequest, svc.Namespace, svc.Name, p.d.Gateway)
+	}
+	t := &tunnel{svc: svc, port: auth.Port(), peer: req.Peer, accept: p.d.Now()}
+	t.srcIP = forwardedFor(req.Forwarded)
+	if t.srcIP.IsValid() {
+		t.srcW = v.st.WorkloadByAddr(t.srcIP)
+	}
+	key := svc.Namespace + "/" + svc.Hostname
+	proto := ""
+	if tb := v.tables[key]; tb != nil {
+		proto = tb.Protocol(auth.Port())
+	}
+	conn, err := req.Accept()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	br := bufio.NewReaderSize(conn, 4096)
+	if proto == "" {
+		proto = sniff(br)
+	}
+	c := &bufConn{Conn: conn, r: br}
+	if proto == "http" || proto == "http2" {
+		// One server for both: it tells HTTP/2 by its preface.
+		p.serveHTTP(ctx, newSoftDeadlines(c), t)
+		return nil
+	}
+	p.serveTCP(ctx, c, t)
+	return nil
+}
+
+// boundHere reports whether svc is bound to this waypoint: its waypoint is the Service of this
+// waypoint's Gateway.
+func (p *Proxy) boundHere(svc *workloadv1.Service) bool {
+	h := svc.GetWaypoint().GetHostname()
+	if h == nil {
+		return false
+	}
+	ns, name, _ := strings.Cut(p.d.Gateway, "/")
+	return h.Namespace == ns && strings.HasPrefix(h.Hostname, name+"."+ns+".svc.")
+}
+
+// sniff decides a port's protocol from the client's first bytes: the HTTP/2 preface, an HTTP/1
+// request line, or anything else (TCP). It waits for the client to speak first; a protocol in
+// which the server speaks first needs its port's appProtocol set to tcp.
+func sniff(br *bufio.Reader) string {
+	const preface = "PRI * HTTP/2.0"
+	b, _ := br.Peek(len(preface))
+	if bytes.HasPrefix(b, []byte(preface)) {
+		return "http2"
+	}
+	if len(b) == 0 {
+		return "tcp"
+	}
+	// An HTTP/1 request line starts with a method token and a space.
+	line, _ := br.Peek(min(br.Buffered(), 16))
+	if i := bytes.IndexByte(line, ' '); i > 0 {
+		for _, c := range line[:i] {
+			if c < 'A' || c > 'Z' {
+				return "tcp"
+			}
+		}
+		return "http"
+	}
+	return "tcp"
+}
+
+// bufConn is the tunnel with what sniffing read put back in front.
+type bufConn struct {
+	hbone.Conn
+	r *bufio.Reader
+}
+
+func (c *bufConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// forwardedFor returns the address in a Forwarded header's for= parameter.
+func forwardedFor(h string) netip.Addr {
+	for _, part := range strings.Split(h, ";") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		if !ok || !strings.EqualFold(k, "for") {
+			continue
+		}
+		v = strings.Trim(v, `"`)
+		if ap, err := netip.ParseAddrPort(v); err == nil {
+			return ap.Addr().Unmap()
+		}
+		if a, err := netip.ParseAddr(strings.Trim(v, "[]")); err == nil {
+			return a.Unmap()
+		}
+	}
+	return netip.Addr{}
+}
+
+// serveTCP passes a tunnel's bytes through to one endpoint of the Service.
+func (p *Proxy) serveTCP(ctx context.Context, c *bufConn, t *tunnel) {
+	v := p.cur.get()
+	key := t.svc.Namespace + "/" + t.svc.Hostname
+	rec := p.newRecord(t)
+	ep, release, err := p.up.pick(v, key, t.port, nil)
+	if err != nil {
+		p.d.Log.Info("access", "protocol", "tcp", "service", key, "peer", t.peer.String(), "result", "no endpoint", "err", err.Error())
+		return
+	}
+	defer release()
+	up, err := p.up.dial(ctx, ep)
+	if err != nil {
+		p.d.Log.Info("access", "protocol", "tcp", "service", key, "peer", t.peer.String(), "dst", ep.addr.String(), "result", "upstream failed", "err", err.Error())
+		return
+	}
+	defer up.Close()
+	rec.dstWorkload, rec.dstNS = workloadName(ep.w), ep.w.Namespace
+	received, sent, err := hbone.Relay(c, up)
+	attrs := []any{"protocol", "tcp", "service", key, "peer", t.peer.String(), "dst", ep.addr.String(),
+		"received", received, "sent", sent, "duration_ms", p.d.Now().Sub(t.accept).Milliseconds(), "result", "ok"}
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		attrs = append(attrs, "err", err.Error())
+	}
+	p.d.Log.Info("access", attrs...)
+}

@@ -1,0 +1,217 @@
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ambient-mesh/ambient/api/identity"
+	routev1 "github.com/ambient-mesh/ambient/api/route/v1"
+	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+	"github.com/ambient-mesh/ambient/ztunnel/xdsclient"
+)
+
+const svcKey = "shop/echo.shop.svc.cluster.local"
+
+// backend starts an HTTP server on addr (a loopback address of its own) that names itself in
+// each answer, and returns it as a workload outside the mesh (reached in plain TCP) serving the
+// Service's port 80.
+func backend(t *testing.T, name, addr string, status int) *workloadv1.Workload {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr+":0")
+	if err != nil {
+		t.Skipf("loopback address %s: %v", addr, err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "Grpc-Status")
+		w.WriteHeader(status)
+		_ = json.NewEncoder(w).Encode(map[string]any{"pod": name, "headers": r.Header, "proto": r.Proto})
+		w.Header().Set("Grpc-Status", "0")
+	}))
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv.Config.Protocols = &protos
+	srv.Listener = ln
+	srv.Start()
+	t.Cleanup(srv.Close)
+	ap := netip.MustParseAddrPort(ln.Addr().String())
+	return &workloadv1.Workload{Uid: name, Name: name, Namespace: "shop", ServiceAccount: name, TrustDomain: "cluster.local",
+		Addresses: [][]byte{ap.Addr().AsSlice()}, Status: workloadv1.WorkloadStatus_HEALTHY,
+		Services: map[string]*workloadv1.PortList{svcKey: {Ports: []*workloadv1.Port{{ServicePort: 80, TargetPort: uint32(ap.Port())}}}}}
+}
+
+// harness is a proxy whose configuration holds svc, its endpoints and routes, with an HTTP
+// client whose every connection is a new tunnel into the proxy.
+type harness struct {
+	p     *Proxy
+	hc    *http.Client
+	h2c   *http.Client // cleartext HTTP/2, as gRPC clients speak
+	conns atomic.Int32
+}
+
+func newHarness(t *testing.T, routes *routev1.ServiceRoutes, eps ...*workloadv1.Workload) *harness {
+	t.Helper()
+	store := xdsclient.NewStore()
+	svc := &workloadv1.Service{Name: "echo", Namespace: "shop", Hostname: "echo.shop.svc.cluster.local",
+		Addresses: [][]byte{netip.MustParseAddr("10.96.0.10").AsSlice()}, Ports: []*workloadv1.Port{{ServicePort: 80}},
+		Waypoint: &workloadv1.GatewayAddress{Destination: &workloadv1.GatewayAddress_Hostname{
+			Hostname: &workloadv1.NamespacedHostname{Namespace: "shop", Hostname: "wp.shop.svc.cluster.local"}}}}
+	must := func(err error) {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(store.Put(xdsclient.TypeService, map[string]proto.Message{svcKey: svc}))
+	ws := map[string]proto.Message{}
+	for _, w := range eps {
+		ws[w.Uid] = w
+	}
+	must(store.Put(xdsclient.TypeWorkload, ws))
+	if routes != nil {
+		routes.Namespace, routes.Hostname = "shop", "echo.shop.svc.cluster.local"
+		must(store.Put(xdsclient.TypeServiceRoutes, map[string]proto.Message{svcKey: routes}))
+	}
+	p := New(Deps{Store: store, Self: identity.Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "wp"},
+		Gateway: "shop/wp", Metrics: nil})
+	t.Cleanup(p.Close)
+	h := &harness{p: p}
+	tun := &tunnel{svc: svc, port: 80, peer: identity.Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "client"}}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	tr := &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) {
+		h.conns.Add(1)
+		client, server := net.Pipe()
+		go p.serveHTTP(ctx, newSoftDeadlines(resetOnDeadline{server}), tun) // as ServeHBONE does, on a conn that breaks as a tunnel does
+		return client, nil
+	}}
+	t.Cleanup(tr.CloseIdleConnections)
+	h.hc = &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	var h2c http.Protocols
+	h2c.SetUnencryptedHTTP2(true)
+	tr2 := &http.Transport{DialContext: tr.DialContext, Protocols: &h2c}
+	t.Cleanup(tr2.CloseIdleConnections)
+	h.h2c = &http.Client{Transport: tr2}
+	return h
+}
+
+type reply struct {
+	Pod     string              `json:"pod"`
+	Headers map[string][]string `json:"headers"`
+}
+
+func (h *harness) get(t *testing.T, path string, header ...string) (int, reply, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://echo.shop"+path, nil)
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	resp, err := h.hc.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatalf("GET %s: body: %v", path, err)
+	}
+	var r reply
+	if resp.StatusCode == 200 {
+		if err := json.Unmarshal(b, &r); err != nil {
+			t.Fatalf("GET %s: %q: %v", path, b, err)
+		}
+	}
+	return resp.StatusCode, r, resp.Header
+}
+
+func TestKeepAliveAndDefaultRoute(t *testing.T) {
+	h := newHarness(t, nil, backend(t, "a", "127.0.0.1", 200))
+	for i := range 200 {
+		if code, r, _ := h.get(t, "/"); code != 200 || r.Pod != "a" {
+			t.Fatalf("request %d: %d from %q", i, code, r.Pod)
+		}
+	}
+	if n := h.conns.Load(); n != 1 {
+		t.Errorf("200 sequential requests took %d connections, want 1 (keep-alive)", n)
+	}
+}
+
+func TestRoutesCanarySplitRetry(t *testing.T) {
+	v1, v2 := backend(t, "v1", "127.0.0.2", 200), backend(t, "v2", "127.0.0.3", 200)
+	broken := backend(t, "broken", "127.0.0.4", 503)
+	// v1 and v2 serve echo-v1 and echo-v2 too; broken only "flaky" with v1.
+	const k1, k2, kf = "shop/echo-v1.shop.svc.cluster.local", "shop/echo-v2.shop.svc.cluster.local", "shop/flaky.shop.svc.cluster.local"
+	v1.Services[k1], v2.Services[k2], v1.Services[kf] = v1.Services[svcKey], v2.Services[svcKey], v1.Services[svcKey]
+	broken.Services = map[string]*workloadv1.PortList{kf: broken.Services[svcKey]}
+	rs := &routev1.ServiceRoutes{Rules: []*routev1.Rule{
+		{Route: "HTTPRoute/shop/echo", Match: &routev1.Match{Headers: []*routev1.HeaderMatch{{Name: "x-canary", Value: "true"}}},
+			Backends: []*routev1.Backend{{Service: k2, Port: 80, Weight: 1}}},
+		{Route: "HTTPRoute/shop/echo", Match: &routev1.Match{Path: &routev1.PathMatch{Kind: routev1.PathMatch_PREFIX, Value: "/flaky"}},
+			Backends: []*routev1.Backend{{Service: kf, Port: 80, Weight: 1}}, Retry: &routev1.Retry{Codes: []uint32{503}, Attempts: 2}},
+		{Route: "HTTPRoute/shop/echo", Match: &routev1.Match{Path: &routev1.PathMatch{Kind: routev1.PathMatch_PREFIX, Value: "/old"}},
+			Filters: []*routev1.Filter{{Kind: &routev1.Filter_Redirect{Redirect: &routev1.Redirect{
+				Path: &routev1.PathModifier{Kind: &routev1.PathModifier_Prefix{Prefix: "/new"}}, StatusCode: 301}}}}},
+		{Route: "HTTPRoute/shop/echo",
+			Filters: []*routev1.Filter{{Kind: &routev1.Filter_RequestHeaders{RequestHeaders: &routev1.HeaderModifier{
+				Add: []*routev1.Header{{Name: "x-routed-by", Value: "waypoint"}}}}}},
+			Backends: []*routev1.Backend{{Service: k1, Port: 80, Weight: 90}, {Service: k2, Port: 80, Weight: 10}}},
+	}}
+	h := newHarness(t, rs, v1, v2, broken)
+	for i := range 20 {
+		if _, r, _ := h.get(t, "/", "X-Canary", "true"); r.Pod != "v2" {
+			t.Fatalf("canary %d went to %q", i, r.Pod)
+		}
+	}
+	counts := map[string]int{}
+	for i := range 1000 {
+		code, r, _ := h.get(t, "/split")
+		if code != 200 || len(r.Headers["X-Routed-By"]) != 1 {
+			t.Fatalf("split %d: %d, headers %v", i, code, r.Headers)
+		}
+		counts[r.Pod]++
+	}
+	if counts["v2"] < 50 || counts["v2"] > 150 {
+		t.Errorf("split %v, want v2 at 10%% ± 5%%", counts)
+	}
+	for i := range 50 {
+		if code, r, _ := h.get(t, "/flaky"); code != 200 || r.Pod != "v1" {
+			t.Fatalf("flaky %d: %d from %q; want the retry to hide the broken endpoint", i, code, r.Pod)
+		}
+	}
+	if code, _, hdr := h.get(t, "/old/x?q=1"); code != 301 || hdr.Get("Location") != "http://echo.shop/new/x?q=1" {
+		t.Errorf("redirect: %d to %q", code, hdr.Get("Location"))
+	}
+	if n := h.conns.Load(); n != 1 {
+		t.Errorf("%d connections, want 1 (keep-alive)", n)
+	}
+}
+
+// TestH2C: cleartext HTTP/2 in (sniffed by its preface) goes out as HTTP/2, and trailers (gRPC's
+// status) come back.
+func TestH2C(t *testing.T) {
+	h := newHarness(t, nil, backend(t, "a", "127.0.0.5", 200))
+	for i := range 20 {
+		resp, err := h.h2c.Get("http://echo.shop/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r struct{ Proto string }
+		err = json.NewDecoder(resp.Body).Decode(&r)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.ProtoMajor != 2 || r.Proto != "HTTP/2.0" || resp.Trailer.Get("Grpc-Status") != "0" {
+			t.Fatalf("request %d: %s in, %q upstream, trailer %v, %v", i, resp.Proto, r.Proto, resp.Trailer, err)
+		}
+	}
+	if n := h.conns.Load(); n != 1 {
+		t.Errorf("%d connections, want 1", n)
+	}
+}

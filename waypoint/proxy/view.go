@@ -1,0 +1,104 @@
+package proxy
+
+// The configuration as the waypoint reads it: one xDS State with what requests need indexed
+// once per State (the workloads behind each Service, and each Service's compiled routes). A State
+// is immutable, so a view is too, and requests read it without locks.
+
+import (
+	"net/netip"
+	"sync"
+
+	routev1 "github.com/ambient-mesh/ambient/api/route/v1"
+	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+	"github.com/ambient-mesh/ambient/waypoint/route"
+	"github.com/ambient-mesh/ambient/ztunnel/xdsclient"
+)
+
+// view is one State with its indexes.
+type view struct {
+	st        *xdsclient.State
+	endpoints map[string][]*workloadv1.Workload // service -> workloads serving it
+	tables    map[string]*route.Table           // service -> compiled routes (valid ones only)
+}
+
+func newView(st *xdsclient.State) *view {
+	v := &view{st: st, endpoints: map[string][]*workloadv1.Workload{}, tables: map[string]*route.Table{}}
+	for _, w := range st.Workloads() {
+		for key := range w.Services {
+			v.endpoints[key] = append(v.endpoints[key], w)
+		}
+	}
+	for name, sr := range st.AllRoutes() {
+		// The validator NACKed what does not compile, so this holds the last good version.
+		if t, err := route.Compile(sr); err == nil {
+			v.tables[name] = t
+		}
+	}
+	return v
+}
+
+// endpoint is one ready workload serving a Service port, with the address to reach it.
+type endpoint struct {
+	w    *workloadv1.Workload
+	addr netip.AddrPort
+}
+
+// ready returns the ready endpoints of service key's port, in the address family of v4.
+func (v *view) ready(key string, port uint16, v4 bool) []endpoint {
+	var out []endpoint
+	for _, w := range v.endpoints[key] {
+		if w.Status != workloadv1.WorkloadStatus_HEALTHY {
+			continue
+		}
+		tp, ok := targetPort(w, key, port)
+		if !ok {
+			continue
+		}
+		for _, b := range w.Addresses {
+			if a, ok := netip.AddrFromSlice(b); ok && a.Unmap().Is4() == v4 {
+				out = append(out, endpoint{w, netip.AddrPortFrom(a.Unmap(), tp)})
+				break
+			}
+		}
+	}
+	return out
+}
+
+func targetPort(w *workloadv1.Workload, key string, servicePort uint16) (uint16, bool) {
+	for _, p := range w.Services[key].GetPorts() {
+		if p.ServicePort == uint32(servicePort) {
+			if p.TargetPort == 0 || p.TargetPort > 65535 {
+				return servicePort, true
+			}
+			return uint16(p.TargetPort), true
+		}
+	}
+	return 0, false
+}
+
+// current gives the view of the store's latest State, built once per State.
+type current struct {
+	store *xdsclient.Store
+	mu    sync.Mutex
+	last  *view
+}
+
+func (c *current) get() *view {
+	st := c.store.Load()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.last == nil || c.last.st != st {
+		c.last = newView(st)
+	}
+	return c.last
+}
+
+// ValidateRoutes is the xDS client's validator: routes that do not compile are NACKed and the
+// last good version keeps serving.
+func ValidateRoutes(typeURL, _ string, m any) error {
+	if sr, ok := m.(*routev1.ServiceRoutes); ok && typeURL == xdsclient.TypeServiceRoutes {
+		_, err := route.Compile(sr)
+		return err
+	}
+	return nil
+}
