@@ -29,7 +29,7 @@ import (
 // by istiod-lite and run from the ambient/waypoint image) and sends HTTP from an enrolled pod to
 // its Services, as an application does (the connection is captured and carried by ztunnel to the
 // waypoint over HBONE). It checks an HTTPRoute's header canary, a 90/10 split within ±5% over
-// 1000 requests, a redirect, a request header added, a retry that hides a failing endpoint,
+// 1000 requests, a redirect, a request header added, a DENY by path, a retry that hides a failing endpoint,
 // Accepted route status, the waypoint's request metrics, and that a pod of a bound Service is
 // not reachable around the waypoint.
 func TestWaypointL7(t *testing.T) {
@@ -166,6 +166,16 @@ func TestWaypointL7(t *testing.T) {
 	// Redirect, answered by the waypoint itself.
 	if r := requests(1, echo+"/old/page?q=1")[0]; r.Code != 301 || !strings.HasSuffix(r.Location, "/new/page?q=1") {
 		t.Errorf("redirect = %+v; want 301 to /new/page?q=1", r)
+	}
+
+	// A DENY by path, enforced by the waypoint (403), attached as Istio reports it.
+	eventually(t, 30*time.Second, "AuthorizationPolicy no-admin WaypointAccepted", func() bool {
+		return kubectl(t, "-n", ns, "get", "authorizationpolicy", "no-admin", "-o",
+			`jsonpath={.status.conditions[?(@.type=="WaypointAccepted")].status}`) == "True"
+	})
+	eventually(t, 30*time.Second, "/admin denied", func() bool { return requests(1, echo+"/admin/users")[0].Code == 403 })
+	if r := requests(1, echo+"/public")[0]; r.Code != 200 {
+		t.Errorf("/public with the DENY policy in place: %+v, want 200", r)
 	}
 
 	// The broken pod always answers 503; retries on 503 hide it.

@@ -6,7 +6,7 @@ package model
 //   - Which workloads: no selector (or empty matchLabels) → every workload of the policy's namespace
 //     (NAMESPACE), or of the mesh for the root namespace (GLOBAL). A selector → the matching
 //     workloads of the policy's namespace, or of every namespace for the root namespace; they list
-//     the policy by name (boundAuthorizations). targetRefs → the waypoint's, not ztunnel's.
+//     the policy by name (boundAuthorizations). targetRefs → the waypoint's (l7authz.go).
 //   - Action: ALLOW, DENY and AUDIT as written. CUSTOM (an external authorizer) cannot be asked at
 //     L4: its rules become a DENY, so what it might deny is denied. The istio.io/dry-run annotation
 //     makes the policy AUDIT: its matches are logged, never enforced.
@@ -57,11 +57,9 @@ func (t *translator) authorizationPolicy(ap *secv1.AuthorizationPolicy) *workloa
 			Condition: cond, Reason: reason, Rejected: rejected, Message: fmt.Sprintf(format, args...)})
 	}
 	if spec.TargetRef != nil || len(spec.TargetRefs) > 0 {
-		// Enforced by the waypoint of its target at L7, which istiod-lite does not configure
-		// yet. It cannot be enforced at L4 in its place: at the destination, traffic through a
-		// waypoint comes from the waypoint's identity, not the client's.
-		report(ConditionWaypointAccepted, ReasonNotImplemented, true,
-			"a policy with targetRefs is enforced by a waypoint, and istiod-lite does not configure waypoint policy yet: it is not enforced")
+		// Enforced by the waypoint of its target at L7 (l7authz.go). It cannot be enforced at
+		// L4 in its place: at the destination, traffic through a waypoint comes from the
+		// waypoint's identity, not the client's.
 		return nil
 	}
 	out := &workloadv1.Authorization{Name: ap.Name, Namespace: ap.Namespace, Scope: t.scope(ap.Namespace, spec.Selector)}

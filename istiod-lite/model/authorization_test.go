@@ -170,13 +170,13 @@ spec: {selector: {matchLabels: {app: web}}, rules: [{from: [{source: {principals
 			},
 		},
 		{
-			name: "a policy with targetRefs is the waypoint's: ztunnel does not enforce it, and says so",
+			name: "a policy with targetRefs is the waypoint's: ztunnel does not enforce it, and one whose target is not bound to a waypoint is reported",
 			policies: `
 kind: AuthorizationPolicy
 metadata: {name: l7, namespace: shop}
 spec: {targetRefs: [{kind: Service, group: "", name: web}], action: DENY, rules: [{}]}`,
 			probes:  []probe{{from: "other/db", allow: true}},
-			problem: "targetRefs",
+			problem: "enforced nowhere",
 		},
 
 		// Rules, and the fields of from.

@@ -191,6 +191,7 @@ func (tr *Translator) Translate(in Input) *Snapshot {
 			}
 		}
 		snap.Routes = tr.t.serviceRoutes(in)
+		tr.t.waypointPolicies(in, snap.Services, snap.Routes)
 		tr.ctxProblem = append(tr.t.problems, routeProblems(in)...)
 	}
 	t := tr.t

@@ -251,8 +251,6 @@ func TestWriter(t *testing.T) {
 	}
 	// Events: one per object with problems, on the object, Warning, with the first problem's reason.
 	if diff := cmp.Diff([]eventSummary{
-		{"shop", "AuthorizationPolicy", "shop/l7", "uid-shop-l7", "Warning", "NotImplemented",
-			"a policy with targetRefs is enforced by a waypoint, and istiod-lite does not configure waypoint policy yet: it is not enforced"},
 		{"shop", "AuthorizationPolicy", "shop/narrowed", "uid-shop-narrowed", "Warning", "UnsupportedValue",
 			"rule 0: ztunnel cannot enforce paths (a waypoint can): the rule is enforced without them, so it denies more than requested"},
 		{"shop", "HTTPRoute", "shop/r", "uid-shop-r", "Warning", "BackendNotFound", "backend Service shop/gone not found"},
@@ -291,7 +289,7 @@ func TestWriter(t *testing.T) {
 		if diff := cmp.Diff(map[string]condSummary{
 			"AuthorizationPolicy good":     {"ZtunnelAccepted", "True", "Accepted", "attached to ztunnel"},
 			"AuthorizationPolicy narrowed": {"ZtunnelAccepted", "True", "UnsupportedValue", "rule 0: ztunnel cannot enforce paths (a waypoint can): the rule is enforced without them, so it denies more than requested"},
-			"AuthorizationPolicy l7":       {"WaypointAccepted", "False", "NotImplemented", "a policy with targetRefs is enforced by a waypoint, and istiod-lite does not configure waypoint policy yet: it is not enforced"},
+			"AuthorizationPolicy l7":       {"WaypointAccepted", "True", "Accepted", "attached to waypoint"},
 			"PeerAuthentication default":   {"ZtunnelAccepted", "True", "Accepted", "attached to ztunnel"},
 			"PeerAuthentication gw":        {"ZtunnelAccepted", "False", "Ignored", "a PeerAuthentication with a selector in the root namespace is ignored (mesh-wide policy has no selector)"},
 			"Service bound":                {"istio.io/WaypointBound", "True", "Bound", "bound to waypoint shop/wp.shop.svc.cluster.local"},
@@ -340,7 +338,7 @@ func TestWriter(t *testing.T) {
 	if err := w.Reconcile(ctx, in, translate()); err != nil {
 		t.Fatal(err)
 	}
-	if got := f.writes(); len(got) != 5 {
-		t.Errorf("a new term wrote %d Events, want one per object with problems (5):\n%s", len(got), strings.Join(got, "\n"))
+	if got := f.writes(); len(got) != 4 {
+		t.Errorf("a new term wrote %d Events, want one per object with problems (4):\n%s", len(got), strings.Join(got, "\n"))
 	}
 }

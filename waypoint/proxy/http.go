@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -28,6 +29,7 @@ import (
 	"time"
 
 	routev1 "github.com/ambient-mesh/ambient/api/route/v1"
+	"github.com/ambient-mesh/ambient/waypoint/authz"
 	"github.com/ambient-mesh/ambient/waypoint/route"
 )
 
@@ -104,6 +106,11 @@ func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, t *tunnel) 
 	sw := &statusWriter{ResponseWriter: w}
 	defer func() { p.finish(rec, sw, r, start) }()
 
+	if sr := v.st.Routes(key); sr != nil && len(sr.Policies) > 0 {
+		if !p.authorize(sw, r, t, sr, rec) {
+			return
+		}
+	}
 	var rule *route.Rule
 	if tb := v.tables[key]; tb != nil {
 		rule = tb.Select(r, t.port, rec.srcNS)
@@ -130,6 +137,29 @@ func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, t *tunnel) 
 	}
 	rec.dstService = be.Service
 	p.forward(sw, r, v, be, pr, respMods, mirrors, rec)
+}
+
+// authorize applies the Service's authorization policies to r; it answers 403 itself and
+// reports false when they deny it.
+func (p *Proxy) authorize(w http.ResponseWriter, r *http.Request, t *tunnel, sr *routev1.ServiceRoutes, rec *record) bool {
+	req := &authz.Request{Principal: rec.srcPrincipal, Namespace: rec.srcNS, SourceIP: t.srcIP, RemoteIP: t.srcIP,
+		Host: r.Host, Method: r.Method, Path: r.URL.Path, Port: t.port, Header: r.Header}
+	if xff := r.Header.Get("X-Forwarded-For"); xff != "" {
+		first, _, _ := strings.Cut(xff, ",")
+		if a, err := netip.ParseAddr(strings.TrimSpace(first)); err == nil {
+			req.RemoteIP = a.Unmap()
+		}
+	}
+	d := authz.Check(sr.Policies, req)
+	for _, a := range d.Audited {
+		p.d.Log.Info("audit", "policy", a, "method", r.Method, "path", r.URL.Path, "src_principal", rec.srcPrincipal)
+	}
+	if d.Allow {
+		return true
+	}
+	rec.flags, rec.err = "RBAC", fmt.Errorf("%s %s", d.Reason, d.Policy)
+	http.Error(w, "RBAC: access denied", http.StatusForbidden)
+	return false
 }
 
 // applyFilters applies a rule's or backend's filters to r; it reports whether it answered the

@@ -215,3 +215,16 @@ func TestH2C(t *testing.T) {
 		t.Errorf("%d connections, want 1", n)
 	}
 }
+
+// TestPolicyDeniesByPath: a DENY on a path answers 403 before any route; other paths go on.
+func TestPolicyDeniesByPath(t *testing.T) {
+	rs := &routev1.ServiceRoutes{Policies: []*routev1.Policy{{Name: "no-admin", Namespace: "shop", Action: routev1.Policy_DENY,
+		Rules: []*routev1.PolicyRule{{To: []*routev1.Operation{{Paths: []string{"/admin*"}}}}}}}}
+	h := newHarness(t, rs, backend(t, "a", "127.0.0.6", 200))
+	if code, _, _ := h.get(t, "/admin/users"); code != http.StatusForbidden {
+		t.Errorf("/admin/users: %d, want 403", code)
+	}
+	if code, r, _ := h.get(t, "/public"); code != 200 || r.Pod != "a" {
+		t.Errorf("/public: %d from %q, want 200", code, r.Pod)
+	}
+}

@@ -30,6 +30,55 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type Policy_Action int32
+
+const (
+	Policy_ALLOW Policy_Action = 0
+	Policy_DENY  Policy_Action = 1
+	Policy_AUDIT Policy_Action = 2
+)
+
+// Enum value maps for Policy_Action.
+var (
+	Policy_Action_name = map[int32]string{
+		0: "ALLOW",
+		1: "DENY",
+		2: "AUDIT",
+	}
+	Policy_Action_value = map[string]int32{
+		"ALLOW": 0,
+		"DENY":  1,
+		"AUDIT": 2,
+	}
+)
+
+func (x Policy_Action) Enum() *Policy_Action {
+	p := new(Policy_Action)
+	*p = x
+	return p
+}
+
+func (x Policy_Action) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Policy_Action) Descriptor() protoreflect.EnumDescriptor {
+	return file_route_v1_route_proto_enumTypes[0].Descriptor()
+}
+
+func (Policy_Action) Type() protoreflect.EnumType {
+	return &file_route_v1_route_proto_enumTypes[0]
+}
+
+func (x Policy_Action) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Policy_Action.Descriptor instead.
+func (Policy_Action) EnumDescriptor() ([]byte, []int) {
+	return file_route_v1_route_proto_rawDescGZIP(), []int{1, 0}
+}
+
 type PathMatch_Kind int32
 
 const (
@@ -64,11 +113,11 @@ func (x PathMatch_Kind) String() string {
 }
 
 func (PathMatch_Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_route_v1_route_proto_enumTypes[0].Descriptor()
+	return file_route_v1_route_proto_enumTypes[1].Descriptor()
 }
 
 func (PathMatch_Kind) Type() protoreflect.EnumType {
-	return &file_route_v1_route_proto_enumTypes[0]
+	return &file_route_v1_route_proto_enumTypes[1]
 }
 
 func (x PathMatch_Kind) Number() protoreflect.EnumNumber {
@@ -77,7 +126,7 @@ func (x PathMatch_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PathMatch_Kind.Descriptor instead.
 func (PathMatch_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{3, 0}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{8, 0}
 }
 
 // ServiceRoutes is how a waypoint handles requests addressed to one Service.
@@ -91,7 +140,11 @@ type ServiceRoutes struct {
 	Protocols map[uint32]string `protobuf:"bytes,3,rep,name=protocols,proto3" json:"protocols,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Rules in precedence order; the first whose ports, consumer namespace and match fit a request
 	// applies. A request no rule matches goes to the Service itself, as without a route.
-	Rules         []*Rule `protobuf:"bytes,4,rep,name=rules,proto3" json:"rules,omitempty"`
+	Rules []*Rule `protobuf:"bytes,4,rep,name=rules,proto3" json:"rules,omitempty"`
+	// Authorization policies that apply to requests for the Service: those whose targetRefs name
+	// the Service or the waypoint Gateway it is bound to. Any matching DENY denies; if any ALLOW
+	// applies, a request must match one; AUDIT only logs.
+	Policies      []*Policy `protobuf:"bytes,5,rep,name=policies,proto3" json:"policies,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -154,6 +207,435 @@ func (x *ServiceRoutes) GetRules() []*Rule {
 	return nil
 }
 
+func (x *ServiceRoutes) GetPolicies() []*Policy {
+	if x != nil {
+		return x.Policies
+	}
+	return nil
+}
+
+// Policy is an AuthorizationPolicy the waypoint enforces. Values use Istio's string syntax
+// ("*" any, "x*" prefix, "*x" suffix, otherwise exact); service accounts and trust domains
+// arrive translated into principals.
+type Policy struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Namespace string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Action    Policy_Action          `protobuf:"varint,3,opt,name=action,proto3,enum=ambient.route.v1.Policy_Action" json:"action,omitempty"`
+	Rules     []*PolicyRule          `protobuf:"bytes,4,rep,name=rules,proto3" json:"rules,omitempty"`
+	// dry_run: evaluated and logged, never enforced (istio.io/dry-run).
+	DryRun        bool `protobuf:"varint,5,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Policy) Reset() {
+	*x = Policy{}
+	mi := &file_route_v1_route_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Policy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Policy) ProtoMessage() {}
+
+func (x *Policy) ProtoReflect() protoreflect.Message {
+	mi := &file_route_v1_route_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Policy.ProtoReflect.Descriptor instead.
+func (*Policy) Descriptor() ([]byte, []int) {
+	return file_route_v1_route_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Policy) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Policy) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Policy) GetAction() Policy_Action {
+	if x != nil {
+		return x.Action
+	}
+	return Policy_ALLOW
+}
+
+func (x *Policy) GetRules() []*PolicyRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+func (x *Policy) GetDryRun() bool {
+	if x != nil {
+		return x.DryRun
+	}
+	return false
+}
+
+// PolicyRule matches when any from matches, any to matches and every when holds (an absent list
+// holds).
+type PolicyRule struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	From          []*Source              `protobuf:"bytes,1,rep,name=from,proto3" json:"from,omitempty"`
+	To            []*Operation           `protobuf:"bytes,2,rep,name=to,proto3" json:"to,omitempty"`
+	When          []*Condition           `protobuf:"bytes,3,rep,name=when,proto3" json:"when,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyRule) Reset() {
+	*x = PolicyRule{}
+	mi := &file_route_v1_route_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyRule) ProtoMessage() {}
+
+func (x *PolicyRule) ProtoReflect() protoreflect.Message {
+	mi := &file_route_v1_route_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyRule.ProtoReflect.Descriptor instead.
+func (*PolicyRule) Descriptor() ([]byte, []int) {
+	return file_route_v1_route_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PolicyRule) GetFrom() []*Source {
+	if x != nil {
+		return x.From
+	}
+	return nil
+}
+
+func (x *PolicyRule) GetTo() []*Operation {
+	if x != nil {
+		return x.To
+	}
+	return nil
+}
+
+func (x *PolicyRule) GetWhen() []*Condition {
+	if x != nil {
+		return x.When
+	}
+	return nil
+}
+
+type Source struct {
+	state                protoimpl.MessageState `protogen:"open.v1"`
+	Principals           []string               `protobuf:"bytes,1,rep,name=principals,proto3" json:"principals,omitempty"`
+	NotPrincipals        []string               `protobuf:"bytes,2,rep,name=not_principals,json=notPrincipals,proto3" json:"not_principals,omitempty"`
+	RequestPrincipals    []string               `protobuf:"bytes,3,rep,name=request_principals,json=requestPrincipals,proto3" json:"request_principals,omitempty"`
+	NotRequestPrincipals []string               `protobuf:"bytes,4,rep,name=not_request_principals,json=notRequestPrincipals,proto3" json:"not_request_principals,omitempty"`
+	Namespaces           []string               `protobuf:"bytes,5,rep,name=namespaces,proto3" json:"namespaces,omitempty"`
+	NotNamespaces        []string               `protobuf:"bytes,6,rep,name=not_namespaces,json=notNamespaces,proto3" json:"not_namespaces,omitempty"`
+	// CIDRs or addresses of the client (ip_blocks) or of the original client from
+	// X-Forwarded-For (remote_ip_blocks).
+	IpBlocks          []string `protobuf:"bytes,7,rep,name=ip_blocks,json=ipBlocks,proto3" json:"ip_blocks,omitempty"`
+	NotIpBlocks       []string `protobuf:"bytes,8,rep,name=not_ip_blocks,json=notIpBlocks,proto3" json:"not_ip_blocks,omitempty"`
+	RemoteIpBlocks    []string `protobuf:"bytes,9,rep,name=remote_ip_blocks,json=remoteIpBlocks,proto3" json:"remote_ip_blocks,omitempty"`
+	NotRemoteIpBlocks []string `protobuf:"bytes,10,rep,name=not_remote_ip_blocks,json=notRemoteIpBlocks,proto3" json:"not_remote_ip_blocks,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *Source) Reset() {
+	*x = Source{}
+	mi := &file_route_v1_route_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Source) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Source) ProtoMessage() {}
+
+func (x *Source) ProtoReflect() protoreflect.Message {
+	mi := &file_route_v1_route_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Source.ProtoReflect.Descriptor instead.
+func (*Source) Descriptor() ([]byte, []int) {
+	return file_route_v1_route_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *Source) GetPrincipals() []string {
+	if x != nil {
+		return x.Principals
+	}
+	return nil
+}
+
+func (x *Source) GetNotPrincipals() []string {
+	if x != nil {
+		return x.NotPrincipals
+	}
+	return nil
+}
+
+func (x *Source) GetRequestPrincipals() []string {
+	if x != nil {
+		return x.RequestPrincipals
+	}
+	return nil
+}
+
+func (x *Source) GetNotRequestPrincipals() []string {
+	if x != nil {
+		return x.NotRequestPrincipals
+	}
+	return nil
+}
+
+func (x *Source) GetNamespaces() []string {
+	if x != nil {
+		return x.Namespaces
+	}
+	return nil
+}
+
+func (x *Source) GetNotNamespaces() []string {
+	if x != nil {
+		return x.NotNamespaces
+	}
+	return nil
+}
+
+func (x *Source) GetIpBlocks() []string {
+	if x != nil {
+		return x.IpBlocks
+	}
+	return nil
+}
+
+func (x *Source) GetNotIpBlocks() []string {
+	if x != nil {
+		return x.NotIpBlocks
+	}
+	return nil
+}
+
+func (x *Source) GetRemoteIpBlocks() []string {
+	if x != nil {
+		return x.RemoteIpBlocks
+	}
+	return nil
+}
+
+func (x *Source) GetNotRemoteIpBlocks() []string {
+	if x != nil {
+		return x.NotRemoteIpBlocks
+	}
+	return nil
+}
+
+type Operation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Hosts         []string               `protobuf:"bytes,1,rep,name=hosts,proto3" json:"hosts,omitempty"`
+	NotHosts      []string               `protobuf:"bytes,2,rep,name=not_hosts,json=notHosts,proto3" json:"not_hosts,omitempty"`
+	Ports         []string               `protobuf:"bytes,3,rep,name=ports,proto3" json:"ports,omitempty"`
+	NotPorts      []string               `protobuf:"bytes,4,rep,name=not_ports,json=notPorts,proto3" json:"not_ports,omitempty"`
+	Methods       []string               `protobuf:"bytes,5,rep,name=methods,proto3" json:"methods,omitempty"`
+	NotMethods    []string               `protobuf:"bytes,6,rep,name=not_methods,json=notMethods,proto3" json:"not_methods,omitempty"`
+	Paths         []string               `protobuf:"bytes,7,rep,name=paths,proto3" json:"paths,omitempty"`
+	NotPaths      []string               `protobuf:"bytes,8,rep,name=not_paths,json=notPaths,proto3" json:"not_paths,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Operation) Reset() {
+	*x = Operation{}
+	mi := &file_route_v1_route_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Operation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Operation) ProtoMessage() {}
+
+func (x *Operation) ProtoReflect() protoreflect.Message {
+	mi := &file_route_v1_route_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Operation.ProtoReflect.Descriptor instead.
+func (*Operation) Descriptor() ([]byte, []int) {
+	return file_route_v1_route_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Operation) GetHosts() []string {
+	if x != nil {
+		return x.Hosts
+	}
+	return nil
+}
+
+func (x *Operation) GetNotHosts() []string {
+	if x != nil {
+		return x.NotHosts
+	}
+	return nil
+}
+
+func (x *Operation) GetPorts() []string {
+	if x != nil {
+		return x.Ports
+	}
+	return nil
+}
+
+func (x *Operation) GetNotPorts() []string {
+	if x != nil {
+		return x.NotPorts
+	}
+	return nil
+}
+
+func (x *Operation) GetMethods() []string {
+	if x != nil {
+		return x.Methods
+	}
+	return nil
+}
+
+func (x *Operation) GetNotMethods() []string {
+	if x != nil {
+		return x.NotMethods
+	}
+	return nil
+}
+
+func (x *Operation) GetPaths() []string {
+	if x != nil {
+		return x.Paths
+	}
+	return nil
+}
+
+func (x *Operation) GetNotPaths() []string {
+	if x != nil {
+		return x.NotPaths
+	}
+	return nil
+}
+
+// Condition is a when clause: key as Istio names them (request.headers[x], request.auth.claims[c],
+// source.ip, source.namespace, source.principal, request.auth.principal, destination.port ...).
+type Condition struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Values        []string               `protobuf:"bytes,2,rep,name=values,proto3" json:"values,omitempty"`
+	NotValues     []string               `protobuf:"bytes,3,rep,name=not_values,json=notValues,proto3" json:"not_values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Condition) Reset() {
+	*x = Condition{}
+	mi := &file_route_v1_route_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Condition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Condition) ProtoMessage() {}
+
+func (x *Condition) ProtoReflect() protoreflect.Message {
+	mi := &file_route_v1_route_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Condition.ProtoReflect.Descriptor instead.
+func (*Condition) Descriptor() ([]byte, []int) {
+	return file_route_v1_route_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Condition) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *Condition) GetValues() []string {
+	if x != nil {
+		return x.Values
+	}
+	return nil
+}
+
+func (x *Condition) GetNotValues() []string {
+	if x != nil {
+		return x.NotValues
+	}
+	return nil
+}
+
 // Rule is one match of one rule of a route, with what the rule does.
 type Rule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -181,7 +663,7 @@ type Rule struct {
 
 func (x *Rule) Reset() {
 	*x = Rule{}
-	mi := &file_route_v1_route_proto_msgTypes[1]
+	mi := &file_route_v1_route_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -193,7 +675,7 @@ func (x *Rule) String() string {
 func (*Rule) ProtoMessage() {}
 
 func (x *Rule) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[1]
+	mi := &file_route_v1_route_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -206,7 +688,7 @@ func (x *Rule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rule.ProtoReflect.Descriptor instead.
 func (*Rule) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{1}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Rule) GetRoute() string {
@@ -293,7 +775,7 @@ type Match struct {
 
 func (x *Match) Reset() {
 	*x = Match{}
-	mi := &file_route_v1_route_proto_msgTypes[2]
+	mi := &file_route_v1_route_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -305,7 +787,7 @@ func (x *Match) String() string {
 func (*Match) ProtoMessage() {}
 
 func (x *Match) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[2]
+	mi := &file_route_v1_route_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -318,7 +800,7 @@ func (x *Match) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Match.ProtoReflect.Descriptor instead.
 func (*Match) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{2}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Match) GetPath() *PathMatch {
@@ -359,7 +841,7 @@ type PathMatch struct {
 
 func (x *PathMatch) Reset() {
 	*x = PathMatch{}
-	mi := &file_route_v1_route_proto_msgTypes[3]
+	mi := &file_route_v1_route_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -371,7 +853,7 @@ func (x *PathMatch) String() string {
 func (*PathMatch) ProtoMessage() {}
 
 func (x *PathMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[3]
+	mi := &file_route_v1_route_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -384,7 +866,7 @@ func (x *PathMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathMatch.ProtoReflect.Descriptor instead.
 func (*PathMatch) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{3}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PathMatch) GetKind() PathMatch_Kind {
@@ -414,7 +896,7 @@ type HeaderMatch struct {
 
 func (x *HeaderMatch) Reset() {
 	*x = HeaderMatch{}
-	mi := &file_route_v1_route_proto_msgTypes[4]
+	mi := &file_route_v1_route_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -426,7 +908,7 @@ func (x *HeaderMatch) String() string {
 func (*HeaderMatch) ProtoMessage() {}
 
 func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[4]
+	mi := &file_route_v1_route_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -439,7 +921,7 @@ func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
 func (*HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{4}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *HeaderMatch) GetName() string {
@@ -479,7 +961,7 @@ type Filter struct {
 
 func (x *Filter) Reset() {
 	*x = Filter{}
-	mi := &file_route_v1_route_proto_msgTypes[5]
+	mi := &file_route_v1_route_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -491,7 +973,7 @@ func (x *Filter) String() string {
 func (*Filter) ProtoMessage() {}
 
 func (x *Filter) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[5]
+	mi := &file_route_v1_route_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -504,7 +986,7 @@ func (x *Filter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Filter.ProtoReflect.Descriptor instead.
 func (*Filter) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{5}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Filter) GetKind() isFilter_Kind {
@@ -603,7 +1085,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_route_v1_route_proto_msgTypes[6]
+	mi := &file_route_v1_route_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -615,7 +1097,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[6]
+	mi := &file_route_v1_route_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -628,7 +1110,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{6}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Header) GetName() string {
@@ -656,7 +1138,7 @@ type HeaderModifier struct {
 
 func (x *HeaderModifier) Reset() {
 	*x = HeaderModifier{}
-	mi := &file_route_v1_route_proto_msgTypes[7]
+	mi := &file_route_v1_route_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -668,7 +1150,7 @@ func (x *HeaderModifier) String() string {
 func (*HeaderModifier) ProtoMessage() {}
 
 func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[7]
+	mi := &file_route_v1_route_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -681,7 +1163,7 @@ func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderModifier.ProtoReflect.Descriptor instead.
 func (*HeaderModifier) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{7}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *HeaderModifier) GetSet() []*Header {
@@ -719,7 +1201,7 @@ type PathModifier struct {
 
 func (x *PathModifier) Reset() {
 	*x = PathModifier{}
-	mi := &file_route_v1_route_proto_msgTypes[8]
+	mi := &file_route_v1_route_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -731,7 +1213,7 @@ func (x *PathModifier) String() string {
 func (*PathModifier) ProtoMessage() {}
 
 func (x *PathModifier) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[8]
+	mi := &file_route_v1_route_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -744,7 +1226,7 @@ func (x *PathModifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathModifier.ProtoReflect.Descriptor instead.
 func (*PathModifier) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{8}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PathModifier) GetKind() isPathModifier_Kind {
@@ -803,7 +1285,7 @@ type Redirect struct {
 
 func (x *Redirect) Reset() {
 	*x = Redirect{}
-	mi := &file_route_v1_route_proto_msgTypes[9]
+	mi := &file_route_v1_route_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -815,7 +1297,7 @@ func (x *Redirect) String() string {
 func (*Redirect) ProtoMessage() {}
 
 func (x *Redirect) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[9]
+	mi := &file_route_v1_route_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -828,7 +1310,7 @@ func (x *Redirect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
 func (*Redirect) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{9}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Redirect) GetScheme() string {
@@ -876,7 +1358,7 @@ type Rewrite struct {
 
 func (x *Rewrite) Reset() {
 	*x = Rewrite{}
-	mi := &file_route_v1_route_proto_msgTypes[10]
+	mi := &file_route_v1_route_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -888,7 +1370,7 @@ func (x *Rewrite) String() string {
 func (*Rewrite) ProtoMessage() {}
 
 func (x *Rewrite) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[10]
+	mi := &file_route_v1_route_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -901,7 +1383,7 @@ func (x *Rewrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rewrite.ProtoReflect.Descriptor instead.
 func (*Rewrite) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{10}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Rewrite) GetHostname() string {
@@ -930,7 +1412,7 @@ type Mirror struct {
 
 func (x *Mirror) Reset() {
 	*x = Mirror{}
-	mi := &file_route_v1_route_proto_msgTypes[11]
+	mi := &file_route_v1_route_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -942,7 +1424,7 @@ func (x *Mirror) String() string {
 func (*Mirror) ProtoMessage() {}
 
 func (x *Mirror) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[11]
+	mi := &file_route_v1_route_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -955,7 +1437,7 @@ func (x *Mirror) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mirror.ProtoReflect.Descriptor instead.
 func (*Mirror) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{11}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Mirror) GetBackend() *Backend {
@@ -986,7 +1468,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_route_v1_route_proto_msgTypes[12]
+	mi := &file_route_v1_route_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -998,7 +1480,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[12]
+	mi := &file_route_v1_route_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1011,7 +1493,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{12}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Backend) GetService() string {
@@ -1055,7 +1537,7 @@ type Retry struct {
 
 func (x *Retry) Reset() {
 	*x = Retry{}
-	mi := &file_route_v1_route_proto_msgTypes[13]
+	mi := &file_route_v1_route_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1067,7 +1549,7 @@ func (x *Retry) String() string {
 func (*Retry) ProtoMessage() {}
 
 func (x *Retry) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[13]
+	mi := &file_route_v1_route_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1080,7 +1562,7 @@ func (x *Retry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Retry.ProtoReflect.Descriptor instead.
 func (*Retry) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{13}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Retry) GetCodes() []uint32 {
@@ -1108,15 +1590,62 @@ var File_route_v1_route_proto protoreflect.FileDescriptor
 
 const file_route_v1_route_proto_rawDesc = "" +
 	"\n" +
-	"\x14route/v1/route.proto\x12\x10ambient.route.v1\"\x83\x02\n" +
+	"\x14route/v1/route.proto\x12\x10ambient.route.v1\"\xb9\x02\n" +
 	"\rServiceRoutes\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12L\n" +
 	"\tprotocols\x18\x03 \x03(\v2..ambient.route.v1.ServiceRoutes.ProtocolsEntryR\tprotocols\x12,\n" +
-	"\x05rules\x18\x04 \x03(\v2\x16.ambient.route.v1.RuleR\x05rules\x1a<\n" +
+	"\x05rules\x18\x04 \x03(\v2\x16.ambient.route.v1.RuleR\x05rules\x124\n" +
+	"\bpolicies\x18\x05 \x03(\v2\x18.ambient.route.v1.PolicyR\bpolicies\x1a<\n" +
 	"\x0eProtocolsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\rR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa9\x03\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xea\x01\n" +
+	"\x06Policy\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x127\n" +
+	"\x06action\x18\x03 \x01(\x0e2\x1f.ambient.route.v1.Policy.ActionR\x06action\x122\n" +
+	"\x05rules\x18\x04 \x03(\v2\x1c.ambient.route.v1.PolicyRuleR\x05rules\x12\x17\n" +
+	"\adry_run\x18\x05 \x01(\bR\x06dryRun\"(\n" +
+	"\x06Action\x12\t\n" +
+	"\x05ALLOW\x10\x00\x12\b\n" +
+	"\x04DENY\x10\x01\x12\t\n" +
+	"\x05AUDIT\x10\x02\"\x98\x01\n" +
+	"\n" +
+	"PolicyRule\x12,\n" +
+	"\x04from\x18\x01 \x03(\v2\x18.ambient.route.v1.SourceR\x04from\x12+\n" +
+	"\x02to\x18\x02 \x03(\v2\x1b.ambient.route.v1.OperationR\x02to\x12/\n" +
+	"\x04when\x18\x03 \x03(\v2\x1b.ambient.route.v1.ConditionR\x04when\"\x97\x03\n" +
+	"\x06Source\x12\x1e\n" +
+	"\n" +
+	"principals\x18\x01 \x03(\tR\n" +
+	"principals\x12%\n" +
+	"\x0enot_principals\x18\x02 \x03(\tR\rnotPrincipals\x12-\n" +
+	"\x12request_principals\x18\x03 \x03(\tR\x11requestPrincipals\x124\n" +
+	"\x16not_request_principals\x18\x04 \x03(\tR\x14notRequestPrincipals\x12\x1e\n" +
+	"\n" +
+	"namespaces\x18\x05 \x03(\tR\n" +
+	"namespaces\x12%\n" +
+	"\x0enot_namespaces\x18\x06 \x03(\tR\rnotNamespaces\x12\x1b\n" +
+	"\tip_blocks\x18\a \x03(\tR\bipBlocks\x12\"\n" +
+	"\rnot_ip_blocks\x18\b \x03(\tR\vnotIpBlocks\x12(\n" +
+	"\x10remote_ip_blocks\x18\t \x03(\tR\x0eremoteIpBlocks\x12/\n" +
+	"\x14not_remote_ip_blocks\x18\n" +
+	" \x03(\tR\x11notRemoteIpBlocks\"\xdf\x01\n" +
+	"\tOperation\x12\x14\n" +
+	"\x05hosts\x18\x01 \x03(\tR\x05hosts\x12\x1b\n" +
+	"\tnot_hosts\x18\x02 \x03(\tR\bnotHosts\x12\x14\n" +
+	"\x05ports\x18\x03 \x03(\tR\x05ports\x12\x1b\n" +
+	"\tnot_ports\x18\x04 \x03(\tR\bnotPorts\x12\x18\n" +
+	"\amethods\x18\x05 \x03(\tR\amethods\x12\x1f\n" +
+	"\vnot_methods\x18\x06 \x03(\tR\n" +
+	"notMethods\x12\x14\n" +
+	"\x05paths\x18\a \x03(\tR\x05paths\x12\x1b\n" +
+	"\tnot_paths\x18\b \x03(\tR\bnotPaths\"T\n" +
+	"\tCondition\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
+	"\x06values\x18\x02 \x03(\tR\x06values\x12\x1d\n" +
+	"\n" +
+	"not_values\x18\x03 \x03(\tR\tnotValues\"\xa9\x03\n" +
 	"\x04Rule\x12\x14\n" +
 	"\x05route\x18\x01 \x01(\tR\x05route\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -1200,53 +1729,65 @@ func file_route_v1_route_proto_rawDescGZIP() []byte {
 	return file_route_v1_route_proto_rawDescData
 }
 
-var file_route_v1_route_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_route_v1_route_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_route_v1_route_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_route_v1_route_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_route_v1_route_proto_goTypes = []any{
-	(PathMatch_Kind)(0),    // 0: ambient.route.v1.PathMatch.Kind
-	(*ServiceRoutes)(nil),  // 1: ambient.route.v1.ServiceRoutes
-	(*Rule)(nil),           // 2: ambient.route.v1.Rule
-	(*Match)(nil),          // 3: ambient.route.v1.Match
-	(*PathMatch)(nil),      // 4: ambient.route.v1.PathMatch
-	(*HeaderMatch)(nil),    // 5: ambient.route.v1.HeaderMatch
-	(*Filter)(nil),         // 6: ambient.route.v1.Filter
-	(*Header)(nil),         // 7: ambient.route.v1.Header
-	(*HeaderModifier)(nil), // 8: ambient.route.v1.HeaderModifier
-	(*PathModifier)(nil),   // 9: ambient.route.v1.PathModifier
-	(*Redirect)(nil),       // 10: ambient.route.v1.Redirect
-	(*Rewrite)(nil),        // 11: ambient.route.v1.Rewrite
-	(*Mirror)(nil),         // 12: ambient.route.v1.Mirror
-	(*Backend)(nil),        // 13: ambient.route.v1.Backend
-	(*Retry)(nil),          // 14: ambient.route.v1.Retry
-	nil,                    // 15: ambient.route.v1.ServiceRoutes.ProtocolsEntry
+	(Policy_Action)(0),     // 0: ambient.route.v1.Policy.Action
+	(PathMatch_Kind)(0),    // 1: ambient.route.v1.PathMatch.Kind
+	(*ServiceRoutes)(nil),  // 2: ambient.route.v1.ServiceRoutes
+	(*Policy)(nil),         // 3: ambient.route.v1.Policy
+	(*PolicyRule)(nil),     // 4: ambient.route.v1.PolicyRule
+	(*Source)(nil),         // 5: ambient.route.v1.Source
+	(*Operation)(nil),      // 6: ambient.route.v1.Operation
+	(*Condition)(nil),      // 7: ambient.route.v1.Condition
+	(*Rule)(nil),           // 8: ambient.route.v1.Rule
+	(*Match)(nil),          // 9: ambient.route.v1.Match
+	(*PathMatch)(nil),      // 10: ambient.route.v1.PathMatch
+	(*HeaderMatch)(nil),    // 11: ambient.route.v1.HeaderMatch
+	(*Filter)(nil),         // 12: ambient.route.v1.Filter
+	(*Header)(nil),         // 13: ambient.route.v1.Header
+	(*HeaderModifier)(nil), // 14: ambient.route.v1.HeaderModifier
+	(*PathModifier)(nil),   // 15: ambient.route.v1.PathModifier
+	(*Redirect)(nil),       // 16: ambient.route.v1.Redirect
+	(*Rewrite)(nil),        // 17: ambient.route.v1.Rewrite
+	(*Mirror)(nil),         // 18: ambient.route.v1.Mirror
+	(*Backend)(nil),        // 19: ambient.route.v1.Backend
+	(*Retry)(nil),          // 20: ambient.route.v1.Retry
+	nil,                    // 21: ambient.route.v1.ServiceRoutes.ProtocolsEntry
 }
 var file_route_v1_route_proto_depIdxs = []int32{
-	15, // 0: ambient.route.v1.ServiceRoutes.protocols:type_name -> ambient.route.v1.ServiceRoutes.ProtocolsEntry
-	2,  // 1: ambient.route.v1.ServiceRoutes.rules:type_name -> ambient.route.v1.Rule
-	3,  // 2: ambient.route.v1.Rule.match:type_name -> ambient.route.v1.Match
-	6,  // 3: ambient.route.v1.Rule.filters:type_name -> ambient.route.v1.Filter
-	13, // 4: ambient.route.v1.Rule.backends:type_name -> ambient.route.v1.Backend
-	14, // 5: ambient.route.v1.Rule.retry:type_name -> ambient.route.v1.Retry
-	4,  // 6: ambient.route.v1.Match.path:type_name -> ambient.route.v1.PathMatch
-	5,  // 7: ambient.route.v1.Match.headers:type_name -> ambient.route.v1.HeaderMatch
-	5,  // 8: ambient.route.v1.Match.query_params:type_name -> ambient.route.v1.HeaderMatch
-	0,  // 9: ambient.route.v1.PathMatch.kind:type_name -> ambient.route.v1.PathMatch.Kind
-	8,  // 10: ambient.route.v1.Filter.request_headers:type_name -> ambient.route.v1.HeaderModifier
-	8,  // 11: ambient.route.v1.Filter.response_headers:type_name -> ambient.route.v1.HeaderModifier
-	10, // 12: ambient.route.v1.Filter.redirect:type_name -> ambient.route.v1.Redirect
-	11, // 13: ambient.route.v1.Filter.rewrite:type_name -> ambient.route.v1.Rewrite
-	12, // 14: ambient.route.v1.Filter.mirror:type_name -> ambient.route.v1.Mirror
-	7,  // 15: ambient.route.v1.HeaderModifier.set:type_name -> ambient.route.v1.Header
-	7,  // 16: ambient.route.v1.HeaderModifier.add:type_name -> ambient.route.v1.Header
-	9,  // 17: ambient.route.v1.Redirect.path:type_name -> ambient.route.v1.PathModifier
-	9,  // 18: ambient.route.v1.Rewrite.path:type_name -> ambient.route.v1.PathModifier
-	13, // 19: ambient.route.v1.Mirror.backend:type_name -> ambient.route.v1.Backend
-	6,  // 20: ambient.route.v1.Backend.filters:type_name -> ambient.route.v1.Filter
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	21, // 0: ambient.route.v1.ServiceRoutes.protocols:type_name -> ambient.route.v1.ServiceRoutes.ProtocolsEntry
+	8,  // 1: ambient.route.v1.ServiceRoutes.rules:type_name -> ambient.route.v1.Rule
+	3,  // 2: ambient.route.v1.ServiceRoutes.policies:type_name -> ambient.route.v1.Policy
+	0,  // 3: ambient.route.v1.Policy.action:type_name -> ambient.route.v1.Policy.Action
+	4,  // 4: ambient.route.v1.Policy.rules:type_name -> ambient.route.v1.PolicyRule
+	5,  // 5: ambient.route.v1.PolicyRule.from:type_name -> ambient.route.v1.Source
+	6,  // 6: ambient.route.v1.PolicyRule.to:type_name -> ambient.route.v1.Operation
+	7,  // 7: ambient.route.v1.PolicyRule.when:type_name -> ambient.route.v1.Condition
+	9,  // 8: ambient.route.v1.Rule.match:type_name -> ambient.route.v1.Match
+	12, // 9: ambient.route.v1.Rule.filters:type_name -> ambient.route.v1.Filter
+	19, // 10: ambient.route.v1.Rule.backends:type_name -> ambient.route.v1.Backend
+	20, // 11: ambient.route.v1.Rule.retry:type_name -> ambient.route.v1.Retry
+	10, // 12: ambient.route.v1.Match.path:type_name -> ambient.route.v1.PathMatch
+	11, // 13: ambient.route.v1.Match.headers:type_name -> ambient.route.v1.HeaderMatch
+	11, // 14: ambient.route.v1.Match.query_params:type_name -> ambient.route.v1.HeaderMatch
+	1,  // 15: ambient.route.v1.PathMatch.kind:type_name -> ambient.route.v1.PathMatch.Kind
+	14, // 16: ambient.route.v1.Filter.request_headers:type_name -> ambient.route.v1.HeaderModifier
+	14, // 17: ambient.route.v1.Filter.response_headers:type_name -> ambient.route.v1.HeaderModifier
+	16, // 18: ambient.route.v1.Filter.redirect:type_name -> ambient.route.v1.Redirect
+	17, // 19: ambient.route.v1.Filter.rewrite:type_name -> ambient.route.v1.Rewrite
+	18, // 20: ambient.route.v1.Filter.mirror:type_name -> ambient.route.v1.Mirror
+	13, // 21: ambient.route.v1.HeaderModifier.set:type_name -> ambient.route.v1.Header
+	13, // 22: ambient.route.v1.HeaderModifier.add:type_name -> ambient.route.v1.Header
+	15, // 23: ambient.route.v1.Redirect.path:type_name -> ambient.route.v1.PathModifier
+	15, // 24: ambient.route.v1.Rewrite.path:type_name -> ambient.route.v1.PathModifier
+	19, // 25: ambient.route.v1.Mirror.backend:type_name -> ambient.route.v1.Backend
+	12, // 26: ambient.route.v1.Backend.filters:type_name -> ambient.route.v1.Filter
+	27, // [27:27] is the sub-list for method output_type
+	27, // [27:27] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_route_v1_route_proto_init() }
@@ -1254,14 +1795,14 @@ func file_route_v1_route_proto_init() {
 	if File_route_v1_route_proto != nil {
 		return
 	}
-	file_route_v1_route_proto_msgTypes[5].OneofWrappers = []any{
+	file_route_v1_route_proto_msgTypes[10].OneofWrappers = []any{
 		(*Filter_RequestHeaders)(nil),
 		(*Filter_ResponseHeaders)(nil),
 		(*Filter_Redirect)(nil),
 		(*Filter_Rewrite)(nil),
 		(*Filter_Mirror)(nil),
 	}
-	file_route_v1_route_proto_msgTypes[8].OneofWrappers = []any{
+	file_route_v1_route_proto_msgTypes[13].OneofWrappers = []any{
 		(*PathModifier_Full)(nil),
 		(*PathModifier_Prefix)(nil),
 	}
@@ -1270,8 +1811,8 @@ func file_route_v1_route_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_route_v1_route_proto_rawDesc), len(file_route_v1_route_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   15,
+			NumEnums:      2,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
