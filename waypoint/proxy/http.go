@@ -136,7 +136,7 @@ func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, t *tunnel) 
 		}
 	}
 	rec.dstService = be.Service
-	p.forward(sw, r, v, be, pr, respMods, mirrors, rec)
+	p.forward(sw, r, v, be, pr, respMods, mirrors, rec, t.srcIP)
 }
 
 // authorize applies the Service's authorization policies to r; it answers 403 itself and
@@ -192,7 +192,7 @@ func (p *Proxy) applyFilters(w http.ResponseWriter, r *http.Request, m *routev1.
 
 // forward sends r to backend be, with the rule's timeouts and retries.
 func (p *Proxy) forward(w *statusWriter, r *http.Request, v *view, be *routev1.Backend, pr *routev1.Rule,
-	respMods []*routev1.HeaderModifier, mirrors []*routev1.Mirror, rec *record,
+	respMods []*routev1.HeaderModifier, mirrors []*routev1.Mirror, rec *record, srcIP netip.Addr,
 ) {
 	ctx := r.Context()
 	if ms := pr.GetRequestTimeoutMs(); ms > 0 {
@@ -222,7 +222,7 @@ func (p *Proxy) forward(w *statusWriter, r *http.Request, v *view, be *routev1.B
 			p.mirror(r, v, m, body)
 		}
 	}
-	at := &attempts{p: p, v: v, be: be, retry: retry, replay: replay, body: body, h2: r.ProtoMajor == 2, rec: rec,
+	at := &attempts{p: p, v: v, be: be, retry: retry, replay: replay, body: body, h2: r.ProtoMajor == 2, rec: rec, srcIP: srcIP,
 		backendTimeout: time.Duration(pr.GetBackendRequestTimeoutMs()) * time.Millisecond}
 	if upgrade {
 		at.retry = nil
@@ -248,6 +248,8 @@ func (p *Proxy) forward(w *statusWriter, r *http.Request, v *view, be *routev1.B
 				code, rec.flags = http.StatusGatewayTimeout, "UT"
 			case errors.Is(err, errNoEndpoint):
 				rec.flags = "UH"
+			case errors.Is(err, errOverflow):
+				rec.flags = "UO"
 			default:
 				rec.flags = "UF"
 			}
@@ -269,6 +271,7 @@ type attempts struct {
 	body           []byte
 	h2             bool
 	backendTimeout time.Duration
+	srcIP          netip.Addr
 	rec            *record
 }
 
@@ -277,15 +280,23 @@ func (a *attempts) RoundTrip(req *http.Request) (*http.Response, error) {
 	if a.replay && a.retry != nil {
 		n += int(a.retry.Attempts)
 	}
+	policy := a.v.st.Routes(a.be.Service).GetTrafficPolicy()
+	slot, err := a.p.up.limiter(a.be.Service, policy).acquire(req.Context())
+	if err != nil {
+		return nil, err
+	}
+	tr := a.p.up.transport(a.be.Service, a.h2, policy)
+	key := hashKey(req, policy, a.srcIP)
 	var tried []netip.AddrPort
 	for i := 0; ; i++ {
-		ep, release, err := a.p.up.pick(a.v, a.be.Service, uint16(a.be.Port), tried)
+		ep, report, err := a.p.up.pick(a.v, a.be.Service, uint16(a.be.Port), tried, key)
 		if err != nil {
+			slot()
 			return nil, err
 		}
 		tried = append(tried, ep.addr)
 		a.rec.dstWorkload, a.rec.dstNS, a.rec.dstPrincipal = workloadName(ep.w), ep.w.Namespace, principalOf(ep.w)
-		resp, done, err := a.try(req, ep)
+		resp, cancel, err := a.try(req, ep, tr)
 		status := 0
 		if err == nil {
 			status = resp.StatusCode
@@ -295,35 +306,55 @@ func (a *attempts) RoundTrip(req *http.Request) (*http.Response, error) {
 				_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 				resp.Body.Close()
 			}
-			done()
-			release()
+			cancel()
+			report(status)
 			a.rec.retries++
 			if !sleep(req.Context(), time.Duration(a.retry.BackoffMs)*time.Millisecond) {
+				slot()
 				return nil, req.Context().Err()
 			}
 			continue
 		}
 		if err != nil {
-			done()
-			release()
+			cancel()
+			report(0)
+			slot()
 			return nil, err
 		}
 		if resp.StatusCode == http.StatusSwitchingProtocols {
-			release() // the upgraded stream is not a request in flight
+			report(status) // the upgraded stream is not a request in flight
+			slot()
 			return resp, nil
 		}
-		resp.Body = &doneBody{ReadCloser: resp.Body, done: func() { done(); release() }}
+		resp.Body = &doneBody{ReadCloser: resp.Body, done: func() { cancel(); report(status); slot() }}
 		return resp, nil
 	}
 }
 
+// hashKey is a request's key for a consistent-hash balancer: the header, cookie, query
+// parameter or source address the DestinationRule names.
+func hashKey(r *http.Request, p *routev1.TrafficPolicy, src netip.Addr) string {
+	if p.GetLoadBalancer() != routev1.TrafficPolicy_CONSISTENT_HASH {
+		return ""
+	}
+	switch {
+	case p.HashHeader != "":
+		return r.Header.Get(p.HashHeader)
+	case p.HashCookie != "":
+		if c, err := r.Cookie(p.HashCookie); err == nil {
+			return c.Value
+		}
+	case p.HashQueryParameter != "":
+		return r.URL.Query().Get(p.HashQueryParameter)
+	case p.HashSourceIp && src.IsValid():
+		return src.String()
+	}
+	return ""
+}
+
 // try sends one attempt to ep, bounded by the backend request timeout; done ends the attempt
 // (after its response body is read).
-func (a *attempts) try(req *http.Request, ep endpoint) (*http.Response, context.CancelFunc, error) {
-	var tr http.RoundTripper = a.p.up.h1
-	if a.h2 {
-		tr = a.p.up.h2
-	}
+func (a *attempts) try(req *http.Request, ep endpoint, tr http.RoundTripper) (*http.Response, context.CancelFunc, error) {
 	ctx, cancel := context.WithCancel(req.Context())
 	if a.backendTimeout > 0 {
 		ctx, cancel = context.WithTimeout(req.Context(), a.backendTimeout)

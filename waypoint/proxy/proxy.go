@@ -186,18 +186,19 @@ func (p *Proxy) serveTCP(ctx context.Context, c *bufConn, t *tunnel) {
 	v := p.cur.get()
 	key := t.svc.Namespace + "/" + t.svc.Hostname
 	rec := p.newRecord(t)
-	ep, release, err := p.up.pick(v, key, t.port, nil)
+	ep, report, err := p.up.pick(v, key, t.port, nil, "")
 	if err != nil {
 		p.d.Log.Info("access", "protocol", "tcp", "service", key, "peer", t.peer.String(), "result", "no endpoint", "err", err.Error())
 		return
 	}
-	defer release()
 	up, err := p.up.dial(ctx, ep)
 	if err != nil {
+		report(0)
 		p.d.Log.Info("access", "protocol", "tcp", "service", key, "peer", t.peer.String(), "dst", ep.addr.String(), "result", "upstream failed", "err", err.Error())
 		return
 	}
 	defer up.Close()
+	defer report(200) // connected: for the balancer, a success
 	rec.dstWorkload, rec.dstNS = workloadName(ep.w), ep.w.Namespace
 	received, sent, err := hbone.Relay(c, up)
 	attrs := []any{"protocol", "tcp", "service", key, "peer", t.peer.String(), "dst", ep.addr.String(),

@@ -25,12 +25,18 @@ const svcKey = "shop/echo.shop.svc.cluster.local"
 // each answer, and returns it as a workload outside the mesh (reached in plain TCP) serving the
 // Service's port 80.
 func backend(t *testing.T, name, addr string, status int) *workloadv1.Workload {
+	return backendFunc(t, name, addr, func(http.ResponseWriter, *http.Request) int { return status })
+}
+
+// backendFunc is backend with the status of each answer chosen by fn (which may block).
+func backendFunc(t *testing.T, name, addr string, fn func(http.ResponseWriter, *http.Request) int) *workloadv1.Workload {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr+":0")
 	if err != nil {
-		t.Skipf("loopback address %s: %v", addr, err)
+		t.Fatalf("loopback address %s: %v", addr, err)
 	}
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		status := fn(w, r)
 		w.Header().Set("Trailer", "Grpc-Status")
 		w.WriteHeader(status)
 		_ = json.NewEncoder(w).Encode(map[string]any{"pod": name, "headers": r.Header, "proto": r.Proto})
@@ -226,5 +232,51 @@ func TestPolicyDeniesByPath(t *testing.T) {
 	}
 	if code, r, _ := h.get(t, "/public"); code != 200 || r.Pod != "a" {
 		t.Errorf("/public: %d from %q, want 200", code, r.Pod)
+	}
+}
+
+// TestConnectionPoolOverflow: with http2MaxRequests 1 and no pending requests allowed, a second
+// request while one is in flight is answered 503 at once.
+func TestConnectionPoolOverflow(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	slow := backendFunc(t, "slow", "127.0.0.7", func(_ http.ResponseWriter, r *http.Request) int {
+		if r.URL.Path == "/slow" {
+			entered <- struct{}{}
+			<-release
+		}
+		return 200
+	})
+	h := newHarness(t, &routev1.ServiceRoutes{TrafficPolicy: &routev1.TrafficPolicy{Http2MaxRequests: 1}}, slow)
+	done := make(chan int)
+	go func() {
+		code, _, _ := h.get(t, "/slow")
+		done <- code
+	}()
+	<-entered
+	if code, _, _ := h.get(t, "/fast"); code != http.StatusServiceUnavailable {
+		t.Errorf("a request over the pool's bound: %d, want 503", code)
+	}
+	close(release)
+	if code := <-done; code != 200 {
+		t.Errorf("the request in flight: %d", code)
+	}
+	if code, _, _ := h.get(t, "/fast"); code != 200 {
+		t.Errorf("after the slot was freed: %d", code)
+	}
+}
+
+// TestOutlierEjection: an endpoint answering 5xx in a row is ejected and gets no more requests.
+func TestOutlierEjection(t *testing.T) {
+	good, bad := backend(t, "good", "127.0.0.8", 200), backend(t, "bad", "127.0.0.9", 503)
+	h := newHarness(t, &routev1.ServiceRoutes{TrafficPolicy: &routev1.TrafficPolicy{LoadBalancer: routev1.TrafficPolicy_ROUND_ROBIN,
+		OutlierDetection: &routev1.OutlierDetection{Consecutive_5XxErrors: 2, BaseEjectionTimeMs: 60000, MaxEjectionPercent: 50}}}, good, bad)
+	fails := 0
+	for range 40 {
+		if code, _, _ := h.get(t, "/"); code != 200 {
+			fails++
+		}
+	}
+	if fails != 2 {
+		t.Errorf("%d requests failed; want 2, then the bad endpoint ejected", fails)
 	}
 }

@@ -9,25 +9,27 @@ package proxy
 //     need no mark for the redirector to leave them alone (and it holds no capability to set one).
 //   - HTTP connections are pooled per endpoint by the transports (keyed by the endpoint address
 //     put in the request URL), and the HBONE connections under them per endpoint by hbone.Client.
-//   - The endpoint is chosen by power of two choices over peak-EWMA latency weighted by the
-//     requests in flight (Linkerd's balancer): slow or loaded endpoints get less traffic.
+//   - The endpoint is chosen by the Service's balancer (waypoint/lb: by default power of two
+//     choices over peak-EWMA latency, or its DestinationRule's), which also ejects outliers.
+//   - A DestinationRule's connection pool bounds requests in flight per Service (503 beyond
+//     them and the pending ones) and connections per endpoint (a transport of its own).
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"math"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
-	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ambient-mesh/ambient/api/identity"
 	"github.com/ambient-mesh/ambient/api/mesh"
+	routev1 "github.com/ambient-mesh/ambient/api/route/v1"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+	"github.com/ambient-mesh/ambient/waypoint/lb"
 	"github.com/ambient-mesh/ambient/ztunnel/hbone"
 )
 
@@ -39,14 +41,17 @@ type upstream struct {
 	self   identity.Identity
 	h1     *http.Transport
 	h2     *http.Transport // cleartext HTTP/2 with prior knowledge
-	mu     sync.Mutex
-	stats  map[netip.AddrPort]*epStats
+	mu         sync.Mutex
+	balancers  map[string]*lb.Balancer // by service
+	limiters   map[string]*limiter     // by service
+	transports map[transportKey]*http.Transport
 	// dests maps an endpoint address to the workload reached there, for the transports' dials.
 	dests sync.Map // netip.AddrPort -> *workloadv1.Workload
 }
 
 func newUpstream(c *hbone.Client, self identity.Identity) *upstream {
-	u := &upstream{client: c, self: self, stats: map[netip.AddrPort]*epStats{}}
+	u := &upstream{client: c, self: self, balancers: map[string]*lb.Balancer{}, limiters: map[string]*limiter{},
+		transports: map[transportKey]*http.Transport{}}
 	dial := func(ctx context.Context, _, addr string) (net.Conn, error) {
 		ap, err := netip.ParseAddrPort(addr)
 		if err != nil {
@@ -76,6 +81,11 @@ func newUpstream(c *hbone.Client, self identity.Identity) *upstream {
 func (u *upstream) close() {
 	u.h1.CloseIdleConnections()
 	u.h2.CloseIdleConnections()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for _, t := range u.transports {
+		t.CloseIdleConnections()
+	}
 }
 
 // dial opens a connection to an endpoint: HBONE to its ztunnel, or plain TCP.
@@ -92,63 +102,25 @@ func (u *upstream) dial(ctx context.Context, ep endpoint) (net.Conn, error) {
 	})
 }
 
-// epStats is one endpoint's load: requests in flight and peak-EWMA latency.
-type epStats struct {
-	mu       sync.Mutex
-	pending  int
-	ewma     float64 // ns
-	lastSeen time.Time
-}
-
-// decay is the EWMA's time constant: a latency sample's weight halves in about 7 s.
-const decay = 10 * time.Second
-
-func (s *epStats) cost(now time.Time) float64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e := s.decayed(now)
-	if e == 0 && s.pending > 0 {
-		// No latency measured yet but busy: prefer an idle endpoint.
-		return float64(s.pending) * 1e6
-	}
-	return e * float64(s.pending+1)
-}
-
-func (s *epStats) decayed(now time.Time) float64 {
-	if s.lastSeen.IsZero() {
-		return 0
-	}
-	return s.ewma * math.Exp(-float64(now.Sub(s.lastSeen))/float64(decay))
-}
-
-func (s *epStats) observe(now time.Time, rtt time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	e := s.decayed(now)
-	if r := float64(rtt); r > e {
-		s.ewma = r // peak: a slower response is believed at once
-	} else {
-		w := math.Exp(-float64(now.Sub(s.lastSeen)) / float64(decay))
-		s.ewma = e*w + r*(1-w)
-	}
-	s.lastSeen = now
-}
-
-func (u *upstream) statsOf(a netip.AddrPort) *epStats {
+// balancer returns service key's balancer, with the policy of its ServiceRoutes.
+func (u *upstream) balancer(v *view, key string) *lb.Balancer {
+	policy := v.st.Routes(key).GetTrafficPolicy()
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	s := u.stats[a]
-	if s == nil {
-		s = &epStats{}
-		u.stats[a] = s
+	b := u.balancers[key]
+	if b == nil {
+		b = lb.New(policy, nil)
+		u.balancers[key] = b
+	} else if b.Policy() != policy {
+		b.SetPolicy(policy)
 	}
-	return s
+	return b
 }
 
-// pick chooses an endpoint of service key's port, other than those tried (a retry goes to
-// another endpoint when there is one, as Envoy's previous-hosts predicate does), and counts a
-// request in flight on it; release ends the request.
-func (u *upstream) pick(v *view, key string, port uint16, tried []netip.AddrPort) (endpoint, func(), error) {
+// pick chooses an endpoint of service key's port, other than those tried when it can (a retry
+// goes elsewhere, as Envoy's previous-hosts predicate does), with the Service's balancer; done
+// reports the attempt's status (0: it failed without one).
+func (u *upstream) pick(v *view, key string, port uint16, tried []netip.AddrPort, hashKey string) (endpoint, func(status int), error) {
 	eps := v.ready(key, port, true)
 	if len(eps) == 0 {
 		eps = v.ready(key, port, false)
@@ -156,40 +128,94 @@ func (u *upstream) pick(v *view, key string, port uint16, tried []netip.AddrPort
 	if len(eps) == 0 {
 		return endpoint{}, nil, fmt.Errorf("%w for %s port %d", errNoEndpoint, key, port)
 	}
-	if len(tried) > 0 {
-		fresh := slices.DeleteFunc(slices.Clone(eps), func(e endpoint) bool { return slices.Contains(tried, e.addr) })
-		if len(fresh) > 0 {
-			eps = fresh
-		}
+	addrs := make([]netip.AddrPort, len(eps))
+	for i, e := range eps {
+		addrs[i] = e.addr
 	}
-	now := time.Now()
-	ep := eps[0]
-	if len(eps) > 1 {
-		i := rand.IntN(len(eps))
-		j := rand.IntN(len(eps) - 1)
-		if j >= i {
-			j++
-		}
-		a, b := eps[i], eps[j]
-		if u.statsOf(b.addr).cost(now) < u.statsOf(a.addr).cost(now) {
-			a = b
-		}
-		ep = a
+	i, done := u.balancer(v, key).Pick(addrs, hashKey, tried)
+	u.dests.Store(eps[i].addr, eps[i].w)
+	return eps[i], done, nil
+}
+
+// errOverflow: the Service's connection pool is full (503, flag UO).
+var errOverflow = errors.New("connection pool overflow")
+
+// limiter bounds the requests in flight to one Service (http2MaxRequests) and those waiting for
+// a slot (maxPendingRequests).
+type limiter struct {
+	slots   chan struct{}
+	pending atomic.Int32
+	max     uint32
+}
+
+func (u *upstream) limiter(key string, p *routev1.TrafficPolicy) *limiter {
+	n := p.GetHttp2MaxRequests()
+	if n == 0 {
+		return nil
 	}
-	u.dests.Store(ep.addr, ep.w)
-	s := u.statsOf(ep.addr)
-	s.mu.Lock()
-	s.pending++
-	s.mu.Unlock()
-	start := time.Now()
-	var once sync.Once
-	return ep, func() {
-		once.Do(func() {
-			end := time.Now()
-			s.observe(end, end.Sub(start))
-			s.mu.Lock()
-			s.pending--
-			s.mu.Unlock()
-		})
-	}, nil
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	l := u.limiters[key]
+	if l == nil || cap(l.slots) != int(n) {
+		l = &limiter{slots: make(chan struct{}, n)}
+		u.limiters[key] = l
+	}
+	l.max = p.GetMaxPendingRequests()
+	return l
+}
+
+// acquire takes a slot, waiting while fewer than max requests wait; release gives it back.
+func (l *limiter) acquire(ctx context.Context) (release func(), err error) {
+	if l == nil {
+		return func() {}, nil
+	}
+	release = func() { <-l.slots }
+	select {
+	case l.slots <- struct{}{}:
+		return release, nil
+	default:
+	}
+	if uint32(l.pending.Add(1)) > l.max {
+		l.pending.Add(-1)
+		return nil, errOverflow
+	}
+	defer l.pending.Add(-1)
+	select {
+	case l.slots <- struct{}{}:
+		return release, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// transport returns the HTTP transport for a Service's requests: shared, or one of its own when
+// its DestinationRule bounds connections per endpoint (maxConnections).
+func (u *upstream) transport(key string, h2 bool, p *routev1.TrafficPolicy) http.RoundTripper {
+	maxConns := p.GetMaxConnections()
+	if maxConns == 0 {
+		if h2 {
+			return u.h2
+		}
+		return u.h1
+	}
+	k := transportKey{key, h2, maxConns}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if t := u.transports[k]; t != nil {
+		return t
+	}
+	base := u.h1
+	if h2 {
+		base = u.h2
+	}
+	t := base.Clone()
+	t.MaxConnsPerHost = int(maxConns)
+	u.transports[k] = t
+	return t
+}
+
+type transportKey struct {
+	service  string
+	h2       bool
+	maxConns uint32
 }

@@ -30,6 +30,63 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type TrafficPolicy_LoadBalancer int32
+
+const (
+	// Power of two choices over peak-EWMA latency.
+	TrafficPolicy_DEFAULT     TrafficPolicy_LoadBalancer = 0
+	TrafficPolicy_ROUND_ROBIN TrafficPolicy_LoadBalancer = 1
+	// Power of two choices over requests in flight.
+	TrafficPolicy_LEAST_REQUEST   TrafficPolicy_LoadBalancer = 2
+	TrafficPolicy_RANDOM          TrafficPolicy_LoadBalancer = 3
+	TrafficPolicy_CONSISTENT_HASH TrafficPolicy_LoadBalancer = 4
+)
+
+// Enum value maps for TrafficPolicy_LoadBalancer.
+var (
+	TrafficPolicy_LoadBalancer_name = map[int32]string{
+		0: "DEFAULT",
+		1: "ROUND_ROBIN",
+		2: "LEAST_REQUEST",
+		3: "RANDOM",
+		4: "CONSISTENT_HASH",
+	}
+	TrafficPolicy_LoadBalancer_value = map[string]int32{
+		"DEFAULT":         0,
+		"ROUND_ROBIN":     1,
+		"LEAST_REQUEST":   2,
+		"RANDOM":          3,
+		"CONSISTENT_HASH": 4,
+	}
+)
+
+func (x TrafficPolicy_LoadBalancer) Enum() *TrafficPolicy_LoadBalancer {
+	p := new(TrafficPolicy_LoadBalancer)
+	*p = x
+	return p
+}
+
+func (x TrafficPolicy_LoadBalancer) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TrafficPolicy_LoadBalancer) Descriptor() protoreflect.EnumDescriptor {
+	return file_route_v1_route_proto_enumTypes[0].Descriptor()
+}
+
+func (TrafficPolicy_LoadBalancer) Type() protoreflect.EnumType {
+	return &file_route_v1_route_proto_enumTypes[0]
+}
+
+func (x TrafficPolicy_LoadBalancer) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TrafficPolicy_LoadBalancer.Descriptor instead.
+func (TrafficPolicy_LoadBalancer) EnumDescriptor() ([]byte, []int) {
+	return file_route_v1_route_proto_rawDescGZIP(), []int{2, 0}
+}
+
 type Policy_Action int32
 
 const (
@@ -63,11 +120,11 @@ func (x Policy_Action) String() string {
 }
 
 func (Policy_Action) Descriptor() protoreflect.EnumDescriptor {
-	return file_route_v1_route_proto_enumTypes[0].Descriptor()
+	return file_route_v1_route_proto_enumTypes[1].Descriptor()
 }
 
 func (Policy_Action) Type() protoreflect.EnumType {
-	return &file_route_v1_route_proto_enumTypes[0]
+	return &file_route_v1_route_proto_enumTypes[1]
 }
 
 func (x Policy_Action) Number() protoreflect.EnumNumber {
@@ -76,7 +133,7 @@ func (x Policy_Action) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Policy_Action.Descriptor instead.
 func (Policy_Action) EnumDescriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{1, 0}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{4, 0}
 }
 
 type PathMatch_Kind int32
@@ -113,11 +170,11 @@ func (x PathMatch_Kind) String() string {
 }
 
 func (PathMatch_Kind) Descriptor() protoreflect.EnumDescriptor {
-	return file_route_v1_route_proto_enumTypes[1].Descriptor()
+	return file_route_v1_route_proto_enumTypes[2].Descriptor()
 }
 
 func (PathMatch_Kind) Type() protoreflect.EnumType {
-	return &file_route_v1_route_proto_enumTypes[1]
+	return &file_route_v1_route_proto_enumTypes[2]
 }
 
 func (x PathMatch_Kind) Number() protoreflect.EnumNumber {
@@ -126,7 +183,7 @@ func (x PathMatch_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PathMatch_Kind.Descriptor instead.
 func (PathMatch_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{8, 0}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{11, 0}
 }
 
 // ServiceRoutes is how a waypoint handles requests addressed to one Service.
@@ -144,7 +201,14 @@ type ServiceRoutes struct {
 	// Authorization policies that apply to requests for the Service: those whose targetRefs name
 	// the Service or the waypoint Gateway it is bound to. Any matching DENY denies; if any ALLOW
 	// applies, a request must match one; AUDIT only logs.
-	Policies      []*Policy `protobuf:"bytes,5,rep,name=policies,proto3" json:"policies,omitempty"`
+	Policies []*Policy `protobuf:"bytes,5,rep,name=policies,proto3" json:"policies,omitempty"`
+	// JWT rules of the RequestAuthentications that apply (targetRefs to the Service or the waypoint
+	// Gateway it is bound to): a request with an invalid token is refused (401); one without a token
+	// goes on without a request principal.
+	JwtRules []*JWTRule `protobuf:"bytes,6,rep,name=jwt_rules,json=jwtRules,proto3" json:"jwt_rules,omitempty"`
+	// How requests to this Service's endpoints are balanced and bounded (its DestinationRule's
+	// trafficPolicy); unset for the defaults.
+	TrafficPolicy *TrafficPolicy `protobuf:"bytes,7,opt,name=traffic_policy,json=trafficPolicy,proto3" json:"traffic_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -214,6 +278,306 @@ func (x *ServiceRoutes) GetPolicies() []*Policy {
 	return nil
 }
 
+func (x *ServiceRoutes) GetJwtRules() []*JWTRule {
+	if x != nil {
+		return x.JwtRules
+	}
+	return nil
+}
+
+func (x *ServiceRoutes) GetTrafficPolicy() *TrafficPolicy {
+	if x != nil {
+		return x.TrafficPolicy
+	}
+	return nil
+}
+
+// JWTRule is one jwtRules entry of a RequestAuthentication.
+type JWTRule struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Issuer    string                 `protobuf:"bytes,1,opt,name=issuer,proto3" json:"issuer,omitempty"`
+	Audiences []string               `protobuf:"bytes,2,rep,name=audiences,proto3" json:"audiences,omitempty"`
+	JwksUri   string                 `protobuf:"bytes,3,opt,name=jwks_uri,json=jwksUri,proto3" json:"jwks_uri,omitempty"`
+	// Inline JWKS (wins over jwks_uri).
+	Jwks                 string                    `protobuf:"bytes,4,opt,name=jwks,proto3" json:"jwks,omitempty"`
+	FromHeaders          []*JWTRule_HeaderLocation `protobuf:"bytes,5,rep,name=from_headers,json=fromHeaders,proto3" json:"from_headers,omitempty"`
+	FromParams           []string                  `protobuf:"bytes,6,rep,name=from_params,json=fromParams,proto3" json:"from_params,omitempty"`
+	OutputClaimToHeaders []*JWTRule_ClaimToHeader  `protobuf:"bytes,7,rep,name=output_claim_to_headers,json=outputClaimToHeaders,proto3" json:"output_claim_to_headers,omitempty"`
+	ForwardOriginalToken bool                      `protobuf:"varint,8,opt,name=forward_original_token,json=forwardOriginalToken,proto3" json:"forward_original_token,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *JWTRule) Reset() {
+	*x = JWTRule{}
+	mi := &file_route_v1_route_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTRule) ProtoMessage() {}
+
+func (x *JWTRule) ProtoReflect() protoreflect.Message {
+	mi := &file_route_v1_route_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTRule.ProtoReflect.Descriptor instead.
+func (*JWTRule) Descriptor() ([]byte, []int) {
+	return file_route_v1_route_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *JWTRule) GetIssuer() string {
+	if x != nil {
+		return x.Issuer
+	}
+	return ""
+}
+
+func (x *JWTRule) GetAudiences() []string {
+	if x != nil {
+		return x.Audiences
+	}
+	return nil
+}
+
+func (x *JWTRule) GetJwksUri() string {
+	if x != nil {
+		return x.JwksUri
+	}
+	return ""
+}
+
+func (x *JWTRule) GetJwks() string {
+	if x != nil {
+		return x.Jwks
+	}
+	return ""
+}
+
+func (x *JWTRule) GetFromHeaders() []*JWTRule_HeaderLocation {
+	if x != nil {
+		return x.FromHeaders
+	}
+	return nil
+}
+
+func (x *JWTRule) GetFromParams() []string {
+	if x != nil {
+		return x.FromParams
+	}
+	return nil
+}
+
+func (x *JWTRule) GetOutputClaimToHeaders() []*JWTRule_ClaimToHeader {
+	if x != nil {
+		return x.OutputClaimToHeaders
+	}
+	return nil
+}
+
+func (x *JWTRule) GetForwardOriginalToken() bool {
+	if x != nil {
+		return x.ForwardOriginalToken
+	}
+	return false
+}
+
+// TrafficPolicy is a DestinationRule's trafficPolicy, as the waypoint applies it.
+type TrafficPolicy struct {
+	state        protoimpl.MessageState     `protogen:"open.v1"`
+	LoadBalancer TrafficPolicy_LoadBalancer `protobuf:"varint,1,opt,name=load_balancer,json=loadBalancer,proto3,enum=ambient.route.v1.TrafficPolicy_LoadBalancer" json:"load_balancer,omitempty"`
+	// The consistent hash's key: one of a header, a cookie, a query parameter or the source IP.
+	HashHeader         string `protobuf:"bytes,2,opt,name=hash_header,json=hashHeader,proto3" json:"hash_header,omitempty"`
+	HashCookie         string `protobuf:"bytes,3,opt,name=hash_cookie,json=hashCookie,proto3" json:"hash_cookie,omitempty"`
+	HashQueryParameter string `protobuf:"bytes,4,opt,name=hash_query_parameter,json=hashQueryParameter,proto3" json:"hash_query_parameter,omitempty"`
+	HashSourceIp       bool   `protobuf:"varint,5,opt,name=hash_source_ip,json=hashSourceIp,proto3" json:"hash_source_ip,omitempty"`
+	// Connection pool bounds; 0 for none. max_connections per endpoint; http2_max_requests
+	// requests in flight to the Service at once, with max_pending_requests more waiting; beyond
+	// that a request is answered 503 at once.
+	MaxConnections     uint32            `protobuf:"varint,6,opt,name=max_connections,json=maxConnections,proto3" json:"max_connections,omitempty"`
+	Http2MaxRequests   uint32            `protobuf:"varint,7,opt,name=http2_max_requests,json=http2MaxRequests,proto3" json:"http2_max_requests,omitempty"`
+	MaxPendingRequests uint32            `protobuf:"varint,8,opt,name=max_pending_requests,json=maxPendingRequests,proto3" json:"max_pending_requests,omitempty"`
+	OutlierDetection   *OutlierDetection `protobuf:"bytes,9,opt,name=outlier_detection,json=outlierDetection,proto3" json:"outlier_detection,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *TrafficPolicy) Reset() {
+	*x = TrafficPolicy{}
+	mi := &file_route_v1_route_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrafficPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrafficPolicy) ProtoMessage() {}
+
+func (x *TrafficPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_route_v1_route_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrafficPolicy.ProtoReflect.Descriptor instead.
+func (*TrafficPolicy) Descriptor() ([]byte, []int) {
+	return file_route_v1_route_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *TrafficPolicy) GetLoadBalancer() TrafficPolicy_LoadBalancer {
+	if x != nil {
+		return x.LoadBalancer
+	}
+	return TrafficPolicy_DEFAULT
+}
+
+func (x *TrafficPolicy) GetHashHeader() string {
+	if x != nil {
+		return x.HashHeader
+	}
+	return ""
+}
+
+func (x *TrafficPolicy) GetHashCookie() string {
+	if x != nil {
+		return x.HashCookie
+	}
+	return ""
+}
+
+func (x *TrafficPolicy) GetHashQueryParameter() string {
+	if x != nil {
+		return x.HashQueryParameter
+	}
+	return ""
+}
+
+func (x *TrafficPolicy) GetHashSourceIp() bool {
+	if x != nil {
+		return x.HashSourceIp
+	}
+	return false
+}
+
+func (x *TrafficPolicy) GetMaxConnections() uint32 {
+	if x != nil {
+		return x.MaxConnections
+	}
+	return 0
+}
+
+func (x *TrafficPolicy) GetHttp2MaxRequests() uint32 {
+	if x != nil {
+		return x.Http2MaxRequests
+	}
+	return 0
+}
+
+func (x *TrafficPolicy) GetMaxPendingRequests() uint32 {
+	if x != nil {
+		return x.MaxPendingRequests
+	}
+	return 0
+}
+
+func (x *TrafficPolicy) GetOutlierDetection() *OutlierDetection {
+	if x != nil {
+		return x.OutlierDetection
+	}
+	return nil
+}
+
+// OutlierDetection ejects an endpoint that answers consecutive_5xx_errors 5xx (or fails to
+// connect) in a row, for base_ejection_time times the number of its ejections, never more than
+// max_ejection_percent of the endpoints at once; interval is how often ejections are reviewed.
+type OutlierDetection struct {
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	Consecutive_5XxErrors uint32                 `protobuf:"varint,1,opt,name=consecutive_5xx_errors,json=consecutive5xxErrors,proto3" json:"consecutive_5xx_errors,omitempty"`
+	IntervalMs            uint32                 `protobuf:"varint,2,opt,name=interval_ms,json=intervalMs,proto3" json:"interval_ms,omitempty"`
+	BaseEjectionTimeMs    uint32                 `protobuf:"varint,3,opt,name=base_ejection_time_ms,json=baseEjectionTimeMs,proto3" json:"base_ejection_time_ms,omitempty"`
+	MaxEjectionPercent    uint32                 `protobuf:"varint,4,opt,name=max_ejection_percent,json=maxEjectionPercent,proto3" json:"max_ejection_percent,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *OutlierDetection) Reset() {
+	*x = OutlierDetection{}
+	mi := &file_route_v1_route_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OutlierDetection) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OutlierDetection) ProtoMessage() {}
+
+func (x *OutlierDetection) ProtoReflect() protoreflect.Message {
+	mi := &file_route_v1_route_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OutlierDetection.ProtoReflect.Descriptor instead.
+func (*OutlierDetection) Descriptor() ([]byte, []int) {
+	return file_route_v1_route_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *OutlierDetection) GetConsecutive_5XxErrors() uint32 {
+	if x != nil {
+		return x.Consecutive_5XxErrors
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetIntervalMs() uint32 {
+	if x != nil {
+		return x.IntervalMs
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetBaseEjectionTimeMs() uint32 {
+	if x != nil {
+		return x.BaseEjectionTimeMs
+	}
+	return 0
+}
+
+func (x *OutlierDetection) GetMaxEjectionPercent() uint32 {
+	if x != nil {
+		return x.MaxEjectionPercent
+	}
+	return 0
+}
+
 // Policy is an AuthorizationPolicy the waypoint enforces. Values use Istio's string syntax
 // ("*" any, "x*" prefix, "*x" suffix, otherwise exact); service accounts and trust domains
 // arrive translated into principals.
@@ -231,7 +595,7 @@ type Policy struct {
 
 func (x *Policy) Reset() {
 	*x = Policy{}
-	mi := &file_route_v1_route_proto_msgTypes[1]
+	mi := &file_route_v1_route_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -243,7 +607,7 @@ func (x *Policy) String() string {
 func (*Policy) ProtoMessage() {}
 
 func (x *Policy) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[1]
+	mi := &file_route_v1_route_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -256,7 +620,7 @@ func (x *Policy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Policy.ProtoReflect.Descriptor instead.
 func (*Policy) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{1}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Policy) GetName() string {
@@ -307,7 +671,7 @@ type PolicyRule struct {
 
 func (x *PolicyRule) Reset() {
 	*x = PolicyRule{}
-	mi := &file_route_v1_route_proto_msgTypes[2]
+	mi := &file_route_v1_route_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -319,7 +683,7 @@ func (x *PolicyRule) String() string {
 func (*PolicyRule) ProtoMessage() {}
 
 func (x *PolicyRule) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[2]
+	mi := &file_route_v1_route_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -332,7 +696,7 @@ func (x *PolicyRule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PolicyRule.ProtoReflect.Descriptor instead.
 func (*PolicyRule) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{2}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *PolicyRule) GetFrom() []*Source {
@@ -376,7 +740,7 @@ type Source struct {
 
 func (x *Source) Reset() {
 	*x = Source{}
-	mi := &file_route_v1_route_proto_msgTypes[3]
+	mi := &file_route_v1_route_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -388,7 +752,7 @@ func (x *Source) String() string {
 func (*Source) ProtoMessage() {}
 
 func (x *Source) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[3]
+	mi := &file_route_v1_route_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -401,7 +765,7 @@ func (x *Source) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Source.ProtoReflect.Descriptor instead.
 func (*Source) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{3}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Source) GetPrincipals() []string {
@@ -490,7 +854,7 @@ type Operation struct {
 
 func (x *Operation) Reset() {
 	*x = Operation{}
-	mi := &file_route_v1_route_proto_msgTypes[4]
+	mi := &file_route_v1_route_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -502,7 +866,7 @@ func (x *Operation) String() string {
 func (*Operation) ProtoMessage() {}
 
 func (x *Operation) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[4]
+	mi := &file_route_v1_route_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -515,7 +879,7 @@ func (x *Operation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Operation.ProtoReflect.Descriptor instead.
 func (*Operation) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{4}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Operation) GetHosts() []string {
@@ -587,7 +951,7 @@ type Condition struct {
 
 func (x *Condition) Reset() {
 	*x = Condition{}
-	mi := &file_route_v1_route_proto_msgTypes[5]
+	mi := &file_route_v1_route_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -599,7 +963,7 @@ func (x *Condition) String() string {
 func (*Condition) ProtoMessage() {}
 
 func (x *Condition) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[5]
+	mi := &file_route_v1_route_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -612,7 +976,7 @@ func (x *Condition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Condition.ProtoReflect.Descriptor instead.
 func (*Condition) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{5}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Condition) GetKey() string {
@@ -663,7 +1027,7 @@ type Rule struct {
 
 func (x *Rule) Reset() {
 	*x = Rule{}
-	mi := &file_route_v1_route_proto_msgTypes[6]
+	mi := &file_route_v1_route_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -675,7 +1039,7 @@ func (x *Rule) String() string {
 func (*Rule) ProtoMessage() {}
 
 func (x *Rule) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[6]
+	mi := &file_route_v1_route_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -688,7 +1052,7 @@ func (x *Rule) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rule.ProtoReflect.Descriptor instead.
 func (*Rule) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{6}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Rule) GetRoute() string {
@@ -775,7 +1139,7 @@ type Match struct {
 
 func (x *Match) Reset() {
 	*x = Match{}
-	mi := &file_route_v1_route_proto_msgTypes[7]
+	mi := &file_route_v1_route_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -787,7 +1151,7 @@ func (x *Match) String() string {
 func (*Match) ProtoMessage() {}
 
 func (x *Match) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[7]
+	mi := &file_route_v1_route_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -800,7 +1164,7 @@ func (x *Match) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Match.ProtoReflect.Descriptor instead.
 func (*Match) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{7}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Match) GetPath() *PathMatch {
@@ -841,7 +1205,7 @@ type PathMatch struct {
 
 func (x *PathMatch) Reset() {
 	*x = PathMatch{}
-	mi := &file_route_v1_route_proto_msgTypes[8]
+	mi := &file_route_v1_route_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -853,7 +1217,7 @@ func (x *PathMatch) String() string {
 func (*PathMatch) ProtoMessage() {}
 
 func (x *PathMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[8]
+	mi := &file_route_v1_route_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -866,7 +1230,7 @@ func (x *PathMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathMatch.ProtoReflect.Descriptor instead.
 func (*PathMatch) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{8}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PathMatch) GetKind() PathMatch_Kind {
@@ -896,7 +1260,7 @@ type HeaderMatch struct {
 
 func (x *HeaderMatch) Reset() {
 	*x = HeaderMatch{}
-	mi := &file_route_v1_route_proto_msgTypes[9]
+	mi := &file_route_v1_route_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -908,7 +1272,7 @@ func (x *HeaderMatch) String() string {
 func (*HeaderMatch) ProtoMessage() {}
 
 func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[9]
+	mi := &file_route_v1_route_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -921,7 +1285,7 @@ func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
 func (*HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{9}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *HeaderMatch) GetName() string {
@@ -961,7 +1325,7 @@ type Filter struct {
 
 func (x *Filter) Reset() {
 	*x = Filter{}
-	mi := &file_route_v1_route_proto_msgTypes[10]
+	mi := &file_route_v1_route_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1337,7 @@ func (x *Filter) String() string {
 func (*Filter) ProtoMessage() {}
 
 func (x *Filter) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[10]
+	mi := &file_route_v1_route_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1350,7 @@ func (x *Filter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Filter.ProtoReflect.Descriptor instead.
 func (*Filter) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{10}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Filter) GetKind() isFilter_Kind {
@@ -1085,7 +1449,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_route_v1_route_proto_msgTypes[11]
+	mi := &file_route_v1_route_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1461,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[11]
+	mi := &file_route_v1_route_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1474,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{11}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Header) GetName() string {
@@ -1138,7 +1502,7 @@ type HeaderModifier struct {
 
 func (x *HeaderModifier) Reset() {
 	*x = HeaderModifier{}
-	mi := &file_route_v1_route_proto_msgTypes[12]
+	mi := &file_route_v1_route_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1150,7 +1514,7 @@ func (x *HeaderModifier) String() string {
 func (*HeaderModifier) ProtoMessage() {}
 
 func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[12]
+	mi := &file_route_v1_route_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1163,7 +1527,7 @@ func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderModifier.ProtoReflect.Descriptor instead.
 func (*HeaderModifier) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{12}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HeaderModifier) GetSet() []*Header {
@@ -1201,7 +1565,7 @@ type PathModifier struct {
 
 func (x *PathModifier) Reset() {
 	*x = PathModifier{}
-	mi := &file_route_v1_route_proto_msgTypes[13]
+	mi := &file_route_v1_route_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1213,7 +1577,7 @@ func (x *PathModifier) String() string {
 func (*PathModifier) ProtoMessage() {}
 
 func (x *PathModifier) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[13]
+	mi := &file_route_v1_route_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1226,7 +1590,7 @@ func (x *PathModifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathModifier.ProtoReflect.Descriptor instead.
 func (*PathModifier) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{13}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PathModifier) GetKind() isPathModifier_Kind {
@@ -1285,7 +1649,7 @@ type Redirect struct {
 
 func (x *Redirect) Reset() {
 	*x = Redirect{}
-	mi := &file_route_v1_route_proto_msgTypes[14]
+	mi := &file_route_v1_route_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1297,7 +1661,7 @@ func (x *Redirect) String() string {
 func (*Redirect) ProtoMessage() {}
 
 func (x *Redirect) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[14]
+	mi := &file_route_v1_route_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1310,7 +1674,7 @@ func (x *Redirect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
 func (*Redirect) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{14}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Redirect) GetScheme() string {
@@ -1358,7 +1722,7 @@ type Rewrite struct {
 
 func (x *Rewrite) Reset() {
 	*x = Rewrite{}
-	mi := &file_route_v1_route_proto_msgTypes[15]
+	mi := &file_route_v1_route_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1370,7 +1734,7 @@ func (x *Rewrite) String() string {
 func (*Rewrite) ProtoMessage() {}
 
 func (x *Rewrite) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[15]
+	mi := &file_route_v1_route_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1383,7 +1747,7 @@ func (x *Rewrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rewrite.ProtoReflect.Descriptor instead.
 func (*Rewrite) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{15}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Rewrite) GetHostname() string {
@@ -1412,7 +1776,7 @@ type Mirror struct {
 
 func (x *Mirror) Reset() {
 	*x = Mirror{}
-	mi := &file_route_v1_route_proto_msgTypes[16]
+	mi := &file_route_v1_route_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1424,7 +1788,7 @@ func (x *Mirror) String() string {
 func (*Mirror) ProtoMessage() {}
 
 func (x *Mirror) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[16]
+	mi := &file_route_v1_route_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1437,7 +1801,7 @@ func (x *Mirror) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mirror.ProtoReflect.Descriptor instead.
 func (*Mirror) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{16}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Mirror) GetBackend() *Backend {
@@ -1468,7 +1832,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_route_v1_route_proto_msgTypes[17]
+	mi := &file_route_v1_route_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1480,7 +1844,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[17]
+	mi := &file_route_v1_route_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1493,7 +1857,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{17}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Backend) GetService() string {
@@ -1537,7 +1901,7 @@ type Retry struct {
 
 func (x *Retry) Reset() {
 	*x = Retry{}
-	mi := &file_route_v1_route_proto_msgTypes[18]
+	mi := &file_route_v1_route_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1549,7 +1913,7 @@ func (x *Retry) String() string {
 func (*Retry) ProtoMessage() {}
 
 func (x *Retry) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[18]
+	mi := &file_route_v1_route_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1562,7 +1926,7 @@ func (x *Retry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Retry.ProtoReflect.Descriptor instead.
 func (*Retry) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{18}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Retry) GetCodes() []uint32 {
@@ -1586,20 +1950,167 @@ func (x *Retry) GetBackoffMs() uint32 {
 	return 0
 }
 
+type JWTRule_HeaderLocation struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Prefix        string                 `protobuf:"bytes,2,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTRule_HeaderLocation) Reset() {
+	*x = JWTRule_HeaderLocation{}
+	mi := &file_route_v1_route_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTRule_HeaderLocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTRule_HeaderLocation) ProtoMessage() {}
+
+func (x *JWTRule_HeaderLocation) ProtoReflect() protoreflect.Message {
+	mi := &file_route_v1_route_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTRule_HeaderLocation.ProtoReflect.Descriptor instead.
+func (*JWTRule_HeaderLocation) Descriptor() ([]byte, []int) {
+	return file_route_v1_route_proto_rawDescGZIP(), []int{1, 0}
+}
+
+func (x *JWTRule_HeaderLocation) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *JWTRule_HeaderLocation) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+type JWTRule_ClaimToHeader struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Header        string                 `protobuf:"bytes,1,opt,name=header,proto3" json:"header,omitempty"`
+	Claim         string                 `protobuf:"bytes,2,opt,name=claim,proto3" json:"claim,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTRule_ClaimToHeader) Reset() {
+	*x = JWTRule_ClaimToHeader{}
+	mi := &file_route_v1_route_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTRule_ClaimToHeader) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTRule_ClaimToHeader) ProtoMessage() {}
+
+func (x *JWTRule_ClaimToHeader) ProtoReflect() protoreflect.Message {
+	mi := &file_route_v1_route_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTRule_ClaimToHeader.ProtoReflect.Descriptor instead.
+func (*JWTRule_ClaimToHeader) Descriptor() ([]byte, []int) {
+	return file_route_v1_route_proto_rawDescGZIP(), []int{1, 1}
+}
+
+func (x *JWTRule_ClaimToHeader) GetHeader() string {
+	if x != nil {
+		return x.Header
+	}
+	return ""
+}
+
+func (x *JWTRule_ClaimToHeader) GetClaim() string {
+	if x != nil {
+		return x.Claim
+	}
+	return ""
+}
+
 var File_route_v1_route_proto protoreflect.FileDescriptor
 
 const file_route_v1_route_proto_rawDesc = "" +
 	"\n" +
-	"\x14route/v1/route.proto\x12\x10ambient.route.v1\"\xb9\x02\n" +
+	"\x14route/v1/route.proto\x12\x10ambient.route.v1\"\xb9\x03\n" +
 	"\rServiceRoutes\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x1a\n" +
 	"\bhostname\x18\x02 \x01(\tR\bhostname\x12L\n" +
 	"\tprotocols\x18\x03 \x03(\v2..ambient.route.v1.ServiceRoutes.ProtocolsEntryR\tprotocols\x12,\n" +
 	"\x05rules\x18\x04 \x03(\v2\x16.ambient.route.v1.RuleR\x05rules\x124\n" +
-	"\bpolicies\x18\x05 \x03(\v2\x18.ambient.route.v1.PolicyR\bpolicies\x1a<\n" +
+	"\bpolicies\x18\x05 \x03(\v2\x18.ambient.route.v1.PolicyR\bpolicies\x126\n" +
+	"\tjwt_rules\x18\x06 \x03(\v2\x19.ambient.route.v1.JWTRuleR\bjwtRules\x12F\n" +
+	"\x0etraffic_policy\x18\a \x01(\v2\x1f.ambient.route.v1.TrafficPolicyR\rtrafficPolicy\x1a<\n" +
 	"\x0eProtocolsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\rR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xea\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xef\x03\n" +
+	"\aJWTRule\x12\x16\n" +
+	"\x06issuer\x18\x01 \x01(\tR\x06issuer\x12\x1c\n" +
+	"\taudiences\x18\x02 \x03(\tR\taudiences\x12\x19\n" +
+	"\bjwks_uri\x18\x03 \x01(\tR\ajwksUri\x12\x12\n" +
+	"\x04jwks\x18\x04 \x01(\tR\x04jwks\x12K\n" +
+	"\ffrom_headers\x18\x05 \x03(\v2(.ambient.route.v1.JWTRule.HeaderLocationR\vfromHeaders\x12\x1f\n" +
+	"\vfrom_params\x18\x06 \x03(\tR\n" +
+	"fromParams\x12^\n" +
+	"\x17output_claim_to_headers\x18\a \x03(\v2'.ambient.route.v1.JWTRule.ClaimToHeaderR\x14outputClaimToHeaders\x124\n" +
+	"\x16forward_original_token\x18\b \x01(\bR\x14forwardOriginalToken\x1a<\n" +
+	"\x0eHeaderLocation\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06prefix\x18\x02 \x01(\tR\x06prefix\x1a=\n" +
+	"\rClaimToHeader\x12\x16\n" +
+	"\x06header\x18\x01 \x01(\tR\x06header\x12\x14\n" +
+	"\x05claim\x18\x02 \x01(\tR\x05claim\"\xb8\x04\n" +
+	"\rTrafficPolicy\x12Q\n" +
+	"\rload_balancer\x18\x01 \x01(\x0e2,.ambient.route.v1.TrafficPolicy.LoadBalancerR\floadBalancer\x12\x1f\n" +
+	"\vhash_header\x18\x02 \x01(\tR\n" +
+	"hashHeader\x12\x1f\n" +
+	"\vhash_cookie\x18\x03 \x01(\tR\n" +
+	"hashCookie\x120\n" +
+	"\x14hash_query_parameter\x18\x04 \x01(\tR\x12hashQueryParameter\x12$\n" +
+	"\x0ehash_source_ip\x18\x05 \x01(\bR\fhashSourceIp\x12'\n" +
+	"\x0fmax_connections\x18\x06 \x01(\rR\x0emaxConnections\x12,\n" +
+	"\x12http2_max_requests\x18\a \x01(\rR\x10http2MaxRequests\x120\n" +
+	"\x14max_pending_requests\x18\b \x01(\rR\x12maxPendingRequests\x12O\n" +
+	"\x11outlier_detection\x18\t \x01(\v2\".ambient.route.v1.OutlierDetectionR\x10outlierDetection\"`\n" +
+	"\fLoadBalancer\x12\v\n" +
+	"\aDEFAULT\x10\x00\x12\x0f\n" +
+	"\vROUND_ROBIN\x10\x01\x12\x11\n" +
+	"\rLEAST_REQUEST\x10\x02\x12\n" +
+	"\n" +
+	"\x06RANDOM\x10\x03\x12\x13\n" +
+	"\x0fCONSISTENT_HASH\x10\x04\"\xce\x01\n" +
+	"\x10OutlierDetection\x124\n" +
+	"\x16consecutive_5xx_errors\x18\x01 \x01(\rR\x14consecutive5xxErrors\x12\x1f\n" +
+	"\vinterval_ms\x18\x02 \x01(\rR\n" +
+	"intervalMs\x121\n" +
+	"\x15base_ejection_time_ms\x18\x03 \x01(\rR\x12baseEjectionTimeMs\x120\n" +
+	"\x14max_ejection_percent\x18\x04 \x01(\rR\x12maxEjectionPercent\"\xea\x01\n" +
 	"\x06Policy\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x127\n" +
@@ -1729,65 +2240,77 @@ func file_route_v1_route_proto_rawDescGZIP() []byte {
 	return file_route_v1_route_proto_rawDescData
 }
 
-var file_route_v1_route_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_route_v1_route_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_route_v1_route_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_route_v1_route_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_route_v1_route_proto_goTypes = []any{
-	(Policy_Action)(0),     // 0: ambient.route.v1.Policy.Action
-	(PathMatch_Kind)(0),    // 1: ambient.route.v1.PathMatch.Kind
-	(*ServiceRoutes)(nil),  // 2: ambient.route.v1.ServiceRoutes
-	(*Policy)(nil),         // 3: ambient.route.v1.Policy
-	(*PolicyRule)(nil),     // 4: ambient.route.v1.PolicyRule
-	(*Source)(nil),         // 5: ambient.route.v1.Source
-	(*Operation)(nil),      // 6: ambient.route.v1.Operation
-	(*Condition)(nil),      // 7: ambient.route.v1.Condition
-	(*Rule)(nil),           // 8: ambient.route.v1.Rule
-	(*Match)(nil),          // 9: ambient.route.v1.Match
-	(*PathMatch)(nil),      // 10: ambient.route.v1.PathMatch
-	(*HeaderMatch)(nil),    // 11: ambient.route.v1.HeaderMatch
-	(*Filter)(nil),         // 12: ambient.route.v1.Filter
-	(*Header)(nil),         // 13: ambient.route.v1.Header
-	(*HeaderModifier)(nil), // 14: ambient.route.v1.HeaderModifier
-	(*PathModifier)(nil),   // 15: ambient.route.v1.PathModifier
-	(*Redirect)(nil),       // 16: ambient.route.v1.Redirect
-	(*Rewrite)(nil),        // 17: ambient.route.v1.Rewrite
-	(*Mirror)(nil),         // 18: ambient.route.v1.Mirror
-	(*Backend)(nil),        // 19: ambient.route.v1.Backend
-	(*Retry)(nil),          // 20: ambient.route.v1.Retry
-	nil,                    // 21: ambient.route.v1.ServiceRoutes.ProtocolsEntry
+	(TrafficPolicy_LoadBalancer)(0), // 0: ambient.route.v1.TrafficPolicy.LoadBalancer
+	(Policy_Action)(0),              // 1: ambient.route.v1.Policy.Action
+	(PathMatch_Kind)(0),             // 2: ambient.route.v1.PathMatch.Kind
+	(*ServiceRoutes)(nil),           // 3: ambient.route.v1.ServiceRoutes
+	(*JWTRule)(nil),                 // 4: ambient.route.v1.JWTRule
+	(*TrafficPolicy)(nil),           // 5: ambient.route.v1.TrafficPolicy
+	(*OutlierDetection)(nil),        // 6: ambient.route.v1.OutlierDetection
+	(*Policy)(nil),                  // 7: ambient.route.v1.Policy
+	(*PolicyRule)(nil),              // 8: ambient.route.v1.PolicyRule
+	(*Source)(nil),                  // 9: ambient.route.v1.Source
+	(*Operation)(nil),               // 10: ambient.route.v1.Operation
+	(*Condition)(nil),               // 11: ambient.route.v1.Condition
+	(*Rule)(nil),                    // 12: ambient.route.v1.Rule
+	(*Match)(nil),                   // 13: ambient.route.v1.Match
+	(*PathMatch)(nil),               // 14: ambient.route.v1.PathMatch
+	(*HeaderMatch)(nil),             // 15: ambient.route.v1.HeaderMatch
+	(*Filter)(nil),                  // 16: ambient.route.v1.Filter
+	(*Header)(nil),                  // 17: ambient.route.v1.Header
+	(*HeaderModifier)(nil),          // 18: ambient.route.v1.HeaderModifier
+	(*PathModifier)(nil),            // 19: ambient.route.v1.PathModifier
+	(*Redirect)(nil),                // 20: ambient.route.v1.Redirect
+	(*Rewrite)(nil),                 // 21: ambient.route.v1.Rewrite
+	(*Mirror)(nil),                  // 22: ambient.route.v1.Mirror
+	(*Backend)(nil),                 // 23: ambient.route.v1.Backend
+	(*Retry)(nil),                   // 24: ambient.route.v1.Retry
+	nil,                             // 25: ambient.route.v1.ServiceRoutes.ProtocolsEntry
+	(*JWTRule_HeaderLocation)(nil),  // 26: ambient.route.v1.JWTRule.HeaderLocation
+	(*JWTRule_ClaimToHeader)(nil),   // 27: ambient.route.v1.JWTRule.ClaimToHeader
 }
 var file_route_v1_route_proto_depIdxs = []int32{
-	21, // 0: ambient.route.v1.ServiceRoutes.protocols:type_name -> ambient.route.v1.ServiceRoutes.ProtocolsEntry
-	8,  // 1: ambient.route.v1.ServiceRoutes.rules:type_name -> ambient.route.v1.Rule
-	3,  // 2: ambient.route.v1.ServiceRoutes.policies:type_name -> ambient.route.v1.Policy
-	0,  // 3: ambient.route.v1.Policy.action:type_name -> ambient.route.v1.Policy.Action
-	4,  // 4: ambient.route.v1.Policy.rules:type_name -> ambient.route.v1.PolicyRule
-	5,  // 5: ambient.route.v1.PolicyRule.from:type_name -> ambient.route.v1.Source
-	6,  // 6: ambient.route.v1.PolicyRule.to:type_name -> ambient.route.v1.Operation
-	7,  // 7: ambient.route.v1.PolicyRule.when:type_name -> ambient.route.v1.Condition
-	9,  // 8: ambient.route.v1.Rule.match:type_name -> ambient.route.v1.Match
-	12, // 9: ambient.route.v1.Rule.filters:type_name -> ambient.route.v1.Filter
-	19, // 10: ambient.route.v1.Rule.backends:type_name -> ambient.route.v1.Backend
-	20, // 11: ambient.route.v1.Rule.retry:type_name -> ambient.route.v1.Retry
-	10, // 12: ambient.route.v1.Match.path:type_name -> ambient.route.v1.PathMatch
-	11, // 13: ambient.route.v1.Match.headers:type_name -> ambient.route.v1.HeaderMatch
-	11, // 14: ambient.route.v1.Match.query_params:type_name -> ambient.route.v1.HeaderMatch
-	1,  // 15: ambient.route.v1.PathMatch.kind:type_name -> ambient.route.v1.PathMatch.Kind
-	14, // 16: ambient.route.v1.Filter.request_headers:type_name -> ambient.route.v1.HeaderModifier
-	14, // 17: ambient.route.v1.Filter.response_headers:type_name -> ambient.route.v1.HeaderModifier
-	16, // 18: ambient.route.v1.Filter.redirect:type_name -> ambient.route.v1.Redirect
-	17, // 19: ambient.route.v1.Filter.rewrite:type_name -> ambient.route.v1.Rewrite
-	18, // 20: ambient.route.v1.Filter.mirror:type_name -> ambient.route.v1.Mirror
-	13, // 21: ambient.route.v1.HeaderModifier.set:type_name -> ambient.route.v1.Header
-	13, // 22: ambient.route.v1.HeaderModifier.add:type_name -> ambient.route.v1.Header
-	15, // 23: ambient.route.v1.Redirect.path:type_name -> ambient.route.v1.PathModifier
-	15, // 24: ambient.route.v1.Rewrite.path:type_name -> ambient.route.v1.PathModifier
-	19, // 25: ambient.route.v1.Mirror.backend:type_name -> ambient.route.v1.Backend
-	12, // 26: ambient.route.v1.Backend.filters:type_name -> ambient.route.v1.Filter
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	25, // 0: ambient.route.v1.ServiceRoutes.protocols:type_name -> ambient.route.v1.ServiceRoutes.ProtocolsEntry
+	12, // 1: ambient.route.v1.ServiceRoutes.rules:type_name -> ambient.route.v1.Rule
+	7,  // 2: ambient.route.v1.ServiceRoutes.policies:type_name -> ambient.route.v1.Policy
+	4,  // 3: ambient.route.v1.ServiceRoutes.jwt_rules:type_name -> ambient.route.v1.JWTRule
+	5,  // 4: ambient.route.v1.ServiceRoutes.traffic_policy:type_name -> ambient.route.v1.TrafficPolicy
+	26, // 5: ambient.route.v1.JWTRule.from_headers:type_name -> ambient.route.v1.JWTRule.HeaderLocation
+	27, // 6: ambient.route.v1.JWTRule.output_claim_to_headers:type_name -> ambient.route.v1.JWTRule.ClaimToHeader
+	0,  // 7: ambient.route.v1.TrafficPolicy.load_balancer:type_name -> ambient.route.v1.TrafficPolicy.LoadBalancer
+	6,  // 8: ambient.route.v1.TrafficPolicy.outlier_detection:type_name -> ambient.route.v1.OutlierDetection
+	1,  // 9: ambient.route.v1.Policy.action:type_name -> ambient.route.v1.Policy.Action
+	8,  // 10: ambient.route.v1.Policy.rules:type_name -> ambient.route.v1.PolicyRule
+	9,  // 11: ambient.route.v1.PolicyRule.from:type_name -> ambient.route.v1.Source
+	10, // 12: ambient.route.v1.PolicyRule.to:type_name -> ambient.route.v1.Operation
+	11, // 13: ambient.route.v1.PolicyRule.when:type_name -> ambient.route.v1.Condition
+	13, // 14: ambient.route.v1.Rule.match:type_name -> ambient.route.v1.Match
+	16, // 15: ambient.route.v1.Rule.filters:type_name -> ambient.route.v1.Filter
+	23, // 16: ambient.route.v1.Rule.backends:type_name -> ambient.route.v1.Backend
+	24, // 17: ambient.route.v1.Rule.retry:type_name -> ambient.route.v1.Retry
+	14, // 18: ambient.route.v1.Match.path:type_name -> ambient.route.v1.PathMatch
+	15, // 19: ambient.route.v1.Match.headers:type_name -> ambient.route.v1.HeaderMatch
+	15, // 20: ambient.route.v1.Match.query_params:type_name -> ambient.route.v1.HeaderMatch
+	2,  // 21: ambient.route.v1.PathMatch.kind:type_name -> ambient.route.v1.PathMatch.Kind
+	18, // 22: ambient.route.v1.Filter.request_headers:type_name -> ambient.route.v1.HeaderModifier
+	18, // 23: ambient.route.v1.Filter.response_headers:type_name -> ambient.route.v1.HeaderModifier
+	20, // 24: ambient.route.v1.Filter.redirect:type_name -> ambient.route.v1.Redirect
+	21, // 25: ambient.route.v1.Filter.rewrite:type_name -> ambient.route.v1.Rewrite
+	22, // 26: ambient.route.v1.Filter.mirror:type_name -> ambient.route.v1.Mirror
+	17, // 27: ambient.route.v1.HeaderModifier.set:type_name -> ambient.route.v1.Header
+	17, // 28: ambient.route.v1.HeaderModifier.add:type_name -> ambient.route.v1.Header
+	19, // 29: ambient.route.v1.Redirect.path:type_name -> ambient.route.v1.PathModifier
+	19, // 30: ambient.route.v1.Rewrite.path:type_name -> ambient.route.v1.PathModifier
+	23, // 31: ambient.route.v1.Mirror.backend:type_name -> ambient.route.v1.Backend
+	16, // 32: ambient.route.v1.Backend.filters:type_name -> ambient.route.v1.Filter
+	33, // [33:33] is the sub-list for method output_type
+	33, // [33:33] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_route_v1_route_proto_init() }
@@ -1795,14 +2318,14 @@ func file_route_v1_route_proto_init() {
 	if File_route_v1_route_proto != nil {
 		return
 	}
-	file_route_v1_route_proto_msgTypes[10].OneofWrappers = []any{
+	file_route_v1_route_proto_msgTypes[13].OneofWrappers = []any{
 		(*Filter_RequestHeaders)(nil),
 		(*Filter_ResponseHeaders)(nil),
 		(*Filter_Redirect)(nil),
 		(*Filter_Rewrite)(nil),
 		(*Filter_Mirror)(nil),
 	}
-	file_route_v1_route_proto_msgTypes[13].OneofWrappers = []any{
+	file_route_v1_route_proto_msgTypes[16].OneofWrappers = []any{
 		(*PathModifier_Full)(nil),
 		(*PathModifier_Prefix)(nil),
 	}
@@ -1811,8 +2334,8 @@ func file_route_v1_route_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_route_v1_route_proto_rawDesc), len(file_route_v1_route_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   20,
+			NumEnums:      3,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
