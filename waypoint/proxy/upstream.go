@@ -37,10 +37,10 @@ import (
 var errNoEndpoint = errors.New("no ready endpoint")
 
 type upstream struct {
-	client *hbone.Client
-	self   identity.Identity
-	h1     *http.Transport
-	h2     *http.Transport // cleartext HTTP/2 with prior knowledge
+	client     *hbone.Client
+	self       identity.Identity
+	h1         *http.Transport
+	h2         *http.Transport // cleartext HTTP/2 with prior knowledge
 	mu         sync.Mutex
 	balancers  map[string]*lb.Balancer // by service
 	limiters   map[string]*limiter     // by service
