@@ -29,7 +29,8 @@ import (
 // by istiod-lite and run from the ambient/waypoint image) and sends HTTP from an enrolled pod to
 // its Services, as an application does (the connection is captured and carried by ztunnel to the
 // waypoint over HBONE). It checks an HTTPRoute's header canary, a 90/10 split within ±5% over
-// 1000 requests, a redirect, a request header added, a DENY by path, a retry that hides a failing endpoint,
+// 1000 requests, a redirect, a request header added, a DENY by path, a retry that hides a failing
+// endpoint, WebSocket and gRPC,
 // Accepted route status, the waypoint's request metrics, and that a pod of a bound Service is
 // not reachable around the waypoint.
 func TestWaypointL7(t *testing.T) {
@@ -185,6 +186,15 @@ func TestWaypointL7(t *testing.T) {
 		}
 	}
 
+	// WebSocket (an HTTP/1.1 Upgrade) and gRPC (HTTP/2 with trailers, by the port's name)
+	// through the waypoint.
+	if out, err := lab.Exec(ctx, labCfg, ns, "client", clientBin, "-timeout", "5s", "ws", "ws://echo."+ns+"/ws", "over websocket"); err != nil || out != "over websocket" {
+		t.Errorf("WebSocket through the waypoint: %q, %v", out, err)
+	}
+	if out, err := lab.Exec(ctx, labCfg, ns, "client", clientBin, "-timeout", "5s", "grpc-health", "echo."+ns+":7070"); err != nil || strings.TrimSpace(out) != "SERVING" {
+		t.Errorf("gRPC through the waypoint: %q, %v", out, err)
+	}
+
 	// Around the waypoint: straight to a pod of a bound Service is refused by its ztunnel.
 	v1, err := cs.CoreV1().Pods(ns).Get(ctx, "echo-v1", metav1.GetOptions{})
 	if err != nil {
@@ -200,7 +210,7 @@ func TestWaypointL7(t *testing.T) {
 		t.Fatalf("waypoint pods: %v, %v", wps, err)
 	}
 	text := fetchMetrics(t, ctx, wps.Items[0].Status.PodIP)
-	for _, want := range []string{`reporter="waypoint"`, `destination_workload="echo-v2"`, `response_code="200"`,
+	for _, want := range []string{`reporter="waypoint"`, `destination_workload="echo-v2"`, `response_code="200"`, `request_protocol="grpc"`,
 		`source_principal="cluster.local/ns/` + ns + `/sa/default"`} {
 		if !strings.Contains(text, "istio_requests_total{") || !strings.Contains(text, want) {
 			t.Errorf("waypoint metrics lack istio_requests_total with %s", want)

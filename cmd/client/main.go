@@ -98,6 +98,23 @@ func run() int {
 			_ = enc.Encode(r)
 		}
 		return 0
+	case args[0] == "ws" && len(args) == 3:
+		// ws URL MSG: one WebSocket message there and back.
+		out, err := images.WebSocketEcho(ctx, args[1], args[2], *timeout)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "client:", err)
+			return 1
+		}
+		fmt.Print(out)
+		return 0
+	case args[0] == "grpc-health" && len(args) == 2:
+		out, err := images.GRPCHealth(ctx, args[1], *timeout)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "client:", err)
+			return 1
+		}
+		fmt.Println(out)
+		return 0
 	case args[0] == "tcp" && len(args) == 3:
 		out, err := images.TCPEcho(ctx, args[1], args[2], *timeout)
 		if err != nil {
@@ -131,7 +148,7 @@ func run() int {
 	case args[0] == "bench":
 		return bench(ctx, args[1:], *timeout)
 	default:
-		fmt.Fprintln(os.Stderr, "usage: client [-timeout d] [-h2c] [-header 'K: v']... [http URL | requests N URL | tcp ADDR MSG | load INTERVAL ADDR... | hold ADDR N INTERVAL | bench -mode MODE -addr ADDR ...]")
+		fmt.Fprintln(os.Stderr, "usage: client [-timeout d] [-h2c] [-header 'K: v']... [http URL | requests N URL | ws URL MSG | grpc-health ADDR | tcp ADDR MSG | load INTERVAL ADDR... | hold ADDR N INTERVAL | bench -mode MODE -addr ADDR ...]")
 		return 2
 	}
 }

@@ -23,6 +23,7 @@ func run() int {
 	flag.StringVar(&cfg.TCPAddr, "tcp", cfg.TCPAddr, "TCP echo listen address")
 	flag.StringVar(&cfg.SourceAddr, "source", cfg.SourceAddr, "listen address of the source (writes until the client leaves)")
 	flag.StringVar(&cfg.TLSAddr, "tls", cfg.TLSAddr, "listen address of the mutual TLS 1.3 echo (with -tls-cert)")
+	flag.StringVar(&cfg.GRPCAddr, "grpc", cfg.GRPCAddr, "listen address of the gRPC health service (empty: none)")
 	flag.StringVar(&cfg.TLSSourceAddr, "tls-source", cfg.TLSSourceAddr, "listen address of the mutual TLS 1.3 source (with -tls-cert)")
 	cert := flag.String("tls-cert", "", "server certificate: serve -tls and -tls-source")
 	key := flag.String("tls-key", "", "server key")

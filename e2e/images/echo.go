@@ -24,11 +24,13 @@ type EchoConfig struct {
 	// With TLS set (mutual TLS 1.3), TLSAddr echoes and TLSSourceAddr is a source, both over TLS.
 	TLS                    *tls.Config
 	TLSAddr, TLSSourceAddr string
+	// GRPCAddr serves gRPC (the health service), cleartext HTTP/2.
+	GRPCAddr string
 }
 
 // DefaultEcho returns the ports the ambient/echo image listens on.
 func DefaultEcho() EchoConfig {
-	return EchoConfig{HTTPAddr: ":8080", TCPAddr: ":9090", SourceAddr: ":9091", TLSAddr: ":9443", TLSSourceAddr: ":9444"}
+	return EchoConfig{HTTPAddr: ":8080", TCPAddr: ":9090", SourceAddr: ":9091", TLSAddr: ":9443", TLSSourceAddr: ":9444", GRPCAddr: ":7070"}
 }
 
 // EchoReply is what the HTTP server answers: what it received, and who answered.
@@ -47,6 +49,7 @@ type EchoReply struct {
 // RunEcho serves until ctx is cancelled; cancellation returns nil.
 func RunEcho(ctx context.Context, cfg EchoConfig, log *slog.Logger) error {
 	mux := http.NewServeMux()
+	mux.Handle("/ws", wsEcho)
 	// ECHO_STATUS makes every answer carry that status (an endpoint that fails, for retry and
 	// outlier tests); readiness (/ready) still answers 200.
 	status, _ := strconv.Atoi(os.Getenv("ECHO_STATUS"))
@@ -91,6 +94,7 @@ func RunEcho(ctx context.Context, cfg EchoConfig, log *slog.Logger) error {
 		serve func(net.Listener) error
 	}{
 		{cfg.SourceAddr, false, serveSource},
+		{cfg.GRPCAddr, false, serveGRPC},
 		{cfg.TLSAddr, true, serveTCPEcho},
 		{cfg.TLSSourceAddr, true, serveSource},
 	}

@@ -30,7 +30,7 @@ func freeAddr(t *testing.T) string {
 func TestEchoHTTPAndTCP(t *testing.T) {
 	t.Setenv("POD_NAME", "echo-1")
 	t.Setenv("POD_NAMESPACE", "ns1")
-	cfg := EchoConfig{HTTPAddr: freeAddr(t), TCPAddr: freeAddr(t)}
+	cfg := EchoConfig{HTTPAddr: freeAddr(t), TCPAddr: freeAddr(t), GRPCAddr: freeAddr(t)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- RunEcho(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
@@ -69,6 +69,12 @@ func TestEchoHTTPAndTCP(t *testing.T) {
 	got, err := TCPEcho(ctx, cfg.TCPAddr, "half-closed", 2*time.Second)
 	if err != nil || got != "half-closed" {
 		t.Errorf("TCPEcho = %q, %v", got, err)
+	}
+	if got, err := WebSocketEcho(ctx, "ws://"+cfg.HTTPAddr+"/ws", "over websocket", 2*time.Second); err != nil || got != "over websocket" {
+		t.Errorf("WebSocketEcho = %q, %v", got, err)
+	}
+	if got, err := GRPCHealth(ctx, cfg.GRPCAddr, 2*time.Second); err != nil || got != "SERVING" {
+		t.Errorf("GRPCHealth = %q, %v", got, err)
 	}
 }
 
