@@ -30,6 +30,7 @@ import (
 
 	routev1 "github.com/ambient-mesh/ambient/api/route/v1"
 	"github.com/ambient-mesh/ambient/waypoint/authz"
+	"github.com/ambient-mesh/ambient/waypoint/jwt"
 	"github.com/ambient-mesh/ambient/waypoint/route"
 )
 
@@ -106,8 +107,18 @@ func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, t *tunnel) 
 	sw := &statusWriter{ResponseWriter: w}
 	defer func() { p.finish(rec, sw, r, start) }()
 
+	// RequestAuthentication, then authorization: a request with an invalid token is refused
+	// (401); one without a token goes on with no request principal, for policy to decide.
+	var auth jwt.Result
+	if a := v.authn[key]; a != nil {
+		if auth = a.Authenticate(r); auth.Err != nil {
+			rec.flags, rec.err = "UAEX", auth.Err
+			http.Error(sw, "Jwt verification fails", http.StatusUnauthorized)
+			return
+		}
+	}
 	if sr := v.st.Routes(key); sr != nil && len(sr.Policies) > 0 {
-		if !p.authorize(sw, r, t, sr, rec) {
+		if !p.authorize(sw, r, t, sr, rec, auth) {
 			return
 		}
 	}
@@ -141,9 +152,10 @@ func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, t *tunnel) 
 
 // authorize applies the Service's authorization policies to r; it answers 403 itself and
 // reports false when they deny it.
-func (p *Proxy) authorize(w http.ResponseWriter, r *http.Request, t *tunnel, sr *routev1.ServiceRoutes, rec *record) bool {
+func (p *Proxy) authorize(w http.ResponseWriter, r *http.Request, t *tunnel, sr *routev1.ServiceRoutes, rec *record, auth jwt.Result) bool {
 	req := &authz.Request{Principal: rec.srcPrincipal, Namespace: rec.srcNS, SourceIP: t.srcIP, RemoteIP: t.srcIP,
-		Host: r.Host, Method: r.Method, Path: r.URL.Path, Port: t.port, Header: r.Header}
+		Host: r.Host, Method: r.Method, Path: r.URL.Path, Port: t.port, Header: r.Header,
+		RequestPrincipal: auth.Principal, Claims: auth.Claims}
 	if xff := r.Header.Get("X-Forwarded-For"); xff != "" {
 		first, _, _ := strings.Cut(xff, ",")
 		if a, err := netip.ParseAddr(strings.TrimSpace(first)); err == nil {

@@ -26,6 +26,7 @@ import (
 
 	"github.com/ambient-mesh/ambient/api/identity"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+	"github.com/ambient-mesh/ambient/waypoint/jwt"
 	"github.com/ambient-mesh/ambient/ztunnel/hbone"
 	"github.com/ambient-mesh/ambient/ztunnel/xdsclient"
 )
@@ -40,8 +41,10 @@ type Deps struct {
 	Client  *hbone.Client
 	Metrics *Metrics
 	Log     *slog.Logger
-	// Now is the clock of the access log and metrics.
+	// Now is the clock of the access log, metrics and JWT validity.
 	Now func() time.Time
+	// Keys fetches and caches the JWKS of RequestAuthentications (nil: one of its own).
+	Keys *jwt.KeySource
 }
 
 // Proxy serves the tunnels of one waypoint; it implements hbone.Handler.
@@ -59,7 +62,10 @@ func New(d Deps) *Proxy {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
-	p := &Proxy{d: d, cur: &current{store: d.Store}}
+	if d.Keys == nil {
+		d.Keys = jwt.NewKeySource(nil, d.Now, d.Log)
+	}
+	p := &Proxy{d: d, cur: &current{store: d.Store, keys: d.Keys}}
 	p.up = newUpstream(d.Client, d.Self)
 	return p
 }

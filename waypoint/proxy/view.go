@@ -10,6 +10,7 @@ import (
 
 	routev1 "github.com/ambient-mesh/ambient/api/route/v1"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+	"github.com/ambient-mesh/ambient/waypoint/jwt"
 	"github.com/ambient-mesh/ambient/waypoint/route"
 	"github.com/ambient-mesh/ambient/ztunnel/xdsclient"
 )
@@ -19,10 +20,12 @@ type view struct {
 	st        *xdsclient.State
 	endpoints map[string][]*workloadv1.Workload // service -> workloads serving it
 	tables    map[string]*route.Table           // service -> compiled routes (valid ones only)
+	authn     map[string]*jwt.Authenticator     // service -> its RequestAuthentication, if any
 }
 
-func newView(st *xdsclient.State) *view {
-	v := &view{st: st, endpoints: map[string][]*workloadv1.Workload{}, tables: map[string]*route.Table{}}
+func newView(st *xdsclient.State, keys *jwt.KeySource) *view {
+	v := &view{st: st, endpoints: map[string][]*workloadv1.Workload{}, tables: map[string]*route.Table{},
+		authn: map[string]*jwt.Authenticator{}}
 	for _, w := range st.Workloads() {
 		for key := range w.Services {
 			v.endpoints[key] = append(v.endpoints[key], w)
@@ -33,8 +36,28 @@ func newView(st *xdsclient.State) *view {
 		if t, err := route.Compile(sr); err == nil {
 			v.tables[name] = t
 		}
+		if len(sr.JwtRules) > 0 {
+			v.authn[name] = jwt.New(providers(sr.JwtRules), keys)
+		}
 	}
 	return v
+}
+
+// providers turns pushed JWT rules into the authenticator's providers.
+func providers(rules []*routev1.JWTRule) []jwt.Provider {
+	out := make([]jwt.Provider, 0, len(rules))
+	for _, r := range rules {
+		p := jwt.Provider{Issuer: r.Issuer, Audiences: r.Audiences, JWKSURI: r.JwksUri, JWKS: r.Jwks,
+			FromParams: r.FromParams, ForwardOriginalToken: r.ForwardOriginalToken}
+		for _, h := range r.FromHeaders {
+			p.FromHeaders = append(p.FromHeaders, jwt.HeaderLocation{Name: h.Name, Prefix: h.Prefix})
+		}
+		for _, c := range r.OutputClaimToHeaders {
+			p.OutputClaimToHeaders = append(p.OutputClaimToHeaders, jwt.ClaimHeader{Header: c.Header, Claim: c.Claim})
+		}
+		out = append(out, p)
+	}
+	return out
 }
 
 // endpoint is one ready workload serving a Service port, with the address to reach it.
@@ -79,6 +102,7 @@ func targetPort(w *workloadv1.Workload, key string, servicePort uint16) (uint16,
 // current gives the view of the store's latest State, built once per State.
 type current struct {
 	store *xdsclient.Store
+	keys  *jwt.KeySource
 	mu    sync.Mutex
 	last  *view
 }
@@ -88,7 +112,7 @@ func (c *current) get() *view {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.last == nil || c.last.st != st {
-		c.last = newView(st)
+		c.last = newView(st, c.keys)
 	}
 	return c.last
 }
