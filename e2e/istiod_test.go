@@ -307,7 +307,7 @@ func deployIstiodWithMemory(t testing.TB, cs kubernetes.Interface, replicas int,
 		n, err := cs.CoreV1().Namespaces().Get(ctx, "istio-system", metav1.GetOptions{})
 		return err != nil || n.DeletionTimestamp == nil
 	})
-	for _, f := range []string{"../deploy/crds/istio-security.yaml", "../deploy/crds/gateway-api.yaml"} {
+	for _, f := range []string{"../deploy/crds/istio-security.yaml", "../deploy/crds/istio-networking.yaml", "../deploy/crds/gateway-api.yaml"} {
 		b, err := os.ReadFile(f)
 		if err != nil {
 			t.Fatal(err)

@@ -14,6 +14,7 @@ import (
 
 	istioclient "istio.io/client-go/pkg/clientset/versioned"
 	istioinformers "istio.io/client-go/pkg/informers/externalversions"
+	networkinglisters "istio.io/client-go/pkg/listers/networking/v1"
 	securitylisters "istio.io/client-go/pkg/listers/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -70,6 +71,8 @@ type Controller struct {
 	refGrants  gwlisters.ReferenceGrantLister
 	authz      securitylisters.AuthorizationPolicyLister
 	peerAuthn  securitylisters.PeerAuthenticationLister
+	reqAuthn   securitylisters.RequestAuthenticationLister
+	destRules  networkinglisters.DestinationRuleLister
 	rootCMs    corelisters.ConfigMapLister
 	podIndex   cache.Indexer
 }
@@ -109,6 +112,7 @@ func New(log *slog.Logger, c Clients) (*Controller, error) {
 	}
 	core := ctl.kubeFactory.Core().V1()
 	sec := ctl.istioFactory.Security().V1()
+	netw := ctl.istioFactory.Networking().V1()
 	gw := ctl.gwFactory.Gateway().V1()
 	ctl.namespaces = core.Namespaces().Lister()
 	ctl.nodes = core.Nodes().Lister()
@@ -120,6 +124,8 @@ func New(log *slog.Logger, c Clients) (*Controller, error) {
 	ctl.refGrants = gw.ReferenceGrants().Lister()
 	ctl.authz = sec.AuthorizationPolicies().Lister()
 	ctl.peerAuthn = sec.PeerAuthentications().Lister()
+	ctl.reqAuthn = sec.RequestAuthentications().Lister()
+	ctl.destRules = netw.DestinationRules().Lister()
 
 	// The CA asks which pods run on a caller's node on every ztunnel request.
 	if err := core.Pods().Informer().AddIndexers(cache.Indexers{nodeIndex: func(obj any) ([]string, error) {
@@ -229,6 +235,7 @@ func New(log *slog.Logger, c Clients) (*Controller, error) {
 	for _, inf := range []cache.SharedIndexInformer{
 		core.Namespaces().Informer(), core.Pods().Informer(), core.Services().Informer(),
 		gw.Gateways().Informer(), sec.AuthorizationPolicies().Informer(), sec.PeerAuthentications().Informer(),
+		sec.RequestAuthentications().Informer(), netw.DestinationRules().Informer(),
 		gw.HTTPRoutes().Informer(), gw.GRPCRoutes().Informer(), gw.ReferenceGrants().Informer(),
 	} {
 		// managedFields are often the largest part of an object and translation never reads
@@ -305,6 +312,12 @@ func (c *Controller) Input() (model.Input, error) {
 	}
 	if in.PeerAuthentications, err = c.peerAuthn.List(all); err != nil {
 		return in, fmt.Errorf("list peer authentications: %w", err)
+	}
+	if in.RequestAuthentications, err = c.reqAuthn.List(all); err != nil {
+		return in, fmt.Errorf("list request authentications: %w", err)
+	}
+	if in.DestinationRules, err = c.destRules.List(all); err != nil {
+		return in, fmt.Errorf("list destination rules: %w", err)
 	}
 	// Routes are checked by translation (problems), not translated.
 	rin, err := c.RouteInput()

@@ -6,6 +6,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/testing/protocmp"
+	netv1 "istio.io/client-go/pkg/apis/networking/v1"
+	secv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/yaml"
@@ -35,7 +37,8 @@ const (
 	dbKey  = "other/db.other.svc.cluster.local"
 )
 
-// gammaInput decodes the Services, HTTPRoutes and ReferenceGrants of a multi-document YAML.
+// gammaInput decodes the Services, HTTPRoutes, ReferenceGrants, Gateways, RequestAuthentications
+// and DestinationRules of a multi-document YAML.
 func gammaInput(t *testing.T, docs string) Input {
 	t.Helper()
 	var in Input
@@ -58,6 +61,15 @@ func gammaInput(t *testing.T, docs string) Input {
 		case "ReferenceGrant":
 			g := &gwv1.ReferenceGrant{}
 			err, in.ReferenceGrants = yaml.Unmarshal([]byte(doc), g), append(in.ReferenceGrants, g)
+		case "Gateway":
+			g := &gwv1.Gateway{}
+			err, in.Gateways = yaml.Unmarshal([]byte(doc), g), append(in.Gateways, g)
+		case "RequestAuthentication":
+			ra := &secv1.RequestAuthentication{}
+			err, in.RequestAuthentications = yaml.Unmarshal([]byte(doc), ra), append(in.RequestAuthentications, ra)
+		case "DestinationRule":
+			dr := &netv1.DestinationRule{}
+			err, in.DestinationRules = yaml.Unmarshal([]byte(doc), dr), append(in.DestinationRules, dr)
 		default:
 			t.Fatalf("unknown kind %q in:\n%s", tm.Kind, doc)
 		}

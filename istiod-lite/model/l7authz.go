@@ -8,6 +8,7 @@ package model
 //     Service target to that Service, through its waypoint. A target that does not exist, is not
 //     a waypoint, or a Service bound to no waypoint: the policy is not enforced there, and a
 //     WaypointAccepted problem says so (the policy is rejected when no target is usable).
+//     waypointTargets keeps these rules, for RequestAuthentication (requestauthn.go) as well.
 //   - Everything Istio's L7 policy can say is carried: principals, requestPrincipals, namespaces,
 //     ipBlocks, remoteIpBlocks, hosts, ports, methods, paths and when conditions, with their not
 //     forms. serviceAccounts and trustDomains are turned into principal patterns.
@@ -18,9 +19,11 @@ package model
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	secapi "istio.io/api/security/v1beta1"
+	typeapi "istio.io/api/type/v1beta1"
 	secv1 "istio.io/client-go/pkg/apis/security/v1"
 
 	routev1 "github.com/ambient-mesh/ambient/api/route/v1"
@@ -37,10 +40,7 @@ var conditionKeys = []string{"source.ip", "remote.ip", "source.namespace", "sour
 // apply to.
 func (t *translator) waypointPolicies(in Input, svcs map[string]*workloadv1.Service, routes map[string]*routev1.ServiceRoutes) {
 	for _, ap := range in.AuthorizationPolicies {
-		refs := ap.Spec.TargetRefs
-		if ap.Spec.TargetRef != nil {
-			refs = append(refs, ap.Spec.TargetRef)
-		}
+		refs := targetRefs(ap.Spec.TargetRef, ap.Spec.TargetRefs)
 		if len(refs) == 0 {
 			continue
 		}
@@ -52,41 +52,7 @@ func (t *translator) waypointPolicies(in Input, svcs map[string]*workloadv1.Serv
 		if p == nil {
 			continue
 		}
-		var targets []string // service names
-		for _, ref := range refs {
-			ns := ref.Namespace
-			if ns == "" {
-				ns = ap.Namespace
-			}
-			switch {
-			case ns != ap.Namespace:
-				report(false, ReasonInvalidValue, "target %s %s/%s: a policy targets objects of its own namespace only", ref.Kind, ns, ref.Name)
-			case ref.Kind == "Gateway" && (ref.Group == "" || ref.Group == "gateway.networking.k8s.io"):
-				if _, ok := t.waypoints[ns+"/"+ref.Name]; !ok {
-					report(false, ReasonWaypointNotFound, "target Gateway %s/%s is not a waypoint (class %s) that exists", ns, ref.Name, meshWaypointClass)
-					continue
-				}
-				host := t.hostname(ref.Name, ns)
-				for name, s := range svcs {
-					if h := s.GetWaypoint().GetHostname(); h != nil && h.Namespace == ns && h.Hostname == host {
-						targets = append(targets, name)
-					}
-				}
-			case ref.Kind == "Service" && (ref.Group == "" || ref.Group == "core"):
-				name := ns + "/" + t.hostname(ref.Name, ns)
-				s, ok := svcs[name]
-				switch {
-				case !ok:
-					report(false, ReasonInvalidValue, "target Service %s/%s not found", ns, ref.Name)
-				case s.GetWaypoint() == nil:
-					report(false, ReasonInvalidValue, "target Service %s/%s is bound to no waypoint: the policy is not enforced for it", ns, ref.Name)
-				default:
-					targets = append(targets, name)
-				}
-			default:
-				report(false, ReasonUnsupportedValue, "target %s.%s %s: only a waypoint Gateway or a Service", ref.Kind, ref.Group, ref.Name)
-			}
-		}
+		targets := t.waypointTargets(ap.Namespace, refs, svcs, report)
 		if len(targets) == 0 {
 			report(true, ReasonNotImplemented, "no target is a waypoint or a Service bound to one: the policy is enforced nowhere")
 			continue
@@ -97,6 +63,59 @@ func (t *translator) waypointPolicies(in Input, svcs map[string]*workloadv1.Serv
 			}
 		}
 	}
+}
+
+// targetRefs joins a policy's targetRef (the older, single form) to its targetRefs, without
+// writing into the object's slice.
+func targetRefs(one *typeapi.PolicyTargetReference, many []*typeapi.PolicyTargetReference) []*typeapi.PolicyTargetReference {
+	if one == nil {
+		return many
+	}
+	return append(slices.Clip(many), one)
+}
+
+// waypointTargets resolves the targetRefs of a policy of namespace ns (the rules above) to the
+// names of the Services it applies to, each once, sorted. Each target that is not usable is
+// reported; the caller reports a policy with no usable target at all.
+func (t *translator) waypointTargets(ns string, refs []*typeapi.PolicyTargetReference, svcs map[string]*workloadv1.Service,
+	report func(rejected bool, reason, format string, args ...any)) []string {
+	var targets []string // service names
+	for _, ref := range refs {
+		refNS := ref.Namespace
+		if refNS == "" {
+			refNS = ns
+		}
+		switch {
+		case refNS != ns:
+			report(false, ReasonInvalidValue, "target %s %s/%s: a policy targets objects of its own namespace only", ref.Kind, refNS, ref.Name)
+		case ref.Kind == "Gateway" && (ref.Group == "" || ref.Group == "gateway.networking.k8s.io"):
+			if _, ok := t.waypoints[ns+"/"+ref.Name]; !ok {
+				report(false, ReasonWaypointNotFound, "target Gateway %s/%s is not a waypoint (class %s) that exists", ns, ref.Name, meshWaypointClass)
+				continue
+			}
+			host := t.hostname(ref.Name, ns)
+			for name, s := range svcs {
+				if h := s.GetWaypoint().GetHostname(); h != nil && h.Namespace == ns && h.Hostname == host {
+					targets = append(targets, name)
+				}
+			}
+		case ref.Kind == "Service" && (ref.Group == "" || ref.Group == "core"):
+			name := ns + "/" + t.hostname(ref.Name, ns)
+			s, ok := svcs[name]
+			switch {
+			case !ok:
+				report(false, ReasonInvalidValue, "target Service %s/%s not found", ns, ref.Name)
+			case s.GetWaypoint() == nil:
+				report(false, ReasonInvalidValue, "target Service %s/%s is bound to no waypoint: the policy is not enforced for it", ns, ref.Name)
+			default:
+				targets = append(targets, name)
+			}
+		default:
+			report(false, ReasonUnsupportedValue, "target %s.%s %s: only a waypoint Gateway or a Service", ref.Kind, ref.Group, ref.Name)
+		}
+	}
+	slices.Sort(targets)
+	return slices.Compact(targets)
 }
 
 // l7Policy translates ap's action and rules; nil for an action it does not know (reported).

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 
+	netv1 "istio.io/client-go/pkg/apis/networking/v1"
 	secv1 "istio.io/client-go/pkg/apis/security/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -59,6 +60,10 @@ type Input struct {
 	Gateways              []*gwv1.Gateway
 	AuthorizationPolicies []*secv1.AuthorizationPolicy
 	PeerAuthentications   []*secv1.PeerAuthentication
+	// RequestAuthentications with targetRefs are the waypoints' (requestauthn.go).
+	RequestAuthentications []*secv1.RequestAuthentication
+	// DestinationRules give Services their traffic policy, for waypoints (trafficpolicy.go).
+	DestinationRules []*netv1.DestinationRule
 	// Nodes give workloads their locality; only their names and labels are read.
 	Nodes []*corev1.Node
 	// Routes are checked (routeProblems) and translated for waypoints (serviceRoutes).
@@ -192,6 +197,8 @@ func (tr *Translator) Translate(in Input) *Snapshot {
 		}
 		snap.Routes = tr.t.serviceRoutes(in)
 		tr.t.waypointPolicies(in, snap.Services, snap.Routes)
+		tr.t.requestAuthentications(in, snap.Services, snap.Routes)
+		tr.t.destinationRules(in, snap.Services, snap.Routes)
 		tr.ctxProblem = append(tr.t.problems, routeProblems(in)...)
 	}
 	t := tr.t
@@ -246,7 +253,8 @@ func contextSum(in Input) uint64 {
 	ok := sumObjects(&sum, "Namespace", in.Namespaces) && sumObjects(&sum, "Service", in.Services) &&
 		sumObjects(&sum, "Gateway", in.Gateways) && sumObjects(&sum, "AuthorizationPolicy", in.AuthorizationPolicies) &&
 		sumObjects(&sum, "PeerAuthentication", in.PeerAuthentications) && sumObjects(&sum, "HTTPRoute", in.HTTPRoutes) &&
-		sumObjects(&sum, "GRPCRoute", in.GRPCRoutes) && sumObjects(&sum, "ReferenceGrant", in.ReferenceGrants)
+		sumObjects(&sum, "GRPCRoute", in.GRPCRoutes) && sumObjects(&sum, "ReferenceGrant", in.ReferenceGrants) &&
+		sumObjects(&sum, "RequestAuthentication", in.RequestAuthentications) && sumObjects(&sum, "DestinationRule", in.DestinationRules)
 	if !ok {
 		return 0
 	}

@@ -128,6 +128,12 @@ func newIndex(in model.Input, groups map[object][]model.Problem) index {
 	for _, o := range in.PeerAuthentications {
 		add(model.KindPeerAuthentication, o)
 	}
+	for _, o := range in.RequestAuthentications {
+		add(model.KindRequestAuthentication, o)
+	}
+	for _, o := range in.DestinationRules {
+		add(model.KindDestinationRule, o)
+	}
 	for _, o := range in.Services {
 		add(model.KindService, o)
 	}
@@ -154,10 +160,12 @@ func newIndex(in model.Input, groups map[object][]model.Problem) index {
 func (idx index) meta(o object) metav1.Object { return idx[o] }
 
 var apiVersions = map[string]string{
-	model.KindAuthorizationPolicy: secv1.SchemeGroupVersion.String(),
-	model.KindPeerAuthentication:  secv1.SchemeGroupVersion.String(),
-	model.KindHTTPRoute:           "gateway.networking.k8s.io/v1",
-	model.KindGRPCRoute:           "gateway.networking.k8s.io/v1",
+	model.KindAuthorizationPolicy:   secv1.SchemeGroupVersion.String(),
+	model.KindPeerAuthentication:    secv1.SchemeGroupVersion.String(),
+	model.KindRequestAuthentication: secv1.SchemeGroupVersion.String(),
+	model.KindDestinationRule:       "networking.istio.io/v1",
+	model.KindHTTPRoute:             "gateway.networking.k8s.io/v1",
+	model.KindGRPCRoute:             "gateway.networking.k8s.io/v1",
 }
 
 // maxEventMessage bounds an Event's message (the events API's limit for a note).

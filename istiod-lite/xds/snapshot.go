@@ -275,7 +275,8 @@ func (s *Snapshot) visible(p *Proxy, typ, name string) bool {
 		case TypeService:
 			return s.waypointServices[p.Waypoint][name] || s.waypointBackends[p.Waypoint][name]
 		case TypeServiceRoutes:
-			return s.waypointServices[p.Waypoint][name]
+			// Its own services' routes, and the backends' (their traffic policy).
+			return s.waypointServices[p.Waypoint][name] || s.waypointBackends[p.Waypoint][name]
 		case TypeWorkload:
 			return s.waypointWorkloads[p.Waypoint][name]
 		}
@@ -313,7 +314,7 @@ func (s *Snapshot) scoped(p *Proxy, typ string) map[string]bool {
 		maps.Copy(all, s.waypointBackends[p.Waypoint])
 		return all
 	case TypeServiceRoutes:
-		return s.waypointServices[p.Waypoint]
+		return s.scoped(p, TypeService)
 	case TypeWorkload:
 		return s.waypointWorkloads[p.Waypoint]
 	}
