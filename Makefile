@@ -15,7 +15,7 @@ export GOFLAGS := -buildvcs=false
 # only TLS crosses the lab network).
 APT_PKGS := iproute2 nftables iptables conntrack clang llvm libbpf-dev protobuf-compiler tcpdump
 
-.PHONY: all build unit e2e test lint generate generate-check lab-up lab-down lab-tools deps bench bench-deps bench-unit bench-scale demo clean
+.PHONY: all build unit e2e conformance test lint generate generate-check lab-up lab-down lab-tools deps bench bench-deps bench-unit bench-scale demo clean
 
 all: build
 
@@ -44,6 +44,13 @@ lab-tools:
 e2e: deps build lab-tools
 	$(GO) test -tags e2e -count=1 -timeout 70m -v ./e2e/... ./deploy/... 2>&1 | tee .e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic)|_test.go' ; \
 	test $${PIPESTATUS[0]} -eq 0
+
+# The Gateway API conformance suite, unmodified, with the mesh profiles (MESH-HTTP, MESH-GRPC), on a
+# lab of its own with the mesh installed from deploy/; the report goes to conformance/reports/ (see
+# conformance/README.md). Not part of make test. The suite's flags go in CONFORMANCE_ARGS, e.g.
+# make conformance CONFORMANCE_ARGS='-args --run-test=MeshBasic'.
+conformance: deps build lab-tools
+	$(GO) test -tags conformance -count=1 -timeout 60m -v ./conformance/... $(CONFORMANCE_ARGS)
 
 test: lint unit e2e
 

@@ -5,10 +5,11 @@ package kubelet
 // An exec'd command is a sibling of the container's process: it joins that process's network,
 // mount, UTS and IPC namespaces (nsenter), its working directory and environment (read from
 // /proc), the pod's cgroup (cloned into it) and the container's limit cgroups, and runs as the
-// container's user with its capabilities (setpriv). A command name is looked up among the lab's image programs first, then on
-// the host's PATH. Attach gives the container's output from now on; the lab keeps no
-// container's stdin open, so attach carries no input. Port-forward dials localhost:<port> inside
-// the pod's network namespace.
+// container's user with its capabilities (setpriv). A command name that the container's image
+// ships beside its entrypoint (imageCommands) is played by the image's program; any other is
+// looked up among the lab's image programs first, then on the host's PATH. Attach gives the
+// container's output from now on; the lab keeps no container's stdin open, so attach carries no
+// input. Port-forward dials localhost:<port> inside the pod's network namespace.
 
 import (
 	"context"
@@ -18,6 +19,8 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -54,7 +57,7 @@ func (e executor) ExecInContainer(ctx context.Context, _, _, container string, c
 	if err != nil {
 		return err
 	}
-	prog, err := e.k.resolveCommand(cmd[0])
+	prog, progArgs, err := e.k.execCommand(c.Image, cmd)
 	if err != nil {
 		return err
 	}
@@ -78,7 +81,7 @@ func (e executor) ExecInContainer(ctx context.Context, _, _, container string, c
 			args = append(args, "--groups="+strings.Join(g, ","))
 		}
 	}
-	args = append(append(args, "--", prog), cmd[1:]...)
+	args = append(append(args, "--", prog), progArgs...)
 	x := exec.CommandContext(ctx, "nsenter", args...)
 	x.Env = strings.Split(strings.TrimRight(string(env), "\x00"), "\x00")
 	cg, err := os.Open(e.v.Cgroup)
@@ -186,6 +189,36 @@ func runTTY(ctx context.Context, x *exec.Cmd, c ctrView, in io.Reader, out io.Wr
 	case <-ctx.Done():
 	}
 	return err
+}
+
+// imageCommands are the commands that an image ships beside its entrypoint, by the image's
+// program name (ImageProgram), which plays each one when it is given the command's name as its
+// first argument. Istio's echo image (echo-advanced, which the Gateway API conformance suite's
+// mesh tests deploy and exec `client …` in) has its client beside the server; bin/client is
+// another program, the lab's own client.
+var imageCommands = map[string][]string{"echo-advanced": {"client"}}
+
+// execCommand returns the program and its arguments for an exec of cmd in a container of image:
+// the image's program with all of cmd when cmd[0] is a bare name the image ships
+// (imageCommands), else cmd[0] resolved as resolveCommand does with the rest of cmd.
+func (k *Kubelet) execCommand(image string, cmd []string) (string, []string, error) {
+	if len(cmd) == 0 {
+		return "", nil, errors.New("exec: no command")
+	}
+	if !strings.Contains(cmd[0], "/") {
+		if p, err := ImageProgram(".", image); err == nil && slices.Contains(imageCommands[filepath.Base(p)], cmd[0]) {
+			prog, err := findProgram(k.cfg.BinDir, image)
+			if err != nil {
+				return "", nil, fmt.Errorf("exec: %q: %w", cmd[0], err)
+			}
+			return prog, cmd, nil
+		}
+	}
+	prog, err := k.resolveCommand(cmd[0])
+	if err != nil {
+		return "", nil, err
+	}
+	return prog, cmd[1:], nil
 }
 
 // resolveCommand finds the program for a command name: a path as it is, else the lab's image

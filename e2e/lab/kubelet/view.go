@@ -24,7 +24,8 @@ type podView struct {
 // ctrView is a published copy of a container's state.
 type ctrView struct {
 	Name     string
-	PID      int // the container's process; 0 when not running
+	Image    string // the container's image: an exec may run a command its program plays (exec_linux.go)
+	PID      int    // the container's process; 0 when not running
 	Restarts int32
 	User     *User
 	Privs    Privileges
@@ -67,7 +68,7 @@ func (w *podWorker) publish() {
 	}
 	v := &podView{Namespace: w.pod.Namespace, Name: w.pod.Name, UID: w.pod.UID, Netns: w.sb.netnsPath(), Cgroup: w.sb.cgroup, Dir: w.podDir}
 	for _, c := range w.ctrs {
-		cv := ctrView{Name: c.spec.Name, Restarts: c.restarts, User: c.user, Privs: c.privs, Cgroups: c.cgroups}
+		cv := ctrView{Name: c.spec.Name, Image: c.spec.Image, Restarts: c.restarts, User: c.user, Privs: c.privs, Cgroups: c.cgroups}
 		if c.running && c.cmd != nil && c.cmd.Process != nil {
 			cv.PID = c.cmd.Process.Pid
 		}
