@@ -165,6 +165,8 @@ func bench(ctx context.Context, args []string, timeout time.Duration) int {
 	fs.IntVar(&cfg.Size, "size", 1024, "request and response bytes")
 	fs.BoolVar(&cfg.NewConn, "new", false, "a new connection per request (rate)")
 	fs.DurationVar(&cfg.Duration, "duration", 5*time.Second, "how long to run")
+	fs.BoolVar(&cfg.HTTP, "http", false, "HTTP/1.1 POSTs to the echo server's /echo instead of raw bytes")
+	fs.StringVar(&cfg.Host, "host", "", "the HTTP Host header (default: the address)")
 	cert := fs.String("tls-cert", "", "client certificate: connect over mutual TLS 1.3")
 	key := fs.String("tls-key", "", "client key")
 	ca := fs.String("tls-ca", "", "CA the server's certificate must chain to")

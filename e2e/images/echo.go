@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -50,6 +51,7 @@ type EchoReply struct {
 func RunEcho(ctx context.Context, cfg EchoConfig, log *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.Handle("/ws", wsEcho)
+	mux.HandleFunc("/echo", echoBody)
 	// ECHO_STATUS makes every answer carry that status (an endpoint that fails, for retry and
 	// outlier tests); readiness (/ready) still answers 200.
 	status, _ := strconv.Atoi(os.Getenv("ECHO_STATUS"))
@@ -131,4 +133,16 @@ func closeListeners(ls []net.Listener) {
 	for _, l := range ls {
 		l.Close()
 	}
+}
+
+// echoBody answers with the request's body: the far end of the HTTP load.
+// The body is read whole first: an HTTP/1 handler may not read it once it has written.
+func echoBody(w http.ResponseWriter, r *http.Request) {
+	b, err := io.ReadAll(io.LimitReader(r.Body, 16<<20))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	_, _ = w.Write(b)
 }

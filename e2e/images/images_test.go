@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"net/http"
 	"testing"
 	"time"
 )
@@ -106,6 +107,8 @@ func TestLoadTools(t *testing.T) {
 		{"rate new connections", LoadConfig{Mode: ModeRate, Addr: addr, Rate: 500, Conns: 3, Size: 64, NewConn: true, Duration: 60 * time.Millisecond}, 30},
 		{"rate tls", LoadConfig{Mode: ModeRate, Addr: listen(serveTCPEcho, serverTLS), Rate: 500, Conns: 2, Size: 1024, NewConn: true, Duration: 40 * time.Millisecond, TLS: clientTLS}, 20},
 		{"max", LoadConfig{Mode: ModeMax, Addr: addr, Conns: 4, Size: 1024, Duration: 50 * time.Millisecond}, -1},
+		{"rate http", LoadConfig{Mode: ModeRate, Addr: listen(func(l net.Listener) error { return http.Serve(l, http.HandlerFunc(echoBody)) }, nil),
+			Rate: 500, Conns: 2, Size: 1024, HTTP: true, Duration: 60 * time.Millisecond}, 30},
 		{"connrate", LoadConfig{Mode: ModeConnRate, Addr: addr, Conns: 2, Size: 1, Duration: 50 * time.Millisecond}, -1},
 	} {
 		res, err := RunLoad(ctx, tc.cfg)

@@ -8,9 +8,12 @@ package images
 //   - Latencies go into an HDR histogram (1 µs to 60 s, 3 significant digits); results carry a fixed
 //     set of quantiles so that runs can be compared and plotted without shipping histograms.
 //   - The same code path serves every scenario: plain TCP or TLS 1.3 (mutual when a client
-//     certificate is given), persistent connections or a new one per request.
+//     certificate is given), persistent connections or a new one per request, and HTTP/1.1
+//     POSTs of the same size for L7 scenarios.
 
 import (
+	"bufio"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -18,6 +21,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -57,6 +62,10 @@ type LoadConfig struct {
 	Timeout  time.Duration
 	// TLS, when set, wraps every connection (TLS 1.3).
 	TLS *tls.Config
+	// HTTP makes each request an HTTP/1.1 POST of Size bytes to the echo server's /echo (which
+	// answers with the same bytes) on kept-alive connections, with Host as its Host header.
+	HTTP bool
+	Host string
 }
 
 // LoadResult is what a run measured. Latencies are in nanoseconds, one per Quantiles entry.
@@ -193,6 +202,9 @@ func (g *generator) dial(ctx context.Context) (net.Conn, error) {
 		return nil, err
 	}
 	if g.cfg.TLS == nil {
+		if g.cfg.HTTP {
+			return &httpConn{Conn: c, br: bufio.NewReader(c), host: cmp.Or(g.cfg.Host, g.cfg.Addr)}, nil
+		}
 		return c, nil
 	}
 	tc := tls.Client(c, g.cfg.TLS)
@@ -208,10 +220,41 @@ func (g *generator) dial(ctx context.Context) (net.Conn, error) {
 // exchange sends one request and reads the echo.
 func (g *generator) exchange(c net.Conn, req, resp []byte) error {
 	_ = c.SetDeadline(time.Now().Add(g.cfg.Timeout))
+	if hc, ok := c.(*httpConn); ok {
+		return hc.post(req, resp)
+	}
 	if _, err := c.Write(req); err != nil {
 		return err
 	}
 	_, err := io.ReadFull(c, resp)
+	return err
+}
+
+// httpConn is a kept-alive HTTP/1.1 connection to the echo server.
+type httpConn struct {
+	net.Conn
+	br   *bufio.Reader
+	host string
+}
+
+// post sends req as the body of a POST to /echo and reads the answer's body into resp.
+func (c *httpConn) post(req, resp []byte) error {
+	head := "POST /echo HTTP/1.1\r\nHost: " + c.host + "\r\nContent-Length: " + strconv.Itoa(len(req)) + "\r\n\r\n"
+	if _, err := c.Write(append([]byte(head), req...)); err != nil {
+		return err
+	}
+	r, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		return err
+	}
+	defer r.Body.Close()
+	if r.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d", r.StatusCode)
+	}
+	if _, err := io.ReadFull(r.Body, resp); err != nil {
+		return err
+	}
+	_, err = io.Copy(io.Discard, r.Body)
 	return err
 }
 

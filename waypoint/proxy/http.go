@@ -247,6 +247,7 @@ func (p *Proxy) forward(w *statusWriter, r *http.Request, v *view, be *routev1.B
 		},
 		Transport:     at,
 		FlushInterval: -1,
+		BufferPool:    copyBuffers,
 		ModifyResponse: func(resp *http.Response) error {
 			for _, m := range respMods {
 				route.ModifyHeaders(resp.Header, m)
@@ -271,6 +272,15 @@ func (p *Proxy) forward(w *statusWriter, r *http.Request, v *view, be *routev1.B
 	}
 	rp.ServeHTTP(w, r.WithContext(ctx))
 }
+
+// copyBuffers are the buffers responses are copied through (ReverseProxy would allocate 32 KiB
+// per request).
+var copyBuffers = &bufferPool{sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}}
+
+type bufferPool struct{ p sync.Pool }
+
+func (b *bufferPool) Get() []byte  { return *b.p.Get().(*[]byte) }
+func (b *bufferPool) Put(x []byte) { b.p.Put(&x) }
 
 // attempts is the transport of one request: each round trip is one attempt at an endpoint of
 // the backend, repeated while the retry policy asks for it.

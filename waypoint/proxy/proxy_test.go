@@ -24,12 +24,12 @@ const svcKey = "shop/echo.shop.svc.cluster.local"
 // backend starts an HTTP server on addr (a loopback address of its own) that names itself in
 // each answer, and returns it as a workload outside the mesh (reached in plain TCP) serving the
 // Service's port 80.
-func backend(t *testing.T, name, addr string, status int) *workloadv1.Workload {
+func backend(t testing.TB, name, addr string, status int) *workloadv1.Workload {
 	return backendFunc(t, name, addr, func(http.ResponseWriter, *http.Request) int { return status })
 }
 
 // backendFunc is backend with the status of each answer chosen by fn (which may block).
-func backendFunc(t *testing.T, name, addr string, fn func(http.ResponseWriter, *http.Request) int) *workloadv1.Workload {
+func backendFunc(t testing.TB, name, addr string, fn func(http.ResponseWriter, *http.Request) int) *workloadv1.Workload {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr+":0")
 	if err != nil {
@@ -64,7 +64,7 @@ type harness struct {
 	conns atomic.Int32
 }
 
-func newHarness(t *testing.T, routes *routev1.ServiceRoutes, eps ...*workloadv1.Workload) *harness {
+func newHarness(t testing.TB, routes *routev1.ServiceRoutes, eps ...*workloadv1.Workload) *harness {
 	t.Helper()
 	store := xdsclient.NewStore()
 	svc := &workloadv1.Service{Name: "echo", Namespace: "shop", Hostname: "echo.shop.svc.cluster.local",

@@ -1,0 +1,137 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ambient-mesh/ambient/api/mesh"
+	"github.com/ambient-mesh/ambient/e2e/images"
+	"github.com/ambient-mesh/ambient/e2e/lab"
+)
+
+// WaypointResult is what BenchmarkWaypoint measured, medians over its rounds: 1 KiB HTTP/1.1
+// POSTs at a fixed rate on kept-alive connections from node-1 to node-2, on the L4 mesh and
+// through a waypoint (on either node, where the lab scheduled it).
+type WaypointResult struct {
+	Commit  string  `json:"commit"`
+	Rate    int     `json:"rate"`
+	Rounds  int     `json:"rounds"`
+	MeshP50 float64 `json:"meshP50Ms"`
+	MeshP99 float64 `json:"meshP99Ms"`
+	WpP50   float64 `json:"waypointP50Ms"`
+	WpP99   float64 `json:"waypointP99Ms"`
+	// AddedP99 is the median over rounds of (waypoint p99 − mesh p99) of the same round.
+	AddedP99 float64 `json:"addedP99Ms"`
+	// WaypointCPU is the waypoint's CPU time per second of load (cores); WaypointRSS its
+	// resident memory after the load, in MB.
+	WaypointCPU float64 `json:"waypointCores"`
+	WaypointRSS float64 `json:"waypointRssMB"`
+	Errors      int64   `json:"errors"`
+}
+
+// BenchmarkWaypoint measures what a waypoint adds over the L4 mesh at 1000 rps of 1 KiB HTTP
+// (issue 15's targets: ≤ 0.1 core, ≤ 25 MB, ≤ 0.5 ms added p99) and writes waypoint.json with
+// the results for bench-report.
+func BenchmarkWaypoint(b *testing.B) {
+	const rate, rounds, dur = 1000, 3, 5 * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cs := client(b)
+	installMesh(b, cs)
+	ns := newNamespace(b, cs, "wpbench")
+	labelNamespace(b, cs, ns, mesh.DataplaneModeAmbient)
+	manifest, err := os.ReadFile("testdata/waypoint-bench.yaml")
+	if err != nil {
+		b.Fatal(err)
+	}
+	apply(b, ns, manifest)
+	var wp *corev1.Pod
+	eventually(b, 90*time.Second, "the waypoint, echo pods and client ready", func() bool {
+		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false
+		}
+		ready := 0
+		for i := range pods.Items {
+			p := &pods.Items[i]
+			if podReady(p) || p.Name == "client" && p.Status.Phase == corev1.PodRunning {
+				ready++
+			}
+			if p.Labels["gateway.networking.k8s.io/gateway-name"] == "wp" {
+				wp = p
+			}
+		}
+		return ready == 4 && allAnnotated(b, cs, ns, mesh.RedirectionEnabled)
+	})
+	eventually(b, 30*time.Second, "Service viawp bound to the waypoint", func() bool {
+		return kubectl(b, "-n", ns, "get", "service", "viawp", "-o",
+			`jsonpath={.status.conditions[?(@.type=="istio.io/WaypointBound")].status}`) == "True"
+	})
+	proc := sidecarProc(b, wp, "waypoint")
+	clientBin := filepath.Join(labCfg.BinDir, "client")
+	load := func(svc string, d time.Duration) images.LoadResult {
+		b.Helper()
+		out, err := lab.Exec(ctx, labCfg, ns, "client", clientBin, "-timeout", "5s", "bench", "-mode", images.ModeRate, "-http",
+			"-rate", strconv.Itoa(rate), "-conns", "10", "-size", "1024", "-duration", d.String(), "-addr", svc+"."+ns+":80")
+		if err != nil {
+			b.Fatalf("load on %s: %v: %s", svc, err, out)
+		}
+		var r images.LoadResult
+		if err := json.Unmarshal([]byte(out), &r); err != nil {
+			b.Fatalf("load result %q: %v", out, err)
+		}
+		return r
+	}
+	load("direct", time.Second) // warm both paths: connections, certificates, pools
+	load("viawp", time.Second)
+	ms := func(ns int64) float64 { return float64(ns) / 1e6 }
+	var meshP50, meshP99, wpP50, wpP99, added, cores []float64
+	res := WaypointResult{Commit: gitDescribe(), Rate: rate, Rounds: rounds}
+	b.ResetTimer()
+	for range rounds {
+		m := load("direct", dur)
+		cpu0 := proc.cpu(b)
+		w := load("viawp", dur)
+		cores = append(cores, (proc.cpu(b)-cpu0).Seconds()/(float64(w.ElapsedNS)/1e9))
+		meshP50, meshP99 = append(meshP50, ms(m.Percentile(50))), append(meshP99, ms(m.Percentile(99)))
+		wpP50, wpP99 = append(wpP50, ms(w.Percentile(50))), append(wpP99, ms(w.Percentile(99)))
+		added = append(added, ms(w.Percentile(99)-m.Percentile(99)))
+		res.Errors += m.Errors + w.Errors
+	}
+	b.StopTimer()
+	rss, _ := proc.memory(b)
+	res.MeshP50, res.MeshP99, res.WpP50, res.WpP99 = median(meshP50), median(meshP99), median(wpP50), median(wpP99)
+	res.AddedP99, res.WaypointCPU, res.WaypointRSS = median(added), median(cores), float64(rss)/1e6
+	b.ReportMetric(res.AddedP99, "added-p99-ms")
+	b.ReportMetric(res.WaypointCPU, "waypoint-cores")
+	b.ReportMetric(res.WaypointRSS, "waypoint-rss-MB")
+	b.ReportMetric(res.WpP99, "waypoint-p99-ms")
+	b.ReportMetric(res.MeshP99, "mesh-p99-ms")
+	b.Logf("waypoint at %d rps, 1 KiB HTTP, medians of %d rounds: %+v", rate, rounds, res)
+	if err := os.MkdirAll(benchResults(), 0o755); err != nil {
+		b.Fatal(err)
+	}
+	out, _ := json.MarshalIndent(res, "", "  ")
+	if err := os.WriteFile(filepath.Join(benchResults(), "waypoint.json"), append(out, '\n'), 0o644); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Sorted(slices.Values(v))
+	return s[len(s)/2]
+}
