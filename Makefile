@@ -98,7 +98,7 @@ bench-deps: deps
 bench: bench-deps build lab-tools
 	@mkdir -p $(BENCH_RESULTS)
 	{ echo "# make bench on $$(date -u '+%F %H:%M UTC'), commit $(VERSION)"; \
-	  $(GO) test -tags e2e -count=1 -timeout 40m -run '^$$' -bench 'AgentOnboarding|L4' -benchtime 1x -v ./e2e/ 2>&1; } | \
+	  $(GO) test -tags e2e -count=1 -timeout 40m -run '^$$' -bench 'AgentOnboarding|L4|Waypoint' -benchtime 1x -v ./e2e/ 2>&1; } | \
 		tee .bench.log | grep -E '^(Benchmark|ok|FAIL|PASS|panic)|_test.go' ; \
 	test $${PIPESTATUS[0]} -eq 0
 	grep -E '^(# make bench|Benchmark.*-[0-9]+[[:space:]])' .bench.log > $(BENCH_RESULTS)/lab.bench

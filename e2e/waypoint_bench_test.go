@@ -20,10 +20,10 @@ import (
 	"github.com/ambient-mesh/ambient/e2e/lab"
 )
 
-// WaypointResult is what BenchmarkWaypoint measured, medians over its rounds: 1 KiB HTTP/1.1
+// waypointResult is what BenchmarkWaypoint measured, medians over its rounds: 1 KiB HTTP/1.1
 // POSTs at a fixed rate on kept-alive connections from node-1 to node-2, on the L4 mesh and
 // through a waypoint (on either node, where the lab scheduled it).
-type WaypointResult struct {
+type waypointResult struct {
 	Commit  string  `json:"commit"`
 	Rate    int     `json:"rate"`
 	Rounds  int     `json:"rounds"`
@@ -41,8 +41,8 @@ type WaypointResult struct {
 }
 
 // BenchmarkWaypoint measures what a waypoint adds over the L4 mesh at 1000 rps of 1 KiB HTTP
-// (issue 15's targets: ≤ 0.1 core, ≤ 25 MB, ≤ 0.5 ms added p99) and writes waypoint.json with
-// the results for bench-report.
+// (issue 15's targets: ≤ 0.1 core, ≤ 25 MB, ≤ 0.5 ms added p99). Its figures go to lab.bench with
+// the other lab benchmarks, and from there into BENCHMARKS.md.
 func BenchmarkWaypoint(b *testing.B) {
 	const rate, rounds, dur = 1000, 3, 5 * time.Second
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -97,7 +97,7 @@ func BenchmarkWaypoint(b *testing.B) {
 	load("viawp", time.Second)
 	ms := func(ns int64) float64 { return float64(ns) / 1e6 }
 	var meshP50, meshP99, wpP50, wpP99, added, cores []float64
-	res := WaypointResult{Commit: gitDescribe(), Rate: rate, Rounds: rounds}
+	res := waypointResult{Commit: gitDescribe(), Rate: rate, Rounds: rounds}
 	b.ResetTimer()
 	for range rounds {
 		m := load("direct", dur)
@@ -119,13 +119,6 @@ func BenchmarkWaypoint(b *testing.B) {
 	b.ReportMetric(res.WpP99, "waypoint-p99-ms")
 	b.ReportMetric(res.MeshP99, "mesh-p99-ms")
 	b.Logf("waypoint at %d rps, 1 KiB HTTP, medians of %d rounds: %+v", rate, rounds, res)
-	if err := os.MkdirAll(benchResults(), 0o755); err != nil {
-		b.Fatal(err)
-	}
-	out, _ := json.MarshalIndent(res, "", "  ")
-	if err := os.WriteFile(filepath.Join(benchResults(), "waypoint.json"), append(out, '\n'), 0o644); err != nil {
-		b.Fatal(err)
-	}
 }
 
 func median(v []float64) float64 {

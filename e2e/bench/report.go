@@ -291,7 +291,7 @@ func joinShares(sh []Share) string {
 func labTitle(name string) string {
 	switch name {
 	case "lab":
-		return "Onboarding (node agent), same run"
+		return "Onboarding (node agent) and the waypoint (1 KiB HTTP at 1000 rps, L4 mesh vs through the waypoint), same run"
 	case "scale":
 		return "Control plane at scale (istiod-lite, `make bench-scale`)"
 	}

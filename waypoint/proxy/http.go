@@ -3,7 +3,8 @@ package proxy
 // HTTP handling: one tunnel's requests, routed by the Service's rules.
 //
 // Rules kept here (Gateway API HTTPRoute semantics, DESIGN.md §2):
-//   - The first rule that matches applies; without one the request goes to the Service itself.
+//   - The first rule that matches applies. A Service with routes answers 404 to a request none
+//     matches; one without routes serves every request itself.
 //   - Filters run in the order written; a redirect answers at once. Request header modifiers,
 //     rewrites and mirrors apply before the backend is chosen, then the backend's own filters.
 //   - A rule with no usable backend (none, weights of 0, or a reference that did not resolve)
@@ -122,9 +123,11 @@ func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, t *tunnel) 
 			return
 		}
 	}
-	var rule *route.Rule
-	if tb := v.tables[key]; tb != nil {
-		rule = tb.Select(r, t.port, rec.srcNS)
+	rule, routed := v.tables[key].SelectOrRouted(r, t.port, rec.srcNS)
+	if rule == nil && routed {
+		rec.flags = "NR"
+		http.Error(sw, "no route matches", http.StatusNotFound)
+		return
 	}
 	be := &routev1.Backend{Service: key, Port: uint32(t.port), Weight: 1}
 	var pr *routev1.Rule

@@ -280,3 +280,18 @@ func TestOutlierEjection(t *testing.T) {
 		t.Errorf("%d requests failed; want 2, then the bad endpoint ejected", fails)
 	}
 }
+
+// TestUnmatchedRequestOfARoutedService404: once a Service has routes, a request none of them
+// matches is answered 404, not sent to the Service.
+func TestUnmatchedRequestOfARoutedService404(t *testing.T) {
+	rs := &routev1.ServiceRoutes{Rules: []*routev1.Rule{{Route: "HTTPRoute/shop/only-v2",
+		Match:    &routev1.Match{Path: &routev1.PathMatch{Kind: routev1.PathMatch_PREFIX, Value: "/v2"}},
+		Backends: []*routev1.Backend{{Service: svcKey, Port: 80, Weight: 1}}}}}
+	h := newHarness(t, rs, backend(t, "a", "127.0.0.12", 200))
+	if code, _, _ := h.get(t, "/v2/x"); code != 200 {
+		t.Errorf("/v2/x: %d, want 200", code)
+	}
+	if code, _, _ := h.get(t, "/other"); code != http.StatusNotFound {
+		t.Errorf("/other: %d, want 404", code)
+	}
+}

@@ -147,23 +147,33 @@ func checkHeaderModifier(hm *routev1.HeaderModifier) error {
 // only rules with that ConsumerNamespace are considered, whatever their ports; otherwise only
 // rules with empty ConsumerNamespace. Rule.Ports empty = any port. t may be nil.
 func (t *Table) Select(r *http.Request, port uint16, srcNS string) *Rule {
+	rule, _ := t.SelectOrRouted(r, port, srcNS)
+	return rule
+}
+
+// SelectOrRouted is Select that also reports whether any rule applies to the port and the
+// client's namespace at all: a request that no rule of a routed Service matches is answered 404
+// (Gateway API), while a Service without routes serves every request itself.
+func (t *Table) SelectOrRouted(r *http.Request, port uint16, srcNS string) (*Rule, bool) {
 	if t == nil {
-		return nil
+		return nil, false
 	}
 	ns := ""
 	if srcNS != "" && t.consumers[srcNS] {
 		ns = srcNS
 	}
+	routed := false
 	var q url.Values // parsed on the first rule that matches on query parameters
 	for _, rule := range t.rules {
 		if rule.Proto.GetConsumerNamespace() != ns || !onPort(rule.Proto.GetPorts(), port) {
 			continue
 		}
+		routed = true
 		if rule.match.matches(r, &q) {
-			return rule
+			return rule, true
 		}
 	}
-	return nil
+	return nil, routed
 }
 
 func onPort(ports []uint32, port uint16) bool {
