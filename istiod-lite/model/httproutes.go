@@ -11,16 +11,17 @@ import (
 
 	"google.golang.org/protobuf/proto"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gwv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	routev1 "github.com/ambient-mesh/ambient/api/route/v1"
 	"github.com/ambient-mesh/ambient/istiod-lite/routes"
 )
 
-// serviceRoutes translates the HTTPRoutes attached to Services (GAMMA: a parentRef of group ""
-// and kind Service) into one ServiceRoutes per Service of in, keyed "<namespace>/<hostname>".
-// Every Service gets one, with the protocols of its ports and possibly no rules: the xDS server
-// sends a waypoint only those of the Services bound to it.
+// serviceRoutes translates the HTTPRoutes and GRPCRoutes (grpcroutes.go) attached to Services
+// (GAMMA: a parentRef of group "" and kind Service) into one ServiceRoutes per Service of in, keyed
+// "<namespace>/<hostname>". Every Service gets one, with the protocols of its ports and possibly
+// no rules: the xDS server sends a waypoint only those of the Services bound to it.
 //
 // Attachment follows routes.Check, so that what a waypoint does agrees with the status written:
 // the Service must exist, a parentRef port must be one of its ports, and a sectionName is not
@@ -32,34 +33,46 @@ func (t *translator) serviceRoutes(in Input) map[string]*routev1.ServiceRoutes {
 	for _, s := range in.Services {
 		idx.services[s.Namespace+"/"+s.Name] = s
 	}
-	bySvc := map[string][]gammaRule{} // "<namespace>/<name>" of the Service
-	for _, r := range in.HTTPRoutes {
-		if r.DeletionTimestamp != nil {
-			continue
-		}
-		parents := idx.parents(r)
-		if len(parents) == 0 {
-			continue // not the mesh's, or not accepted: nothing to report here
-		}
-		flat := idx.flatten(r)
+	bySvc := map[string][]gammaRule{}         // "<namespace>/<name>" of the Service
+	grpcParents := map[string][]gammaParent{} // the same, of GRPCRoutes: their ports carry gRPC
+	attach := func(r meshRoute, parents []gammaParent, flat []gammaRule) {
 		for _, p := range parents {
 			key := p.svc.Namespace + "/" + p.svc.Name
 			for _, f := range flat {
-				rule := proto.Clone(f.rule).(*routev1.Rule)
-				rule.Ports = p.ports
-				if p.svc.Namespace != r.Namespace {
-					rule.ConsumerNamespace = r.Namespace
+				f.rule = proto.Clone(f.rule).(*routev1.Rule)
+				f.rule.Ports = p.ports
+				if p.svc.Namespace != r.obj.GetNamespace() {
+					f.rule.ConsumerNamespace = r.obj.GetNamespace()
 				}
-				bySvc[key] = append(bySvc[key], gammaRule{rule: rule, route: r, ruleIdx: f.ruleIdx, matchIdx: f.matchIdx})
+				bySvc[key] = append(bySvc[key], f)
+			}
+		}
+	}
+	// A route without parents is not the mesh's, or not accepted: nothing to report here.
+	for _, r := range in.HTTPRoutes {
+		mr := meshRoute{kind: KindHTTPRoute, obj: r, spec: &r.Spec.CommonRouteSpec}
+		if parents := idx.parents(mr); len(parents) > 0 {
+			attach(mr, parents, idx.flattenHTTP(mr, r.Spec.Rules))
+		}
+	}
+	for _, r := range in.GRPCRoutes {
+		mr := meshRoute{kind: KindGRPCRoute, obj: r, spec: &r.Spec.CommonRouteSpec}
+		if parents := idx.parents(mr); len(parents) > 0 {
+			attach(mr, parents, idx.flattenGRPC(mr, r.Spec.Rules))
+			for _, p := range parents {
+				key := p.svc.Namespace + "/" + p.svc.Name
+				grpcParents[key] = append(grpcParents[key], p)
 			}
 		}
 	}
 	out := make(map[string]*routev1.ServiceRoutes, len(in.Services))
 	for _, s := range in.Services {
+		key := s.Namespace + "/" + s.Name
 		sr := &routev1.ServiceRoutes{Namespace: s.Namespace, Hostname: t.hostname(s.Name, s.Namespace), Protocols: portProtocols(s)}
-		rules := bySvc[s.Namespace+"/"+s.Name]
-		slices.SortStableFunc(rules, compareGammaRules)
-		for _, r := range rules {
+		for _, p := range grpcParents[key] {
+			sr.Protocols = grpcProtocols(sr.Protocols, p)
+		}
+		for _, r := range orderRules(bySvc[key]) {
 			sr.Rules = append(sr.Rules, r.rule)
 		}
 		out[s.Namespace+"/"+sr.Hostname] = sr
@@ -110,11 +123,20 @@ func portProtocols(s *corev1.Service) map[uint32]string {
 	return out
 }
 
+// meshRoute is what translation reads of a route of either kind besides its rules.
+type meshRoute struct {
+	kind string // KindHTTPRoute or KindGRPCRoute
+	obj  metav1.Object
+	spec *gwv1.CommonRouteSpec
+}
+
 // gammaRule is one match of one route rule, with what orders it among the rules of a Service.
 type gammaRule struct {
 	rule              *routev1.Rule
-	route             *gwv1.HTTPRoute
+	route             meshRoute
 	ruleIdx, matchIdx int
+	// Of a GRPCRoute's match: the characters of its service and of its method.
+	service, method int
 }
 
 // compareGammaRules orders rules by the Gateway API's HTTPRoute precedence: an Exact path first,
@@ -130,8 +152,16 @@ func compareGammaRules(a, b gammaRule) int {
 		boolCompare(bm.GetMethod() != "", am.GetMethod() != ""),
 		cmp.Compare(len(bm.GetHeaders()), len(am.GetHeaders())),
 		cmp.Compare(len(bm.GetQueryParams()), len(am.GetQueryParams())),
-		a.route.CreationTimestamp.Compare(b.route.CreationTimestamp.Time),
-		cmp.Compare(a.route.Namespace+"/"+a.route.Name, b.route.Namespace+"/"+b.route.Name),
+		compareRouteOrder(a, b))
+}
+
+// compareRouteOrder breaks the ties of precedence, as the Gateway API does for every route kind:
+// the older route, then "<namespace>/<name>" alphabetically, then rule order and match order.
+func compareRouteOrder(a, b gammaRule) int {
+	ao, bo := a.route.obj, b.route.obj
+	return cmp.Or(
+		ao.GetCreationTimestamp().Compare(bo.GetCreationTimestamp().Time),
+		cmp.Compare(ao.GetNamespace()+"/"+ao.GetName(), bo.GetNamespace()+"/"+bo.GetName()),
 		cmp.Compare(a.ruleIdx, b.ruleIdx),
 		cmp.Compare(a.matchIdx, b.matchIdx))
 }
@@ -167,17 +197,21 @@ type gammaParent struct {
 	ports []uint32
 }
 
-// parents returns the Services r is attached to, in parentRef order. Several parentRefs to one
-// Service merge: their ports are joined, and one without a port makes the route apply to all.
-func (idx *gammaIndex) parents(r *gwv1.HTTPRoute) []gammaParent {
+// parents returns the Services r is attached to, in parentRef order; none for a route being
+// deleted. Several parentRefs to one Service merge: their ports are joined, and one without a
+// port makes the route apply to all.
+func (idx *gammaIndex) parents(r meshRoute) []gammaParent {
+	if r.obj.GetDeletionTimestamp() != nil {
+		return nil
+	}
 	var out []gammaParent
 	all := map[int]bool{}
-	for _, ref := range r.Spec.ParentRefs {
+	for _, ref := range r.spec.ParentRefs {
 		if ref.Group == nil || (*ref.Group != "" && *ref.Group != "core") || ref.Kind == nil || *ref.Kind != "Service" ||
 			ref.SectionName != nil {
 			continue
 		}
-		ns := r.Namespace
+		ns := r.obj.GetNamespace()
 		if ref.Namespace != nil {
 			ns = string(*ref.Namespace)
 		}
@@ -207,42 +241,51 @@ func (idx *gammaIndex) parents(r *gwv1.HTTPRoute) []gammaParent {
 	return out
 }
 
-func (idx *gammaIndex) report(r *gwv1.HTTPRoute, reason, format string, args ...any) {
-	idx.t.report(Problem{Kind: KindHTTPRoute, Namespace: r.Namespace, Name: r.Name, Reason: reason,
+func (idx *gammaIndex) report(r meshRoute, reason, format string, args ...any) {
+	idx.t.report(Problem{Kind: r.kind, Namespace: r.obj.GetNamespace(), Name: r.obj.GetName(), Reason: reason,
 		Message: fmt.Sprintf(format, args...)})
 }
 
-// flatten translates r's rules, one Rule per match, without what depends on the parent (ports,
-// consumer namespace).
-func (idx *gammaIndex) flatten(r *gwv1.HTTPRoute) []gammaRule {
-	var out []gammaRule
-	for i, rule := range r.Spec.Rules {
-		where := fmt.Sprintf("rule %d", i)
-		base := &routev1.Rule{Route: KindHTTPRoute + "/" + r.Namespace + "/" + r.Name}
-		if rule.Name != nil {
-			base.Name = string(*rule.Name)
-			where += fmt.Sprintf(" (%s)", base.Name)
+// ruleBase translates what the i-th rule of r (named name, if not nil) does, the same for every
+// route kind: its filters and backends. It returns the rule, without match, and how problems name
+// the rule.
+func (idx *gammaIndex) ruleBase(r meshRoute, i int, name *gwv1.SectionName, filters []gwv1.HTTPRouteFilter,
+	backends []gwv1.HTTPBackendRef) (*routev1.Rule, string) {
+	where := fmt.Sprintf("rule %d", i)
+	base := &routev1.Rule{Route: r.kind + "/" + r.obj.GetNamespace() + "/" + r.obj.GetName()}
+	if name != nil {
+		base.Name = string(*name)
+		where += fmt.Sprintf(" (%s)", base.Name)
+	}
+	fs, ok := idx.filters(r, where, filters)
+	for _, br := range backends {
+		b := idx.backend(r, where, br.BackendObjectReference, true)
+		b.Weight = 1
+		if br.Weight != nil {
+			b.Weight = uint32(max(*br.Weight, 0))
 		}
-		filters, ok := idx.filters(r, where, rule.Filters)
-		for _, br := range rule.BackendRefs {
-			b := idx.backend(r, where, br.BackendObjectReference, true)
-			b.Weight = 1
-			if br.Weight != nil {
-				b.Weight = uint32(max(*br.Weight, 0))
-			}
-			// A backend filter that cannot be applied makes that backend's share answer 500.
-			if fs, fok := idx.filters(r, where+" backend "+string(br.Name), br.Filters); fok {
-				b.Filters = fs
-			} else {
-				b.Service = ""
-			}
-			base.Backends = append(base.Backends, b)
-		}
-		if ok {
-			base.Filters = filters
+		// A backend filter that cannot be applied makes that backend's share answer 500.
+		if bfs, bok := idx.filters(r, where+" backend "+string(br.Name), br.Filters); bok {
+			b.Filters = bfs
 		} else {
-			base.Backends = nil // the Gateway API's answer to a filter that cannot be applied: 500
+			b.Service = ""
 		}
+		base.Backends = append(base.Backends, b)
+	}
+	if ok {
+		base.Filters = fs
+	} else {
+		base.Backends = nil // the Gateway API's answer to a filter that cannot be applied: 500
+	}
+	return base, where
+}
+
+// flattenHTTP translates the rules of HTTPRoute r, one Rule per match, without what depends on
+// the parent (ports, consumer namespace).
+func (idx *gammaIndex) flattenHTTP(r meshRoute, rules []gwv1.HTTPRouteRule) []gammaRule {
+	var out []gammaRule
+	for i, rule := range rules {
+		base, where := idx.ruleBase(r, i, rule.Name, rule.Filters, rule.BackendRefs)
 		if to := rule.Timeouts; to != nil {
 			base.RequestTimeoutMs = idx.millis(r, where+" timeouts.request", to.Request)
 			base.BackendRequestTimeoutMs = idx.millis(r, where+" timeouts.backendRequest", to.BackendRequest)
@@ -273,7 +316,7 @@ func (idx *gammaIndex) flatten(r *gwv1.HTTPRoute) []gammaRule {
 	return out
 }
 
-func (idx *gammaIndex) match(r *gwv1.HTTPRoute, where string, m gwv1.HTTPRouteMatch) (*routev1.Match, bool) {
+func (idx *gammaIndex) match(r meshRoute, where string, m gwv1.HTTPRouteMatch) (*routev1.Match, bool) {
 	out := &routev1.Match{Path: &routev1.PathMatch{Kind: routev1.PathMatch_PREFIX, Value: "/"}}
 	if p := m.Path; p != nil {
 		if p.Value != nil {
@@ -297,24 +340,12 @@ func (idx *gammaIndex) match(r *gwv1.HTTPRoute, where string, m gwv1.HTTPRouteMa
 			return nil, false
 		}
 	}
-	// Only the first of several matches of one header (case-insensitive) or parameter counts.
-	seen := map[string]bool{}
-	for _, h := range m.Headers {
-		if seen[strings.ToLower(string(h.Name))] {
-			continue
-		}
-		seen[strings.ToLower(string(h.Name))] = true
-		regex := h.Type != nil && *h.Type == gwv1.HeaderMatchRegularExpression
-		if h.Type != nil && !regex && *h.Type != gwv1.HeaderMatchExact {
-			idx.report(r, ReasonUnsupportedValue, "%s: header match type %q is not supported; the match is ignored", where, *h.Type)
-			return nil, false
-		}
-		if regex && !idx.validRegex(r, where+" header "+string(h.Name), h.Value) {
-			return nil, false
-		}
-		out.Headers = append(out.Headers, &routev1.HeaderMatch{Name: string(h.Name), Value: h.Value, Regex: regex})
+	var ok bool
+	if out.Headers, ok = idx.headerMatches(r, where, m.Headers); !ok {
+		return nil, false
 	}
-	clear(seen)
+	// Only the first of several matches of one parameter counts.
+	seen := map[string]bool{}
 	for _, q := range m.QueryParams {
 		if seen[string(q.Name)] {
 			continue
@@ -336,7 +367,30 @@ func (idx *gammaIndex) match(r *gwv1.HTTPRoute, where string, m gwv1.HTTPRouteMa
 	return out, true
 }
 
-func (idx *gammaIndex) validRegex(r *gwv1.HTTPRoute, where, expr string) bool {
+// headerMatches translates hs; false when one cannot be, which is reported. Only the first of
+// several matches of one header (case-insensitive) counts.
+func (idx *gammaIndex) headerMatches(r meshRoute, where string, hs []gwv1.HTTPHeaderMatch) ([]*routev1.HeaderMatch, bool) {
+	var out []*routev1.HeaderMatch
+	seen := map[string]bool{}
+	for _, h := range hs {
+		if seen[strings.ToLower(string(h.Name))] {
+			continue
+		}
+		seen[strings.ToLower(string(h.Name))] = true
+		regex := h.Type != nil && *h.Type == gwv1.HeaderMatchRegularExpression
+		if h.Type != nil && !regex && *h.Type != gwv1.HeaderMatchExact {
+			idx.report(r, ReasonUnsupportedValue, "%s: header match type %q is not supported; the match is ignored", where, *h.Type)
+			return nil, false
+		}
+		if regex && !idx.validRegex(r, where+" header "+string(h.Name), h.Value) {
+			return nil, false
+		}
+		out = append(out, &routev1.HeaderMatch{Name: string(h.Name), Value: h.Value, Regex: regex})
+	}
+	return out, true
+}
+
+func (idx *gammaIndex) validRegex(r meshRoute, where, expr string) bool {
 	if _, err := regexp.Compile(expr); err != nil {
 		idx.report(r, ReasonInvalidValue, "%s: %v; the match is ignored", where, err)
 		return false
@@ -345,7 +399,7 @@ func (idx *gammaIndex) validRegex(r *gwv1.HTTPRoute, where, expr string) bool {
 }
 
 // filters translates fs; false when one cannot be applied, which is reported.
-func (idx *gammaIndex) filters(r *gwv1.HTTPRoute, where string, fs []gwv1.HTTPRouteFilter) ([]*routev1.Filter, bool) {
+func (idx *gammaIndex) filters(r meshRoute, where string, fs []gwv1.HTTPRouteFilter) ([]*routev1.Filter, bool) {
 	var out []*routev1.Filter
 	for _, f := range fs {
 		filter := &routev1.Filter{}
@@ -425,8 +479,8 @@ func pathModifier(p *gwv1.HTTPPathModifier) *routev1.PathModifier {
 // not a Service that exists with a port or, across namespaces, no ReferenceGrant allows it.
 // routeProblems reports the unresolved backendRefs (checked); the rest (mirrors) are reported
 // here.
-func (idx *gammaIndex) backend(r *gwv1.HTTPRoute, where string, ref gwv1.BackendObjectReference, checked bool) *routev1.Backend {
-	ns := r.Namespace
+func (idx *gammaIndex) backend(r meshRoute, where string, ref gwv1.BackendObjectReference, checked bool) *routev1.Backend {
+	ns := r.obj.GetNamespace()
 	if ref.Namespace != nil {
 		ns = string(*ref.Namespace)
 	}
@@ -438,8 +492,8 @@ func (idx *gammaIndex) backend(r *gwv1.HTTPRoute, where string, ref gwv1.Backend
 	case ref.Port == nil:
 		// The CRD's validation requires a port for a Service; without one it cannot resolve.
 		why = "the reference gives no port"
-	case ns != r.Namespace && !routes.Granted(idx.grants, KindHTTPRoute, r.Namespace, ns, string(ref.Name)):
-		why = fmt.Sprintf("no ReferenceGrant in %s allows HTTPRoute from %s", ns, r.Namespace)
+	case ns != r.obj.GetNamespace() && !routes.Granted(idx.grants, r.kind, r.obj.GetNamespace(), ns, string(ref.Name)):
+		why = fmt.Sprintf("no ReferenceGrant in %s allows %s from %s", ns, r.kind, r.obj.GetNamespace())
 	case idx.services[ns+"/"+string(ref.Name)] == nil:
 		why = fmt.Sprintf("Service %s/%s not found", ns, ref.Name)
 	default:
@@ -453,7 +507,7 @@ func (idx *gammaIndex) backend(r *gwv1.HTTPRoute, where string, ref gwv1.Backend
 
 // millis converts a Gateway API duration to milliseconds, rounding up so that a duration is
 // never 0 (none); one that does not parse is reported and left unset.
-func (idx *gammaIndex) millis(r *gwv1.HTTPRoute, where string, d *gwv1.Duration) uint32 {
+func (idx *gammaIndex) millis(r meshRoute, where string, d *gwv1.Duration) uint32 {
 	if d == nil {
 		return 0
 	}

@@ -37,8 +37,8 @@ const (
 	dbKey  = "other/db.other.svc.cluster.local"
 )
 
-// gammaInput decodes the Services, HTTPRoutes, ReferenceGrants, Gateways, RequestAuthentications
-// and DestinationRules of a multi-document YAML.
+// gammaInput decodes the Services, HTTPRoutes, GRPCRoutes, ReferenceGrants, Gateways,
+// RequestAuthentications and DestinationRules of a multi-document YAML.
 func gammaInput(t *testing.T, docs string) Input {
 	t.Helper()
 	var in Input
@@ -58,6 +58,9 @@ func gammaInput(t *testing.T, docs string) Input {
 		case "HTTPRoute":
 			r := &gwv1.HTTPRoute{}
 			err, in.HTTPRoutes = yaml.Unmarshal([]byte(doc), r), append(in.HTTPRoutes, r)
+		case "GRPCRoute":
+			r := &gwv1.GRPCRoute{}
+			err, in.GRPCRoutes = yaml.Unmarshal([]byte(doc), r), append(in.GRPCRoutes, r)
 		case "ReferenceGrant":
 			g := &gwv1.ReferenceGrant{}
 			err, in.ReferenceGrants = yaml.Unmarshal([]byte(doc), g), append(in.ReferenceGrants, g)

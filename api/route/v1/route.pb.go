@@ -193,7 +193,8 @@ type ServiceRoutes struct {
 	// <name>.<namespace>.svc.<cluster domain>
 	Hostname string `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
 	// Application protocol per service port, from its appProtocol or name prefix: "http",
-	// "http2" (cleartext HTTP/2, gRPC) or "tcp". A port not listed is sniffed.
+	// "http2" (cleartext HTTP/2, gRPC) or "tcp"; a port that declares neither and has a GRPCRoute
+	// attached is "http2". A port not listed is sniffed.
 	Protocols map[uint32]string `protobuf:"bytes,3,rep,name=protocols,proto3" json:"protocols,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Rules in precedence order; the first whose ports, consumer namespace and match fit a request
 	// applies. A request no rule matches goes to the Service itself, as without a route.
