@@ -492,7 +492,8 @@ func (idx *gammaIndex) backend(r meshRoute, where string, ref gwv1.BackendObject
 	case ref.Port == nil:
 		// The CRD's validation requires a port for a Service; without one it cannot resolve.
 		why = "the reference gives no port"
-	case ns != r.obj.GetNamespace() && !routes.Granted(idx.grants, r.kind, r.obj.GetNamespace(), ns, string(ref.Name)):
+	case ns != r.obj.GetNamespace() && !routes.ParentService(r.spec.ParentRefs, r.obj.GetNamespace(), ns, string(ref.Name)) &&
+		!routes.Granted(idx.grants, r.kind, r.obj.GetNamespace(), ns, string(ref.Name)):
 		why = fmt.Sprintf("no ReferenceGrant in %s allows %s from %s", ns, r.kind, r.obj.GetNamespace())
 	case idx.services[ns+"/"+string(ref.Name)] == nil:
 		why = fmt.Sprintf("Service %s/%s not found", ns, ref.Name)

@@ -206,3 +206,14 @@ func trustDomainPattern(td string) string {
 	}
 	return td + "/*"
 }
+
+// enforceWaypoints marks the Services with L7 policy at their waypoint (authorization or JWT), so
+// that their endpoints' ztunnels refuse what does not come through the waypoint: a connection to
+// the pod's address would otherwise skip that policy.
+func enforceWaypoints(svcs map[string]*workloadv1.Service, routes map[string]*routev1.ServiceRoutes) {
+	for name, s := range svcs {
+		if sr := routes[name]; s.GetWaypoint() != nil && sr != nil && (len(sr.Policies) > 0 || len(sr.JwtRules) > 0) {
+			s.EnforceWaypoint = true
+		}
+	}
+}

@@ -199,6 +199,7 @@ func (tr *Translator) Translate(in Input) *Snapshot {
 		tr.t.waypointPolicies(in, snap.Services, snap.Routes)
 		tr.t.requestAuthentications(in, snap.Services, snap.Routes)
 		tr.t.destinationRules(in, snap.Services, snap.Routes)
+		enforceWaypoints(snap.Services, snap.Routes)
 		tr.ctxProblem = append(tr.t.problems, routeProblems(in)...)
 	}
 	t := tr.t

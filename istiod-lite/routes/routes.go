@@ -127,7 +127,7 @@ func (idx *index) parents(r route) ([]gwv1.RouteParentStatus, bool) {
 			out = append(out, p)
 		}
 	}
-	resolved := idx.resolvedRefs(r.kind, ns, r.backends)
+	resolved := idx.resolvedRefs(r.kind, ns, r.backends, r.parents)
 	resolved.ObservedGeneration = generation
 	for _, ref := range r.parents {
 		accepted, ours := idx.accepted(ns, ref)
@@ -203,7 +203,7 @@ func (idx *index) accepted(routeNS string, ref gwv1.ParentReference) (metav1.Con
 
 // resolvedRefs decides the ResolvedRefs condition: the first backend that does not resolve names
 // the reason.
-func (idx *index) resolvedRefs(kind, routeNS string, backends []gwv1.BackendRef) metav1.Condition {
+func (idx *index) resolvedRefs(kind, routeNS string, backends []gwv1.BackendRef, parents []gwv1.ParentReference) metav1.Condition {
 	for _, b := range backends {
 		group, bkind := "", "Service"
 		if b.Group != nil {
@@ -223,7 +223,7 @@ func (idx *index) resolvedRefs(kind, routeNS string, backends []gwv1.BackendRef)
 		if (group != "" && group != "core") || bkind != "Service" {
 			return fail(gwv1.RouteReasonInvalidKind, fmt.Sprintf("backend %s: kind %s.%s is not supported (Service only)", key, bkind, group))
 		}
-		if ns != routeNS && !idx.granted(kind, routeNS, ns, string(b.Name)) {
+		if ns != routeNS && !ParentService(parents, routeNS, ns, string(b.Name)) && !idx.granted(kind, routeNS, ns, string(b.Name)) {
 			return fail(gwv1.RouteReasonRefNotPermitted, fmt.Sprintf("backend %s: no ReferenceGrant in %s allows %s from %s", key, ns, kind, routeNS))
 		}
 		if _, ok := idx.services[key]; !ok {
@@ -237,6 +237,24 @@ func (idx *index) resolvedRefs(kind, routeNS string, backends []gwv1.BackendRef)
 // name there.
 func (idx *index) granted(kind, fromNS, ns, name string) bool {
 	return Granted(idx.grants, kind, fromNS, ns, name)
+}
+
+// ParentService reports whether one of a route's parentRefs (in namespace routeNS) is the
+// Service ns/name. A consumer route sends to the Service it is attached to without a
+// ReferenceGrant: GAMMA (GEP-1294) lets a route in another namespace refer to its parent, which it
+// could not otherwise route to at all.
+func ParentService(parents []gwv1.ParentReference, routeNS, ns, name string) bool {
+	for _, p := range parents {
+		pns := routeNS
+		if p.Namespace != nil {
+			pns = string(*p.Namespace)
+		}
+		if p.Group != nil && (*p.Group == "" || *p.Group == "core") && p.Kind != nil && *p.Kind == "Service" &&
+			pns == ns && string(p.Name) == name {
+			return true
+		}
+	}
+	return false
 }
 
 // Granted reports whether one of grants, in ns, lets a route of kind in fromNS refer to Service

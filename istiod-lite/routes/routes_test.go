@@ -172,3 +172,16 @@ func TestReconcileWritesOnChange(t *testing.T) {
 		t.Errorf("status of a removed parent kept: %+v", got.Status.Parents)
 	}
 }
+
+func TestParentServiceNeedsNoGrant(t *testing.T) {
+	svc := gwv1.Kind("Service")
+	core := gwv1.Group("")
+	ns := gwv1.Namespace("mesh")
+	parents := []gwv1.ParentReference{{Group: &core, Kind: &svc, Namespace: &ns, Name: "echo"}}
+	if !ParentService(parents, "consumer", "mesh", "echo") {
+		t.Error("a consumer route's backend that is its parent Service needs no ReferenceGrant")
+	}
+	if ParentService(parents, "consumer", "mesh", "other") {
+		t.Error("another Service of the producer's namespace still needs a ReferenceGrant")
+	}
+}

@@ -266,7 +266,8 @@ func localityScore(src, w *workloadv1.Workload) int {
 }
 
 // InboundWaypoints returns the waypoints that traffic to workload w on port (a port the workload
-// listens on) must come through: its own, and that of every Service bound to a waypoint that w
+// listens on) must come through: its own (a workload bound to a waypoint gets all its traffic
+// through it), and that of every Service with L7 policy at its waypoint (enforce_waypoint) that w
 // serves on that port. Traffic to such a port from anyone else would skip the waypoint's policy.
 func InboundWaypoints(l Lookup, w *workloadv1.Workload, port uint16) []*workloadv1.GatewayAddress {
 	var out []*workloadv1.GatewayAddress
@@ -275,7 +276,7 @@ func InboundWaypoints(l Lookup, w *workloadv1.Workload, port uint16) []*workload
 	}
 	for key, pl := range w.Services {
 		svc := l.ServiceByName(key)
-		if svc == nil || svc.Waypoint == nil {
+		if svc == nil || svc.Waypoint == nil || !svc.EnforceWaypoint {
 			continue
 		}
 		for _, p := range pl.GetPorts() {

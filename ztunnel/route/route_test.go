@@ -196,7 +196,12 @@ func TestWaypointHop(t *testing.T) {
 		t.Errorf("waypoint without a ready pod: %v, want refuse (never around the waypoint)", d.Kind)
 	}
 
-	// Inbound: the backend's port 8080 serves the bound service; only the waypoint may reach it.
+	// Inbound: without L7 policy at the waypoint, a pod's own address is reachable directly.
+	if wps := InboundWaypoints(l, backend, 8080); len(wps) != 0 {
+		t.Errorf("a Service without L7 policy requires its waypoint inbound: %v", wps)
+	}
+	// With it, the backend's port 8080 serves the bound service; only the waypoint may reach it.
+	bound.EnforceWaypoint = true
 	wps := InboundWaypoints(l, backend, 8080)
 	if len(wps) != 1 || WaypointName(wps[0]) != wpKey {
 		t.Fatalf("inbound waypoints of port 8080 = %v, want %s", wps, wpKey)

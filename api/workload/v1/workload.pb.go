@@ -613,6 +613,12 @@ type Service struct {
 	// Named target ports by service port, for diagnostics.
 	TargetPortNames map[uint32]string `protobuf:"bytes,6,rep,name=target_port_names,json=targetPortNames,proto3" json:"target_port_names,omitempty" protobuf_key:"varint,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Waypoint        *GatewayAddress   `protobuf:"bytes,7,opt,name=waypoint,proto3" json:"waypoint,omitempty"`
+	// enforce_waypoint: L7 policy (an AuthorizationPolicy or RequestAuthentication) applies to the
+	// Service at its waypoint, so a connection to a port the Service's endpoints serve it on that
+	// does not come from the waypoint is refused there: it would skip that policy. Without L7
+	// policy, traffic addressed to a pod rather than to the Service goes directly (GAMMA: routes
+	// apply to the Service's address).
+	EnforceWaypoint bool `protobuf:"varint,8,opt,name=enforce_waypoint,json=enforceWaypoint,proto3" json:"enforce_waypoint,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -696,6 +702,13 @@ func (x *Service) GetWaypoint() *GatewayAddress {
 	return nil
 }
 
+func (x *Service) GetEnforceWaypoint() bool {
+	if x != nil {
+		return x.EnforceWaypoint
+	}
+	return false
+}
+
 var File_workload_v1_workload_proto protoreflect.FileDescriptor
 
 const file_workload_v1_workload_proto_rawDesc = "" +
@@ -738,7 +751,7 @@ const file_workload_v1_workload_proto_rawDesc = "" +
 	"\bLocality\x12\x16\n" +
 	"\x06region\x18\x01 \x01(\tR\x06region\x12\x12\n" +
 	"\x04zone\x18\x02 \x01(\tR\x04zone\x12\x18\n" +
-	"\asubzone\x18\x03 \x01(\tR\asubzone\"\x8a\x03\n" +
+	"\asubzone\x18\x03 \x01(\tR\asubzone\"\xb5\x03\n" +
 	"\aService\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x1a\n" +
@@ -746,7 +759,8 @@ const file_workload_v1_workload_proto_rawDesc = "" +
 	"\taddresses\x18\x04 \x03(\fR\taddresses\x12/\n" +
 	"\x05ports\x18\x05 \x03(\v2\x19.ambient.workload.v1.PortR\x05ports\x12]\n" +
 	"\x11target_port_names\x18\x06 \x03(\v21.ambient.workload.v1.Service.TargetPortNamesEntryR\x0ftargetPortNames\x12?\n" +
-	"\bwaypoint\x18\a \x01(\v2#.ambient.workload.v1.GatewayAddressR\bwaypoint\x1aB\n" +
+	"\bwaypoint\x18\a \x01(\v2#.ambient.workload.v1.GatewayAddressR\bwaypoint\x12)\n" +
+	"\x10enforce_waypoint\x18\b \x01(\bR\x0fenforceWaypoint\x1aB\n" +
 	"\x14TargetPortNamesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\rR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01*%\n" +
