@@ -52,7 +52,7 @@ e2e: deps build lab-tools
 conformance: deps build lab-tools
 	$(GO) test -tags conformance -count=1 -timeout 60m -v ./conformance/... $(CONFORMANCE_ARGS)
 
-test: lint unit e2e
+test: lint unit e2e conformance
 
 lint: deps
 	@out="$$(gofmt -l $$(git ls-files '*.go' | grep -v '/e2e/tools/'))"; if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

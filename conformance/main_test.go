@@ -17,7 +17,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -36,10 +35,6 @@ var labCfg lab.Config
 // running it again. A reused lab runs the kubelets and mesh binaries it was started with: after
 // rebuilding bin/, take it down first (make lab-down).
 const keepLabEnv = "AMBIENT_CONFORMANCE_KEEP_LAB"
-
-// labLock is the machine-wide lock of lab users, the one the end-to-end tests and benchmarks
-// take (e2e/main_test.go): a run waits for theirs to finish instead of sharing their lab.
-const labLock = "/run/ambient-lab.lock"
 
 func TestMain(m *testing.M) { os.Exit(run(m)) }
 
@@ -76,7 +71,7 @@ func run(m *testing.M) int {
 		}
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "conformance")
-	unlock, err := lockLab(log)
+	unlock, err := lab.Lock(log)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "conformance:", err)
 		return 1
@@ -121,20 +116,6 @@ func run(m *testing.M) int {
 	return code
 }
 
-func lockLab(log *slog.Logger) (unlock func(), err error) {
-	f, err := os.OpenFile(labLock, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lab lock: %w", err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		log.Info("waiting for another lab user to finish", "lock", labLock)
-		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("lab lock: %w", err)
-		}
-	}
-	return func() { f.Close() }, nil
-}
 
 // installMesh installs the mesh as a user does and as make demo does (e2e/demo): kubectl apply
 // --server-side -k deploy/, then waits for istiod-lite, and for the node agent and ztunnel on

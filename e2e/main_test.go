@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -58,7 +57,7 @@ func run(m *testing.M) int {
 	// One lab per machine: its names and addresses are fixed. A second test run (another
 	// clone's CI, a benchmark) waits here for the first to finish instead of tearing its lab
 	// down under it. The lock goes with the process, also when it crashes.
-	unlock, err := lockLab(log)
+	unlock, err := lab.Lock(log)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		return 1
@@ -105,23 +104,6 @@ func run(m *testing.M) int {
 	return code
 }
 
-// labLock is the machine-wide lock file of lab users (e2e tests and benchmarks of every clone).
-const labLock = "/run/ambient-lab.lock"
-
-func lockLab(log *slog.Logger) (unlock func(), err error) {
-	f, err := os.OpenFile(labLock, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lab lock: %w", err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		log.Info("waiting for another lab user to finish", "lock", labLock)
-		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("lab lock: %w", err)
-		}
-	}
-	return func() { f.Close() }, nil
-}
 
 // leftovers lists what the lab created that is still on the machine: network namespaces,
 // links, cgroups and processes (mounts under the state directory are checked beside it).

@@ -5,14 +5,12 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ambient-mesh/ambient/api/mesh"
@@ -49,31 +47,13 @@ func BenchmarkWaypoint(b *testing.B) {
 	defer cancel()
 	cs := client(b)
 	installMesh(b, cs)
-	ns := newNamespace(b, cs, "wpbench")
-	labelNamespace(b, cs, ns, mesh.DataplaneModeAmbient)
-	manifest, err := os.ReadFile("testdata/waypoint-bench.yaml")
-	if err != nil {
-		b.Fatal(err)
+	ns := waypointNamespace(b, cs, "wpbench", "testdata/waypoint-bench.yaml", 4)
+	eventually(b, 30*time.Second, "every pod enabled", func() bool { return allAnnotated(b, cs, ns, mesh.RedirectionEnabled) })
+	wps, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "gateway.networking.k8s.io/gateway-name=wp"})
+	if err != nil || len(wps.Items) != 1 {
+		b.Fatalf("waypoint pods: %v, %v", wps, err)
 	}
-	apply(b, ns, manifest)
-	var wp *corev1.Pod
-	eventually(b, 90*time.Second, "the waypoint, echo pods and client ready", func() bool {
-		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false
-		}
-		ready := 0
-		for i := range pods.Items {
-			p := &pods.Items[i]
-			if podReady(p) || p.Name == "client" && p.Status.Phase == corev1.PodRunning {
-				ready++
-			}
-			if p.Labels["gateway.networking.k8s.io/gateway-name"] == "wp" {
-				wp = p
-			}
-		}
-		return ready == 4 && allAnnotated(b, cs, ns, mesh.RedirectionEnabled)
-	})
+	wp := &wps.Items[0]
 	eventually(b, 30*time.Second, "Service viawp bound to the waypoint", func() bool {
 		return kubectl(b, "-n", ns, "get", "service", "viawp", "-o",
 			`jsonpath={.status.conditions[?(@.type=="istio.io/WaypointBound")].status}`) == "True"

@@ -19,6 +19,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/ambient-mesh/ambient/api/mesh"
 	"github.com/ambient-mesh/ambient/e2e/images"
@@ -38,27 +39,7 @@ func TestWaypointL7(t *testing.T) {
 	defer cancel()
 	cs := client(t)
 	installMesh(t, cs)
-	ns := newNamespace(t, cs, "l7")
-	labelNamespace(t, cs, ns, mesh.DataplaneModeAmbient)
-	manifest, err := os.ReadFile("testdata/waypoint.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	apply(t, ns, manifest)
-	eventually(t, 90*time.Second, "the waypoint, echo pods and client ready", func() bool {
-		pods, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false
-		}
-		ready := 0
-		for i := range pods.Items {
-			p := &pods.Items[i]
-			if podReady(p) || p.Name == "client" && p.Status.Phase == corev1.PodRunning {
-				ready++
-			}
-		}
-		return ready == 5 // wp, echo-v1, echo-v2, broken, client
-	})
+	ns := waypointNamespace(t, cs, "l7", "testdata/waypoint.yaml", 5) // wp, echo-v1, echo-v2, broken, client
 	eventually(t, 30*time.Second, "every pod enabled", func() bool { return allAnnotated(t, cs, ns, mesh.RedirectionEnabled) })
 	t.Cleanup(func() {
 		if !t.Failed() {
@@ -239,4 +220,33 @@ func fetchMetrics(t testing.TB, ctx context.Context, podIP string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// waypointNamespace makes an ambient namespace from manifest (a waypoint Gateway and pods, one
+// of them the client) and waits until that many of its pods are ready (the client running) and the
+// waypoint's Deployment has its pod.
+func waypointNamespace(t testing.TB, cs kubernetes.Interface, prefix, manifest string, pods int) string {
+	t.Helper()
+	ns := newNamespace(t, cs, prefix)
+	labelNamespace(t, cs, ns, mesh.DataplaneModeAmbient)
+	b, err := os.ReadFile(manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	apply(t, ns, b)
+	eventually(t, 90*time.Second, "the waypoint and the pods of "+manifest+" ready", func() bool {
+		list, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			return false
+		}
+		ready := 0
+		for i := range list.Items {
+			p := &list.Items[i]
+			if podReady(p) || p.Name == "client" && p.Status.Phase == corev1.PodRunning {
+				ready++
+			}
+		}
+		return ready == pods
+	})
+	return ns
 }
