@@ -116,7 +116,6 @@ func run(m *testing.M) int {
 	return code
 }
 
-
 // installMesh installs the mesh as a user does and as make demo does (e2e/demo): kubectl apply
 // --server-side -k deploy/, then waits for istiod-lite, and for the node agent and ztunnel on
 // every node.

@@ -104,7 +104,6 @@ func run(m *testing.M) int {
 	return code
 }
 
-
 // leftovers lists what the lab created that is still on the machine: network namespaces,
 // links, cgroups and processes (mounts under the state directory are checked beside it).
 func leftovers(root string) []string {
