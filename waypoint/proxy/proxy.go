@@ -26,6 +26,7 @@ import (
 
 	"github.com/ambient-mesh/ambient/api/identity"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+	"github.com/ambient-mesh/ambient/waypoint/authz"
 	"github.com/ambient-mesh/ambient/waypoint/jwt"
 	"github.com/ambient-mesh/ambient/ztunnel/hbone"
 	"github.com/ambient-mesh/ambient/ztunnel/xdsclient"
@@ -192,6 +193,17 @@ func (p *Proxy) serveTCP(ctx context.Context, c *bufConn, t *tunnel) {
 	v := p.cur.get()
 	key := t.svc.Namespace + "/" + t.svc.Hostname
 	rec := p.newRecord(t)
+	// L4 policy: the Service's policies on what a TCP stream has (the client's identity,
+	// namespace and address, the port); a rule that needs HTTP attributes never matches it.
+	if sr := v.st.Routes(key); sr != nil && len(sr.Policies) > 0 {
+		d := authz.Check(sr.Policies, &authz.Request{Principal: rec.srcPrincipal, Namespace: rec.srcNS,
+			SourceIP: t.srcIP, RemoteIP: t.srcIP, Port: t.port})
+		if !d.Allow {
+			p.d.Log.Info("access", "protocol", "tcp", "service", key, "peer", t.peer.String(), "result", "denied",
+				"policy", d.Policy, "err", d.Reason)
+			return
+		}
+	}
 	ep, report, err := p.up.pick(v, key, t.port, nil, "")
 	if err != nil {
 		p.d.Log.Info("access", "protocol", "tcp", "service", key, "peer", t.peer.String(), "result", "no endpoint", "err", err.Error())

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"io"
@@ -59,6 +60,7 @@ func backendFunc(t testing.TB, name, addr string, fn func(http.ResponseWriter, *
 // client whose every connection is a new tunnel into the proxy.
 type harness struct {
 	p     *Proxy
+	tun   *tunnel
 	hc    *http.Client
 	h2c   *http.Client // cleartext HTTP/2, as gRPC clients speak
 	conns atomic.Int32
@@ -91,6 +93,7 @@ func newHarness(t testing.TB, routes *routev1.ServiceRoutes, eps ...*workloadv1.
 	t.Cleanup(p.Close)
 	h := &harness{p: p}
 	tun := &tunnel{svc: svc, port: 80, peer: identity.Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "client"}}
+	h.tun = tun
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	tr := &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) {
@@ -293,5 +296,62 @@ func TestUnmatchedRequestOfARoutedService404(t *testing.T) {
 	}
 	if code, _, _ := h.get(t, "/other"); code != http.StatusNotFound {
 		t.Errorf("/other: %d, want 404", code)
+	}
+}
+
+// halfCloser gives a pipe the CloseWrite a tunnel has.
+type halfCloser struct{ net.Conn }
+
+func (halfCloser) CloseWrite() error { return nil }
+
+// TestTCPPolicy: plain TCP through the waypoint gets the L4 part of the Service's policies.
+func TestTCPPolicy(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.13:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted atomic.Int32
+	acceptedCh := make(chan struct{}, 4)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			acceptedCh <- struct{}{}
+			c.Close()
+		}
+	}()
+	ap := netip.MustParseAddrPort(ln.Addr().String())
+	w := &workloadv1.Workload{Uid: "db", Name: "db", Namespace: "shop", ServiceAccount: "db", TrustDomain: "cluster.local",
+		Addresses: [][]byte{ap.Addr().AsSlice()}, Status: workloadv1.WorkloadStatus_HEALTHY,
+		Services: map[string]*workloadv1.PortList{svcKey: {Ports: []*workloadv1.Port{{ServicePort: 80, TargetPort: uint32(ap.Port())}}}}}
+	for _, tc := range []struct {
+		name    string
+		action  routev1.Policy_Action
+		connect bool
+	}{{"denied namespace", routev1.Policy_DENY, false}, {"allowed namespace", routev1.Policy_ALLOW, true}} {
+		rs := &routev1.ServiceRoutes{Policies: []*routev1.Policy{{Name: "ns", Namespace: "shop", Action: tc.action,
+			Rules: []*routev1.PolicyRule{{From: []*routev1.Source{{Namespaces: []string{"shop"}}}}}}}}
+		h := newHarness(t, rs, w)
+		before := accepted.Load()
+		client, server := net.Pipe()
+		done := make(chan struct{})
+		go func() {
+			h.p.serveTCP(context.Background(), &bufConn{Conn: halfCloser{server}, r: bufio.NewReader(server)}, h.tun)
+			close(done)
+		}()
+		if tc.connect {
+			<-acceptedCh // the stream reached the backend
+		} else {
+			<-done // refused without connecting
+		}
+		client.Close()
+		<-done
+		if got := accepted.Load() > before; got != tc.connect {
+			t.Errorf("%s: connected upstream %v, want %v", tc.name, got, tc.connect)
+		}
 	}
 }
