@@ -4,6 +4,9 @@ package e2e
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,11 +14,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
+	josejwt "github.com/go-jose/go-jose/v4/jwt"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -31,7 +37,8 @@ import (
 // its Services, as an application does (the connection is captured and carried by ztunnel to the
 // waypoint over HBONE). It checks an HTTPRoute's header canary, a 90/10 split within ±5% over
 // 1000 requests, a redirect, a request header added, a DENY by path, a retry that hides a failing
-// endpoint, WebSocket and gRPC,
+// endpoint, an endpoint ejected by outlier detection and back, a JWT required on one path,
+// WebSocket and gRPC,
 // Accepted route status, the waypoint's request metrics, and that a pod of a bound Service is
 // not reachable around the waypoint.
 func TestWaypointL7(t *testing.T) {
@@ -176,6 +183,57 @@ func TestWaypointL7(t *testing.T) {
 		t.Errorf("gRPC through the waypoint: %q, %v", out, err)
 	}
 
+	// Outlier detection: the broken pod is ejected after two 503s in a row, and comes back once
+	// its ejection time is up.
+	eject := "http://eject." + ns
+	fails := 0
+	for _, r := range requests(20, eject+"/") {
+		if r.Code != 200 {
+			fails++
+		}
+	}
+	if fails > 2 {
+		t.Errorf("%d of 20 requests failed; want at most 2 before the broken pod is ejected", fails)
+	}
+	eventually(t, 20*time.Second, "the ejected pod back after its ejection time", func() bool {
+		return slices.ContainsFunc(requests(4, eject+"/"), func(r images.Result) bool { return r.Code == 503 })
+	})
+
+	// RequestAuthentication plus a DENY of requests without a request principal on /secure: a
+	// token required on one path.
+	sign, jwks := jwtSigner(t)
+	apply(t, ns, []byte(fmt.Sprintf(`
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {name: jwt}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]
+  jwtRules: [{issuer: "https://issuer.example", jwks: %q}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: wp}]
+  action: DENY
+  rules: [{from: [{source: {notRequestPrincipals: ["*"]}}], to: [{operation: {paths: ["/secure*"]}}]}]
+`, jwks)))
+	good := "Authorization: Bearer " + sign("https://issuer.example", time.Now().Add(time.Hour))
+	eventually(t, 30*time.Second, "/secure needs a token", func() bool { return requests(1, echo+"/secure")[0].Code == 403 })
+	for _, tc := range []struct {
+		name, path, header string
+		want               int
+	}{
+		{"valid token", "/secure", good, 200},
+		{"token of another issuer", "/secure", "Authorization: Bearer " + sign("https://other.example", time.Now().Add(time.Hour)), 401},
+		{"expired token", "/secure", "Authorization: Bearer " + sign("https://issuer.example", time.Now().Add(-time.Hour)), 401},
+		{"no token elsewhere", "/public", "X-None: 1", 200},
+	} {
+		if r := requests(1, echo+tc.path, tc.header)[0]; r.Code != tc.want {
+			t.Errorf("JWT, %s: %d, want %d", tc.name, r.Code, tc.want)
+		}
+	}
+
 	// Around the waypoint: straight to a pod of a bound Service is refused by its ztunnel.
 	v1, err := cs.CoreV1().Pods(ns).Get(ctx, "echo-v1", metav1.GetOptions{})
 	if err != nil {
@@ -249,4 +307,29 @@ func waypointNamespace(t testing.TB, cs kubernetes.Interface, prefix, manifest s
 		return ready == pods
 	})
 	return ns
+}
+
+// jwtSigner returns a function that signs tokens of an issuer with a fresh key, and the JWKS
+// that holds its public half.
+func jwtSigner(t testing.TB) (sign func(iss string, exp time.Time) string, jwks string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sg, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: jose.JSONWebKey{Key: key, KeyID: "k1"}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: &key.PublicKey, KeyID: "k1", Algorithm: "ES256", Use: "sig"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(iss string, exp time.Time) string {
+		tok, err := josejwt.Signed(sg).Claims(josejwt.Claims{Issuer: iss, Subject: "alice", Expiry: josejwt.NewNumericDate(exp)}).Serialize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}, string(b)
 }
