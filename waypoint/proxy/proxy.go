@@ -67,7 +67,7 @@ func New(d Deps) *Proxy {
 		d.Keys = jwt.NewKeySource(nil, d.Now, d.Log)
 	}
 	p := &Proxy{d: d, cur: &current{store: d.Store, keys: d.Keys}}
-	p.up = newUpstream(d.Client, d.Self)
+	p.up = newUpstream(d.Client, d.Self, func(a netip.Addr) *workloadv1.Workload { return p.cur.get().st.WorkloadByAddr(a) })
 	return p
 }
 

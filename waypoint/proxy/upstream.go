@@ -45,11 +45,11 @@ type upstream struct {
 	balancers  map[string]*lb.Balancer // by service
 	limiters   map[string]*limiter     // by service
 	transports map[transportKey]*http.Transport
-	// dests maps an endpoint address to the workload reached there, for the transports' dials.
-	dests sync.Map // netip.AddrPort -> *workloadv1.Workload
 }
 
-func newUpstream(c *hbone.Client, self identity.Identity) *upstream {
+// newUpstream returns the upstream side; workload finds the workload at an address in the current
+// configuration, for the transports' dials (the request URL carries only the endpoint address).
+func newUpstream(c *hbone.Client, self identity.Identity, workload func(netip.Addr) *workloadv1.Workload) *upstream {
 	u := &upstream{client: c, self: self, balancers: map[string]*lb.Balancer{}, limiters: map[string]*limiter{},
 		transports: map[transportKey]*http.Transport{}}
 	dial := func(ctx context.Context, _, addr string) (net.Conn, error) {
@@ -57,11 +57,11 @@ func newUpstream(c *hbone.Client, self identity.Identity) *upstream {
 		if err != nil {
 			return nil, err
 		}
-		w, ok := u.dests.Load(ap)
-		if !ok {
+		w := workload(ap.Addr())
+		if w == nil {
 			return nil, fmt.Errorf("%s is not a known endpoint", addr)
 		}
-		return u.dial(ctx, endpoint{w: w.(*workloadv1.Workload), addr: ap})
+		return u.dial(ctx, endpoint{w: w, addr: ap})
 	}
 	u.h1 = &http.Transport{
 		DialContext:         dial,
@@ -133,7 +133,6 @@ func (u *upstream) pick(v *view, key string, port uint16, tried []netip.AddrPort
 		addrs[i] = e.addr
 	}
 	i, done := u.balancer(v, key).Pick(addrs, hashKey, tried)
-	u.dests.Store(eps[i].addr, eps[i].w)
 	return eps[i], done, nil
 }
 

@@ -12,6 +12,7 @@ import (
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
 	"github.com/ambient-mesh/ambient/waypoint/jwt"
 	"github.com/ambient-mesh/ambient/waypoint/route"
+	ztroute "github.com/ambient-mesh/ambient/ztunnel/route"
 	"github.com/ambient-mesh/ambient/ztunnel/xdsclient"
 )
 
@@ -73,7 +74,7 @@ func (v *view) ready(key string, port uint16, v4 bool) []endpoint {
 		if w.Status != workloadv1.WorkloadStatus_HEALTHY {
 			continue
 		}
-		tp, ok := targetPort(w, key, port)
+		tp, ok := ztroute.TargetPort(w, key, port)
 		if !ok {
 			continue
 		}
@@ -85,18 +86,6 @@ func (v *view) ready(key string, port uint16, v4 bool) []endpoint {
 		}
 	}
 	return out
-}
-
-func targetPort(w *workloadv1.Workload, key string, servicePort uint16) (uint16, bool) {
-	for _, p := range w.Services[key].GetPorts() {
-		if p.ServicePort == uint32(servicePort) {
-			if p.TargetPort == 0 || p.TargetPort > 65535 {
-				return servicePort, true
-			}
-			return uint16(p.TargetPort), true
-		}
-	}
-	return 0, false
 }
 
 // current gives the view of the store's latest State, built once per State.

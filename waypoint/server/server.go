@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -12,7 +11,6 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -38,15 +36,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ns, name, _ := strings.Cut(cfg.Gateway, "/")
 	self := identity.Identity{TrustDomain: cfg.TrustDomain, Namespace: ns, ServiceAccount: name}
 	log = log.With("component", "waypoint", "gateway", cfg.Gateway)
-	rootPEM, err := os.ReadFile(cfg.RootCertFile)
+	tlsCfg, istiodRoots, err := certs.IstiodTLS(cfg.RootCertFile, cfg.ServerName)
 	if err != nil {
-		return fmt.Errorf("read istiod-lite's root certificate: %w", err)
+		return err
 	}
-	istiodRoots := x509.NewCertPool()
-	if !istiodRoots.AppendCertsFromPEM(rootPEM) {
-		return fmt.Errorf("%s holds no certificate", cfg.RootCertFile)
-	}
-	tlsCfg := &tls.Config{RootCAs: istiodRoots, ServerName: cfg.ServerName, MinVersion: tls.VersionTLS12}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -3,6 +3,7 @@ package certs
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,21 @@ import (
 
 	cav1 "github.com/ambient-mesh/ambient/api/ca/v1"
 )
+
+// IstiodTLS returns the TLS configuration that verifies istiod-lite (xDS and CA), from the root
+// certificate in rootFile (the istio-ca-root-cert ConfigMap) and the name its certificate carries,
+// and that root as a pool: until the mesh's trust bundle arrives over xDS it verifies peers too.
+func IstiodTLS(rootFile, serverName string) (*tls.Config, *x509.CertPool, error) {
+	rootPEM, err := os.ReadFile(rootFile)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read istiod-lite's root certificate: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(rootPEM) {
+		return nil, nil, fmt.Errorf("%s holds no certificate", rootFile)
+	}
+	return &tls.Config{RootCAs: roots, ServerName: serverName, MinVersion: tls.VersionTLS12}, roots, nil
+}
 
 // CertificateClient is the CA's one call, as cav1.CertificateServiceClient has it, so tests can
 // fake the CA.

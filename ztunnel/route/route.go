@@ -181,7 +181,7 @@ func (r *Router) viaService(l Lookup, src *workloadv1.Workload, svc *workloadv1.
 		if w.Status != workloadv1.WorkloadStatus_HEALTHY {
 			continue
 		}
-		port, ok := targetPort(w, key, orig.Port())
+		port, ok := TargetPort(w, key, orig.Port())
 		if !ok {
 			continue
 		}
@@ -223,8 +223,9 @@ func toWorkload(w *workloadv1.Workload, dst netip.AddrPort, svc *workloadv1.Serv
 	return Decision{Kind: Tunnel, Dst: dst, Gateway: netip.AddrPortFrom(dst.Addr(), mesh.PortHBONE), Identity: id, Workload: w, Service: svc}
 }
 
-// targetPort is the port the workload serves the Service's port on.
-func targetPort(w *workloadv1.Workload, key string, servicePort uint16) (uint16, bool) {
+// TargetPort is the port workload w serves port servicePort of Service key on; false when it does
+// not serve it.
+func TargetPort(w *workloadv1.Workload, key string, servicePort uint16) (uint16, bool) {
 	pl, ok := w.Services[key]
 	if !ok {
 		return 0, false

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
-	"os"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -25,6 +24,7 @@ import (
 	"github.com/ambient-mesh/ambient/redirect"
 	"github.com/ambient-mesh/ambient/redirect/zds"
 	"github.com/ambient-mesh/ambient/ztunnel/authz"
+	"github.com/ambient-mesh/ambient/ztunnel/certs"
 	"github.com/ambient-mesh/ambient/ztunnel/hbone"
 	"github.com/ambient-mesh/ambient/ztunnel/inpod"
 	"github.com/ambient-mesh/ambient/ztunnel/proxy"
@@ -48,15 +48,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	log = log.With("component", "ztunnel", "node", cfg.Node)
-	rootPEM, err := os.ReadFile(cfg.RootCertFile)
+	tlsCfg, istiodRoots, err := certs.IstiodTLS(cfg.RootCertFile, cfg.ServerName)
 	if err != nil {
-		return fmt.Errorf("read istiod-lite's root certificate: %w", err)
+		return err
 	}
-	istiodRoots := x509.NewCertPool()
-	if !istiodRoots.AppendCertsFromPEM(rootPEM) {
-		return fmt.Errorf("%s holds no certificate", cfg.RootCertFile)
-	}
-	tlsCfg := &tls.Config{RootCAs: istiodRoots, ServerName: cfg.ServerName, MinVersion: tls.VersionTLS12}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
