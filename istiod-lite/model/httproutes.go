@@ -6,6 +6,7 @@ import (
 	"math"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -257,7 +258,7 @@ func (idx *gammaIndex) ruleBase(r meshRoute, i int, name *gwv1.SectionName, filt
 		base.Name = string(*name)
 		where += fmt.Sprintf(" (%s)", base.Name)
 	}
-	fs, ok := idx.filters(r, where, filters)
+	fs, ok := idx.filters(r, where, filters, false)
 	for _, br := range backends {
 		b := idx.backend(r, where, br.BackendObjectReference, true)
 		b.Weight = 1
@@ -265,7 +266,7 @@ func (idx *gammaIndex) ruleBase(r meshRoute, i int, name *gwv1.SectionName, filt
 			b.Weight = uint32(max(*br.Weight, 0))
 		}
 		// A backend filter that cannot be applied makes that backend's share answer 500.
-		if bfs, bok := idx.filters(r, where+" backend "+string(br.Name), br.Filters); bok {
+		if bfs, bok := idx.filters(r, where+" backend "+string(br.Name), br.Filters, true); bok {
 			b.Filters = bfs
 		} else {
 			b.Service = ""
@@ -398,8 +399,9 @@ func (idx *gammaIndex) validRegex(r meshRoute, where, expr string) bool {
 	return true
 }
 
-// filters translates fs; false when one cannot be applied, which is reported.
-func (idx *gammaIndex) filters(r meshRoute, where string, fs []gwv1.HTTPRouteFilter) ([]*routev1.Filter, bool) {
+// filters translates fs, a rule's filters or (onBackend) a backendRef's; false when one cannot be
+// applied, which is reported.
+func (idx *gammaIndex) filters(r meshRoute, where string, fs []gwv1.HTTPRouteFilter, onBackend bool) ([]*routev1.Filter, bool) {
 	var out []*routev1.Filter
 	for _, f := range fs {
 		filter := &routev1.Filter{}
@@ -437,13 +439,32 @@ func (idx *gammaIndex) filters(r meshRoute, where string, fs []gwv1.HTTPRouteFil
 				m.FractionPpm = uint32(min(max(*f.RequestMirror.Percent, 0), 100)) * 10_000
 			}
 			filter.Kind = &routev1.Filter_Mirror{Mirror: m}
+		case f.Type == gwv1.HTTPRouteFilterCORS && f.CORS != nil && onBackend:
+			// The Gateway API (v1.6.3) lists CORS as Extended in HTTPBackendRef too, but a backendRef's
+			// filters apply "if and only if the request is being forwarded to" that backend, and a
+			// preflight is answered by the waypoint and forwarded nowhere: with weighted backends the
+			// same preflight would be answered or not by the backend picked, and browsers would cache
+			// whichever answer came. Not supported there: a valid value this implementation does not
+			// apply (NotImplemented, not UnsupportedValue, which is for values the API does not know),
+			// and that backend's share answers 500, like any backend filter that cannot be applied.
+			idx.report(r, ReasonNotImplemented, "%s: filter CORS cannot be applied to a backendRef, only to a rule; requests are answered 500", where)
+			return nil, false
+		case f.Type == gwv1.HTTPRouteFilterCORS && f.CORS != nil:
+			c, bad := corsFilter(f.CORS)
+			if len(bad) > 0 {
+				idx.report(r, ReasonInvalidValue, "%s: CORS allowOrigins %s: not \"*\" nor <scheme>://<host>[:<port>] with scheme http or https; requests are answered 500",
+					where, strings.Join(bad, ", "))
+				return nil, false
+			}
+			filter.Kind = &routev1.Filter_Cors{Cors: c}
 		default:
 			reason := ReasonNotImplemented
 			switch f.Type {
 			case gwv1.HTTPRouteFilterExtensionRef:
 				reason = ReasonUnsupportedValue
 			case gwv1.HTTPRouteFilterRequestHeaderModifier, gwv1.HTTPRouteFilterResponseHeaderModifier,
-				gwv1.HTTPRouteFilterRequestRedirect, gwv1.HTTPRouteFilterURLRewrite, gwv1.HTTPRouteFilterRequestMirror:
+				gwv1.HTTPRouteFilterRequestRedirect, gwv1.HTTPRouteFilterURLRewrite, gwv1.HTTPRouteFilterRequestMirror,
+				gwv1.HTTPRouteFilterCORS:
 				reason = ReasonInvalidValue // the type's field is missing
 			}
 			idx.report(r, reason, "%s: filter %s cannot be applied; requests are answered 500", where, f.Type)
@@ -452,6 +473,42 @@ func (idx *gammaIndex) filters(r meshRoute, where string, fs []gwv1.HTTPRouteFil
 		out = append(out, filter)
 	}
 	return out, true
+}
+
+// corsOrigin is an allowed origin other than "*", as the Gateway API's CORSOrigin pattern has it:
+// http or https, a host of DNS labels possibly led by "*." (or "*" alone), and a port; the port's
+// range is checked apart.
+var corsOrigin = regexp.MustCompile(`^https?://(\*|(\*\.)?[a-zA-Z0-9-]+(\.[a-zA-Z0-9-]+)*)(:([0-9]{1,5}))?$`)
+
+// corsFilter translates a CORS filter; it returns the allowed origins that are not origins,
+// quoted. An unset maxAge is the API's default, 5 seconds.
+func corsFilter(c *gwv1.HTTPCORSFilter) (*routev1.Cors, []string) {
+	out := &routev1.Cors{AllowCredentials: deref(c.AllowCredentials), MaxAgeSeconds: 5}
+	if c.MaxAge > 0 {
+		out.MaxAgeSeconds = uint32(c.MaxAge)
+	}
+	var bad []string
+	for _, o := range c.AllowOrigins {
+		if m := corsOrigin.FindStringSubmatch(string(o)); o != "*" && (m == nil || m[5] != "" && !validPort(m[5])) {
+			bad = append(bad, fmt.Sprintf("%q", o))
+		}
+		out.AllowOrigins = append(out.AllowOrigins, string(o))
+	}
+	for _, m := range c.AllowMethods {
+		out.AllowMethods = append(out.AllowMethods, string(m))
+	}
+	for _, h := range c.AllowHeaders {
+		out.AllowHeaders = append(out.AllowHeaders, string(h))
+	}
+	for _, h := range c.ExposeHeaders {
+		out.ExposeHeaders = append(out.ExposeHeaders, string(h))
+	}
+	return out, bad
+}
+
+func validPort(s string) bool {
+	p, err := strconv.Atoi(s)
+	return err == nil && p >= 1 && p <= 65535
 }
 
 func headerModifier(h *gwv1.HTTPHeaderFilter) *routev1.HeaderModifier {

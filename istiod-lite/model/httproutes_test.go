@@ -117,6 +117,7 @@ func TestHTTPRouteRules(t *testing.T) {
 		docs     string
 		want     []*routev1.Rule // of shop/web
 		problems []string        // substrings of the problems, in their sorted order
+		reasons  []string        // when set, the problems' reasons, in the same order
 	}{{
 		name: "precedence across routes",
 		docs: `
@@ -237,19 +238,49 @@ spec:
 		docs: gammaRoute("f", `[{filters: [{type: RequestRedirect, requestRedirect: {}}]}]`),
 		want: []*routev1.Rule{filter(&routev1.Filter{Kind: &routev1.Filter_Redirect{Redirect: &routev1.Redirect{StatusCode: 302}}})},
 	}, {
+		// A CORS filter is applied on a rule only: on a backendRef (which the Gateway API allows,
+		// with Extended support) it would decide preflights by the backend picked, so it is reported
+		// NotImplemented and that backend's share answers 500.
 		name: "a filter that cannot be applied answers 500",
 		docs: gammaRoute("x", `[
 			{filters: [{type: RequestHeaderModifier, requestHeaderModifier: {remove: [a]}}, {type: ExtensionRef, extensionRef: {group: example.com, kind: Auth, name: a}}],
 			 backendRefs: [{name: web, port: 80}]},
-			{matches: [{path: {value: /b}}], backendRefs: [{name: web, port: 80}, {name: v2, port: 80, filters: [{type: CORS, cors: {}}]}]}]`),
+			{matches: [{path: {value: /b}}], backendRefs: [{name: web, port: 80}, {name: v2, port: 80, filters: [{type: CORS, cors: {allowOrigins: ["*"]}}]}]}]`),
 		want: []*routev1.Rule{
 			rule("x", wantPrefix("/b"), wantBackend(webKey, 80, 1), wantBackend("", 80, 1)),
 			rule("x", wantPrefix("/")),
 		},
 		problems: []string{
 			"rule 0: filter ExtensionRef cannot be applied; requests are answered 500",
-			"rule 1 backend v2: filter CORS cannot be applied",
+			"rule 1 backend v2: filter CORS cannot be applied to a backendRef, only to a rule",
 		},
+		reasons: []string{ReasonUnsupportedValue, ReasonNotImplemented},
+	}, {
+		name: "CORS",
+		docs: gammaRoute("f", `[{filters: [{type: CORS, cors: {
+			allowOrigins: ["https://www.foo.com", "https://*.bar.com", "http://localhost:3000"], allowMethods: [GET, OPTIONS],
+			allowHeaders: [x-header-1, x-header-2], exposeHeaders: [x-header-3], allowCredentials: true, maxAge: 3600}}]},
+			{matches: [{path: {value: /any}}], filters: [{type: CORS, cors: {allowOrigins: ["*"], allowMethods: ["*"]}}]}]`),
+		want: []*routev1.Rule{
+			{Route: "HTTPRoute/shop/f", Match: wantPrefix("/any"), Filters: []*routev1.Filter{{Kind: &routev1.Filter_Cors{Cors: &routev1.Cors{
+				AllowOrigins: []string{"*"}, AllowMethods: []string{"*"}, MaxAgeSeconds: 5}}}}}, // maxAge unset: 5
+			filter(&routev1.Filter{Kind: &routev1.Filter_Cors{Cors: &routev1.Cors{
+				AllowOrigins: []string{"https://www.foo.com", "https://*.bar.com", "http://localhost:3000"}, AllowMethods: []string{"GET", "OPTIONS"},
+				AllowHeaders: []string{"x-header-1", "x-header-2"}, ExposeHeaders: []string{"x-header-3"}, AllowCredentials: true,
+				MaxAgeSeconds: 3600}}}),
+		},
+	}, {
+		name: "CORS with an origin that is not one answers 500",
+		docs: gammaRoute("x", `[
+			{filters: [{type: CORS, cors: {allowOrigins: ["https://www.foo.com", "ftp://files.foo.com", "https://foo*.bar.com",
+			  "https://www.foo.com:65536", "https://www.foo.com/path"]}}], backendRefs: [{name: web, port: 80}]},
+			{matches: [{path: {value: /b}}], filters: [{type: CORS}], backendRefs: [{name: web, port: 80}]}]`),
+		want: []*routev1.Rule{rule("x", wantPrefix("/b")), rule("x", wantPrefix("/"))},
+		problems: []string{
+			`rule 0: CORS allowOrigins "ftp://files.foo.com", "https://foo*.bar.com", "https://www.foo.com:65536", "https://www.foo.com/path": not`,
+			"rule 1: filter CORS cannot be applied; requests are answered 500",
+		},
+		reasons: []string{ReasonInvalidValue, ReasonInvalidValue},
 	}, {
 		name: "timeouts and retries",
 		docs: gammaRoute("t", `[
@@ -294,6 +325,9 @@ spec: {parentRefs: [{name: web}, {group: "", kind: Service, name: gone}], rules:
 			for i, p := range problems {
 				if p.Kind != KindHTTPRoute || !strings.Contains(p.Message, tt.problems[i]) {
 					t.Errorf("problem %d: got %v, want one on an HTTPRoute containing %q", i, p, tt.problems[i])
+				}
+				if tt.reasons != nil && p.Reason != tt.reasons[i] {
+					t.Errorf("problem %d: reason %s, want %s", i, p.Reason, tt.reasons[i])
 				}
 			}
 		})

@@ -112,6 +112,9 @@ func checkFilter(f *routev1.Filter, prefixMatch bool) error {
 		return checkPathModifier(k.Redirect.GetPath(), prefixMatch)
 	case *routev1.Filter_Rewrite:
 		return checkPathModifier(k.Rewrite.GetPath(), prefixMatch)
+	case *routev1.Filter_Cors:
+		_, err := CompileCORS(k.Cors)
+		return err
 	case *routev1.Filter_Mirror:
 		for j, mf := range k.Mirror.GetBackend().GetFilters() {
 			if err := checkFilter(mf, prefixMatch); err != nil {

@@ -143,6 +143,12 @@ func TestCompileErrors(t *testing.T) {
 		wantErr string // substring; "" for no error
 	}{
 		{name: "valid", rule: &routev1.Rule{Match: pathMatch(routev1.PathMatch_REGEX, "/a+")}},
+		{
+			name: "CORS origin that is not one",
+			rule: &routev1.Rule{Filters: []*routev1.Filter{{Kind: &routev1.Filter_Cors{Cors: &routev1.Cors{
+				AllowOrigins: []string{"https://ok.example", "ftp://x"}}}}}},
+			wantErr: "ftp://x",
+		},
 		{name: "bad path regex", rule: &routev1.Rule{Match: pathMatch(routev1.PathMatch_REGEX, "/(a")}, wantErr: "path regex"},
 		{
 			name:    "bad header regex",

@@ -1319,6 +1319,7 @@ type Filter struct {
 	//	*Filter_Redirect
 	//	*Filter_Rewrite
 	//	*Filter_Mirror
+	//	*Filter_Cors
 	Kind          isFilter_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1406,6 +1407,15 @@ func (x *Filter) GetMirror() *Mirror {
 	return nil
 }
 
+func (x *Filter) GetCors() *Cors {
+	if x != nil {
+		if x, ok := x.Kind.(*Filter_Cors); ok {
+			return x.Cors
+		}
+	}
+	return nil
+}
+
 type isFilter_Kind interface {
 	isFilter_Kind()
 }
@@ -1430,6 +1440,10 @@ type Filter_Mirror struct {
 	Mirror *Mirror `protobuf:"bytes,5,opt,name=mirror,proto3,oneof"`
 }
 
+type Filter_Cors struct {
+	Cors *Cors `protobuf:"bytes,6,opt,name=cors,proto3,oneof"`
+}
+
 func (*Filter_RequestHeaders) isFilter_Kind() {}
 
 func (*Filter_ResponseHeaders) isFilter_Kind() {}
@@ -1439,6 +1453,8 @@ func (*Filter_Redirect) isFilter_Kind() {}
 func (*Filter_Rewrite) isFilter_Kind() {}
 
 func (*Filter_Mirror) isFilter_Kind() {}
+
+func (*Filter_Cors) isFilter_Kind() {}
 
 type Header struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1819,6 +1835,99 @@ func (x *Mirror) GetFractionPpm() uint32 {
 	return 0
 }
 
+// Cors answers CORS preflight requests (OPTIONS with Origin and Access-Control-Request-Method)
+// itself, with 200, and adds the CORS response headers to the answers to other requests whose
+// Origin is allowed. A request without Origin is left alone.
+type Cors struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "<scheme>://<host>[:<port>]", scheme http or https, the host possibly starting with "*" (any
+	// number of labels on its left), or "*" alone for every origin. A port left out is the
+	// scheme's default (80, 443).
+	AllowOrigins []string `protobuf:"bytes,1,rep,name=allow_origins,json=allowOrigins,proto3" json:"allow_origins,omitempty"`
+	// Methods (case-sensitive) and header names, as the route writes them; "*" for any.
+	AllowMethods     []string `protobuf:"bytes,2,rep,name=allow_methods,json=allowMethods,proto3" json:"allow_methods,omitempty"`
+	AllowHeaders     []string `protobuf:"bytes,3,rep,name=allow_headers,json=allowHeaders,proto3" json:"allow_headers,omitempty"`
+	ExposeHeaders    []string `protobuf:"bytes,4,rep,name=expose_headers,json=exposeHeaders,proto3" json:"expose_headers,omitempty"`
+	AllowCredentials bool     `protobuf:"varint,5,opt,name=allow_credentials,json=allowCredentials,proto3" json:"allow_credentials,omitempty"`
+	// How long a client may keep a preflight's answer; 0: no Access-Control-Max-Age. istiod-lite
+	// sends the Gateway API's default, 5, for a route that sets none.
+	MaxAgeSeconds uint32 `protobuf:"varint,6,opt,name=max_age_seconds,json=maxAgeSeconds,proto3" json:"max_age_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Cors) Reset() {
+	*x = Cors{}
+	mi := &file_route_v1_route_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Cors) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Cors) ProtoMessage() {}
+
+func (x *Cors) ProtoReflect() protoreflect.Message {
+	mi := &file_route_v1_route_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Cors.ProtoReflect.Descriptor instead.
+func (*Cors) Descriptor() ([]byte, []int) {
+	return file_route_v1_route_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Cors) GetAllowOrigins() []string {
+	if x != nil {
+		return x.AllowOrigins
+	}
+	return nil
+}
+
+func (x *Cors) GetAllowMethods() []string {
+	if x != nil {
+		return x.AllowMethods
+	}
+	return nil
+}
+
+func (x *Cors) GetAllowHeaders() []string {
+	if x != nil {
+		return x.AllowHeaders
+	}
+	return nil
+}
+
+func (x *Cors) GetExposeHeaders() []string {
+	if x != nil {
+		return x.ExposeHeaders
+	}
+	return nil
+}
+
+func (x *Cors) GetAllowCredentials() bool {
+	if x != nil {
+		return x.AllowCredentials
+	}
+	return false
+}
+
+func (x *Cors) GetMaxAgeSeconds() uint32 {
+	if x != nil {
+		return x.MaxAgeSeconds
+	}
+	return 0
+}
+
 type Backend struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The Service, "<namespace>/<hostname>"; empty when the reference did not resolve.
@@ -1833,7 +1942,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_route_v1_route_proto_msgTypes[20]
+	mi := &file_route_v1_route_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1845,7 +1954,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[20]
+	mi := &file_route_v1_route_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1858,7 +1967,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{20}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Backend) GetService() string {
@@ -1902,7 +2011,7 @@ type Retry struct {
 
 func (x *Retry) Reset() {
 	*x = Retry{}
-	mi := &file_route_v1_route_proto_msgTypes[21]
+	mi := &file_route_v1_route_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1914,7 +2023,7 @@ func (x *Retry) String() string {
 func (*Retry) ProtoMessage() {}
 
 func (x *Retry) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[21]
+	mi := &file_route_v1_route_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1927,7 +2036,7 @@ func (x *Retry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Retry.ProtoReflect.Descriptor instead.
 func (*Retry) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{21}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Retry) GetCodes() []uint32 {
@@ -1961,7 +2070,7 @@ type JWTRule_HeaderLocation struct {
 
 func (x *JWTRule_HeaderLocation) Reset() {
 	*x = JWTRule_HeaderLocation{}
-	mi := &file_route_v1_route_proto_msgTypes[23]
+	mi := &file_route_v1_route_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1973,7 +2082,7 @@ func (x *JWTRule_HeaderLocation) String() string {
 func (*JWTRule_HeaderLocation) ProtoMessage() {}
 
 func (x *JWTRule_HeaderLocation) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[23]
+	mi := &file_route_v1_route_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2013,7 +2122,7 @@ type JWTRule_ClaimToHeader struct {
 
 func (x *JWTRule_ClaimToHeader) Reset() {
 	*x = JWTRule_ClaimToHeader{}
-	mi := &file_route_v1_route_proto_msgTypes[24]
+	mi := &file_route_v1_route_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2025,7 +2134,7 @@ func (x *JWTRule_ClaimToHeader) String() string {
 func (*JWTRule_ClaimToHeader) ProtoMessage() {}
 
 func (x *JWTRule_ClaimToHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[24]
+	mi := &file_route_v1_route_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,13 +2295,14 @@ const file_route_v1_route_proto_rawDesc = "" +
 	"\vHeaderMatch\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value\x12\x14\n" +
-	"\x05regex\x18\x03 \x01(\bR\x05regex\"\xd1\x02\n" +
+	"\x05regex\x18\x03 \x01(\bR\x05regex\"\xff\x02\n" +
 	"\x06Filter\x12K\n" +
 	"\x0frequest_headers\x18\x01 \x01(\v2 .ambient.route.v1.HeaderModifierH\x00R\x0erequestHeaders\x12M\n" +
 	"\x10response_headers\x18\x02 \x01(\v2 .ambient.route.v1.HeaderModifierH\x00R\x0fresponseHeaders\x128\n" +
 	"\bredirect\x18\x03 \x01(\v2\x1a.ambient.route.v1.RedirectH\x00R\bredirect\x125\n" +
 	"\arewrite\x18\x04 \x01(\v2\x19.ambient.route.v1.RewriteH\x00R\arewrite\x122\n" +
-	"\x06mirror\x18\x05 \x01(\v2\x18.ambient.route.v1.MirrorH\x00R\x06mirrorB\x06\n" +
+	"\x06mirror\x18\x05 \x01(\v2\x18.ambient.route.v1.MirrorH\x00R\x06mirror\x12,\n" +
+	"\x04cors\x18\x06 \x01(\v2\x16.ambient.route.v1.CorsH\x00R\x04corsB\x06\n" +
 	"\x04kind\"2\n" +
 	"\x06Header\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
@@ -2217,7 +2327,14 @@ const file_route_v1_route_proto_rawDesc = "" +
 	"\x04path\x18\x02 \x01(\v2\x1e.ambient.route.v1.PathModifierR\x04path\"`\n" +
 	"\x06Mirror\x123\n" +
 	"\abackend\x18\x01 \x01(\v2\x19.ambient.route.v1.BackendR\abackend\x12!\n" +
-	"\ffraction_ppm\x18\x02 \x01(\rR\vfractionPpm\"\x83\x01\n" +
+	"\ffraction_ppm\x18\x02 \x01(\rR\vfractionPpm\"\xf1\x01\n" +
+	"\x04Cors\x12#\n" +
+	"\rallow_origins\x18\x01 \x03(\tR\fallowOrigins\x12#\n" +
+	"\rallow_methods\x18\x02 \x03(\tR\fallowMethods\x12#\n" +
+	"\rallow_headers\x18\x03 \x03(\tR\fallowHeaders\x12%\n" +
+	"\x0eexpose_headers\x18\x04 \x03(\tR\rexposeHeaders\x12+\n" +
+	"\x11allow_credentials\x18\x05 \x01(\bR\x10allowCredentials\x12&\n" +
+	"\x0fmax_age_seconds\x18\x06 \x01(\rR\rmaxAgeSeconds\"\x83\x01\n" +
 	"\aBackend\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12\x16\n" +
@@ -2242,7 +2359,7 @@ func file_route_v1_route_proto_rawDescGZIP() []byte {
 }
 
 var file_route_v1_route_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_route_v1_route_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_route_v1_route_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_route_v1_route_proto_goTypes = []any{
 	(TrafficPolicy_LoadBalancer)(0), // 0: ambient.route.v1.TrafficPolicy.LoadBalancer
 	(Policy_Action)(0),              // 1: ambient.route.v1.Policy.Action
@@ -2267,20 +2384,21 @@ var file_route_v1_route_proto_goTypes = []any{
 	(*Redirect)(nil),                // 20: ambient.route.v1.Redirect
 	(*Rewrite)(nil),                 // 21: ambient.route.v1.Rewrite
 	(*Mirror)(nil),                  // 22: ambient.route.v1.Mirror
-	(*Backend)(nil),                 // 23: ambient.route.v1.Backend
-	(*Retry)(nil),                   // 24: ambient.route.v1.Retry
-	nil,                             // 25: ambient.route.v1.ServiceRoutes.ProtocolsEntry
-	(*JWTRule_HeaderLocation)(nil),  // 26: ambient.route.v1.JWTRule.HeaderLocation
-	(*JWTRule_ClaimToHeader)(nil),   // 27: ambient.route.v1.JWTRule.ClaimToHeader
+	(*Cors)(nil),                    // 23: ambient.route.v1.Cors
+	(*Backend)(nil),                 // 24: ambient.route.v1.Backend
+	(*Retry)(nil),                   // 25: ambient.route.v1.Retry
+	nil,                             // 26: ambient.route.v1.ServiceRoutes.ProtocolsEntry
+	(*JWTRule_HeaderLocation)(nil),  // 27: ambient.route.v1.JWTRule.HeaderLocation
+	(*JWTRule_ClaimToHeader)(nil),   // 28: ambient.route.v1.JWTRule.ClaimToHeader
 }
 var file_route_v1_route_proto_depIdxs = []int32{
-	25, // 0: ambient.route.v1.ServiceRoutes.protocols:type_name -> ambient.route.v1.ServiceRoutes.ProtocolsEntry
+	26, // 0: ambient.route.v1.ServiceRoutes.protocols:type_name -> ambient.route.v1.ServiceRoutes.ProtocolsEntry
 	12, // 1: ambient.route.v1.ServiceRoutes.rules:type_name -> ambient.route.v1.Rule
 	7,  // 2: ambient.route.v1.ServiceRoutes.policies:type_name -> ambient.route.v1.Policy
 	4,  // 3: ambient.route.v1.ServiceRoutes.jwt_rules:type_name -> ambient.route.v1.JWTRule
 	5,  // 4: ambient.route.v1.ServiceRoutes.traffic_policy:type_name -> ambient.route.v1.TrafficPolicy
-	26, // 5: ambient.route.v1.JWTRule.from_headers:type_name -> ambient.route.v1.JWTRule.HeaderLocation
-	27, // 6: ambient.route.v1.JWTRule.output_claim_to_headers:type_name -> ambient.route.v1.JWTRule.ClaimToHeader
+	27, // 5: ambient.route.v1.JWTRule.from_headers:type_name -> ambient.route.v1.JWTRule.HeaderLocation
+	28, // 6: ambient.route.v1.JWTRule.output_claim_to_headers:type_name -> ambient.route.v1.JWTRule.ClaimToHeader
 	0,  // 7: ambient.route.v1.TrafficPolicy.load_balancer:type_name -> ambient.route.v1.TrafficPolicy.LoadBalancer
 	6,  // 8: ambient.route.v1.TrafficPolicy.outlier_detection:type_name -> ambient.route.v1.OutlierDetection
 	1,  // 9: ambient.route.v1.Policy.action:type_name -> ambient.route.v1.Policy.Action
@@ -2290,8 +2408,8 @@ var file_route_v1_route_proto_depIdxs = []int32{
 	11, // 13: ambient.route.v1.PolicyRule.when:type_name -> ambient.route.v1.Condition
 	13, // 14: ambient.route.v1.Rule.match:type_name -> ambient.route.v1.Match
 	16, // 15: ambient.route.v1.Rule.filters:type_name -> ambient.route.v1.Filter
-	23, // 16: ambient.route.v1.Rule.backends:type_name -> ambient.route.v1.Backend
-	24, // 17: ambient.route.v1.Rule.retry:type_name -> ambient.route.v1.Retry
+	24, // 16: ambient.route.v1.Rule.backends:type_name -> ambient.route.v1.Backend
+	25, // 17: ambient.route.v1.Rule.retry:type_name -> ambient.route.v1.Retry
 	14, // 18: ambient.route.v1.Match.path:type_name -> ambient.route.v1.PathMatch
 	15, // 19: ambient.route.v1.Match.headers:type_name -> ambient.route.v1.HeaderMatch
 	15, // 20: ambient.route.v1.Match.query_params:type_name -> ambient.route.v1.HeaderMatch
@@ -2301,17 +2419,18 @@ var file_route_v1_route_proto_depIdxs = []int32{
 	20, // 24: ambient.route.v1.Filter.redirect:type_name -> ambient.route.v1.Redirect
 	21, // 25: ambient.route.v1.Filter.rewrite:type_name -> ambient.route.v1.Rewrite
 	22, // 26: ambient.route.v1.Filter.mirror:type_name -> ambient.route.v1.Mirror
-	17, // 27: ambient.route.v1.HeaderModifier.set:type_name -> ambient.route.v1.Header
-	17, // 28: ambient.route.v1.HeaderModifier.add:type_name -> ambient.route.v1.Header
-	19, // 29: ambient.route.v1.Redirect.path:type_name -> ambient.route.v1.PathModifier
-	19, // 30: ambient.route.v1.Rewrite.path:type_name -> ambient.route.v1.PathModifier
-	23, // 31: ambient.route.v1.Mirror.backend:type_name -> ambient.route.v1.Backend
-	16, // 32: ambient.route.v1.Backend.filters:type_name -> ambient.route.v1.Filter
-	33, // [33:33] is the sub-list for method output_type
-	33, // [33:33] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	23, // 27: ambient.route.v1.Filter.cors:type_name -> ambient.route.v1.Cors
+	17, // 28: ambient.route.v1.HeaderModifier.set:type_name -> ambient.route.v1.Header
+	17, // 29: ambient.route.v1.HeaderModifier.add:type_name -> ambient.route.v1.Header
+	19, // 30: ambient.route.v1.Redirect.path:type_name -> ambient.route.v1.PathModifier
+	19, // 31: ambient.route.v1.Rewrite.path:type_name -> ambient.route.v1.PathModifier
+	24, // 32: ambient.route.v1.Mirror.backend:type_name -> ambient.route.v1.Backend
+	16, // 33: ambient.route.v1.Backend.filters:type_name -> ambient.route.v1.Filter
+	34, // [34:34] is the sub-list for method output_type
+	34, // [34:34] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_route_v1_route_proto_init() }
@@ -2325,6 +2444,7 @@ func file_route_v1_route_proto_init() {
 		(*Filter_Redirect)(nil),
 		(*Filter_Rewrite)(nil),
 		(*Filter_Mirror)(nil),
+		(*Filter_Cors)(nil),
 	}
 	file_route_v1_route_proto_msgTypes[16].OneofWrappers = []any{
 		(*PathModifier_Full)(nil),
@@ -2336,7 +2456,7 @@ func file_route_v1_route_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_route_v1_route_proto_rawDesc), len(file_route_v1_route_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
