@@ -93,6 +93,13 @@ func TestChartValues(t *testing.T) {
 			c["args"] = append(c["args"].([]any), "--waypoint-image=registry.example/waypoint:v2")
 		},
 	}, {
+		name: "waypoint tracing",
+		set:  []string{"istiodLite.waypointTracing.endpoint=otel-collector.observability.svc:4317", "istiodLite.waypointTracing.samplingPercent=5"},
+		edit: func(t *testing.T, objs objects) {
+			c := container(t, objs, "Deployment", "istiod-lite")
+			c["args"] = append(c["args"].([]any), "--waypoint-tracing-endpoint=otel-collector.observability.svc:4317", "--waypoint-tracing-sampling=5")
+		},
+	}, {
 		name: "istiod-lite replicas",
 		set:  []string{"istiodLite.replicas=3"},
 		edit: func(t *testing.T, objs objects) {

@@ -14,6 +14,7 @@ import (
 	"github.com/ambient-mesh/ambient/istiod-lite/authn"
 	"github.com/ambient-mesh/ambient/istiod-lite/ca"
 	"github.com/ambient-mesh/ambient/istiod-lite/model"
+	"github.com/ambient-mesh/ambient/istiod-lite/waypoint"
 )
 
 // Config is everything istiod-lite needs to run.
@@ -65,8 +66,9 @@ type Config struct {
 	// LeaderElection makes one replica do the cluster writes (root ConfigMaps, waypoint
 	// Deployments, Gateway status). Every replica serves xDS and the CA regardless.
 	LeaderElection bool
-	// WaypointImage is the image of the waypoint Deployments created for waypoint Gateways.
-	WaypointImage string
+	// Waypoint is how the waypoint Deployments created for waypoint Gateways run: their image
+	// and their tracing.
+	Waypoint waypoint.Proxy
 }
 
 // Default returns the configuration of a standard installation.
@@ -107,7 +109,7 @@ func Default() Config {
 		DebounceQuiet:  20 * time.Millisecond,
 		DebounceMax:    250 * time.Millisecond,
 		LeaderElection: true,
-		WaypointImage:  "ambient/waypoint:latest",
+		Waypoint:       waypoint.Proxy{Image: "ambient/waypoint:latest", TracingSampling: 1},
 	}
 }
 
@@ -120,8 +122,16 @@ func (c Config) Validate() error {
 	if c.ServiceName == "" {
 		errs = append(errs, errors.New("service name is empty"))
 	}
-	if c.WaypointImage == "" {
+	if c.Waypoint.Image == "" {
 		errs = append(errs, errors.New("waypoint image is empty"))
+	}
+	if c.Waypoint.TracingEndpoint != "" {
+		if _, _, err := net.SplitHostPort(c.Waypoint.TracingEndpoint); err != nil {
+			errs = append(errs, fmt.Errorf("waypoint tracing endpoint must be host:port: %w", err))
+		}
+	}
+	if c.Waypoint.TracingSampling < 0 || c.Waypoint.TracingSampling > 100 {
+		errs = append(errs, errors.New("waypoint tracing sampling must be a percentage, 0 to 100"))
 	}
 	if c.LeaderElection && c.PodName == "" {
 		errs = append(errs, errors.New("leader election needs the pod name"))

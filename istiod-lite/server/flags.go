@@ -49,7 +49,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) (finish func()) {
 	fs.StringVar(&audiences, "token-audiences", strings.Join(c.Authn.Audiences, ","), "comma-separated audiences proxies' tokens must carry (empty: the API server's)")
 	fs.DurationVar(&c.DebounceQuiet, "debounce-quiet", c.DebounceQuiet, "push once changes were quiet this long")
 	fs.DurationVar(&c.DebounceMax, "debounce-max", c.DebounceMax, "push at the latest this long after a change")
-	fs.StringVar(&c.WaypointImage, "waypoint-image", c.WaypointImage, "image of waypoint Deployments")
+	fs.StringVar(&c.Waypoint.Image, "waypoint-image", c.Waypoint.Image, "image of waypoint Deployments")
+	fs.StringVar(&c.Waypoint.TracingEndpoint, "waypoint-tracing-endpoint", c.Waypoint.TracingEndpoint,
+		"OpenTelemetry collector (host:port, OTLP/gRPC) waypoints send request spans to; empty for none")
+	fs.Float64Var(&c.Waypoint.TracingSampling, "waypoint-tracing-sampling", c.Waypoint.TracingSampling,
+		"percentage of requests without a sampled trace for which waypoints start one")
 	fs.BoolVar(&c.LeaderElection, "leader-election", c.LeaderElection, "elect one replica for cluster writes")
 	return func() {
 		c.CA.TrustDomain = c.Model.TrustDomain

@@ -67,7 +67,7 @@ func newLeaderWork(log *slog.Logger, cfg Config, w writeClients, ctl *controller
 		log:         log.With("component", "leader"),
 		kube:        w.Kube,
 		ctl:         ctl,
-		waypoints:   waypoint.New(w.Kube, w.Gateway, cfg.WaypointImage, cfg.Model.ClusterDomain),
+		waypoints:   waypoint.New(w.Kube, w.Gateway, cfg.Waypoint, cfg.Model.ClusterDomain),
 		routes:      routes.NewWriter(w.Gateway),
 		problems:    report.NewWriter(w.Kube, w.Istio, cfg.PodName, time.Now),
 		concurrency: cfg.LeaderConcurrency,

@@ -13,7 +13,7 @@ import (
 func TestWaypointToken(t *testing.T) {
 	g := &gwv1.Gateway{}
 	g.Namespace, g.Name = "shop", "waypoint"
-	_, dep, _ := Desired(g, "img", gwv1.Listener{Name: "mesh", Port: 15008, Protocol: "HBONE"})
+	_, dep, _ := Desired(g, Proxy{Image: "img"}, gwv1.Listener{Name: "mesh", Port: 15008, Protocol: "HBONE"})
 	spec := dep.Spec.Template.Spec
 	if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
 		t.Error("the API server's token is mounted")

@@ -8,6 +8,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -39,11 +41,32 @@ const (
 	RootConfigMap = "istio-ca-root-cert"
 )
 
+// Proxy is how istiod-lite runs waypoints: the image and the mesh-wide settings each waypoint
+// gets on its command line.
+type Proxy struct {
+	Image string
+	// TracingEndpoint is the OpenTelemetry collector (host:port, OTLP/gRPC) waypoints send
+	// request spans to; empty for none. TracingSampling is the percentage of requests without a
+	// sampled trace that start one.
+	TracingEndpoint string
+	TracingSampling float64
+}
+
+// args are the waypoint's command line for Gateway g.
+func (p Proxy) args(g *gwv1.Gateway) []string {
+	args := []string{"--gateway=" + g.Namespace + "/" + g.Name}
+	if p.TracingEndpoint != "" {
+		args = append(args, "--tracing-endpoint="+p.TracingEndpoint,
+			"--tracing-sampling="+strconv.FormatFloat(p.TracingSampling, 'f', -1, 64))
+	}
+	return args
+}
+
 // Reconciler keeps waypoint deployments in line with their Gateways.
 type Reconciler struct {
 	kube          kubernetes.Interface
 	gw            gwclient.Interface
-	image         string
+	proxy         Proxy
 	clusterDomain string
 	// done maps a Gateway's UID to the generation last reconciled, so unchanged Gateways cost no
 	// API calls on later passes. A new leader starts with an empty map and checks everything, and
@@ -58,9 +81,9 @@ type Reconciler struct {
 // not change.
 const Resync = 5 * time.Minute
 
-// New returns a reconciler that deploys image.
-func New(kube kubernetes.Interface, gw gwclient.Interface, image, clusterDomain string) *Reconciler {
-	return &Reconciler{kube: kube, gw: gw, image: image, clusterDomain: clusterDomain,
+// New returns a reconciler that deploys waypoints as p says.
+func New(kube kubernetes.Interface, gw gwclient.Interface, p Proxy, clusterDomain string) *Reconciler {
+	return &Reconciler{kube: kube, gw: gw, proxy: p, clusterDomain: clusterDomain,
 		done: map[types.UID]int64{}, repair: map[string]bool{}, now: time.Now}
 }
 
@@ -108,14 +131,15 @@ func (r *Reconciler) reconcile(ctx context.Context, g *gwv1.Gateway) error {
 		return r.writeStatus(ctx, g, metav1.ConditionFalse, string(gwv1.GatewayReasonListenersNotValid),
 			fmt.Sprintf("a waypoint needs a listener {name: %s, port: %d, protocol: %s}", mesh.WaypointListenerName, mesh.PortHBONE, mesh.WaypointListenerProtocolHB))
 	}
-	sa, dep, svc := Desired(g, r.image, listener)
+	sa, dep, svc := Desired(g, r.proxy, listener)
 	if err := apply(ctx, r.kube.CoreV1().ServiceAccounts(g.Namespace), sa, func(cur, want *corev1.ServiceAccount) bool {
 		return equality.Semantic.DeepEqual(cur.Labels, want.Labels)
 	}); err != nil {
 		return err
 	}
 	if err := apply(ctx, r.kube.AppsV1().Deployments(g.Namespace), dep, func(cur, want *appsv1.Deployment) bool {
-		return equality.Semantic.DeepDerivative(want.Spec, cur.Spec) && equality.Semantic.DeepEqual(cur.Labels, want.Labels)
+		return equality.Semantic.DeepDerivative(want.Spec, cur.Spec) && equality.Semantic.DeepEqual(cur.Labels, want.Labels) &&
+			sameCommandLines(cur.Spec.Template.Spec.Containers, want.Spec.Template.Spec.Containers)
 	}); err != nil {
 		return err
 	}
@@ -125,6 +149,22 @@ func (r *Reconciler) reconcile(ctx context.Context, g *gwv1.Gateway) error {
 		return err
 	}
 	return r.writeStatus(ctx, g, metav1.ConditionTrue, string(gwv1.GatewayReasonProgrammed), "waypoint deployed")
+}
+
+// sameCommandLines reports whether the containers have the same arguments and environment
+// variables. DeepDerivative alone takes a shorter list for a prefix of a longer one, so a setting
+// removed from istiod-lite would stay on the waypoints. (Variables are compared as DeepDerivative
+// does: the API server fills in defaults, such as a fieldRef's apiVersion.)
+func sameCommandLines(cur, want []corev1.Container) bool {
+	if len(cur) != len(want) {
+		return false
+	}
+	for i := range want {
+		if !slices.Equal(cur[i].Args, want[i].Args) || len(cur[i].Env) != len(want[i].Env) {
+			return false
+		}
+	}
+	return true
 }
 
 func hboneListener(g *gwv1.Gateway) (gwv1.Listener, bool) {
@@ -143,7 +183,7 @@ func hboneListener(g *gwv1.Gateway) (gwv1.Listener, bool) {
 // namespace: the waypoint speaks HBONE itself, and the node agent capturing its traffic would send
 // it into ztunnel a second time. The label is on the pod template only: a Deployment's selector
 // cannot change, and it stays the Gateway's name.
-func Desired(g *gwv1.Gateway, image string, l gwv1.Listener) (*corev1.ServiceAccount, *appsv1.Deployment, *corev1.Service) {
+func Desired(g *gwv1.Gateway, p Proxy, l gwv1.Listener) (*corev1.ServiceAccount, *appsv1.Deployment, *corev1.Service) {
 	labels := map[string]string{GatewayNameLabel: g.Name}
 	podLabels := map[string]string{GatewayNameLabel: g.Name, mesh.LabelDataplaneMode: mesh.DataplaneModeNone}
 	owner := []metav1.OwnerReference{{
@@ -172,8 +212,8 @@ func Desired(g *gwv1.Gateway, image string, l gwv1.Listener) (*corev1.ServiceAcc
 						LocalObjectReference: corev1.LocalObjectReference{Name: RootConfigMap}}}}},
 					Containers: []corev1.Container{{
 						Name:  "waypoint",
-						Image: image,
-						Args:  []string{"--gateway=" + g.Namespace + "/" + g.Name},
+						Image: p.Image,
+						Args:  p.args(g),
 						Env: []corev1.EnvVar{
 							{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 							{Name: "NODE_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "spec.nodeName"}}},

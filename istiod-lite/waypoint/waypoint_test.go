@@ -2,6 +2,7 @@ package waypoint
 
 import (
 	"context"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -41,7 +42,7 @@ func TestReconcile(t *testing.T) {
 		}
 	}
 	kube := kubefake.NewClientset()
-	r := New(kube, gw, "ambient/waypoint:test", "cluster.local")
+	r := New(kube, gw, Proxy{Image: "ambient/waypoint:test"}, "cluster.local")
 	if err := r.Reconcile(ctx, []*gwv1.Gateway{good, bad, other}); err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +117,7 @@ func TestReconcile(t *testing.T) {
 func TestDoesNotTakeOver(t *testing.T) {
 	g := gateway("wp", 15008)
 	kube := kubefake.NewClientset(&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "wp", Namespace: "shop"}})
-	r := New(kube, gwfake.NewSimpleClientset(), "img", "cluster.local")
+	r := New(kube, gwfake.NewSimpleClientset(), Proxy{Image: "img"}, "cluster.local")
 	err := r.Reconcile(context.Background(), []*gwv1.Gateway{g})
 	if err == nil || !strings.Contains(err.Error(), "not owned by the Gateway") {
 		t.Fatalf("got %v, want a refusal to take over", err)
@@ -129,14 +130,14 @@ func TestDoesNotTakeOver(t *testing.T) {
 func TestWaypointPodsOptOutOfTheMesh(t *testing.T) {
 	ctx := context.Background()
 	g := gateway("wp", 15008)
-	_, oldDep, _ := Desired(g, "img", g.Spec.Listeners[0])
+	_, oldDep, _ := Desired(g, Proxy{Image: "img"}, g.Spec.Listeners[0])
 	delete(oldDep.Spec.Template.Labels, mesh.LabelDataplaneMode) // as written before the label
 	kube := kubefake.NewClientset(oldDep)
 	gw := gwfake.NewSimpleClientset()
 	if err := gw.Tracker().Create(schema.GroupVersion(gwv1.GroupVersion).WithResource("gateways"), g, g.Namespace); err != nil {
 		t.Fatal(err)
 	}
-	if err := New(kube, gw, "img", "cluster.local").Reconcile(ctx, []*gwv1.Gateway{g}); err != nil {
+	if err := New(kube, gw, Proxy{Image: "img"}, "cluster.local").Reconcile(ctx, []*gwv1.Gateway{g}); err != nil {
 		t.Fatal(err)
 	}
 	dep, err := kube.AppsV1().Deployments("shop").Get(ctx, "wp", metav1.GetOptions{})
@@ -156,5 +157,39 @@ func TestWaypointPodsOptOutOfTheMesh(t *testing.T) {
 	}
 	if !labels.SelectorFromSet(dep.Spec.Selector.MatchLabels).Matches(labels.Set(pod.Labels)) {
 		t.Error("the Deployment's selector does not select its own pods")
+	}
+}
+
+// The mesh's tracing settings reach each waypoint's command line, and an istiod-lite started
+// with other settings rewrites the Deployments it finds.
+func TestWaypointTracingSettings(t *testing.T) {
+	ctx := context.Background()
+	g := gateway("wp", 15008)
+	gw := gwfake.NewSimpleClientset()
+	if err := gw.Tracker().Create(schema.GroupVersion(gwv1.GroupVersion).WithResource("gateways"), g, g.Namespace); err != nil {
+		t.Fatal(err)
+	}
+	kube := kubefake.NewClientset()
+	args := func() []string {
+		dep, err := kube.AppsV1().Deployments("shop").Get(ctx, "wp", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dep.Spec.Template.Spec.Containers[0].Args
+	}
+	traced := Proxy{Image: "img", TracingEndpoint: "otel.observability:4317", TracingSampling: 2.5}
+	if err := New(kube, gw, traced, "cluster.local").Reconcile(ctx, []*gwv1.Gateway{g}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"--gateway=shop/wp", "--tracing-endpoint=otel.observability:4317", "--tracing-sampling=2.5"}
+	if got := args(); !slices.Equal(got, want) {
+		t.Errorf("args %q, want %q", got, want)
+	}
+	// A new istiod-lite without tracing (a fresh reconciler checks everything).
+	if err := New(kube, gw, Proxy{Image: "img"}, "cluster.local").Reconcile(ctx, []*gwv1.Gateway{g}); err != nil {
+		t.Fatal(err)
+	}
+	if got := args(); !slices.Equal(got, []string{"--gateway=shop/wp"}) {
+		t.Errorf("args %q after tracing was turned off", got)
 	}
 }

@@ -6,6 +6,8 @@ package server
 import (
 	"errors"
 	"flag"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -38,6 +40,11 @@ type Config struct {
 	Wait time.Duration
 	// Drain bounds how long open tunnels may go on after SIGTERM.
 	Drain time.Duration
+	// TracingEndpoint is the OpenTelemetry collector (host:port, OTLP/gRPC) that request spans
+	// are sent to; empty for none.
+	TracingEndpoint string
+	// TracingSampling is the percentage of requests without a sampled trace that start one.
+	TracingSampling float64
 }
 
 // Default returns the configuration of a standard installation.
@@ -55,6 +62,8 @@ func Default() Config {
 		ReadyAddr:    ":" + strconv.Itoa(mesh.PortReadiness),
 		Wait:         5 * time.Second,
 		Drain:        30 * time.Second,
+		// Istio's default.
+		TracingSampling: 1,
 	}
 }
 
@@ -73,6 +82,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.ReadyAddr, "ready-addr", c.ReadyAddr, "readiness listen address")
 	fs.DurationVar(&c.Wait, "wait", c.Wait, "how long a handshake waits for the waypoint's certificate")
 	fs.DurationVar(&c.Drain, "drain", c.Drain, "how long open tunnels may go on at shutdown")
+	fs.StringVar(&c.TracingEndpoint, "tracing-endpoint", c.TracingEndpoint, "OpenTelemetry collector (host:port, OTLP/gRPC) for request spans; empty for none")
+	fs.Float64Var(&c.TracingSampling, "tracing-sampling", c.TracingSampling, "percentage of requests without a sampled trace that start one")
 }
 
 // Validate reports every problem with c.
@@ -89,6 +100,14 @@ func (c Config) Validate() error {
 	for name, p := range map[string]string{"root-cert": c.RootCertFile, "token": c.TokenFile} {
 		if !filepath.IsAbs(p) {
 			errs = append(errs, errors.New(name+" must be an absolute path"))
+		}
+	}
+	if c.TracingSampling < 0 || c.TracingSampling > 100 {
+		errs = append(errs, errors.New("tracing-sampling must be a percentage, 0 to 100"))
+	}
+	if c.TracingEndpoint != "" {
+		if _, _, err := net.SplitHostPort(c.TracingEndpoint); err != nil {
+			errs = append(errs, fmt.Errorf("tracing-endpoint must be host:port: %w", err))
 		}
 	}
 	if c.Wait <= 0 || c.Drain <= 0 {

@@ -89,8 +89,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	defer client.Close()
+	tracer, stopTracing, err := tracing(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
 	px := proxy.New(proxy.Deps{Store: store, Self: self, Gateway: cfg.Gateway, Client: client,
-		Metrics: proxy.NewMetrics(reg), Log: log})
+		Metrics: proxy.NewMetrics(reg), Log: log, Tracer: tracer})
 	defer px.Close()
 	serverTLS, err := hbone.ServerTLSConfig(creds)
 	if err != nil {

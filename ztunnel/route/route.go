@@ -267,25 +267,32 @@ func localityScore(src, w *workloadv1.Workload) int {
 }
 
 // InboundWaypoints returns the waypoints that traffic to workload w on port (a port the workload
-// listens on) must come through: its own (a workload bound to a waypoint gets all its traffic
-// through it), and that of every Service with L7 policy at its waypoint (enforce_waypoint) that w
-// serves on that port. Traffic to such a port from anyone else would skip the waypoint's policy.
+// listens on) must come through, or none when it may come directly. Traffic must come through a
+// waypoint when w is bound to one (all its traffic goes through it) or when a Service that w
+// serves on that port has L7 policy at its waypoint (enforce_waypoint); anything else would skip
+// that policy. It may then come through w's own waypoint or through the waypoint of any Service
+// w serves on that port: a Service's waypoint sends its requests to the Service's pods directly.
 func InboundWaypoints(l Lookup, w *workloadv1.Workload, port uint16) []*workloadv1.GatewayAddress {
 	var out []*workloadv1.GatewayAddress
-	if w.Waypoint != nil {
+	enforce := w.Waypoint != nil
+	if enforce {
 		out = append(out, w.Waypoint)
 	}
 	for key, pl := range w.Services {
 		svc := l.ServiceByName(key)
-		if svc == nil || svc.Waypoint == nil || !svc.EnforceWaypoint {
+		if svc == nil || svc.Waypoint == nil {
 			continue
 		}
 		for _, p := range pl.GetPorts() {
 			if tp := p.TargetPort; tp == uint32(port) || (tp == 0 && p.ServicePort == uint32(port)) {
 				out = append(out, svc.Waypoint)
+				enforce = enforce || svc.EnforceWaypoint
 				break
 			}
 		}
+	}
+	if !enforce {
+		return nil
 	}
 	return out
 }

@@ -209,6 +209,21 @@ func TestWaypointHop(t *testing.T) {
 	if len(InboundWaypoints(l, backend, 9090)) != 0 {
 		t.Error("a port no bound service uses needs no waypoint")
 	}
+	// A pod bound to a waypoint of its own takes traffic from that waypoint and from its
+	// Services' waypoints, which send their requests to it; from no one else.
+	bound.EnforceWaypoint = false
+	const podWpKey = "shop/wp-pods.shop.svc.cluster.local"
+	podWp := &workloadv1.GatewayAddress{HboneMtlsPort: 15008, Destination: &workloadv1.GatewayAddress_Hostname{
+		Hostname: &workloadv1.NamespacedHostname{Namespace: "shop", Hostname: "wp-pods.shop.svc.cluster.local"}}}
+	boundPod := wl("e2", "10.1.0.5", inMesh, serves(key, 80, 8080))
+	boundPod.Waypoint = podWp
+	if wps := InboundWaypoints(l, boundPod, 8080); len(wps) != 2 || WaypointName(wps[0]) != podWpKey || WaypointName(wps[1]) != wpKey {
+		t.Errorf("inbound waypoints of a bound pod's Service port = %v, want its own and its Service's", wps)
+	}
+	if wps := InboundWaypoints(l, boundPod, 9090); len(wps) != 1 || WaypointName(wps[0]) != podWpKey {
+		t.Errorf("inbound waypoints of a bound pod's other port = %v, want its own only", wps)
+	}
+	bound.EnforceWaypoint = true
 	for principal, want := range map[string]bool{
 		"cluster.local/ns/shop/sa/wp":     true,
 		"cluster.local/ns/shop/sa/client": false,
