@@ -4,8 +4,10 @@ package model
 //
 //   - targetRefs (or the older targetRef) name the waypoint Gateway (group
 //     gateway.networking.k8s.io, kind Gateway) or a Service (group "", kind Service) in the
-//     policy's namespace. A Gateway target applies to every Service bound to that waypoint; a
-//     Service target to that Service, through its waypoint. A target that does not exist, is not
+//     policy's namespace. A Gateway target applies to every Service bound to that waypoint and
+//     to every workload bound to it (kept in the ServiceRoutes of the waypoint's own Service,
+//     which the waypoint reads for traffic addressed to a pod); a Service target to that
+//     Service, through its waypoint. A target that does not exist, is not
 //     a waypoint, or a Service bound to no waypoint: the policy is not enforced there, and a
 //     WaypointAccepted problem says so (the policy is rejected when no target is usable).
 //     waypointTargets keeps these rules, for RequestAuthentication (requestauthn.go) as well.
@@ -94,6 +96,9 @@ func (t *translator) waypointTargets(ns string, refs []*typeapi.PolicyTargetRefe
 				continue
 			}
 			host := t.hostname(ref.Name, ns)
+			// The waypoint's own Service carries what applies to the workloads bound to it
+			// (traffic addressed to a pod, istio.io/waypoint-for workload or all).
+			targets = append(targets, ns+"/"+host)
 			for name, s := range svcs {
 				if h := s.GetWaypoint().GetHostname(); h != nil && h.Namespace == ns && h.Hostname == host {
 					targets = append(targets, name)

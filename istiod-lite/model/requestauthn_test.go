@@ -92,6 +92,14 @@ spec:
     forwardOriginalToken: true`,
 		want: map[string][]*routev1.JWTRule{webKey: {full}, v2Key: {full, inline}}, // policies by name
 	}, {
+		name: "a Gateway target applies to the workloads bound to the waypoint too: its own Service's routes carry it",
+		docs: ra("gw-jwt", `{targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: waypoint}], jwtRules: [{issuer: inline, jwks: '{"keys": []}'}]}`) + `
+---
+kind: Service
+metadata: {name: waypoint, namespace: shop, labels: {gateway.networking.k8s.io/gateway-name: waypoint}}
+spec: {ports: [{name: mesh, port: 15008}]}`,
+		want: map[string][]*routev1.JWTRule{webKey: {inline}, v2Key: {inline}, "shop/waypoint.shop.svc.cluster.local": {inline}},
+	}, {
 		name: "the older targetRef",
 		docs: ra("one", `{targetRef: {kind: Service, name: web}, jwtRules: [{issuer: inline, jwks: '{"keys": []}'}]}`),
 		want: map[string][]*routev1.JWTRule{webKey: {inline}},

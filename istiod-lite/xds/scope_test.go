@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	clocktesting "k8s.io/utils/clock/testing"
 
+	routev1 "github.com/ambient-mesh/ambient/api/route/v1"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
 	"github.com/ambient-mesh/ambient/internal/testutil"
 	"github.com/ambient-mesh/ambient/istiod-lite/model"
@@ -108,6 +109,27 @@ func TestWaypointScope(t *testing.T) {
 	e.update(t, &next)
 	want(wp, TypeService, nil, []string{webSvc})
 	want(wp, TypeWorkload, nil, []string{"web-1"})
+}
+
+// TestWaypointSeesItsOwnRoutes: a waypoint receives the routes of its bound services and those
+// of its own Service, which carry the policies for the workloads bound to it, and nobody else's.
+func TestWaypointSeesItsOwnRoutes(t *testing.T) {
+	e := newEnv(t)
+	m := waypointModel()
+	m.Services[testWaypoint] = svc(testWaypoint, "")
+	m.Routes = map[string]*routev1.ServiceRoutes{
+		webSvc:       {Namespace: "shop", Hostname: "web.shop.svc.cluster.local"},
+		dbSvc:        {Namespace: "shop", Hostname: "db.shop.svc.cluster.local"},
+		testWaypoint: {Namespace: "shop", Hostname: "waypoint.shop.svc.cluster.local", Policies: []*routev1.Policy{{Name: "deny-admin"}}},
+	}
+	e.update(t, m)
+	wp := e.connect(t, "shop/waypoint/node-a", "waypoint", nil)
+	wp.ack(wp.recv()) // workloads
+	wp.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeServiceRoutes})
+	r := wp.recv()
+	if diff := cmp.Diff(summary{Type: shortType(TypeServiceRoutes), Names: []string{testWaypoint, webSvc}}, summarize(r)); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
 }
 
 // TestBulkSlotFreedWithNonce: a stream whose bulk response is never answered loses its slot

@@ -261,7 +261,8 @@ func (s *Snapshot) Model() *model.Snapshot { return s.model }
 // namespaces with a workload on the node, and selector-bound ones that a workload on the node
 // lists. A waypoint receives what its bound services need: those services and their routes, the
 // services their routes send to, the workloads behind all of them and the workloads bound to it,
-// and no authorizations (its L7 policy is a separate resource, not yet served). Every proxy receives the trust bundle. Any other role sees nothing.
+// its own Service's routes (the policies for its bound workloads), and no authorizations (its L7
+// policies travel in the routes). Every proxy receives the trust bundle. Any other role sees nothing.
 func (s *Snapshot) visible(p *Proxy, typ, name string) bool {
 	switch p.Role {
 	case RoleZtunnel:
@@ -275,8 +276,9 @@ func (s *Snapshot) visible(p *Proxy, typ, name string) bool {
 		case TypeService:
 			return s.waypointServices[p.Waypoint][name] || s.waypointBackends[p.Waypoint][name]
 		case TypeServiceRoutes:
-			// Its own services' routes, and the backends' (their traffic policy).
-			return s.waypointServices[p.Waypoint][name] || s.waypointBackends[p.Waypoint][name]
+			// Its own services' routes, the backends' (their traffic policy), and its own
+			// Service's (the policies for the workloads bound to it).
+			return name == p.Waypoint || s.waypointServices[p.Waypoint][name] || s.waypointBackends[p.Waypoint][name]
 		case TypeWorkload:
 			return s.waypointWorkloads[p.Waypoint][name]
 		}
@@ -314,7 +316,12 @@ func (s *Snapshot) scoped(p *Proxy, typ string) map[string]bool {
 		maps.Copy(all, s.waypointBackends[p.Waypoint])
 		return all
 	case TypeServiceRoutes:
-		return s.scoped(p, TypeService)
+		all := maps.Clone(s.scoped(p, TypeService))
+		if all == nil {
+			all = map[string]bool{}
+		}
+		all[p.Waypoint] = true
+		return all
 	case TypeWorkload:
 		return s.waypointWorkloads[p.Waypoint]
 	}

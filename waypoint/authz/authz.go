@@ -11,6 +11,10 @@
 //   - Strings use Istio's syntax: "*" any non-empty value, "x*" prefix, "*x" suffix, otherwise
 //     exact. Hosts are case-insensitive and match with or without the port. A condition key this
 //     package does not know never matches (istiod-lite reports it on the policy).
+//   - A TCP stream has no HTTP attributes (hosts, methods, paths, request principals, request
+//     headers, JWT claims). As in Istio, a DENY rule is applied to it without them, so it denies
+//     more, and an ALLOW rule that names one never matches it, so it allows less: a client cannot
+//     escape an HTTP rule by not speaking HTTP.
 //
 // It does no I/O; it is a pure function of the policies and the request.
 package authz
@@ -42,6 +46,8 @@ type Request struct {
 	Path             string
 	Port             uint16
 	Header           http.Header
+	// TCP marks a stream passed through as TCP, which has none of the HTTP attributes.
+	TCP bool
 }
 
 // Decision is the outcome for one request.
@@ -93,28 +99,53 @@ func Check(policies []*routev1.Policy, r *Request) Decision {
 }
 
 func matches(p *routev1.Policy, r *Request) bool {
+	// On a TCP stream an ALLOW (or AUDIT) rule naming an HTTP attribute never matches; a DENY
+	// rule matches without them.
+	noHTTP := r.TCP && p.Action == routev1.Policy_DENY
 	for _, rule := range p.Rules {
-		if ruleMatches(rule, r) {
+		if r.TCP && !noHTTP && namesHTTP(rule) {
+			continue
+		}
+		if ruleMatches(rule, r, noHTTP) {
 			return true
 		}
 	}
 	return false
 }
 
-func ruleMatches(rule *routev1.PolicyRule, r *Request) bool {
-	if len(rule.From) > 0 && !slices.ContainsFunc(rule.From, func(s *routev1.Source) bool { return sourceMatches(s, r) }) {
+// ruleMatches evaluates a rule; with noHTTP, its HTTP attributes hold whatever they say.
+func ruleMatches(rule *routev1.PolicyRule, r *Request, noHTTP bool) bool {
+	if len(rule.From) > 0 && !slices.ContainsFunc(rule.From, func(s *routev1.Source) bool { return sourceMatches(s, r, noHTTP) }) {
 		return false
 	}
-	if len(rule.To) > 0 && !slices.ContainsFunc(rule.To, func(o *routev1.Operation) bool { return operationMatches(o, r) }) {
+	if len(rule.To) > 0 && !slices.ContainsFunc(rule.To, func(o *routev1.Operation) bool { return operationMatches(o, r, noHTTP) }) {
 		return false
 	}
 	for _, c := range rule.When {
-		if !conditionHolds(c, r) {
+		if !(noHTTP && httpCondition(c.Key)) && !conditionHolds(c, r) {
 			return false
 		}
 	}
 	return true
 }
+
+// namesHTTP reports whether a rule names an attribute only HTTP requests have.
+func namesHTTP(rule *routev1.PolicyRule) bool {
+	for _, s := range rule.From {
+		if len(s.RequestPrincipals)+len(s.NotRequestPrincipals) > 0 {
+			return true
+		}
+	}
+	for _, o := range rule.To {
+		if len(o.Hosts)+len(o.NotHosts)+len(o.Methods)+len(o.NotMethods)+len(o.Paths)+len(o.NotPaths) > 0 {
+			return true
+		}
+	}
+	return slices.ContainsFunc(rule.When, func(c *routev1.Condition) bool { return httpCondition(c.Key) })
+}
+
+// httpCondition reports whether a when key reads the HTTP request (its headers or JWT).
+func httpCondition(key string) bool { return strings.HasPrefix(key, "request.") }
 
 // field checks one positive and one negative list against the request's values: the positive
 // list, when set, must match one of the values; the negative must match none.
@@ -125,18 +156,20 @@ func field(pos, neg []string, match func(pattern string) bool) bool {
 	return !slices.ContainsFunc(neg, match)
 }
 
-func sourceMatches(s *routev1.Source, r *Request) bool {
+func sourceMatches(s *routev1.Source, r *Request, noHTTP bool) bool {
 	return field(s.Principals, s.NotPrincipals, str(r.Principal)) &&
-		field(s.RequestPrincipals, s.NotRequestPrincipals, str(r.RequestPrincipal)) &&
+		(noHTTP || field(s.RequestPrincipals, s.NotRequestPrincipals, str(r.RequestPrincipal))) &&
 		field(s.Namespaces, s.NotNamespaces, str(r.Namespace)) &&
 		field(s.IpBlocks, s.NotIpBlocks, cidr(r.SourceIP)) &&
 		field(s.RemoteIpBlocks, s.NotRemoteIpBlocks, cidr(r.RemoteIP))
 }
 
-func operationMatches(o *routev1.Operation, r *Request) bool {
+func operationMatches(o *routev1.Operation, r *Request, noHTTP bool) bool {
 	port := strconv.Itoa(int(r.Port))
-	return field(o.Hosts, o.NotHosts, host(r.Host)) &&
-		field(o.Ports, o.NotPorts, func(p string) bool { return p == port }) &&
+	if !field(o.Ports, o.NotPorts, func(p string) bool { return p == port }) {
+		return false
+	}
+	return noHTTP || field(o.Hosts, o.NotHosts, host(r.Host)) &&
 		field(o.Methods, o.NotMethods, str(r.Method)) &&
 		field(o.Paths, o.NotPaths, str(r.Path))
 }

@@ -95,3 +95,38 @@ func TestMatch(t *testing.T) {
 		}
 	}
 }
+
+// TestTCPStreams: a TCP stream has no HTTP attributes; a DENY rule naming some denies it without
+// them, an ALLOW rule naming some never allows it (Istio's semantics), and rules on what a stream
+// has apply as they are.
+func TestTCPStreams(t *testing.T) {
+	tcp := &Request{Principal: "cluster.local/ns/shop/sa/client", Namespace: "shop", SourceIP: netip.MustParseAddr("10.1.0.5"),
+		RemoteIP: netip.MustParseAddr("10.1.0.5"), Port: 5432, TCP: true}
+	op := func(o *routev1.Operation) *routev1.PolicyRule {
+		return &routev1.PolicyRule{To: []*routev1.Operation{o}}
+	}
+	for _, tc := range []struct {
+		name     string
+		policies []*routev1.Policy
+		allow    bool
+	}{
+		{"a DENY by path denies every stream", []*routev1.Policy{pol("d", routev1.Policy_DENY, op(&routev1.Operation{Paths: []string{"/admin*"}}))}, false},
+		{"a DENY by path on another port does not", []*routev1.Policy{pol("d", routev1.Policy_DENY,
+			op(&routev1.Operation{Paths: []string{"/admin*"}, Ports: []string{"80"}}))}, true},
+		{"a DENY by method and principal denies that principal's streams", []*routev1.Policy{pol("d", routev1.Policy_DENY,
+			&routev1.PolicyRule{From: []*routev1.Source{{Principals: []string{"cluster.local/ns/shop/sa/client"}}},
+				To: []*routev1.Operation{{Methods: []string{"POST"}}}})}, false},
+		{"a DENY by request principal and namespace of others does not", []*routev1.Policy{pol("d", routev1.Policy_DENY,
+			&routev1.PolicyRule{From: []*routev1.Source{{Namespaces: []string{"other"}, RequestPrincipals: []string{"*"}}}})}, true},
+		{"a DENY on a header condition denies", []*routev1.Policy{pol("d", routev1.Policy_DENY,
+			&routev1.PolicyRule{When: []*routev1.Condition{{Key: "request.headers[x-env]", Values: []string{"prod"}}}})}, false},
+		{"an ALLOW by method never allows", []*routev1.Policy{pol("a", routev1.Policy_ALLOW, op(&routev1.Operation{Methods: []string{"GET"}}))}, false},
+		{"an ALLOW by port allows", []*routev1.Policy{pol("a", routev1.Policy_ALLOW, op(&routev1.Operation{Ports: []string{"5432"}}))}, true},
+		{"an ALLOW with one HTTP rule and one L4 rule allows by the L4 one", []*routev1.Policy{pol("a", routev1.Policy_ALLOW,
+			op(&routev1.Operation{Paths: []string{"/"}}), &routev1.PolicyRule{From: []*routev1.Source{{Namespaces: []string{"shop"}}}})}, true},
+	} {
+		if d := Check(tc.policies, tcp); d.Allow != tc.allow {
+			t.Errorf("%s: allow = %v (%s), want %v", tc.name, d.Allow, d.Reason, tc.allow)
+		}
+	}
+}

@@ -102,11 +102,12 @@ func (l *oneConn) Addr() net.Addr { return &net.TCPAddr{} }
 func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, t *tunnel) {
 	start := p.d.Now()
 	v := p.cur.get()
-	key := t.svc.Namespace + "/" + t.svc.Hostname
+	key := t.key
 	rec := p.newRecord(t)
 	rec.method, rec.path, rec.proto = r.Method, r.URL.Path, protoName(r)
 	sw := &statusWriter{ResponseWriter: w}
-	defer func() { p.finish(rec, sw, r, start) }()
+	r, endSpan := p.startSpan(r, t)
+	defer func() { endSpan(rec, p.finish(rec, sw, r, start)) }()
 
 	// RequestAuthentication, then authorization: a request with an invalid token is refused
 	// (401); one without a token goes on with no request principal, for policy to decide.
@@ -123,13 +124,20 @@ func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, t *tunnel) 
 			return
 		}
 	}
-	rule, routed := v.tables[key].SelectOrRouted(r, t.port, rec.srcNS)
+	var rule *route.Rule
+	routed := false
+	if t.svc != nil { // routes are a Service's; a workload's requests go to it as they are
+		rule, routed = v.tables[key].SelectOrRouted(r, t.port, rec.srcNS)
+	}
 	if rule == nil && routed {
 		rec.flags = "NR"
 		http.Error(sw, "no route matches", http.StatusNotFound)
 		return
 	}
 	be := &routev1.Backend{Service: key, Port: uint32(t.port), Weight: 1}
+	if t.dst != nil {
+		be.Service = "" // no Service: the attempts go to t.dst
+	}
 	var pr *routev1.Rule
 	var respMods []*routev1.HeaderModifier
 	var mirrors []*routev1.Mirror
@@ -150,7 +158,7 @@ func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, t *tunnel) 
 		}
 	}
 	rec.dstService = be.Service
-	p.forward(sw, r, v, be, pr, respMods, mirrors, rec, t.srcIP)
+	p.forward(sw, r, v, be, pr, respMods, mirrors, rec, t)
 }
 
 // authorize applies the Service's authorization policies to r; it answers 403 itself and
@@ -178,7 +186,7 @@ func (p *Proxy) authorize(w http.ResponseWriter, r *http.Request, t *tunnel, sr 
 }
 
 // applyFilters applies a rule's or backend's filters to r; it reports whether it answered the
-// request itself (a redirect).
+// request itself (a redirect, a CORS preflight).
 func (p *Proxy) applyFilters(w http.ResponseWriter, r *http.Request, m *routev1.Match, fs []*routev1.Filter,
 	respMods *[]*routev1.HeaderModifier, mirrors *[]*routev1.Mirror,
 ) bool {
@@ -200,6 +208,22 @@ func (p *Proxy) applyFilters(w http.ResponseWriter, r *http.Request, m *routev1.
 			route.Rewrite(r, m, k.Rewrite)
 		case *routev1.Filter_Mirror:
 			*mirrors = append(*mirrors, k.Mirror)
+		case *routev1.Filter_Cors:
+			// Compiled per request: only the protos reach here (compiling is cheap). The
+			// configuration's validation refused a filter that does not compile.
+			cors, err := route.CompileCORS(k.Cors)
+			if err != nil {
+				http.Error(w, "invalid CORS filter", http.StatusInternalServerError)
+				return true
+			}
+			if answer, hm := cors.Preflight(r); answer {
+				for _, rm := range append(*respMods, hm) {
+					route.ModifyHeaders(w.Header(), rm)
+				}
+				w.WriteHeader(http.StatusOK)
+				return true
+			}
+			*respMods = append(*respMods, cors.Response(r))
 		}
 	}
 	return false
@@ -207,7 +231,7 @@ func (p *Proxy) applyFilters(w http.ResponseWriter, r *http.Request, m *routev1.
 
 // forward sends r to backend be, with the rule's timeouts and retries.
 func (p *Proxy) forward(w *statusWriter, r *http.Request, v *view, be *routev1.Backend, pr *routev1.Rule,
-	respMods []*routev1.HeaderModifier, mirrors []*routev1.Mirror, rec *record, srcIP netip.Addr,
+	respMods []*routev1.HeaderModifier, mirrors []*routev1.Mirror, rec *record, t *tunnel,
 ) {
 	ctx := r.Context()
 	if ms := pr.GetRequestTimeoutMs(); ms > 0 {
@@ -237,8 +261,11 @@ func (p *Proxy) forward(w *statusWriter, r *http.Request, v *view, be *routev1.B
 			p.mirror(r, v, m, body)
 		}
 	}
-	at := &attempts{p: p, v: v, be: be, retry: retry, replay: replay, body: body, h2: r.ProtoMajor == 2, rec: rec, srcIP: srcIP,
+	at := &attempts{p: p, v: v, be: be, retry: retry, replay: replay, body: body, h2: r.ProtoMajor == 2, rec: rec, srcIP: t.srcIP,
 		backendTimeout: time.Duration(pr.GetBackendRequestTimeoutMs()) * time.Millisecond}
+	if t.dst != nil {
+		at.direct = endpoint{w: t.dst, addr: t.addr}
+	}
 	if upgrade {
 		at.retry = nil
 	}
@@ -298,6 +325,8 @@ type attempts struct {
 	backendTimeout time.Duration
 	srcIP          netip.Addr
 	rec            *record
+	// direct is the endpoint of a request addressed to a workload, instead of the backend's.
+	direct endpoint
 }
 
 func (a *attempts) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -314,7 +343,10 @@ func (a *attempts) RoundTrip(req *http.Request) (*http.Response, error) {
 	key := hashKey(req, policy, a.srcIP)
 	var tried []netip.AddrPort
 	for i := 0; ; i++ {
-		ep, report, err := a.p.up.pick(a.v, a.be.Service, uint16(a.be.Port), tried, key)
+		ep, report, err := a.direct, func(int) {}, error(nil)
+		if ep.w == nil {
+			ep, report, err = a.p.up.pick(a.v, a.be.Service, uint16(a.be.Port), tried, key)
+		}
 		if err != nil {
 			slot()
 			return nil, err

@@ -55,15 +55,20 @@ type record struct {
 
 func (p *Proxy) newRecord(t *tunnel) *record {
 	r := &record{srcPrincipal: principalString(t.peer.TrustDomain, t.peer.Namespace, t.peer.ServiceAccount),
-		srcNS: t.peer.Namespace, svcName: t.svc.Name, svcNS: t.svc.Namespace, dstService: t.svc.Hostname}
+		srcNS: t.peer.Namespace}
+	if t.svc != nil {
+		r.svcName, r.svcNS, r.dstService = t.svc.Name, t.svc.Namespace, t.svc.Hostname
+	} else {
+		r.dstWorkload, r.dstNS, r.dstPrincipal = workloadName(t.dst), t.dst.Namespace, principalOf(t.dst)
+	}
 	if t.srcW != nil {
 		r.srcWorkload = workloadName(t.srcW)
 	}
 	return r
 }
 
-// finish counts the request and writes its access log line.
-func (p *Proxy) finish(rec *record, w *statusWriter, r *http.Request, start time.Time) {
+// finish counts the request and writes its access log line; it returns the response's status.
+func (p *Proxy) finish(rec *record, w *statusWriter, r *http.Request, start time.Time) int {
 	d := p.d.Now().Sub(start)
 	code := w.status
 	if code == 0 {
@@ -112,6 +117,7 @@ func (p *Proxy) finish(rec *record, w *statusWriter, r *http.Request, start time
 		attrs = append(attrs, "err", rec.err.Error())
 	}
 	p.d.Log.Info("access", attrs...)
+	return code
 }
 
 func workloadName(w *workloadv1.Workload) string {

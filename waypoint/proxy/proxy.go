@@ -24,6 +24,8 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/ambient-mesh/ambient/api/identity"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
 	"github.com/ambient-mesh/ambient/waypoint/authz"
@@ -46,6 +48,8 @@ type Deps struct {
 	Now func() time.Time
 	// Keys fetches and caches the JWKS of RequestAuthentications (nil: one of its own).
 	Keys *jwt.KeySource
+	// Tracer makes each request's span (nil: no spans; trace context passes through).
+	Tracer trace.Tracer
 }
 
 // Proxy serves the tunnels of one waypoint; it implements hbone.Handler.
@@ -74,9 +78,15 @@ func New(d Deps) *Proxy {
 // Close releases the upstream connections.
 func (p *Proxy) Close() { p.up.close() }
 
-// tunnel is what a tunnel tells about its requests' origin.
+// tunnel is what a tunnel tells about its requests' origin and destination.
 type tunnel struct {
-	svc    *workloadv1.Service
+	// svc is the Service asked for; nil for a tunnel addressed to a workload (dst).
+	svc *workloadv1.Service
+	dst *workloadv1.Workload
+	// key names the ServiceRoutes whose routes and policies apply: the Service's, or for a
+	// workload the waypoint's own (the policies that target the waypoint).
+	key    string
+	addr   netip.AddrPort // the authority: Service VIP or workload address, and port
 	port   uint16
 	peer   identity.Identity
 	srcIP  netip.Addr
@@ -88,25 +98,17 @@ type tunnel struct {
 func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request) error {
 	v := p.cur.get()
 	auth := netip.AddrPortFrom(req.Authority.Addr().Unmap(), req.Authority.Port())
-	svc := v.st.ServiceByVIP(auth)
-	if svc == nil {
-		p.d.Log.Info("tunnel refused", "authority", auth.String(), "peer", req.Peer.String(), "err", "not a Service bound to this waypoint")
-		return fmt.Errorf("%w: %s is not a Service bound to waypoint %s", hbone.ErrBadRequest, auth, p.d.Gateway)
+	t, err := p.resolve(v, auth)
+	if err != nil {
+		p.d.Log.Info("tunnel refused", "authority", auth.String(), "peer", req.Peer.String(), "err", err.Error())
+		return fmt.Errorf("%w: %w", hbone.ErrBadRequest, err)
 	}
-	if !p.boundHere(svc) {
-		p.d.Log.Info("tunnel refused", "authority", auth.String(), "service", svc.Namespace+"/"+svc.Name, "peer", req.Peer.String(), "err", "service is not bound to this waypoint")
-		return fmt.Errorf("%w: service %s/%s is not bound to waypoint %s", hbone.ErrBadRequest, svc.Namespace, svc.Name, p.d.Gateway)
-	}
-	t := &tunnel{svc: svc, port: auth.Port(), peer: req.Peer, accept: p.d.Now()}
+	t.peer, t.accept = req.Peer, p.d.Now()
 	t.srcIP = forwardedFor(req.Forwarded)
 	if t.srcIP.IsValid() {
 		t.srcW = v.st.WorkloadByAddr(t.srcIP)
 	}
-	key := svc.Namespace + "/" + svc.Hostname
-	proto := ""
-	if tb := v.tables[key]; tb != nil {
-		proto = tb.Protocol(auth.Port())
-	}
+	proto := v.protocol(t)
 	conn, err := req.Accept()
 	if err != nil {
 		return err
@@ -126,10 +128,30 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request) error {
 	return nil
 }
 
-// boundHere reports whether svc is bound to this waypoint: its waypoint is the Service of this
+// resolve finds what a tunnel's authority names: a Service bound to this waypoint (its VIP), or
+// a workload bound to it (its address). Anything else is refused.
+func (p *Proxy) resolve(v *view, auth netip.AddrPort) (*tunnel, error) {
+	t := &tunnel{addr: auth, port: auth.Port()}
+	if svc := v.st.ServiceByVIP(auth); svc != nil {
+		if !p.mine(svc.GetWaypoint()) {
+			return nil, fmt.Errorf("service %s/%s is not bound to waypoint %s", svc.Namespace, svc.Name, p.d.Gateway)
+		}
+		t.svc, t.key = svc, svc.Namespace+"/"+svc.Hostname
+		return t, nil
+	}
+	w := v.st.WorkloadByAddr(auth.Addr())
+	if w == nil || !p.mine(w.GetWaypoint()) {
+		return nil, fmt.Errorf("%s is not a Service or workload bound to waypoint %s", auth, p.d.Gateway)
+	}
+	h := w.GetWaypoint().GetHostname()
+	t.dst, t.key = w, h.Namespace+"/"+h.Hostname
+	return t, nil
+}
+
+// mine reports whether a Service's or workload's waypoint is this one: the Service of this
 // waypoint's Gateway.
-func (p *Proxy) boundHere(svc *workloadv1.Service) bool {
-	h := svc.GetWaypoint().GetHostname()
+func (p *Proxy) mine(wp *workloadv1.GatewayAddress) bool {
+	h := wp.GetHostname()
 	if h == nil {
 		return false
 	}
@@ -191,20 +213,24 @@ func forwardedFor(h string) netip.Addr {
 // serveTCP passes a tunnel's bytes through to one endpoint of the Service.
 func (p *Proxy) serveTCP(ctx context.Context, c *bufConn, t *tunnel) {
 	v := p.cur.get()
-	key := t.svc.Namespace + "/" + t.svc.Hostname
+	key := t.key
 	rec := p.newRecord(t)
 	// L4 policy: the Service's policies on what a TCP stream has (the client's identity,
-	// namespace and address, the port); a rule that needs HTTP attributes never matches it.
+	// namespace and address, the port). A rule that names HTTP attributes denies without them
+	// (DENY) or never allows (ALLOW): waypoint/authz.
 	if sr := v.st.Routes(key); sr != nil && len(sr.Policies) > 0 {
 		d := authz.Check(sr.Policies, &authz.Request{Principal: rec.srcPrincipal, Namespace: rec.srcNS,
-			SourceIP: t.srcIP, RemoteIP: t.srcIP, Port: t.port})
+			SourceIP: t.srcIP, RemoteIP: t.srcIP, Port: t.port, TCP: true})
 		if !d.Allow {
 			p.d.Log.Info("access", "protocol", "tcp", "service", key, "peer", t.peer.String(), "result", "denied",
 				"policy", d.Policy, "err", d.Reason)
 			return
 		}
 	}
-	ep, report, err := p.up.pick(v, key, t.port, nil, "")
+	ep, report, err := endpoint{w: t.dst, addr: t.addr}, func(int) {}, error(nil)
+	if t.dst == nil {
+		ep, report, err = p.up.pick(v, key, t.port, nil, "")
+	}
 	if err != nil {
 		p.d.Log.Info("access", "protocol", "tcp", "service", key, "peer", t.peer.String(), "result", "no endpoint", "err", err.Error())
 		return

@@ -92,7 +92,7 @@ func newHarness(t testing.TB, routes *routev1.ServiceRoutes, eps ...*workloadv1.
 		Gateway: "shop/wp", Metrics: nil})
 	t.Cleanup(p.Close)
 	h := &harness{p: p}
-	tun := &tunnel{svc: svc, port: 80, peer: identity.Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "client"}}
+	tun := &tunnel{svc: svc, key: svcKey, addr: netip.MustParseAddrPort("10.96.0.10:80"), port: 80, peer: identity.Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "client"}}
 	h.tun = tun
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -296,6 +296,89 @@ func TestUnmatchedRequestOfARoutedService404(t *testing.T) {
 	}
 	if code, _, _ := h.get(t, "/other"); code != http.StatusNotFound {
 		t.Errorf("/other: %d, want 404", code)
+	}
+}
+
+// TestCORS: a CORS preflight is answered by the waypoint itself, 200, with the response header
+// modifiers of the filters before the CORS filter, and never reaches the backend; an actual
+// request does, and its answer gets Access-Control-Allow-Origin when its origin is allowed.
+func TestCORS(t *testing.T) {
+	var forwarded atomic.Int32
+	be := backendFunc(t, "a", "127.0.0.14", func(_ http.ResponseWriter, r *http.Request) int {
+		if r.Method == http.MethodOptions {
+			forwarded.Add(1)
+		}
+		return 200
+	})
+	rs := &routev1.ServiceRoutes{Rules: []*routev1.Rule{{Route: "HTTPRoute/shop/cors",
+		Filters: []*routev1.Filter{
+			{Kind: &routev1.Filter_ResponseHeaders{ResponseHeaders: &routev1.HeaderModifier{
+				Set: []*routev1.Header{{Name: "x-route", Value: "cors"}}}}},
+			{Kind: &routev1.Filter_Cors{Cors: &routev1.Cors{AllowOrigins: []string{"https://*.foo.com"}, AllowMethods: []string{"GET", "PUT"},
+				AllowHeaders: []string{"x-a"}, ExposeHeaders: []string{"x-b"}, AllowCredentials: true, MaxAgeSeconds: 60}}}},
+		Backends: []*routev1.Backend{{Service: svcKey, Port: 80, Weight: 1}}}}}
+	h := newHarness(t, rs, be)
+	options := func(header ...string) (int, http.Header) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodOptions, "http://echo.shop/api", nil)
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		resp, err := h.hc.Do(req)
+		if err != nil {
+			t.Fatalf("OPTIONS: %v", err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, resp.Header
+	}
+	want := func(what string, hdr http.Header, kv ...string) {
+		t.Helper()
+		for i := 0; i+1 < len(kv); i += 2 {
+			if got := hdr.Get(kv[i]); got != kv[i+1] {
+				t.Errorf("%s: %s %q, want %q", what, kv[i], got, kv[i+1])
+			}
+		}
+	}
+
+	code, hdr := options("Origin", "https://app.foo.com", "Access-Control-Request-Method", "PUT", "Access-Control-Request-Headers", "x-a")
+	if code != 200 {
+		t.Errorf("preflight: %d, want 200", code)
+	}
+	want("preflight", hdr, "Access-Control-Allow-Origin", "https://app.foo.com", "Access-Control-Allow-Methods", "GET, PUT",
+		"Access-Control-Allow-Headers", "x-a", "Access-Control-Expose-Headers", "x-b", "Access-Control-Max-Age", "60",
+		"Access-Control-Allow-Credentials", "true", "Vary", "Origin", "X-Route", "cors")
+	code, hdr = options("Origin", "https://foo.com", "Access-Control-Request-Method", "PUT")
+	if code != 200 {
+		t.Errorf("preflight from an origin not allowed: %d, want 200", code)
+	}
+	want("preflight from an origin not allowed", hdr, "Access-Control-Allow-Origin", "", "Access-Control-Allow-Methods", "",
+		"Access-Control-Allow-Credentials", "")
+	if n := forwarded.Load(); n != 0 {
+		t.Errorf("the backend saw %d preflights, want 0", n)
+	}
+
+	code, r, hdr := h.get(t, "/api", "Origin", "https://app.foo.com")
+	if code != 200 || r.Pod != "a" {
+		t.Errorf("GET with an allowed Origin: %d from %q", code, r.Pod)
+	}
+	want("GET with an allowed Origin", hdr, "Access-Control-Allow-Origin", "https://app.foo.com",
+		"Access-Control-Allow-Credentials", "true", "Access-Control-Expose-Headers", "x-b", "Access-Control-Allow-Methods", "",
+		"Vary", "Origin", "X-Route", "cors")
+	code, _, hdr = h.get(t, "/api", "Origin", "http://app.foo.com")
+	if code != 200 {
+		t.Errorf("GET with an Origin not allowed: %d", code)
+	}
+	want("GET with an Origin not allowed", hdr, "Access-Control-Allow-Origin", "", "Access-Control-Allow-Credentials", "")
+	code, _, hdr = h.get(t, "/api")
+	if code != 200 {
+		t.Errorf("GET without Origin: %d", code)
+	}
+	want("GET without Origin", hdr, "Access-Control-Allow-Origin", "", "Vary", "", "X-Route", "cors")
+
+	// OPTIONS without Access-Control-Request-Method is not a preflight: the backend answers it.
+	if code, _ := options("Origin", "https://app.foo.com"); code != 200 || forwarded.Load() != 1 {
+		t.Errorf("an actual OPTIONS request: %d, %d reached the backend, want 1", code, forwarded.Load())
 	}
 }
 

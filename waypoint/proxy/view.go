@@ -115,3 +115,21 @@ func ValidateRoutes(typeURL, _ string, m any) error {
 	}
 	return nil
 }
+
+// protocol returns a tunnel's configured protocol ("" to sniff): its Service port's, or for a
+// workload the protocol of a Service port that targets the port asked for.
+func (v *view) protocol(t *tunnel) string {
+	if t.svc != nil {
+		return v.tables[t.key].Protocol(t.port)
+	}
+	for svc, pl := range t.dst.GetServices() {
+		for _, p := range pl.GetPorts() {
+			if target := p.GetTargetPort(); target == uint32(t.port) || target == 0 && p.GetServicePort() == uint32(t.port) {
+				if proto := v.tables[svc].Protocol(uint16(p.GetServicePort())); proto != "" {
+					return proto
+				}
+			}
+		}
+	}
+	return ""
+}
