@@ -7,6 +7,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -30,29 +31,42 @@ import (
 	"github.com/ambient-mesh/ambient/api/mesh"
 	"github.com/ambient-mesh/ambient/e2e/images"
 	"github.com/ambient-mesh/ambient/e2e/lab"
+	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
 // TestWaypointL7 binds a namespace to its waypoint (a Gateway of class istio-waypoint, deployed
 // by istiod-lite and run from the ambient/waypoint image) and sends HTTP from an enrolled pod to
 // its Services, as an application does (the connection is captured and carried by ztunnel to the
-// waypoint over HBONE). It checks an HTTPRoute's header canary, a 90/10 split within ±5% over
-// 1000 requests, a redirect, a request header added, a DENY by path, a retry that hides a failing
-// endpoint, an endpoint ejected by outlier detection and back, a JWT required on one path,
-// WebSocket and gRPC,
-// Accepted route status, the waypoint's request metrics, and that a pod of a bound Service is
-// not reachable around the waypoint.
+// waypoint over HBONE). It checks:
+//   - an HTTPRoute's header canary, a 90/10 split within ±5% over 1000 requests, a redirect, a
+//     request header added, and CORS (a preflight answered by the waypoint);
+//   - the waypoint's span in a client's trace, exported over OTLP;
+//   - a DENY by path, a JWT required on one path;
+//   - a retry that hides a failing endpoint, an endpoint ejected by outlier detection and back;
+//   - WebSocket and gRPC;
+//   - traffic addressed to a pod bound to a waypoint of its own;
+//   - Accepted route status, the waypoint's request metrics, and that a pod of a bound Service is
+//     not reachable around the waypoint.
 func TestWaypointL7(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
 	cs := client(t)
-	installMesh(t, cs)
-	ns := waypointNamespace(t, cs, "l7", "testdata/waypoint.yaml", 5) // wp, echo-v1, echo-v2, broken, client
+	// An OpenTelemetry collector on node-1's address, for the waypoint's spans. Sampling 0: only
+	// the traces clients sample are recorded.
+	collector, err := lab.ListenInNetns(lab.NodeAt(1).Netns, net.JoinHostPort(lab.NodeAt(1).IP.String(), "14317"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := testutil.ServeOTLP(collector)
+	t.Cleanup(sink.Stop)
+	installMesh(t, cs, "--waypoint-tracing-endpoint="+collector.Addr().String(), "--waypoint-tracing-sampling=0")
+	ns := waypointNamespace(t, cs, "l7", "testdata/waypoint.yaml", 6) // wp, wp-pods, echo-v1, echo-v2, broken, client
 	eventually(t, 30*time.Second, "every pod enabled", func() bool { return allAnnotated(t, cs, ns, mesh.RedirectionEnabled) })
 	t.Cleanup(func() {
 		if !t.Failed() {
 			return
 		}
-		wps, _ := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "gateway.networking.k8s.io/gateway-name=wp"})
+		wps, _ := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{LabelSelector: "gateway.networking.k8s.io/gateway-name in (wp, wp-pods)"})
 		for i := range wps.Items {
 			t.Logf("waypoint %s log:\n%s", wps.Items[i].Name, containerLog(t, &wps.Items[i], "waypoint"))
 		}
@@ -79,11 +93,11 @@ func TestWaypointL7(t *testing.T) {
 		})
 	}
 	clientBin := filepath.Join(labCfg.BinDir, "client")
-	// requests runs the client program in the client pod (its connections captured like any
-	// application's): n GETs of url with headers, one result each.
-	requests := func(n int, url string, headers ...string) []images.Result {
+	// requestsWith runs the client program in the client pod (its connections captured like any
+	// application's): n requests of url with the client's flags and headers, one result each.
+	requestsWith := func(flags []string, n int, url string, headers ...string) []images.Result {
 		t.Helper()
-		args := []string{"-timeout", "5s"}
+		args := append([]string{"-timeout", "5s"}, flags...)
 		for _, h := range headers {
 			args = append(args, "-header", h)
 		}
@@ -106,6 +120,11 @@ func TestWaypointL7(t *testing.T) {
 			t.Fatalf("client requests %s: %d results, want %d", url, len(rs), n)
 		}
 		return rs
+	}
+	// requests: n GETs of url with headers.
+	requests := func(n int, url string, headers ...string) []images.Result {
+		t.Helper()
+		return requestsWith(nil, n, url, headers...)
 	}
 	echo, flaky := "http://echo."+ns, "http://flaky."+ns
 
@@ -136,6 +155,25 @@ func TestWaypointL7(t *testing.T) {
 		}
 	}
 
+	// Tracing: a request in a trace the client sampled gets a waypoint span, exported over OTLP,
+	// whose parent is the client's span and which is the parent the backend sees.
+	traceID, clientSpan := randomHex(t, 16), randomHex(t, 8)
+	traced := requests(1, echo+"/traced", "Traceparent: 00-"+traceID+"-"+clientSpan+"-01")[0]
+	eventually(t, 30*time.Second, "the waypoint's span at the collector", func() bool { return len(sink.Trace(traceID)) > 0 })
+	if spans := sink.Trace(traceID); len(spans) != 1 {
+		t.Errorf("trace %s has %d spans at the collector, want the waypoint's: %+v", traceID, len(spans), spans)
+	} else {
+		sp := spans[0]
+		if sp.ParentSpanID != clientSpan || sp.Service != "wp."+ns || sp.Name != "echo."+ns+".svc.cluster.local:80/*" ||
+			sp.Attributes["url.path"] != "/traced" || sp.Attributes["http.response.status_code"] != "200" {
+			t.Errorf("waypoint span %+v; want child of %s, service wp.%s, path /traced, status 200", sp, clientSpan, ns)
+		}
+		want := "00-" + traceID + "-" + sp.SpanID + "-01"
+		if got := traced.Headers["Traceparent"]; len(got) != 1 || got[0] != want {
+			t.Errorf("backend got traceparent %q, want %q (the waypoint's span as parent)", got, want)
+		}
+	}
+
 	// 90/10 split, with the rule's request header added.
 	counts := map[string]int{}
 	for i, r := range requests(1000, echo+"/split") {
@@ -155,6 +193,23 @@ func TestWaypointL7(t *testing.T) {
 	// Redirect, answered by the waypoint itself.
 	if r := requests(1, echo+"/old/page?q=1")[0]; r.Code != 301 || !strings.HasSuffix(r.Location, "/new/page?q=1") {
 		t.Errorf("redirect = %+v; want 301 to /new/page?q=1", r)
+	}
+
+	// CORS: the waypoint answers a preflight from an allowed origin itself, and adds the allowed
+	// origin to actual responses; another origin gets no CORS headers.
+	const origin = "https://app.example.com"
+	pre := requestsWith([]string{"-method", "OPTIONS", "-response-headers"}, 1, echo+"/cors/items",
+		"Origin: "+origin, "Access-Control-Request-Method: PUT", "Access-Control-Request-Headers: x-token")[0]
+	if h := http.Header(pre.ResponseHeaders); pre.Code != 200 || pre.Pod != "" || h.Get("Access-Control-Allow-Origin") != origin ||
+		h.Get("Access-Control-Allow-Methods") != "GET, PUT" || h.Get("Access-Control-Max-Age") != "600" ||
+		h.Get("Access-Control-Allow-Credentials") != "true" || !strings.EqualFold(h.Get("Access-Control-Allow-Headers"), "x-token") {
+		t.Errorf("CORS preflight: %+v; want 200 from the waypoint with the route's CORS headers", pre)
+	}
+	for _, tc := range []struct{ origin, want string }{{origin, origin}, {"https://evil.test", ""}} {
+		r := requestsWith([]string{"-response-headers"}, 1, echo+"/cors/items", "Origin: "+tc.origin)[0]
+		if got := http.Header(r.ResponseHeaders).Get("Access-Control-Allow-Origin"); r.Code != 200 || r.Pod != "echo-v1" || got != tc.want {
+			t.Errorf("CORS GET from %s: %d from %q, Access-Control-Allow-Origin %q; want 200 from echo-v1 with %q", tc.origin, r.Code, r.Pod, got, tc.want)
+		}
 	}
 
 	// A DENY by path, enforced by the waypoint (403), attached as Istio reports it.
@@ -241,6 +296,21 @@ spec:
 	}
 	if r := requests(1, "http://"+v1.Status.PodIP+":8080/")[0]; r.Err == "" {
 		t.Errorf("a request around the waypoint to echo-v1's pod IP got %+v; want it refused", r)
+	}
+
+	// Addressed to a pod bound to a waypoint of its own (istio.io/waypoint-for: workload): through
+	// that waypoint, under the policies that target it.
+	v2, err := cs.CoreV1().Pods(ns).Get(ctx, "echo-v2", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the pod waypoint's DENY on /private", func() bool {
+		return requests(1, "http://"+v2.Status.PodIP+":8080/private")[0].Code == 403
+	})
+	for i, r := range requests(10, "http://"+v2.Status.PodIP+":8080/") {
+		if r.Code != 200 || r.Pod != "echo-v2" {
+			t.Fatalf("request %d to echo-v2's pod IP: %+v; want 200 from echo-v2 through its waypoint", i, r)
+		}
 	}
 
 	// The waypoint reports what it did, as Istio's waypoints do.
@@ -332,4 +402,13 @@ func jwtSigner(t testing.TB) (sign func(iss string, exp time.Time) string, jwks 
 		}
 		return tok
 	}, string(b)
+}
+
+// randomHex returns n random bytes in hex (a trace or span id).
+func randomHex(t *testing.T, n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
 }

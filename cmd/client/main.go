@@ -28,6 +28,8 @@ func main() { os.Exit(run()) }
 func run() int {
 	timeout := flag.Duration("timeout", 5*time.Second, "request timeout")
 	h2c := flag.Bool("h2c", false, "use HTTP/2 prior knowledge (h2c)")
+	method := flag.String("method", "GET", "the method of requests")
+	respHeaders := flag.Bool("response-headers", false, "requests: put each response's headers in its result")
 	headers := map[string][]string{}
 	flag.Func("header", "a request header, 'Name: value' (repeatable)", func(v string) error {
 		k, val, ok := strings.Cut(v, ":")
@@ -87,14 +89,15 @@ func run() int {
 		}
 		return 0
 	case args[0] == "requests" && len(args) == 3:
-		// requests N URL: N GETs (with every -header), one JSON result per line.
+		// requests N URL: N requests (-method, every -header), one JSON result per line.
 		n, err := strconv.Atoi(args[1])
 		if err != nil || n <= 0 {
 			fmt.Fprintln(os.Stderr, "client: requests N URL:", args[1])
 			return 2
 		}
 		enc := json.NewEncoder(os.Stdout)
-		for _, r := range images.Requests(ctx, args[2], n, http.Header(headers), *h2c, *timeout) {
+		for _, r := range images.Requests(ctx, images.RequestSpec{URL: args[2], N: n, Method: *method,
+			Header: http.Header(headers), H2C: *h2c, Timeout: *timeout, ResponseHeaders: *respHeaders}) {
 			_ = enc.Encode(r)
 		}
 		return 0
@@ -148,7 +151,7 @@ func run() int {
 	case args[0] == "bench":
 		return bench(ctx, args[1:], *timeout)
 	default:
-		fmt.Fprintln(os.Stderr, "usage: client [-timeout d] [-h2c] [-header 'K: v']... [http URL | requests N URL | ws URL MSG | grpc-health ADDR | tcp ADDR MSG | load INTERVAL ADDR... | hold ADDR N INTERVAL | bench -mode MODE -addr ADDR ...]")
+		fmt.Fprintln(os.Stderr, "usage: client [-timeout d] [-h2c] [-method M] [-response-headers] [-header 'K: v']... [http URL | requests N URL | ws URL MSG | grpc-health ADDR | tcp ADDR MSG | load INTERVAL ADDR... | hold ADDR N INTERVAL | bench -mode MODE -addr ADDR ...]")
 		return 2
 	}
 }

@@ -134,14 +134,33 @@ type Result struct {
 	Location string `json:"location,omitempty"`
 	// Headers are the request headers the echo server received.
 	Headers map[string][]string `json:"headers,omitempty"`
-	Err     string              `json:"err,omitempty"`
+	// ResponseHeaders are the response's headers, when asked for.
+	ResponseHeaders map[string][]string `json:"response_headers,omitempty"`
+	Err             string              `json:"err,omitempty"`
 }
 
-// Requests sends n GETs to url with header over kept-alive connections, not following
-// redirects, and returns each outcome (the echo server's reply decoded when it is one).
-func Requests(ctx context.Context, url string, n int, header http.Header, h2c bool, timeout time.Duration) []Result {
+// RequestSpec is what Requests sends: N requests of Method (GET when empty) to URL with Header.
+type RequestSpec struct {
+	URL     string
+	N       int
+	Method  string
+	Header  http.Header
+	H2C     bool
+	Timeout time.Duration
+	// ResponseHeaders puts each response's headers in its Result.
+	ResponseHeaders bool
+}
+
+// Requests sends the requests over kept-alive connections, not following redirects, and
+// returns each outcome (the echo server's reply decoded when it is one).
+func Requests(ctx context.Context, spec RequestSpec) []Result {
+	url, n, header, timeout := spec.URL, spec.N, spec.Header, spec.Timeout
+	method := spec.Method
+	if method == "" {
+		method = http.MethodGet
+	}
 	rt := &http.Transport{}
-	if h2c {
+	if spec.H2C {
 		var protos http.Protocols
 		protos.SetUnencryptedHTTP2(true)
 		rt.Protocols = &protos
@@ -152,7 +171,7 @@ func Requests(ctx context.Context, url string, n int, header http.Header, h2c bo
 	out := make([]Result, 0, n)
 	for range n {
 		var r Result
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		req, err := http.NewRequestWithContext(ctx, method, url, nil)
 		if err != nil {
 			return append(out, Result{Err: err.Error()})
 		}
@@ -165,6 +184,9 @@ func Requests(ctx context.Context, url string, n int, header http.Header, h2c bo
 			continue
 		}
 		r.Code, r.Location = resp.StatusCode, resp.Header.Get("Location")
+		if spec.ResponseHeaders {
+			r.ResponseHeaders = resp.Header
+		}
 		var reply EchoReply
 		if b, err := io.ReadAll(resp.Body); err == nil && json.Unmarshal(b, &reply) == nil {
 			r.Pod, r.Headers = reply.Pod, reply.Headers
