@@ -664,16 +664,20 @@ func (p *benchProc) memory(t testing.TB) (rss, peak int64) {
 // profile saves a ztunnel pprof endpoint (its localhost admin port) with the run's results
 // (bench.ProfilePath; go tool pprof bin/ztunnel <file>).
 func (p *benchProc) profile(t testing.TB, side, endpoint, name string) {
+	p.saveProfile(t, endpoint, bench.ProfilePath(benchResults(), side, name))
+}
+
+// saveProfile saves a pprof endpoint of the pod's admin port (ztunnel's or a waypoint's) at path.
+func (p *benchProc) saveProfile(t testing.TB, endpoint, path string) {
 	if p.pod == nil {
 		return
 	}
 	out, err := lab.Exec(context.Background(), labCfg, p.pod.Namespace, p.pod.Name, filepath.Join(labCfg.BinDir, "client"),
 		"-timeout", "60s", "http", "http://127.0.0.1:15000/debug/pprof/"+endpoint)
 	if err != nil {
-		t.Errorf("%s profile of the %s-side ztunnel: %v", name, side, err)
+		t.Errorf("profile %s of %s: %v", endpoint, p.pod.Name, err)
 		return
 	}
-	path := bench.ProfilePath(benchResults(), side, name)
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err == nil {
 		err = os.WriteFile(path, []byte(out), 0o644)
 	}

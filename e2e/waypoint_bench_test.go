@@ -8,12 +8,14 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ambient-mesh/ambient/api/mesh"
+	"github.com/ambient-mesh/ambient/e2e/bench"
 	"github.com/ambient-mesh/ambient/e2e/images"
 	"github.com/ambient-mesh/ambient/e2e/lab"
 )
@@ -59,6 +61,7 @@ func BenchmarkWaypoint(b *testing.B) {
 			`jsonpath={.status.conditions[?(@.type=="istio.io/WaypointBound")].status}`) == "True"
 	})
 	proc := sidecarProc(b, wp, "waypoint")
+	proc.pod = wp // its admin port, for a CPU profile
 	clientBin := filepath.Join(labCfg.BinDir, "client")
 	load := func(svc string, d time.Duration) images.LoadResult {
 		b.Helper()
@@ -79,10 +82,17 @@ func BenchmarkWaypoint(b *testing.B) {
 	var meshP50, meshP99, wpP50, wpP99, added, cores []float64
 	res := waypointResult{Commit: gitDescribe(), Rate: rate, Rounds: rounds}
 	b.ResetTimer()
-	for range rounds {
+	for i := range rounds {
 		m := load("direct", dur)
 		cpu0 := proc.cpu(b)
+		var profiled sync.WaitGroup
+		if i == 0 { // where the waypoint's time goes, from the first round
+			profiled.Go(func() {
+				proc.saveProfile(b, "profile?seconds="+strconv.Itoa(int(dur/time.Second)-1), bench.WaypointProfilePath(benchResults(), bench.ProfileRate))
+			})
+		}
 		w := load("viawp", dur)
+		profiled.Wait()
 		cores = append(cores, (proc.cpu(b)-cpu0).Seconds()/(float64(w.ElapsedNS)/1e9))
 		meshP50, meshP99 = append(meshP50, ms(m.Percentile(50))), append(meshP99, ms(m.Percentile(99)))
 		wpP50, wpP99 = append(wpP50, ms(w.Percentile(50))), append(wpP99, ms(w.Percentile(99)))

@@ -35,6 +35,12 @@ var profileKinds = []struct{ name, what string }{
 	{ProfileIdleHeap, "heap with the idle connections open"},
 }
 
+// WaypointProfilePath is where a profile of the waypoint (BenchmarkWaypoint) is kept in the results
+// directory.
+func WaypointProfilePath(results, name string) string {
+	return filepath.Join(results, "profiles", "waypoint."+name+".pprof")
+}
+
 // ProfilePath is where a profile of ztunnel's side is kept in the results directory.
 func ProfilePath(results, side, name string) string {
 	return filepath.Join(results, "profiles", "ztunnel-"+side+"."+name+".pprof")

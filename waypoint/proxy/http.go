@@ -35,8 +35,12 @@ import (
 	"github.com/ambient-mesh/ambient/waypoint/route"
 )
 
-// maxReplayBody bounds the request body kept to replay a retried or mirrored request.
-const maxReplayBody = 1 << 20
+// maxReplayBody bounds the request body kept to replay a retried or mirrored request;
+// maxInlineBody the body of known length read before any request is sent on.
+const (
+	maxReplayBody = 1 << 20
+	maxInlineBody = 16 << 10
+)
 
 // serveHTTP serves HTTP/1.1 or cleartext HTTP/2 (by its preface) requests on c until the client
 // closes it or ctx ends.
@@ -243,7 +247,11 @@ func (p *Proxy) forward(w *statusWriter, r *http.Request, v *view, be *routev1.B
 	retry := pr.GetRetry()
 	var body []byte
 	replay := false
-	if (retry.GetAttempts() > 0 || len(mirrors) > 0) && !upgrade {
+	// A small body of known length is read before the request goes on, whatever the retry
+	// policy: net/http writes a streamed body's headers in a write of their own, which over HBONE
+	// is one more frame, TLS record and system call per request.
+	small := r.ContentLength > 0 && r.ContentLength <= maxInlineBody
+	if (retry.GetAttempts() > 0 || len(mirrors) > 0 || small) && !upgrade {
 		if r.Body == nil || r.Body == http.NoBody {
 			replay = true
 		} else if b, err := io.ReadAll(io.LimitReader(r.Body, maxReplayBody+1)); err == nil && len(b) <= maxReplayBody {
@@ -275,9 +283,11 @@ func (p *Proxy) forward(w *statusWriter, r *http.Request, v *view, be *routev1.B
 			pr.Out.URL.Host = "upstream" // the endpoint is chosen per attempt
 			pr.Out.Host = r.Host
 		},
-		Transport:     at,
-		FlushInterval: -1,
-		BufferPool:    copyBuffers,
+		Transport: at,
+		// No FlushInterval: a response of known length goes to the client in one write, headers
+		// and body together (-1 would flush the headers on their own first, from a timer).
+		// Streams (no length, or server-sent events) are flushed as they come anyway.
+		BufferPool: copyBuffers,
 		ModifyResponse: func(resp *http.Response) error {
 			for _, m := range respMods {
 				route.ModifyHeaders(resp.Header, m)
