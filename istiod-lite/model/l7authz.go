@@ -4,7 +4,8 @@ package model
 //
 //   - targetRefs (or the older targetRef) name the waypoint Gateway (group
 //     gateway.networking.k8s.io, kind Gateway) or a Service (group "", kind Service) in the
-//     policy's namespace. A Gateway target applies to every Service bound to that waypoint and
+//     policy's namespace, or, from the root namespace only, the GatewayClass istio-waypoint: every
+//     waypoint, as if each were named. A Gateway target applies to every Service bound to that waypoint and
 //     to every workload bound to it (kept in the ServiceRoutes of the waypoint's own Service,
 //     which the waypoint reads for traffic addressed to a pod); a Service target to that
 //     Service, through its waypoint. A target that does not exist, is not
@@ -88,6 +89,21 @@ func (t *translator) waypointTargets(ns string, refs []*typeapi.PolicyTargetRefe
 			refNS = ns
 		}
 		switch {
+		case ref.Kind == "GatewayClass" && (ref.Group == "" || ref.Group == "gateway.networking.k8s.io"):
+			// Istio's mesh-wide waypoint policy: the waypoint class, from the root namespace.
+			if ns != t.cfg.RootNamespace || ref.Name != meshWaypointClass {
+				report(false, ReasonInvalidValue, "target GatewayClass %s: only GatewayClass %s, from the root namespace %s (every waypoint)",
+					ref.Name, meshWaypointClass, t.cfg.RootNamespace)
+				continue
+			}
+			for _, gw := range t.waypoints {
+				targets = append(targets, gw.Namespace+"/"+t.hostname(gw.Name, gw.Namespace))
+			}
+			for name, s := range svcs {
+				if s.GetWaypoint().GetHostname() != nil {
+					targets = append(targets, name)
+				}
+			}
 		case refNS != ns:
 			report(false, ReasonInvalidValue, "target %s %s/%s: a policy targets objects of its own namespace only", ref.Kind, refNS, ref.Name)
 		case ref.Kind == "Gateway" && (ref.Group == "" || ref.Group == "gateway.networking.k8s.io"):
@@ -116,7 +132,8 @@ func (t *translator) waypointTargets(ns string, refs []*typeapi.PolicyTargetRefe
 				targets = append(targets, name)
 			}
 		default:
-			report(false, ReasonUnsupportedValue, "target %s.%s %s: only a waypoint Gateway or a Service", ref.Kind, ref.Group, ref.Name)
+			report(false, ReasonUnsupportedValue, "target %s.%s %s: only a waypoint Gateway, a Service or (from the root namespace) the waypoint GatewayClass",
+				ref.Kind, ref.Group, ref.Name)
 		}
 	}
 	slices.Sort(targets)

@@ -100,6 +100,22 @@ metadata: {name: waypoint, namespace: shop, labels: {gateway.networking.k8s.io/g
 spec: {ports: [{name: mesh, port: 15008}]}`,
 		want: map[string][]*routev1.JWTRule{webKey: {inline}, v2Key: {inline}, "shop/waypoint.shop.svc.cluster.local": {inline}},
 	}, {
+		name: "the waypoint GatewayClass, from the root namespace, is every waypoint",
+		docs: `
+kind: RequestAuthentication
+metadata: {name: mesh-jwt, namespace: istio-system}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: GatewayClass, name: istio-waypoint}]
+  jwtRules: [{issuer: inline, jwks: '{"keys": []}'}]`,
+		want: map[string][]*routev1.JWTRule{webKey: {inline}, v2Key: {inline}},
+	}, {
+		name: "the waypoint GatewayClass from another namespace is refused",
+		docs: ra("class", `{targetRefs: [{group: gateway.networking.k8s.io, kind: GatewayClass, name: istio-waypoint}], jwtRules: [{issuer: inline, jwks: '{"keys": []}'}]}`),
+		problems: []wantProblem{
+			{ConditionWaypointAccepted, true, "no target is a waypoint or a Service bound to one"},
+			{ConditionWaypointAccepted, false, "only GatewayClass istio-waypoint, from the root namespace istio-system"},
+		},
+	}, {
 		name: "the older targetRef",
 		docs: ra("one", `{targetRef: {kind: Service, name: web}, jwtRules: [{issuer: inline, jwks: '{"keys": []}'}]}`),
 		want: map[string][]*routev1.JWTRule{webKey: {inline}},
@@ -112,7 +128,7 @@ spec: {ports: [{name: mesh, port: 15008}]}`,
 		problems: []wantProblem{
 			{ConditionWaypointAccepted, true, "no target is a waypoint or a Service bound to one: the policy is applied nowhere"},
 			{ConditionWaypointAccepted, false, "target Gateway shop/nope is not a waypoint"},
-			{ConditionWaypointAccepted, false, "target Pod. web: only a waypoint Gateway or a Service"},
+			{ConditionWaypointAccepted, false, "target Pod. web: only a waypoint Gateway, a Service or (from the root namespace) the waypoint GatewayClass"},
 			{ConditionWaypointAccepted, false, "target Service other/web: a policy targets objects of its own namespace only"},
 			{ConditionWaypointAccepted, false, "target Service shop/gone not found"},
 			{ConditionWaypointAccepted, false, "target Service shop/plain is bound to no waypoint"},
