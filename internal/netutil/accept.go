@@ -1,4 +1,5 @@
-// Package netutil holds the socket habits that every server in the mesh shares.
+// Package netutil holds the socket habits that every server in the mesh shares: accepting
+// through load, and serving the admin, metrics and readiness ports.
 //
 // Rules: a listener keeps serving through load. Running out of file descriptors, or a
 // connection aborted before it was accepted, is a passing condition; only the listener closing

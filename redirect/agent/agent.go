@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ambient-mesh/ambient/internal/netutil"
 	"github.com/ambient-mesh/ambient/redirect"
 	"github.com/ambient-mesh/ambient/redirect/cni"
 	"github.com/ambient-mesh/ambient/redirect/zds"
@@ -516,26 +517,7 @@ func (s *servers) serveHTTP(ctx context.Context) error {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	errc := make(chan error, 2)
-	var srvs []*http.Server
-	for addr, h := range map[string]http.Handler{s.a.cfg.MetricsAddr: metrics, s.a.cfg.ReadyAddr: ready} {
-		srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second}
-		srvs = append(srvs, srv)
-		go func() {
-			if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("serve %s: %w", addr, err)
-			}
-		}()
-	}
-	select {
-	case <-ctx.Done():
-		for _, srv := range srvs {
-			_ = srv.Close()
-		}
-		return nil
-	case err := <-errc:
-		return err
-	}
+	return netutil.ServeHTTP(ctx, map[string]http.Handler{s.a.cfg.MetricsAddr: metrics, s.a.cfg.ReadyAddr: ready})
 }
 
 // serveCNI answers the CNI plugin on its unix socket.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -13,7 +12,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -21,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ambient-mesh/ambient/api/identity"
+	"github.com/ambient-mesh/ambient/internal/netutil"
 	"github.com/ambient-mesh/ambient/waypoint/proxy"
 	"github.com/ambient-mesh/ambient/ztunnel/certs"
 	"github.com/ambient-mesh/ambient/ztunnel/hbone"
@@ -181,24 +180,5 @@ func serveEndpoints(ctx context.Context, cfg Config, reg *prometheus.Registry, s
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	errc := make(chan error, 3)
-	var srvs []*http.Server
-	for addr, h := range map[string]http.Handler{cfg.AdminAddr: admin, cfg.MetricsAddr: metrics, cfg.ReadyAddr: readyMux} {
-		s := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second}
-		srvs = append(srvs, s)
-		go func() {
-			if err := s.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("serve %s: %w", addr, err)
-			}
-		}()
-	}
-	select {
-	case <-ctx.Done():
-		for _, s := range srvs {
-			_ = s.Close()
-		}
-		return nil
-	case err := <-errc:
-		return err
-	}
+	return netutil.ServeHTTP(ctx, map[string]http.Handler{cfg.AdminAddr: admin, cfg.MetricsAddr: metrics, cfg.ReadyAddr: readyMux})
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -15,11 +14,11 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/ambient-mesh/ambient/api/identity"
 	"github.com/ambient-mesh/ambient/api/status"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+	"github.com/ambient-mesh/ambient/internal/netutil"
 	"github.com/ambient-mesh/ambient/internal/version"
 	"github.com/ambient-mesh/ambient/redirect"
 	"github.com/ambient-mesh/ambient/redirect/zds"
@@ -287,24 +286,5 @@ func (e *endpoints) serve(ctx context.Context) error {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	})
-	errc := make(chan error, 3)
-	var srvs []*http.Server
-	for addr, h := range map[string]http.Handler{e.cfg.AdminAddr: admin, e.cfg.MetricsAddr: metrics, e.cfg.ReadyAddr: ready} {
-		s := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 5 * time.Second}
-		srvs = append(srvs, s)
-		go func() {
-			if err := s.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("serve %s: %w", addr, err)
-			}
-		}()
-	}
-	select {
-	case <-ctx.Done():
-		for _, s := range srvs {
-			_ = s.Close()
-		}
-		return nil
-	case err := <-errc:
-		return err
-	}
+	return netutil.ServeHTTP(ctx, map[string]http.Handler{e.cfg.AdminAddr: admin, e.cfg.MetricsAddr: metrics, e.cfg.ReadyAddr: ready})
 }
