@@ -274,6 +274,10 @@ spec:
   rules: [{from: [{source: {notRequestPrincipals: ["*"]}}], to: [{operation: {paths: ["/secure*"]}}]}]
 `, jwks)))
 	good := "Authorization: Bearer " + sign("https://issuer.example", time.Now().Add(time.Hour))
+	eventually(t, 30*time.Second, "RequestAuthentication jwt WaypointAccepted", func() bool {
+		return kubectl(t, "-n", ns, "get", "requestauthentication", "jwt", "-o",
+			`jsonpath={.status.conditions[?(@.type=="WaypointAccepted")].status}`) == "True"
+	})
 	eventually(t, 30*time.Second, "/secure needs a token", func() bool { return requests(1, echo+"/secure")[0].Code == 403 })
 	for _, tc := range []struct {
 		name, path, header string

@@ -129,6 +129,13 @@ func cluster() model.Input {
 			{ObjectMeta: meta("shop", "l7"), Spec: secapi.AuthorizationPolicy{
 				TargetRefs: []*typeapi.PolicyTargetReference{{Kind: "Service", Name: "bound"}}}},
 		},
+		RequestAuthentications: []*secv1.RequestAuthentication{
+			{ObjectMeta: meta("shop", "jwt"), Spec: secapi.RequestAuthentication{
+				TargetRefs: []*typeapi.PolicyTargetReference{{Kind: "Service", Name: "bound"}},
+				JwtRules:   []*secapi.JWTRule{{Issuer: "https://issuer.example", Jwks: `{"keys": []}`}}}},
+			{ObjectMeta: meta("shop", "sidecar"), Spec: secapi.RequestAuthentication{Selector: sel,
+				JwtRules: []*secapi.JWTRule{{Issuer: "https://issuer.example", Jwks: `{"keys": []}`}}}},
+		},
 		PeerAuthentications: []*secv1.PeerAuthentication{
 			{ObjectMeta: meta("istio-system", "default"), Spec: secapi.PeerAuthentication{Mtls: &secapi.PeerAuthentication_MutualTLS{Mode: secapi.PeerAuthentication_MutualTLS_STRICT}}},
 			{ObjectMeta: meta("istio-system", "gw"), Spec: secapi.PeerAuthentication{Selector: sel}},
@@ -158,6 +165,9 @@ func newFakes(in model.Input) fakes {
 	for _, o := range in.PeerAuthentications {
 		istio = append(istio, o)
 	}
+	for _, o := range in.RequestAuthentications {
+		istio = append(istio, o)
+	}
 	return fakes{kube: kubefake.NewClientset(kube...), istio: istiofake.NewSimpleClientset(istio...)}
 }
 
@@ -185,6 +195,13 @@ func (f fakes) refresh(t *testing.T, in *model.Input) {
 			t.Fatal(err)
 		}
 		in.PeerAuthentications[i] = got
+	}
+	for i, o := range in.RequestAuthentications {
+		got, err := f.istio.SecurityV1().RequestAuthentications(o.Namespace).Get(ctx, o.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		in.RequestAuthentications[i] = got
 	}
 }
 
@@ -258,6 +275,8 @@ func TestWriter(t *testing.T) {
 			"waypoint bad/nope (a Gateway of class istio-waypoint) not found: traffic goes directly"},
 		{"istio-system", "PeerAuthentication", "istio-system/gw", "uid-istio-system-gw", "Warning", "Ignored",
 			"a PeerAuthentication with a selector in the root namespace is ignored (mesh-wide policy has no selector)"},
+		{"shop", "RequestAuthentication", "shop/sidecar", "uid-shop-sidecar", "Warning", "UnsupportedValue",
+			"a selector-bound RequestAuthentication needs a sidecar; in ambient, target a waypoint"},
 		{"shop", "Service", "shop/unbound", "uid-shop-unbound", "Warning", "WaypointNotFound",
 			"waypoint shop/nope (a Gateway of class istio-waypoint) not found: traffic goes directly"},
 	}, f.events(t)); diff != "" {
@@ -281,19 +300,26 @@ func TestWriter(t *testing.T) {
 				got["PeerAuthentication "+pa.Name] = condSummary{c.Type, c.Status, c.Reason, c.Message}
 			}
 		}
+		for _, ra := range in.RequestAuthentications {
+			for _, c := range ra.Status.GetConditions() {
+				got["RequestAuthentication "+ra.Name] = condSummary{c.Type, c.Status, c.Reason, c.Message}
+			}
+		}
 		for _, s := range in.Services {
 			for _, c := range s.Status.Conditions {
 				got["Service "+s.Name] = condSummary{c.Type, string(c.Status), c.Reason, c.Message}
 			}
 		}
 		if diff := cmp.Diff(map[string]condSummary{
-			"AuthorizationPolicy good":     {"ZtunnelAccepted", "True", "Accepted", "attached to ztunnel"},
-			"AuthorizationPolicy narrowed": {"ZtunnelAccepted", "True", "UnsupportedValue", "rule 0: ztunnel cannot enforce paths (a waypoint can): the rule is enforced without them, so it denies more than requested"},
-			"AuthorizationPolicy l7":       {"WaypointAccepted", "True", "Accepted", "attached to waypoint"},
-			"PeerAuthentication default":   {"ZtunnelAccepted", "True", "Accepted", "attached to ztunnel"},
-			"PeerAuthentication gw":        {"ZtunnelAccepted", "False", "Ignored", "a PeerAuthentication with a selector in the root namespace is ignored (mesh-wide policy has no selector)"},
-			"Service bound":                {"istio.io/WaypointBound", "True", "Bound", "bound to waypoint shop/wp.shop.svc.cluster.local"},
-			"Service unbound":              {"istio.io/WaypointBound", "False", "WaypointNotFound", "waypoint shop/nope (a Gateway of class istio-waypoint) not found: traffic goes directly"},
+			"AuthorizationPolicy good":      {"ZtunnelAccepted", "True", "Accepted", "attached to ztunnel"},
+			"AuthorizationPolicy narrowed":  {"ZtunnelAccepted", "True", "UnsupportedValue", "rule 0: ztunnel cannot enforce paths (a waypoint can): the rule is enforced without them, so it denies more than requested"},
+			"AuthorizationPolicy l7":        {"WaypointAccepted", "True", "Accepted", "attached to waypoint"},
+			"PeerAuthentication default":    {"ZtunnelAccepted", "True", "Accepted", "attached to ztunnel"},
+			"PeerAuthentication gw":         {"ZtunnelAccepted", "False", "Ignored", "a PeerAuthentication with a selector in the root namespace is ignored (mesh-wide policy has no selector)"},
+			"RequestAuthentication jwt":     {"WaypointAccepted", "True", "Accepted", "attached to waypoint"},
+			"RequestAuthentication sidecar": {"ZtunnelAccepted", "False", "UnsupportedValue", "a selector-bound RequestAuthentication needs a sidecar; in ambient, target a waypoint"},
+			"Service bound":                 {"istio.io/WaypointBound", "True", "Bound", "bound to waypoint shop/wp.shop.svc.cluster.local"},
+			"Service unbound":               {"istio.io/WaypointBound", "False", "WaypointNotFound", "waypoint shop/nope (a Gateway of class istio-waypoint) not found: traffic goes directly"},
 		}, got); diff != "" {
 			t.Errorf("%s: conditions (-want +got):\n%s", what, diff)
 		}
@@ -338,7 +364,7 @@ func TestWriter(t *testing.T) {
 	if err := w.Reconcile(ctx, in, translate()); err != nil {
 		t.Fatal(err)
 	}
-	if got := f.writes(); len(got) != 4 {
-		t.Errorf("a new term wrote %d Events, want one per object with problems (4):\n%s", len(got), strings.Join(got, "\n"))
+	if got := f.writes(); len(got) != 5 {
+		t.Errorf("a new term wrote %d Events, want one per object with problems (5):\n%s", len(got), strings.Join(got, "\n"))
 	}
 }

@@ -91,6 +91,14 @@ func (w *Writer) Reconcile(ctx context.Context, in model.Input, snap *model.Snap
 			errs = append(errs, err)
 		}
 	}
+	for _, ra := range in.RequestAuthentications {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err := w.requestAuthentication(ctx, ra, groups); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, pa := range in.PeerAuthentications {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -247,6 +255,26 @@ func (w *Writer) authorizationPolicy(ctx context.Context, ap *secv1.Authorizatio
 	cp.Status.Conditions = conds
 	if _, err := w.istio.SecurityV1().AuthorizationPolicies(ap.Namespace).UpdateStatus(ctx, cp, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("status of AuthorizationPolicy %s/%s: %w", ap.Namespace, ap.Name, err)
+	}
+	return nil
+}
+
+// requestAuthentication writes WaypointAccepted on a RequestAuthentication with targetRefs, and
+// ZtunnelAccepted (False: ztunnel cannot read a JWT) on one without.
+func (w *Writer) requestAuthentication(ctx context.Context, ra *secv1.RequestAuthentication, groups map[object][]model.Problem) error {
+	typ, other, accepted := model.ConditionZtunnelAccepted, model.ConditionWaypointAccepted, "attached to ztunnel"
+	if ra.Spec.TargetRef != nil || len(ra.Spec.TargetRefs) > 0 {
+		typ, other, accepted = model.ConditionWaypointAccepted, model.ConditionZtunnelAccepted, "attached to waypoint"
+	}
+	want := policyCondition(typ, groups[object{model.KindRequestAuthentication, ra.Namespace, ra.Name}], accepted)
+	conds, changed := w.istioConditions(&ra.Status, want, other, ra.Generation)
+	if !changed {
+		return nil
+	}
+	cp := ra.DeepCopy()
+	cp.Status.Conditions = conds
+	if _, err := w.istio.SecurityV1().RequestAuthentications(ra.Namespace).UpdateStatus(ctx, cp, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("status of RequestAuthentication %s/%s: %w", ra.Namespace, ra.Name, err)
 	}
 	return nil
 }
