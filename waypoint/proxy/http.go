@@ -426,8 +426,12 @@ func (a *attempts) try(req *http.Request, ep endpoint, tr http.RoundTripper) (*h
 	if a.backendTimeout > 0 {
 		ctx, cancel = context.WithTimeout(req.Context(), a.backendTimeout)
 	}
-	out := req.Clone(ctx)
-	out.URL.Host = ep.addr.String()
+	// A shallow copy: each attempt only changes the context, URL and body (the transport does
+	// not write the header, which ReverseProxy already copied for this request).
+	out := req.WithContext(ctx)
+	u := *req.URL
+	u.Host = ep.addr.String()
+	out.URL = &u
 	if a.replay && a.body != nil {
 		out.Body = io.NopCloser(bytes.NewReader(a.body))
 		out.ContentLength = int64(len(a.body))

@@ -89,22 +89,20 @@ func (p *Proxy) finish(rec *record, w *statusWriter, r *http.Request, start time
 		if i := strings.IndexByte(dstService, '/'); i >= 0 {
 			dstService = dstService[i+1:]
 		}
-		l := prometheus.Labels{"reporter": "waypoint", "source_workload": or(rec.srcWorkload), "source_workload_namespace": or(rec.srcNS),
-			"source_principal": or(rec.srcPrincipal), "destination_workload": or(rec.dstWorkload),
-			"destination_workload_namespace": or(rec.dstNS), "destination_principal": or(rec.dstPrincipal),
-			"destination_service": or(dstService), "destination_service_name": or(rec.svcName),
-			"destination_service_namespace": or(rec.svcNS), "request_protocol": rec.proto,
-			"response_code": strconv.Itoa(code), "response_flags": flags, "connection_security_policy": "mutual_tls"}
-		p.d.Metrics.requests.With(l).Inc()
-		p.d.Metrics.duration.With(l).Observe(float64(d) / float64(time.Millisecond))
+		// In requestLabels' order.
+		l := [...]string{"waypoint", or(rec.srcWorkload), or(rec.srcNS), or(rec.srcPrincipal), or(rec.dstWorkload),
+			or(rec.dstNS), or(rec.dstPrincipal), or(dstService), or(rec.svcName), or(rec.svcNS), rec.proto,
+			strconv.Itoa(code), flags, "mutual_tls"}
+		p.d.Metrics.requests.WithLabelValues(l[:]...).Inc()
+		p.d.Metrics.duration.WithLabelValues(l[:]...).Observe(float64(d) / float64(time.Millisecond))
 		reqSize := max(r.ContentLength, 0)
 		for k, vs := range r.Header {
 			for _, v := range vs {
 				reqSize += int64(len(k) + len(v))
 			}
 		}
-		p.d.Metrics.reqSize.With(l).Observe(float64(reqSize))
-		p.d.Metrics.respSize.With(l).Observe(float64(w.bytes))
+		p.d.Metrics.reqSize.WithLabelValues(l[:]...).Observe(float64(reqSize))
+		p.d.Metrics.respSize.WithLabelValues(l[:]...).Observe(float64(w.bytes))
 	}
 	attrs := []any{"reporter", "waypoint", "method", rec.method, "path", rec.path, "protocol", rec.proto,
 		"authority", r.Host, "status", code, "duration_ms", d.Milliseconds(), "src_principal", rec.srcPrincipal,
