@@ -241,11 +241,17 @@ func policyCondition(typ string, ps []model.Problem, accepted string) condition 
 	return condition{typ: typ, status: true, reason: mine[0].Reason, message: messages(mine)}
 }
 
-func (w *Writer) authorizationPolicy(ctx context.Context, ap *secv1.AuthorizationPolicy, groups map[object][]model.Problem) error {
-	typ, other, accepted := model.ConditionZtunnelAccepted, model.ConditionWaypointAccepted, "attached to ztunnel"
-	if ap.Spec.TargetRef != nil || len(ap.Spec.TargetRefs) > 0 {
-		typ, other, accepted = model.ConditionWaypointAccepted, model.ConditionZtunnelAccepted, "attached to waypoint"
+// attachment returns the condition a security policy gets (WaypointAccepted when it has
+// targetRefs, else ZtunnelAccepted), the other one (removed), and the message of acceptance.
+func attachment(targeted bool) (typ, other, accepted string) {
+	if targeted {
+		return model.ConditionWaypointAccepted, model.ConditionZtunnelAccepted, "attached to waypoint"
 	}
+	return model.ConditionZtunnelAccepted, model.ConditionWaypointAccepted, "attached to ztunnel"
+}
+
+func (w *Writer) authorizationPolicy(ctx context.Context, ap *secv1.AuthorizationPolicy, groups map[object][]model.Problem) error {
+	typ, other, accepted := attachment(ap.Spec.TargetRef != nil || len(ap.Spec.TargetRefs) > 0)
 	want := policyCondition(typ, groups[object{model.KindAuthorizationPolicy, ap.Namespace, ap.Name}], accepted)
 	conds, changed := w.istioConditions(&ap.Status, want, other, ap.Generation)
 	if !changed {
@@ -262,10 +268,7 @@ func (w *Writer) authorizationPolicy(ctx context.Context, ap *secv1.Authorizatio
 // requestAuthentication writes WaypointAccepted on a RequestAuthentication with targetRefs, and
 // ZtunnelAccepted (False: ztunnel cannot read a JWT) on one without.
 func (w *Writer) requestAuthentication(ctx context.Context, ra *secv1.RequestAuthentication, groups map[object][]model.Problem) error {
-	typ, other, accepted := model.ConditionZtunnelAccepted, model.ConditionWaypointAccepted, "attached to ztunnel"
-	if ra.Spec.TargetRef != nil || len(ra.Spec.TargetRefs) > 0 {
-		typ, other, accepted = model.ConditionWaypointAccepted, model.ConditionZtunnelAccepted, "attached to waypoint"
-	}
+	typ, other, accepted := attachment(ra.Spec.TargetRef != nil || len(ra.Spec.TargetRefs) > 0)
 	want := policyCondition(typ, groups[object{model.KindRequestAuthentication, ra.Namespace, ra.Name}], accepted)
 	conds, changed := w.istioConditions(&ra.Status, want, other, ra.Generation)
 	if !changed {
