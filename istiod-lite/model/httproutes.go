@@ -300,6 +300,7 @@ func (idx *gammaIndex) flattenHTTP(r meshRoute, rules []gwv1.HTTPRouteRule) []ga
 				base.Retry.Attempts = uint32(max(*rt.Attempts, 0))
 			}
 		}
+		idx.noSessionPersistence(r, where, rule.SessionPersistence)
 		matches := rule.Matches
 		if len(matches) == 0 {
 			matches = []gwv1.HTTPRouteMatch{{}}
@@ -315,6 +316,14 @@ func (idx *gammaIndex) flattenHTTP(r meshRoute, rules []gwv1.HTTPRouteRule) []ga
 		}
 	}
 	return out
+}
+
+// noSessionPersistence reports a rule's sessionPersistence, which the waypoint does not
+// implement: its requests are balanced as if it were not set.
+func (idx *gammaIndex) noSessionPersistence(r meshRoute, where string, sp *gwv1.SessionPersistence) {
+	if sp != nil {
+		idx.report(r, ReasonNotImplemented, "%s: sessionPersistence is not implemented: requests are balanced without it", where)
+	}
 }
 
 func (idx *gammaIndex) match(r meshRoute, where string, m gwv1.HTTPRouteMatch) (*routev1.Match, bool) {

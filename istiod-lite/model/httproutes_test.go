@@ -282,6 +282,12 @@ spec:
 		},
 		reasons: []string{ReasonInvalidValue, ReasonInvalidValue},
 	}, {
+		name:     "sessionPersistence is reported; the rule is balanced without it",
+		docs:     gammaRoute("s", `[{sessionPersistence: {sessionName: sticky, type: Cookie}, backendRefs: [{name: web, port: 80}]}]`),
+		want:     []*routev1.Rule{rule("s", wantPrefix("/"), wantBackend(webKey, 80, 1))},
+		problems: []string{"rule 0: sessionPersistence is not implemented: requests are balanced without it"},
+		reasons:  []string{ReasonNotImplemented},
+	}, {
 		name: "timeouts and retries",
 		docs: gammaRoute("t", `[
 			{timeouts: {request: 1s, backendRequest: 1m500ms}, retry: {codes: [503, 502], attempts: 3, backoff: 100ms}, backendRefs: [{name: web, port: 80}]},
