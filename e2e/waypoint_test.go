@@ -39,7 +39,7 @@ import (
 // its Services, as an application does (the connection is captured and carried by ztunnel to the
 // waypoint over HBONE). It checks:
 //   - an HTTPRoute's header canary, a 90/10 split within ±5% over 1000 requests, a redirect, a
-//     request header added, and CORS (a preflight answered by the waypoint);
+//     request header added, sticky sessions, and CORS (a preflight answered by the waypoint);
 //   - the waypoint's span in a client's trace, exported over OTLP;
 //   - a DENY by path, a JWT required on one path;
 //   - a retry that hides a failing endpoint, an endpoint ejected by outlier detection and back;
@@ -209,6 +209,19 @@ func TestWaypointL7(t *testing.T) {
 		r := requestsWith([]string{"-response-headers"}, 1, echo+"/cors/items", "Origin: "+tc.origin)[0]
 		if got := http.Header(r.ResponseHeaders).Get("Access-Control-Allow-Origin"); r.Code != 200 || r.Pod != "echo-v1" || got != tc.want {
 			t.Errorf("CORS GET from %s: %d from %q, Access-Control-Allow-Origin %q; want 200 from echo-v1 with %q", tc.origin, r.Code, r.Pod, got, tc.want)
+		}
+	}
+
+	// Session persistence: a 50/50 split, but requests that send the session cookie back stay
+	// with the pod that answered the first.
+	first := requestsWith([]string{"-response-headers"}, 1, echo+"/sticky")[0]
+	cookies := (&http.Response{Header: http.Header(first.ResponseHeaders)}).Cookies()
+	if first.Code != 200 || len(cookies) != 1 || cookies[0].Name != "sticky" {
+		t.Fatalf("first request of a session: %+v; want 200 with the session cookie", first)
+	}
+	for i, r := range requestsWith(nil, 20, echo+"/sticky", "Cookie: sticky="+cookies[0].Value) {
+		if r.Code != 200 || r.Pod != first.Pod {
+			t.Fatalf("request %d of the session: %+v; want 200 from %s", i, r, first.Pod)
 		}
 	}
 

@@ -31,7 +31,7 @@ func (idx *gammaIndex) flattenGRPC(r meshRoute, rules []gwv1.GRPCRouteRule) []ga
 			backends = append(backends, gwv1.HTTPBackendRef{BackendRef: b.BackendRef, Filters: httpFilters(b.Filters)})
 		}
 		base, where := idx.ruleBase(r, i, rule.Name, httpFilters(rule.Filters), backends)
-		idx.noSessionPersistence(r, where, rule.SessionPersistence)
+		base.Session = idx.session(r, where, rule.SessionPersistence)
 		matches := rule.Matches
 		if len(matches) == 0 {
 			matches = []gwv1.GRPCRouteMatch{{}}

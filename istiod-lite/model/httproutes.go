@@ -300,7 +300,7 @@ func (idx *gammaIndex) flattenHTTP(r meshRoute, rules []gwv1.HTTPRouteRule) []ga
 				base.Retry.Attempts = uint32(max(*rt.Attempts, 0))
 			}
 		}
-		idx.noSessionPersistence(r, where, rule.SessionPersistence)
+		base.Session = idx.session(r, where, rule.SessionPersistence)
 		matches := rule.Matches
 		if len(matches) == 0 {
 			matches = []gwv1.HTTPRouteMatch{{}}
@@ -318,12 +318,23 @@ func (idx *gammaIndex) flattenHTTP(r meshRoute, rules []gwv1.HTTPRouteRule) []ga
 	return out
 }
 
-// noSessionPersistence reports a rule's sessionPersistence, which the waypoint does not
-// implement: its requests are balanced as if it were not set.
-func (idx *gammaIndex) noSessionPersistence(r meshRoute, where string, sp *gwv1.SessionPersistence) {
-	if sp != nil {
-		idx.report(r, ReasonNotImplemented, "%s: sessionPersistence is not implemented: requests are balanced without it", where)
+// defaultSessionName names the session token of a rule whose sessionPersistence names none.
+const defaultSessionName = "ambient-session"
+
+// session translates a rule's sessionPersistence (nil: none).
+func (idx *gammaIndex) session(r meshRoute, where string, sp *gwv1.SessionPersistence) *routev1.SessionPersistence {
+	if sp == nil {
+		return nil
 	}
+	out := &routev1.SessionPersistence{Name: deref(sp.SessionName), Header: deref(sp.Type) == gwv1.HeaderBasedSessionPersistence}
+	if out.Name == "" {
+		out.Name = defaultSessionName
+	}
+	out.AbsoluteTimeoutS = (idx.millis(r, where+" sessionPersistence.absoluteTimeout", sp.AbsoluteTimeout) + 999) / 1000
+	if c := sp.CookieConfig; c != nil && deref(c.LifetimeType) == gwv1.PermanentCookieLifetimeType {
+		out.Permanent = true
+	}
+	return out
 }
 
 func (idx *gammaIndex) match(r meshRoute, where string, m gwv1.HTTPRouteMatch) (*routev1.Match, bool) {

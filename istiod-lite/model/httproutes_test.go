@@ -282,11 +282,16 @@ spec:
 		},
 		reasons: []string{ReasonInvalidValue, ReasonInvalidValue},
 	}, {
-		name:     "sessionPersistence is reported; the rule is balanced without it",
-		docs:     gammaRoute("s", `[{sessionPersistence: {sessionName: sticky, type: Cookie}, backendRefs: [{name: web, port: 80}]}]`),
-		want:     []*routev1.Rule{rule("s", wantPrefix("/"), wantBackend(webKey, 80, 1))},
-		problems: []string{"rule 0: sessionPersistence is not implemented: requests are balanced without it"},
-		reasons:  []string{ReasonNotImplemented},
+		name: "sessionPersistence",
+		docs: gammaRoute("s", `[{sessionPersistence: {sessionName: sticky, absoluteTimeout: 1h, cookieConfig: {lifetimeType: Permanent}},
+			backendRefs: [{name: web, port: 80}]},
+			{matches: [{path: {value: /h}}], sessionPersistence: {type: Header}, backendRefs: [{name: web, port: 80}]}]`),
+		want: []*routev1.Rule{
+			{Route: "HTTPRoute/shop/s", Match: wantPrefix("/h"), Backends: []*routev1.Backend{wantBackend(webKey, 80, 1)},
+				Session: &routev1.SessionPersistence{Name: "ambient-session", Header: true}},
+			{Route: "HTTPRoute/shop/s", Match: wantPrefix("/"), Backends: []*routev1.Backend{wantBackend(webKey, 80, 1)},
+				Session: &routev1.SessionPersistence{Name: "sticky", AbsoluteTimeoutS: 3600, Permanent: true}},
+		},
 	}, {
 		name: "timeouts and retries",
 		docs: gammaRoute("t", `[

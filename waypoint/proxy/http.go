@@ -9,6 +9,9 @@ package proxy
 //     rewrites and mirrors apply before the backend is chosen, then the backend's own filters.
 //   - A rule with no usable backend (none, weights of 0, or a reference that did not resolve)
 //     answers 500; a backend without a ready endpoint 503; a timeout 504.
+//   - A rule with session persistence sends a request carrying a valid session to the backend and
+//     ready endpoint it names (waypoint/route/session.go); otherwise, or when that endpoint is
+//     gone, the response carries a new session for the endpoint that answered.
 //   - A retried request is replayed from a buffered copy of its body (up to maxReplayBody);
 //     a larger body is sent once. Upgrades (WebSocket) are never retried.
 
@@ -24,6 +27,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -145,6 +149,7 @@ func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, t *tunnel) 
 	var pr *routev1.Rule
 	var respMods []*routev1.HeaderModifier
 	var mirrors []*routev1.Mirror
+	var sess *route.Session // the request's valid session, on a rule with session persistence
 	if rule != nil {
 		pr = rule.Proto
 		rec.route = pr.Route
@@ -152,6 +157,13 @@ func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, t *tunnel) 
 			return
 		}
 		be = route.PickBackend(pr.Backends, func(n uint64) uint64 { return rand.Uint64N(n) })
+		if sp := pr.GetSession(); sp != nil {
+			if s, ok := route.SessionOf(r, sp, p.d.Now()); ok {
+				if i := slices.IndexFunc(pr.Backends, func(b *routev1.Backend) bool { return b.Service == s.Service && b.Weight > 0 }); i >= 0 {
+					be, sess = pr.Backends[i], &s // the session's backend, whatever the weights say
+				}
+			}
+		}
 		if be == nil || be.Service == "" {
 			rec.flags = "NR"
 			http.Error(sw, "no valid backend for this route", http.StatusInternalServerError)
@@ -162,7 +174,7 @@ func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, t *tunnel) 
 		}
 	}
 	rec.dstService = be.Service
-	p.forward(sw, r, v, be, pr, respMods, mirrors, rec, t)
+	p.forward(sw, r, v, be, pr, respMods, mirrors, rec, t, sess)
 }
 
 // authorize applies the Service's authorization policies to r; it answers 403 itself and
@@ -235,7 +247,7 @@ func (p *Proxy) applyFilters(w http.ResponseWriter, r *http.Request, m *routev1.
 
 // forward sends r to backend be, with the rule's timeouts and retries.
 func (p *Proxy) forward(w *statusWriter, r *http.Request, v *view, be *routev1.Backend, pr *routev1.Rule,
-	respMods []*routev1.HeaderModifier, mirrors []*routev1.Mirror, rec *record, t *tunnel,
+	respMods []*routev1.HeaderModifier, mirrors []*routev1.Mirror, rec *record, t *tunnel, sess *route.Session,
 ) {
 	ctx := r.Context()
 	if ms := pr.GetRequestTimeoutMs(); ms > 0 {
@@ -274,6 +286,9 @@ func (p *Proxy) forward(w *statusWriter, r *http.Request, v *view, be *routev1.B
 	if t.dst != nil {
 		at.direct = endpoint{w: t.dst, addr: t.addr}
 	}
+	if sess != nil {
+		at.pin = sess.Endpoint
+	}
 	if upgrade {
 		at.retry = nil
 	}
@@ -291,6 +306,11 @@ func (p *Proxy) forward(w *statusWriter, r *http.Request, v *view, be *routev1.B
 		ModifyResponse: func(resp *http.Response) error {
 			for _, m := range respMods {
 				route.ModifyHeaders(resp.Header, m)
+			}
+			// A new session, or one whose endpoint is gone: the client gets the endpoint that
+			// answered.
+			if sp := pr.GetSession(); sp != nil && at.chosen.IsValid() && (sess == nil || sess.Endpoint != at.chosen) {
+				route.SetSession(resp.Header, sp, route.Session{Service: be.Service, Endpoint: at.chosen, Start: p.d.Now()})
 			}
 			return nil
 		},
@@ -337,6 +357,9 @@ type attempts struct {
 	rec            *record
 	// direct is the endpoint of a request addressed to a workload, instead of the backend's.
 	direct endpoint
+	// pin is the endpoint a session names, tried first while it is ready; chosen the endpoint
+	// of the last attempt.
+	pin, chosen netip.AddrPort
 }
 
 func (a *attempts) RoundTrip(req *http.Request) (*http.Response, error) {
@@ -354,6 +377,9 @@ func (a *attempts) RoundTrip(req *http.Request) (*http.Response, error) {
 	var tried []netip.AddrPort
 	for i := 0; ; i++ {
 		ep, report, err := a.direct, func(int) {}, error(nil)
+		if ep.w == nil && i == 0 && a.pin.IsValid() {
+			ep, _ = a.v.readyAt(a.be.Service, uint16(a.be.Port), a.pin)
+		}
 		if ep.w == nil {
 			ep, report, err = a.p.up.pick(a.v, a.be.Service, uint16(a.be.Port), tried, key)
 		}
@@ -361,7 +387,7 @@ func (a *attempts) RoundTrip(req *http.Request) (*http.Response, error) {
 			slot()
 			return nil, err
 		}
-		tried = append(tried, ep.addr)
+		tried, a.chosen = append(tried, ep.addr), ep.addr
 		a.rec.dstWorkload, a.rec.dstNS, a.rec.dstPrincipal = workloadName(ep.w), ep.w.Namespace, principalOf(ep.w)
 		resp, cancel, err := a.try(req, ep, tr)
 		status := 0

@@ -88,6 +88,16 @@ func (v *view) ready(key string, port uint16, v4 bool) []endpoint {
 	return out
 }
 
+// readyAt returns the ready endpoint of service key's port at addr, if there is one.
+func (v *view) readyAt(key string, port uint16, addr netip.AddrPort) (endpoint, bool) {
+	for _, e := range v.ready(key, port, addr.Addr().Is4()) {
+		if e.addr == addr {
+			return e, true
+		}
+	}
+	return endpoint{}, false
+}
+
 // current gives the view of the store's latest State, built once per State.
 type current struct {
 	store *xdsclient.Store

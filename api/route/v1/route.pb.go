@@ -183,7 +183,7 @@ func (x PathMatch_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use PathMatch_Kind.Descriptor instead.
 func (PathMatch_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{11, 0}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{12, 0}
 }
 
 // ServiceRoutes is how a waypoint handles requests addressed to one Service.
@@ -1022,8 +1022,11 @@ type Rule struct {
 	RequestTimeoutMs        uint32 `protobuf:"varint,8,opt,name=request_timeout_ms,json=requestTimeoutMs,proto3" json:"request_timeout_ms,omitempty"`
 	BackendRequestTimeoutMs uint32 `protobuf:"varint,9,opt,name=backend_request_timeout_ms,json=backendRequestTimeoutMs,proto3" json:"backend_request_timeout_ms,omitempty"`
 	Retry                   *Retry `protobuf:"bytes,10,opt,name=retry,proto3" json:"retry,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	// Session persistence: requests that carry the session's token go to the backend endpoint it
+	// names, while that endpoint is ready and the session has not expired.
+	Session       *SessionPersistence `protobuf:"bytes,11,opt,name=session,proto3" json:"session,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Rule) Reset() {
@@ -1126,6 +1129,87 @@ func (x *Rule) GetRetry() *Retry {
 	return nil
 }
 
+func (x *Rule) GetSession() *SessionPersistence {
+	if x != nil {
+		return x.Session
+	}
+	return nil
+}
+
+// SessionPersistence is a rule's sticky sessions (Gateway API sessionPersistence).
+type SessionPersistence struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The cookie's or header's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// true: the token travels in a header (the response sets it, the client sends it back);
+	// false: in a cookie.
+	Header bool `protobuf:"varint,2,opt,name=header,proto3" json:"header,omitempty"`
+	// The session's lifetime from its first request, in seconds; 0 for no limit.
+	AbsoluteTimeoutS uint32 `protobuf:"varint,3,opt,name=absolute_timeout_s,json=absoluteTimeoutS,proto3" json:"absolute_timeout_s,omitempty"`
+	// A permanent cookie (Max-Age the absolute timeout) rather than a session cookie.
+	Permanent     bool `protobuf:"varint,4,opt,name=permanent,proto3" json:"permanent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionPersistence) Reset() {
+	*x = SessionPersistence{}
+	mi := &file_route_v1_route_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionPersistence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionPersistence) ProtoMessage() {}
+
+func (x *SessionPersistence) ProtoReflect() protoreflect.Message {
+	mi := &file_route_v1_route_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionPersistence.ProtoReflect.Descriptor instead.
+func (*SessionPersistence) Descriptor() ([]byte, []int) {
+	return file_route_v1_route_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SessionPersistence) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SessionPersistence) GetHeader() bool {
+	if x != nil {
+		return x.Header
+	}
+	return false
+}
+
+func (x *SessionPersistence) GetAbsoluteTimeoutS() uint32 {
+	if x != nil {
+		return x.AbsoluteTimeoutS
+	}
+	return 0
+}
+
+func (x *SessionPersistence) GetPermanent() bool {
+	if x != nil {
+		return x.Permanent
+	}
+	return false
+}
+
 // Match is a conjunction: every field set must match.
 type Match struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -1140,7 +1224,7 @@ type Match struct {
 
 func (x *Match) Reset() {
 	*x = Match{}
-	mi := &file_route_v1_route_proto_msgTypes[10]
+	mi := &file_route_v1_route_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1152,7 +1236,7 @@ func (x *Match) String() string {
 func (*Match) ProtoMessage() {}
 
 func (x *Match) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[10]
+	mi := &file_route_v1_route_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1165,7 +1249,7 @@ func (x *Match) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Match.ProtoReflect.Descriptor instead.
 func (*Match) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{10}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Match) GetPath() *PathMatch {
@@ -1206,7 +1290,7 @@ type PathMatch struct {
 
 func (x *PathMatch) Reset() {
 	*x = PathMatch{}
-	mi := &file_route_v1_route_proto_msgTypes[11]
+	mi := &file_route_v1_route_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1218,7 +1302,7 @@ func (x *PathMatch) String() string {
 func (*PathMatch) ProtoMessage() {}
 
 func (x *PathMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[11]
+	mi := &file_route_v1_route_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1231,7 +1315,7 @@ func (x *PathMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathMatch.ProtoReflect.Descriptor instead.
 func (*PathMatch) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{11}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PathMatch) GetKind() PathMatch_Kind {
@@ -1261,7 +1345,7 @@ type HeaderMatch struct {
 
 func (x *HeaderMatch) Reset() {
 	*x = HeaderMatch{}
-	mi := &file_route_v1_route_proto_msgTypes[12]
+	mi := &file_route_v1_route_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1273,7 +1357,7 @@ func (x *HeaderMatch) String() string {
 func (*HeaderMatch) ProtoMessage() {}
 
 func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[12]
+	mi := &file_route_v1_route_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1286,7 +1370,7 @@ func (x *HeaderMatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderMatch.ProtoReflect.Descriptor instead.
 func (*HeaderMatch) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{12}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *HeaderMatch) GetName() string {
@@ -1327,7 +1411,7 @@ type Filter struct {
 
 func (x *Filter) Reset() {
 	*x = Filter{}
-	mi := &file_route_v1_route_proto_msgTypes[13]
+	mi := &file_route_v1_route_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1339,7 +1423,7 @@ func (x *Filter) String() string {
 func (*Filter) ProtoMessage() {}
 
 func (x *Filter) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[13]
+	mi := &file_route_v1_route_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1352,7 +1436,7 @@ func (x *Filter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Filter.ProtoReflect.Descriptor instead.
 func (*Filter) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{13}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Filter) GetKind() isFilter_Kind {
@@ -1466,7 +1550,7 @@ type Header struct {
 
 func (x *Header) Reset() {
 	*x = Header{}
-	mi := &file_route_v1_route_proto_msgTypes[14]
+	mi := &file_route_v1_route_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1478,7 +1562,7 @@ func (x *Header) String() string {
 func (*Header) ProtoMessage() {}
 
 func (x *Header) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[14]
+	mi := &file_route_v1_route_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1491,7 +1575,7 @@ func (x *Header) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Header.ProtoReflect.Descriptor instead.
 func (*Header) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{14}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *Header) GetName() string {
@@ -1519,7 +1603,7 @@ type HeaderModifier struct {
 
 func (x *HeaderModifier) Reset() {
 	*x = HeaderModifier{}
-	mi := &file_route_v1_route_proto_msgTypes[15]
+	mi := &file_route_v1_route_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1531,7 +1615,7 @@ func (x *HeaderModifier) String() string {
 func (*HeaderModifier) ProtoMessage() {}
 
 func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[15]
+	mi := &file_route_v1_route_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1544,7 +1628,7 @@ func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeaderModifier.ProtoReflect.Descriptor instead.
 func (*HeaderModifier) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{15}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *HeaderModifier) GetSet() []*Header {
@@ -1582,7 +1666,7 @@ type PathModifier struct {
 
 func (x *PathModifier) Reset() {
 	*x = PathModifier{}
-	mi := &file_route_v1_route_proto_msgTypes[16]
+	mi := &file_route_v1_route_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1594,7 +1678,7 @@ func (x *PathModifier) String() string {
 func (*PathModifier) ProtoMessage() {}
 
 func (x *PathModifier) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[16]
+	mi := &file_route_v1_route_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1607,7 +1691,7 @@ func (x *PathModifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PathModifier.ProtoReflect.Descriptor instead.
 func (*PathModifier) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{16}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PathModifier) GetKind() isPathModifier_Kind {
@@ -1666,7 +1750,7 @@ type Redirect struct {
 
 func (x *Redirect) Reset() {
 	*x = Redirect{}
-	mi := &file_route_v1_route_proto_msgTypes[17]
+	mi := &file_route_v1_route_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1678,7 +1762,7 @@ func (x *Redirect) String() string {
 func (*Redirect) ProtoMessage() {}
 
 func (x *Redirect) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[17]
+	mi := &file_route_v1_route_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1691,7 +1775,7 @@ func (x *Redirect) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Redirect.ProtoReflect.Descriptor instead.
 func (*Redirect) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{17}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Redirect) GetScheme() string {
@@ -1739,7 +1823,7 @@ type Rewrite struct {
 
 func (x *Rewrite) Reset() {
 	*x = Rewrite{}
-	mi := &file_route_v1_route_proto_msgTypes[18]
+	mi := &file_route_v1_route_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1751,7 +1835,7 @@ func (x *Rewrite) String() string {
 func (*Rewrite) ProtoMessage() {}
 
 func (x *Rewrite) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[18]
+	mi := &file_route_v1_route_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1764,7 +1848,7 @@ func (x *Rewrite) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Rewrite.ProtoReflect.Descriptor instead.
 func (*Rewrite) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{18}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *Rewrite) GetHostname() string {
@@ -1793,7 +1877,7 @@ type Mirror struct {
 
 func (x *Mirror) Reset() {
 	*x = Mirror{}
-	mi := &file_route_v1_route_proto_msgTypes[19]
+	mi := &file_route_v1_route_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1805,7 +1889,7 @@ func (x *Mirror) String() string {
 func (*Mirror) ProtoMessage() {}
 
 func (x *Mirror) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[19]
+	mi := &file_route_v1_route_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1818,7 +1902,7 @@ func (x *Mirror) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mirror.ProtoReflect.Descriptor instead.
 func (*Mirror) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{19}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *Mirror) GetBackend() *Backend {
@@ -1858,7 +1942,7 @@ type Cors struct {
 
 func (x *Cors) Reset() {
 	*x = Cors{}
-	mi := &file_route_v1_route_proto_msgTypes[20]
+	mi := &file_route_v1_route_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1870,7 +1954,7 @@ func (x *Cors) String() string {
 func (*Cors) ProtoMessage() {}
 
 func (x *Cors) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[20]
+	mi := &file_route_v1_route_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1883,7 +1967,7 @@ func (x *Cors) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Cors.ProtoReflect.Descriptor instead.
 func (*Cors) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{20}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Cors) GetAllowOrigins() []string {
@@ -1942,7 +2026,7 @@ type Backend struct {
 
 func (x *Backend) Reset() {
 	*x = Backend{}
-	mi := &file_route_v1_route_proto_msgTypes[21]
+	mi := &file_route_v1_route_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1954,7 +2038,7 @@ func (x *Backend) String() string {
 func (*Backend) ProtoMessage() {}
 
 func (x *Backend) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[21]
+	mi := &file_route_v1_route_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1967,7 +2051,7 @@ func (x *Backend) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Backend.ProtoReflect.Descriptor instead.
 func (*Backend) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{21}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Backend) GetService() string {
@@ -2011,7 +2095,7 @@ type Retry struct {
 
 func (x *Retry) Reset() {
 	*x = Retry{}
-	mi := &file_route_v1_route_proto_msgTypes[22]
+	mi := &file_route_v1_route_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2023,7 +2107,7 @@ func (x *Retry) String() string {
 func (*Retry) ProtoMessage() {}
 
 func (x *Retry) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[22]
+	mi := &file_route_v1_route_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2036,7 +2120,7 @@ func (x *Retry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Retry.ProtoReflect.Descriptor instead.
 func (*Retry) Descriptor() ([]byte, []int) {
-	return file_route_v1_route_proto_rawDescGZIP(), []int{22}
+	return file_route_v1_route_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Retry) GetCodes() []uint32 {
@@ -2070,7 +2154,7 @@ type JWTRule_HeaderLocation struct {
 
 func (x *JWTRule_HeaderLocation) Reset() {
 	*x = JWTRule_HeaderLocation{}
-	mi := &file_route_v1_route_proto_msgTypes[24]
+	mi := &file_route_v1_route_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2082,7 +2166,7 @@ func (x *JWTRule_HeaderLocation) String() string {
 func (*JWTRule_HeaderLocation) ProtoMessage() {}
 
 func (x *JWTRule_HeaderLocation) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[24]
+	mi := &file_route_v1_route_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2122,7 +2206,7 @@ type JWTRule_ClaimToHeader struct {
 
 func (x *JWTRule_ClaimToHeader) Reset() {
 	*x = JWTRule_ClaimToHeader{}
-	mi := &file_route_v1_route_proto_msgTypes[25]
+	mi := &file_route_v1_route_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2134,7 +2218,7 @@ func (x *JWTRule_ClaimToHeader) String() string {
 func (*JWTRule_ClaimToHeader) ProtoMessage() {}
 
 func (x *JWTRule_ClaimToHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_route_v1_route_proto_msgTypes[25]
+	mi := &file_route_v1_route_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2266,7 +2350,7 @@ const file_route_v1_route_proto_rawDesc = "" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x16\n" +
 	"\x06values\x18\x02 \x03(\tR\x06values\x12\x1d\n" +
 	"\n" +
-	"not_values\x18\x03 \x03(\tR\tnotValues\"\xa9\x03\n" +
+	"not_values\x18\x03 \x03(\tR\tnotValues\"\xe9\x03\n" +
 	"\x04Rule\x12\x14\n" +
 	"\x05route\x18\x01 \x01(\tR\x05route\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -2278,7 +2362,13 @@ const file_route_v1_route_proto_rawDesc = "" +
 	"\x12request_timeout_ms\x18\b \x01(\rR\x10requestTimeoutMs\x12;\n" +
 	"\x1abackend_request_timeout_ms\x18\t \x01(\rR\x17backendRequestTimeoutMs\x12-\n" +
 	"\x05retry\x18\n" +
-	" \x01(\v2\x17.ambient.route.v1.RetryR\x05retry\"\xcb\x01\n" +
+	" \x01(\v2\x17.ambient.route.v1.RetryR\x05retry\x12>\n" +
+	"\asession\x18\v \x01(\v2$.ambient.route.v1.SessionPersistenceR\asession\"\x8c\x01\n" +
+	"\x12SessionPersistence\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06header\x18\x02 \x01(\bR\x06header\x12,\n" +
+	"\x12absolute_timeout_s\x18\x03 \x01(\rR\x10absoluteTimeoutS\x12\x1c\n" +
+	"\tpermanent\x18\x04 \x01(\bR\tpermanent\"\xcb\x01\n" +
 	"\x05Match\x12/\n" +
 	"\x04path\x18\x01 \x01(\v2\x1b.ambient.route.v1.PathMatchR\x04path\x127\n" +
 	"\aheaders\x18\x02 \x03(\v2\x1d.ambient.route.v1.HeaderMatchR\aheaders\x12@\n" +
@@ -2359,7 +2449,7 @@ func file_route_v1_route_proto_rawDescGZIP() []byte {
 }
 
 var file_route_v1_route_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_route_v1_route_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_route_v1_route_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_route_v1_route_proto_goTypes = []any{
 	(TrafficPolicy_LoadBalancer)(0), // 0: ambient.route.v1.TrafficPolicy.LoadBalancer
 	(Policy_Action)(0),              // 1: ambient.route.v1.Policy.Action
@@ -2374,31 +2464,32 @@ var file_route_v1_route_proto_goTypes = []any{
 	(*Operation)(nil),               // 10: ambient.route.v1.Operation
 	(*Condition)(nil),               // 11: ambient.route.v1.Condition
 	(*Rule)(nil),                    // 12: ambient.route.v1.Rule
-	(*Match)(nil),                   // 13: ambient.route.v1.Match
-	(*PathMatch)(nil),               // 14: ambient.route.v1.PathMatch
-	(*HeaderMatch)(nil),             // 15: ambient.route.v1.HeaderMatch
-	(*Filter)(nil),                  // 16: ambient.route.v1.Filter
-	(*Header)(nil),                  // 17: ambient.route.v1.Header
-	(*HeaderModifier)(nil),          // 18: ambient.route.v1.HeaderModifier
-	(*PathModifier)(nil),            // 19: ambient.route.v1.PathModifier
-	(*Redirect)(nil),                // 20: ambient.route.v1.Redirect
-	(*Rewrite)(nil),                 // 21: ambient.route.v1.Rewrite
-	(*Mirror)(nil),                  // 22: ambient.route.v1.Mirror
-	(*Cors)(nil),                    // 23: ambient.route.v1.Cors
-	(*Backend)(nil),                 // 24: ambient.route.v1.Backend
-	(*Retry)(nil),                   // 25: ambient.route.v1.Retry
-	nil,                             // 26: ambient.route.v1.ServiceRoutes.ProtocolsEntry
-	(*JWTRule_HeaderLocation)(nil),  // 27: ambient.route.v1.JWTRule.HeaderLocation
-	(*JWTRule_ClaimToHeader)(nil),   // 28: ambient.route.v1.JWTRule.ClaimToHeader
+	(*SessionPersistence)(nil),      // 13: ambient.route.v1.SessionPersistence
+	(*Match)(nil),                   // 14: ambient.route.v1.Match
+	(*PathMatch)(nil),               // 15: ambient.route.v1.PathMatch
+	(*HeaderMatch)(nil),             // 16: ambient.route.v1.HeaderMatch
+	(*Filter)(nil),                  // 17: ambient.route.v1.Filter
+	(*Header)(nil),                  // 18: ambient.route.v1.Header
+	(*HeaderModifier)(nil),          // 19: ambient.route.v1.HeaderModifier
+	(*PathModifier)(nil),            // 20: ambient.route.v1.PathModifier
+	(*Redirect)(nil),                // 21: ambient.route.v1.Redirect
+	(*Rewrite)(nil),                 // 22: ambient.route.v1.Rewrite
+	(*Mirror)(nil),                  // 23: ambient.route.v1.Mirror
+	(*Cors)(nil),                    // 24: ambient.route.v1.Cors
+	(*Backend)(nil),                 // 25: ambient.route.v1.Backend
+	(*Retry)(nil),                   // 26: ambient.route.v1.Retry
+	nil,                             // 27: ambient.route.v1.ServiceRoutes.ProtocolsEntry
+	(*JWTRule_HeaderLocation)(nil),  // 28: ambient.route.v1.JWTRule.HeaderLocation
+	(*JWTRule_ClaimToHeader)(nil),   // 29: ambient.route.v1.JWTRule.ClaimToHeader
 }
 var file_route_v1_route_proto_depIdxs = []int32{
-	26, // 0: ambient.route.v1.ServiceRoutes.protocols:type_name -> ambient.route.v1.ServiceRoutes.ProtocolsEntry
+	27, // 0: ambient.route.v1.ServiceRoutes.protocols:type_name -> ambient.route.v1.ServiceRoutes.ProtocolsEntry
 	12, // 1: ambient.route.v1.ServiceRoutes.rules:type_name -> ambient.route.v1.Rule
 	7,  // 2: ambient.route.v1.ServiceRoutes.policies:type_name -> ambient.route.v1.Policy
 	4,  // 3: ambient.route.v1.ServiceRoutes.jwt_rules:type_name -> ambient.route.v1.JWTRule
 	5,  // 4: ambient.route.v1.ServiceRoutes.traffic_policy:type_name -> ambient.route.v1.TrafficPolicy
-	27, // 5: ambient.route.v1.JWTRule.from_headers:type_name -> ambient.route.v1.JWTRule.HeaderLocation
-	28, // 6: ambient.route.v1.JWTRule.output_claim_to_headers:type_name -> ambient.route.v1.JWTRule.ClaimToHeader
+	28, // 5: ambient.route.v1.JWTRule.from_headers:type_name -> ambient.route.v1.JWTRule.HeaderLocation
+	29, // 6: ambient.route.v1.JWTRule.output_claim_to_headers:type_name -> ambient.route.v1.JWTRule.ClaimToHeader
 	0,  // 7: ambient.route.v1.TrafficPolicy.load_balancer:type_name -> ambient.route.v1.TrafficPolicy.LoadBalancer
 	6,  // 8: ambient.route.v1.TrafficPolicy.outlier_detection:type_name -> ambient.route.v1.OutlierDetection
 	1,  // 9: ambient.route.v1.Policy.action:type_name -> ambient.route.v1.Policy.Action
@@ -2406,31 +2497,32 @@ var file_route_v1_route_proto_depIdxs = []int32{
 	9,  // 11: ambient.route.v1.PolicyRule.from:type_name -> ambient.route.v1.Source
 	10, // 12: ambient.route.v1.PolicyRule.to:type_name -> ambient.route.v1.Operation
 	11, // 13: ambient.route.v1.PolicyRule.when:type_name -> ambient.route.v1.Condition
-	13, // 14: ambient.route.v1.Rule.match:type_name -> ambient.route.v1.Match
-	16, // 15: ambient.route.v1.Rule.filters:type_name -> ambient.route.v1.Filter
-	24, // 16: ambient.route.v1.Rule.backends:type_name -> ambient.route.v1.Backend
-	25, // 17: ambient.route.v1.Rule.retry:type_name -> ambient.route.v1.Retry
-	14, // 18: ambient.route.v1.Match.path:type_name -> ambient.route.v1.PathMatch
-	15, // 19: ambient.route.v1.Match.headers:type_name -> ambient.route.v1.HeaderMatch
-	15, // 20: ambient.route.v1.Match.query_params:type_name -> ambient.route.v1.HeaderMatch
-	2,  // 21: ambient.route.v1.PathMatch.kind:type_name -> ambient.route.v1.PathMatch.Kind
-	18, // 22: ambient.route.v1.Filter.request_headers:type_name -> ambient.route.v1.HeaderModifier
-	18, // 23: ambient.route.v1.Filter.response_headers:type_name -> ambient.route.v1.HeaderModifier
-	20, // 24: ambient.route.v1.Filter.redirect:type_name -> ambient.route.v1.Redirect
-	21, // 25: ambient.route.v1.Filter.rewrite:type_name -> ambient.route.v1.Rewrite
-	22, // 26: ambient.route.v1.Filter.mirror:type_name -> ambient.route.v1.Mirror
-	23, // 27: ambient.route.v1.Filter.cors:type_name -> ambient.route.v1.Cors
-	17, // 28: ambient.route.v1.HeaderModifier.set:type_name -> ambient.route.v1.Header
-	17, // 29: ambient.route.v1.HeaderModifier.add:type_name -> ambient.route.v1.Header
-	19, // 30: ambient.route.v1.Redirect.path:type_name -> ambient.route.v1.PathModifier
-	19, // 31: ambient.route.v1.Rewrite.path:type_name -> ambient.route.v1.PathModifier
-	24, // 32: ambient.route.v1.Mirror.backend:type_name -> ambient.route.v1.Backend
-	16, // 33: ambient.route.v1.Backend.filters:type_name -> ambient.route.v1.Filter
-	34, // [34:34] is the sub-list for method output_type
-	34, // [34:34] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	14, // 14: ambient.route.v1.Rule.match:type_name -> ambient.route.v1.Match
+	17, // 15: ambient.route.v1.Rule.filters:type_name -> ambient.route.v1.Filter
+	25, // 16: ambient.route.v1.Rule.backends:type_name -> ambient.route.v1.Backend
+	26, // 17: ambient.route.v1.Rule.retry:type_name -> ambient.route.v1.Retry
+	13, // 18: ambient.route.v1.Rule.session:type_name -> ambient.route.v1.SessionPersistence
+	15, // 19: ambient.route.v1.Match.path:type_name -> ambient.route.v1.PathMatch
+	16, // 20: ambient.route.v1.Match.headers:type_name -> ambient.route.v1.HeaderMatch
+	16, // 21: ambient.route.v1.Match.query_params:type_name -> ambient.route.v1.HeaderMatch
+	2,  // 22: ambient.route.v1.PathMatch.kind:type_name -> ambient.route.v1.PathMatch.Kind
+	19, // 23: ambient.route.v1.Filter.request_headers:type_name -> ambient.route.v1.HeaderModifier
+	19, // 24: ambient.route.v1.Filter.response_headers:type_name -> ambient.route.v1.HeaderModifier
+	21, // 25: ambient.route.v1.Filter.redirect:type_name -> ambient.route.v1.Redirect
+	22, // 26: ambient.route.v1.Filter.rewrite:type_name -> ambient.route.v1.Rewrite
+	23, // 27: ambient.route.v1.Filter.mirror:type_name -> ambient.route.v1.Mirror
+	24, // 28: ambient.route.v1.Filter.cors:type_name -> ambient.route.v1.Cors
+	18, // 29: ambient.route.v1.HeaderModifier.set:type_name -> ambient.route.v1.Header
+	18, // 30: ambient.route.v1.HeaderModifier.add:type_name -> ambient.route.v1.Header
+	20, // 31: ambient.route.v1.Redirect.path:type_name -> ambient.route.v1.PathModifier
+	20, // 32: ambient.route.v1.Rewrite.path:type_name -> ambient.route.v1.PathModifier
+	25, // 33: ambient.route.v1.Mirror.backend:type_name -> ambient.route.v1.Backend
+	17, // 34: ambient.route.v1.Backend.filters:type_name -> ambient.route.v1.Filter
+	35, // [35:35] is the sub-list for method output_type
+	35, // [35:35] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_route_v1_route_proto_init() }
@@ -2438,7 +2530,7 @@ func file_route_v1_route_proto_init() {
 	if File_route_v1_route_proto != nil {
 		return
 	}
-	file_route_v1_route_proto_msgTypes[13].OneofWrappers = []any{
+	file_route_v1_route_proto_msgTypes[14].OneofWrappers = []any{
 		(*Filter_RequestHeaders)(nil),
 		(*Filter_ResponseHeaders)(nil),
 		(*Filter_Redirect)(nil),
@@ -2446,7 +2538,7 @@ func file_route_v1_route_proto_init() {
 		(*Filter_Mirror)(nil),
 		(*Filter_Cors)(nil),
 	}
-	file_route_v1_route_proto_msgTypes[16].OneofWrappers = []any{
+	file_route_v1_route_proto_msgTypes[17].OneofWrappers = []any{
 		(*PathModifier_Full)(nil),
 		(*PathModifier_Prefix)(nil),
 	}
@@ -2456,7 +2548,7 @@ func file_route_v1_route_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_route_v1_route_proto_rawDesc), len(file_route_v1_route_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   26,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
