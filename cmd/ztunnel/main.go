@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/ambient-mesh/ambient/internal/logwriter"
 	"github.com/ambient-mesh/ambient/internal/memlimit"
 	"github.com/ambient-mesh/ambient/ztunnel/server"
 )
@@ -25,6 +26,11 @@ func run() int {
 		return 2
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stdout, nil))
+	// Access log lines, one per connection, go out in batches (at most a second late); other
+	// lines at once. Both write whole lines to stdout, so they never interleave inside a line.
+	access := logwriter.New(os.Stdout)
+	defer access.Close()
+	cfg.AccessLog = slog.New(slog.NewJSONHandler(access, nil))
 	memlimit.Set(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -21,7 +21,7 @@ func BenchmarkProxyHTTP(b *testing.B) {
 func BenchmarkProxyHTTPTelemetry(b *testing.B) {
 	h := benchHarness(b)
 	h.p.d.Metrics = NewMetrics(prometheus.NewRegistry())
-	h.p.d.Log = slog.New(slog.NewJSONHandler(io.Discard, nil))
+	h.p.d.AccessLog = slog.New(slog.NewJSONHandler(io.Discard, nil))
 	benchPosts(b, h)
 }
 

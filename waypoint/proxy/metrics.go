@@ -114,7 +114,7 @@ func (p *Proxy) finish(rec *record, w *statusWriter, r *http.Request, start time
 	if rec.err != nil {
 		attrs = append(attrs, "err", rec.err.Error())
 	}
-	p.d.Log.Info("access", attrs...)
+	p.d.AccessLog.Info("access", attrs...)
 	return code
 }
 

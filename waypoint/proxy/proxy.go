@@ -44,6 +44,9 @@ type Deps struct {
 	Client  *hbone.Client
 	Metrics *Metrics
 	Log     *slog.Logger
+	// AccessLog gets a line per request and per TCP stream (nil: Log). Give it a batching
+	// writer (internal/logwriter): a write system call per line costs more than the line.
+	AccessLog *slog.Logger
 	// Now is the clock of the access log, metrics and JWT validity.
 	Now func() time.Time
 	// Keys fetches and caches the JWKS of RequestAuthentications (nil: one of its own).
@@ -63,6 +66,9 @@ type Proxy struct {
 func New(d Deps) *Proxy {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
+	}
+	if d.AccessLog == nil {
+		d.AccessLog = d.Log
 	}
 	if d.Now == nil {
 		d.Now = time.Now
@@ -222,7 +228,7 @@ func (p *Proxy) serveTCP(ctx context.Context, c *bufConn, t *tunnel) {
 		d := authz.Check(sr.Policies, &authz.Request{Principal: rec.srcPrincipal, Namespace: rec.srcNS,
 			SourceIP: t.srcIP, RemoteIP: t.srcIP, Port: t.port, TCP: true})
 		if !d.Allow {
-			p.d.Log.Info("access", "protocol", "tcp", "service", key, "peer", t.peer.String(), "result", "denied",
+			p.d.AccessLog.Info("access", "protocol", "tcp", "service", key, "peer", t.peer.String(), "result", "denied",
 				"policy", d.Policy, "err", d.Reason)
 			return
 		}
@@ -232,13 +238,13 @@ func (p *Proxy) serveTCP(ctx context.Context, c *bufConn, t *tunnel) {
 		ep, report, err = p.up.pick(v, key, t.port, nil, "")
 	}
 	if err != nil {
-		p.d.Log.Info("access", "protocol", "tcp", "service", key, "peer", t.peer.String(), "result", "no endpoint", "err", err.Error())
+		p.d.AccessLog.Info("access", "protocol", "tcp", "service", key, "peer", t.peer.String(), "result", "no endpoint", "err", err.Error())
 		return
 	}
 	up, err := p.up.dial(ctx, ep)
 	if err != nil {
 		report(0)
-		p.d.Log.Info("access", "protocol", "tcp", "service", key, "peer", t.peer.String(), "dst", ep.addr.String(), "result", "upstream failed", "err", err.Error())
+		p.d.AccessLog.Info("access", "protocol", "tcp", "service", key, "peer", t.peer.String(), "dst", ep.addr.String(), "result", "upstream failed", "err", err.Error())
 		return
 	}
 	defer up.Close()
@@ -250,5 +256,5 @@ func (p *Proxy) serveTCP(ctx context.Context, c *bufConn, t *tunnel) {
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		attrs = append(attrs, "err", err.Error())
 	}
-	p.d.Log.Info("access", attrs...)
+	p.d.AccessLog.Info("access", attrs...)
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -45,6 +46,8 @@ type Config struct {
 	TracingEndpoint string
 	// TracingSampling is the percentage of requests without a sampled trace that start one.
 	TracingSampling float64
+	// AccessLog gets the access log lines (not a flag; nil: the log Run is given).
+	AccessLog *slog.Logger
 }
 
 // Default returns the configuration of a standard installation.

@@ -94,7 +94,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer stopTracing()
 	px := proxy.New(proxy.Deps{Store: store, Self: self, Gateway: cfg.Gateway, Client: client,
-		Metrics: proxy.NewMetrics(reg), Log: log, Tracer: tracer})
+		Metrics: proxy.NewMetrics(reg), Log: log, AccessLog: accessLog(cfg, log), Tracer: tracer})
 	defer px.Close()
 	serverTLS, err := hbone.ServerTLSConfig(creds)
 	if err != nil {
@@ -148,6 +148,14 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	cancel()
 	wg.Wait()
 	return runErr
+}
+
+// accessLog is cfg's access logger, or log with the waypoint's attributes.
+func accessLog(cfg Config, log *slog.Logger) *slog.Logger {
+	if cfg.AccessLog == nil {
+		return log
+	}
+	return cfg.AccessLog.With("component", "waypoint", "gateway", cfg.Gateway)
 }
 
 // serveEndpoints serves admin (localhost), metrics and readiness.

@@ -64,6 +64,8 @@ type Deps struct {
 	ServerConfig hbone.ServerConfig
 	Metrics      *Metrics
 	Log          *slog.Logger
+	// AccessLog gets a line per connection (nil: Log); see internal/logwriter.
+	AccessLog *slog.Logger
 }
 
 // Proxy implements inpod.Handler.
@@ -87,6 +89,9 @@ type podSide struct {
 func New(d Deps) *Proxy {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
+	}
+	if d.AccessLog == nil {
+		d.AccessLog = d.Log
 	}
 	if d.Wait <= 0 {
 		d.Wait = 5 * time.Second
@@ -370,7 +375,7 @@ func (p *Proxy) access(r *record, pod *inpod.Pod, src, dst netip.AddrPort, start
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		attrs = append(attrs, "err", err.Error())
 	}
-	p.d.Log.Info("access", attrs...)
+	p.d.AccessLog.Info("access", attrs...)
 }
 
 // reservedPort reports whether port is one of ztunnel's own in a pod (DESIGN.md §4). A

@@ -7,6 +7,7 @@ package server
 import (
 	"errors"
 	"flag"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -36,6 +37,8 @@ type Config struct {
 	Wait time.Duration
 	// Drain bounds how long open connections may go on after SIGTERM or a pod's removal.
 	Drain time.Duration
+	// AccessLog gets the access log lines (not a flag; nil: the log Run is given).
+	AccessLog *slog.Logger
 }
 
 // Default returns the configuration of a standard installation.

@@ -47,6 +47,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	log = log.With("component", "ztunnel", "node", cfg.Node)
+	accessLog := log
+	if cfg.AccessLog != nil {
+		accessLog = cfg.AccessLog.With("component", "ztunnel", "node", cfg.Node)
+	}
 	tlsCfg, istiodRoots, err := certs.IstiodTLS(cfg.RootCertFile, cfg.ServerName)
 	if err != nil {
 		return err
@@ -93,7 +97,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Config: cur.get, Policies: policies.Load, Certs: certs, Roots: roots, OrigDst: pinned,
 		TrustDomain: cfg.TrustDomain, Wait: cfg.Wait,
 		ClientConfig: hbone.DefaultClientConfig(), ServerConfig: hbone.DefaultServerConfig(),
-		Metrics: proxy.NewMetrics(reg), Log: log,
+		Metrics: proxy.NewMetrics(reg), Log: log, AccessLog: accessLog,
 	})
 	ids := &identities{certs: certs, held: map[identity.Identity]func(){}}
 	var pods *inpod.Manager
