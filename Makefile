@@ -29,9 +29,10 @@ deps: .deps.stamp
 	fi
 	@touch $@
 
+# Static binaries, as images ship them: no libc mapped into every proxy (1.4 MB of RSS each).
 build:
 	@mkdir -p $(BIN)
-	$(GO) build $(GOFLAGS_BUILD) -o $(BIN)/ ./cmd/...
+	CGO_ENABLED=0 $(GO) build $(GOFLAGS_BUILD) -o $(BIN)/ ./cmd/...
 
 # Unit tests: fast, no lab. Tests that need root or kernel features run here too (CI is root).
 unit: deps

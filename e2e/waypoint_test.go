@@ -342,6 +342,16 @@ spec:
 			t.Errorf("waypoint metrics lack istio_requests_total with %s", want)
 		}
 	}
+	// Its access log names each request (lines go out in batches, at most a second late).
+	eventually(t, 20*time.Second, "an access log line for a request to echo-v2 in the waypoint's log", func() bool {
+		for _, line := range strings.Split(containerLog(t, &wps.Items[0], "waypoint"), "\n") {
+			if strings.Contains(line, `"msg":"access"`) && strings.Contains(line, `"reporter":"waypoint"`) &&
+				strings.Contains(line, `"dst_workload":"echo-v2"`) && strings.Contains(line, `"status":200`) {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // fetchMetrics reads a component's Prometheus metrics from the first node's namespace.

@@ -8,7 +8,8 @@ package proxy
 //     outside the mesh in plain TCP. The waypoint's own pod is outside the mesh, so its sockets
 //     need no mark for the redirector to leave them alone (and it holds no capability to set one).
 //   - HTTP connections are pooled per endpoint by the transports (keyed by the endpoint address
-//     put in the request URL), and the HBONE connections under them per endpoint by hbone.Client.
+//     put in the request URL): HTTP/1.1 by h1Transport (h1.go), cleartext HTTP/2 by net/http's;
+//     the HBONE connections under them per endpoint by hbone.Client.
 //   - The endpoint is chosen by the Service's balancer (waypoint/lb: by default power of two
 //     choices over peak-EWMA latency, or its DestinationRule's), which also ejects outliers.
 //   - A DestinationRule's connection pool bounds requests in flight per Service (503 beyond
@@ -39,19 +40,25 @@ var errNoEndpoint = errors.New("no ready endpoint")
 type upstream struct {
 	client     *hbone.Client
 	self       identity.Identity
-	h1         *http.Transport
+	h1         *h1Transport
 	h2         *http.Transport // cleartext HTTP/2 with prior knowledge
 	mu         sync.Mutex
 	balancers  map[string]*lb.Balancer // by service
 	limiters   map[string]*limiter     // by service
-	transports map[transportKey]*http.Transport
+	transports map[transportKey]transport
+}
+
+// transport is an HTTP client of upstream requests.
+type transport interface {
+	http.RoundTripper
+	CloseIdleConnections()
 }
 
 // newUpstream returns the upstream side; workload finds the workload at an address in the current
 // configuration, for the transports' dials (the request URL carries only the endpoint address).
 func newUpstream(c *hbone.Client, self identity.Identity, workload func(netip.Addr) *workloadv1.Workload) *upstream {
 	u := &upstream{client: c, self: self, balancers: map[string]*lb.Balancer{}, limiters: map[string]*limiter{},
-		transports: map[transportKey]*http.Transport{}}
+		transports: map[transportKey]transport{}}
 	dial := func(ctx context.Context, _, addr string) (net.Conn, error) {
 		ap, err := netip.ParseAddrPort(addr)
 		if err != nil {
@@ -63,11 +70,7 @@ func newUpstream(c *hbone.Client, self identity.Identity, workload func(netip.Ad
 		}
 		return u.dial(ctx, endpoint{w: w, addr: ap})
 	}
-	u.h1 = &http.Transport{
-		DialContext:         dial,
-		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     90 * time.Second,
-	}
+	u.h1 = newH1Transport(func(ctx context.Context, addr string) (net.Conn, error) { return dial(ctx, "tcp", addr) })
 	var h2c http.Protocols
 	h2c.SetUnencryptedHTTP2(true)
 	u.h2 = &http.Transport{
@@ -79,7 +82,7 @@ func newUpstream(c *hbone.Client, self identity.Identity, workload func(netip.Ad
 }
 
 func (u *upstream) close() {
-	u.h1.CloseIdleConnections()
+	u.h1.close()
 	u.h2.CloseIdleConnections()
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -203,12 +206,14 @@ func (u *upstream) transport(key string, h2 bool, p *routev1.TrafficPolicy) http
 	if t := u.transports[k]; t != nil {
 		return t
 	}
-	base := u.h1
+	var t transport
 	if h2 {
-		base = u.h2
+		c := u.h2.Clone()
+		c.MaxConnsPerHost = int(maxConns)
+		t = c
+	} else {
+		t = u.h1.clone(int(maxConns))
 	}
-	t := base.Clone()
-	t.MaxConnsPerHost = int(maxConns)
 	u.transports[k] = t
 	return t
 }

@@ -76,6 +76,20 @@ func (c *h2conn) newStreamLocked(id uint32) *stream {
 	return s
 }
 
+// Stale reports whether c, a tunnel of this package, has heard from its peer while nobody read
+// it: bytes, its end (END_STREAM, RST_STREAM) or its connection's end. An idle HTTP/1.1
+// connection in that state will not answer another request (its server closed it, or broke the
+// protocol). Conns of other kinds are never stale.
+func Stale(c net.Conn) bool {
+	s, ok := c.(*stream)
+	if !ok {
+		return false
+	}
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	return s.recvLen > 0 || s.recvDone || s.rerr != nil || s.reset || s.c.err != nil
+}
+
 // Read returns received bytes, then io.EOF after the peer's END_STREAM.
 func (s *stream) Read(p []byte) (int, error) {
 	if len(p) == 0 {
