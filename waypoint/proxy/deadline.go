@@ -24,14 +24,15 @@ type softDeadlines struct {
 	consumed chan struct{} // the pump may reuse its buffer
 	readErr  error         // set before data is closed
 	pending  []byte        // the unread rest of the last chunk (Read's goroutine only)
+	timer    *time.Timer   // Read's deadline, one timer reset per wait (Read's goroutine only)
 
 	mu       sync.Mutex
 	deadline time.Time
-	changed  chan struct{} // closed when the deadline changes
+	changed  chan struct{} // Read's, made when it waits; closed and dropped when the deadline changes
 }
 
 func newSoftDeadlines(c net.Conn) *softDeadlines {
-	return &softDeadlines{Conn: c, data: make(chan []byte), consumed: make(chan struct{}, 1), changed: make(chan struct{})}
+	return &softDeadlines{Conn: c, data: make(chan []byte), consumed: make(chan struct{}, 1)}
 }
 
 func (c *softDeadlines) pump() {
@@ -57,7 +58,11 @@ func (c *softDeadlines) Read(b []byte) (int, error) {
 	c.start.Do(func() { go c.pump() })
 	for {
 		c.mu.Lock()
-		dl, changed := c.deadline, c.changed
+		dl := c.deadline
+		if c.changed == nil {
+			c.changed = make(chan struct{})
+		}
+		changed := c.changed
 		c.mu.Unlock()
 		var expired <-chan time.Time
 		if !dl.IsZero() {
@@ -65,12 +70,16 @@ func (c *softDeadlines) Read(b []byte) (int, error) {
 			if d <= 0 {
 				return 0, os.ErrDeadlineExceeded
 			}
-			t := time.NewTimer(d)
-			defer t.Stop()
-			expired = t.C
+			if c.timer == nil {
+				c.timer = time.NewTimer(d)
+			} else {
+				c.timer.Reset(d)
+			}
+			expired = c.timer.C
 		}
 		select {
 		case p, ok := <-c.data:
+			c.stopTimer(expired)
 			if !ok {
 				return 0, c.readErr
 			}
@@ -79,7 +88,15 @@ func (c *softDeadlines) Read(b []byte) (int, error) {
 		case <-expired:
 			return 0, os.ErrDeadlineExceeded
 		case <-changed:
+			c.stopTimer(expired)
 		}
+	}
+}
+
+// stopTimer stops Read's timer if this wait armed it (a stopped timer delivers nothing after).
+func (c *softDeadlines) stopTimer(armed <-chan time.Time) {
+	if armed != nil {
+		c.timer.Stop()
 	}
 }
 
@@ -96,8 +113,10 @@ func (c *softDeadlines) take(b []byte) int {
 func (c *softDeadlines) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
 	c.deadline = t
-	close(c.changed)
-	c.changed = make(chan struct{})
+	if c.changed != nil { // wake a waiting Read to look again
+		close(c.changed)
+		c.changed = nil
+	}
 	c.mu.Unlock()
 	return nil
 }

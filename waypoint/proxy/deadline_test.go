@@ -47,3 +47,21 @@ func TestSoftDeadlinesNeverEndTheConn(t *testing.T) {
 		t.Errorf("after the peer closed: %v, want EOF", err)
 	}
 }
+
+// A future deadline ends the Read it passes under; moved, the same timer serves the next wait.
+func TestSoftDeadlinesTimer(t *testing.T) {
+	a, b := net.Pipe()
+	defer b.Close()
+	c := newSoftDeadlines(resetOnDeadline{a})
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(time.Millisecond))
+	if _, err := c.Read(make([]byte, 8)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("read past its deadline: %v, want os.ErrDeadlineExceeded", err)
+	}
+	_ = c.SetReadDeadline(time.Now().Add(time.Hour))
+	go func() { _, _ = b.Write([]byte("later")) }()
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != "later" {
+		t.Fatalf("with a far deadline: %q, %v", got, err)
+	}
+}
