@@ -43,6 +43,11 @@ import (
 	"github.com/ambient-mesh/ambient/ztunnel/hbone"
 )
 
+// maxInlineBody bounds the request body of known length read before the request is written,
+// so that headers and body go out in one write (over HBONE, one frame, TLS record and system
+// call).
+const maxInlineBody = 16 << 10
+
 // errUnreplayable: a pooled connection failed under a request whose body cannot be sent again.
 var errUnreplayable = errors.New("connection closed before the response, and the request body cannot be sent again")
 
@@ -359,11 +364,7 @@ func (t *h1Transport) get(ctx context.Context, addr string) (c *h1Conn, reused b
 		t.mu.Unlock()
 		return nil, false, net.ErrClosed
 	}
-	h := t.hosts[addr]
-	if h == nil {
-		h = &h1Host{}
-		t.hosts[addr] = h
-	}
+	h := t.hostLocked(addr)
 	for n := len(h.idle); n > 0; n = len(h.idle) {
 		c = h.idle[n-1]
 		h.idle = h.idle[:n-1]
@@ -374,10 +375,7 @@ func (t *h1Transport) get(ctx context.Context, addr string) (c *h1Conn, reused b
 		}
 		t.discard(c) // its server closed it while it was idle
 		t.mu.Lock()
-		if h = t.hosts[addr]; h == nil {
-			h = &h1Host{}
-			t.hosts[addr] = h
-		}
+		h = t.hostLocked(addr) // discard may have dropped it
 	}
 	if t.maxConns > 0 && h.open >= t.maxConns {
 		ch := make(chan *h1Conn, 1)
@@ -414,6 +412,16 @@ func (t *h1Transport) get(ctx context.Context, addr string) (c *h1Conn, reused b
 		return nil, false, err
 	}
 	return &h1Conn{nc: nc, addr: addr}, false, nil
+}
+
+// hostLocked returns addr's connections, made when there are none. Called with mu held.
+func (t *h1Transport) hostLocked(addr string) *h1Host {
+	h := t.hosts[addr]
+	if h == nil {
+		h = &h1Host{}
+		t.hosts[addr] = h
+	}
+	return h
 }
 
 // put gives c back: to a waiting request, or to the pool.

@@ -39,12 +39,8 @@ import (
 	"github.com/ambient-mesh/ambient/waypoint/route"
 )
 
-// maxReplayBody bounds the request body kept to replay a retried or mirrored request;
-// maxInlineBody the body of known length read before any request is sent on.
-const (
-	maxReplayBody = 1 << 20
-	maxInlineBody = 16 << 10
-)
+// maxReplayBody bounds the request body kept to replay a retried or mirrored request.
+const maxReplayBody = 1 << 20
 
 // serveHTTP serves HTTP/1.1 or cleartext HTTP/2 (by its preface) requests on c until the client
 // closes it or ctx ends.
@@ -259,11 +255,9 @@ func (p *Proxy) forward(w *statusWriter, r *http.Request, v *view, be *routev1.B
 	retry := pr.GetRetry()
 	var body []byte
 	replay := false
-	// A small body of known length is read before the request goes on, whatever the retry
-	// policy: net/http writes a streamed body's headers in a write of their own, which over HBONE
-	// is one more frame, TLS record and system call per request.
-	small := r.ContentLength > 0 && r.ContentLength <= maxInlineBody
-	if (retry.GetAttempts() > 0 || len(mirrors) > 0 || small) && !upgrade {
+	// (A small body of known length goes out with its headers in one write: h1Transport reads
+	// it first.)
+	if (retry.GetAttempts() > 0 || len(mirrors) > 0) && !upgrade {
 		if r.Body == nil || r.Body == http.NoBody {
 			replay = true
 		} else if b, err := io.ReadAll(io.LimitReader(r.Body, maxReplayBody+1)); err == nil && len(b) <= maxReplayBody {
