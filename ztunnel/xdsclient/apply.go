@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"slices"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/proto"
 
 	cav1 "github.com/ambient-mesh/ambient/api/ca/v1"
@@ -41,8 +40,8 @@ func (r rejection) String() string {
 // or on reconnect, since initial_resource_versions then lists the version kept.
 //
 // apply never modifies prev, nor anything prev shares with the returned State.
-func apply(prev *State, resp *discoveryv3.DeltaDiscoveryResponse, v Validator) (*State, []rejection) {
-	typ := resp.GetTypeUrl()
+func apply(prev *State, resp *deltaResponse, v Validator) (*State, []rejection) {
+	typ := resp.typeURL
 	next := *prev
 	var rej []rejection
 	changed := false
@@ -89,10 +88,10 @@ func apply(prev *State, resp *discoveryv3.DeltaDiscoveryResponse, v Validator) (
 
 // applyTable applies resp to the table prev. It returns the new table (nil when nothing changes),
 // the previous versions of what changed or was removed, the new versions, and what was refused.
-func applyTable[T proto.Message](typ string, prev map[string]entry[T], resp *discoveryv3.DeltaDiscoveryResponse,
+func applyTable[T proto.Message](typ string, prev map[string]entry[T], resp *deltaResponse,
 	newMsg func() T, check func(string, T) error, v Validator,
 ) (next map[string]entry[T], olds, news []named[T], rej []rejection) {
-	res, removed := resp.GetResources(), resp.GetRemovedResources()
+	res, removed := resp.resources, resp.removed
 	// A name listed twice (two bodies, or a body and a removal) is ambiguous: both are refused.
 	seen := make(map[string]bool, len(res)+len(removed))
 	var dup map[string]bool
@@ -106,7 +105,7 @@ func applyTable[T proto.Message](typ string, prev map[string]entry[T], resp *dis
 		seen[n] = true
 	}
 	for _, r := range res {
-		mark(r.GetName())
+		mark(r.name)
 	}
 	for _, n := range removed {
 		mark(n)
@@ -117,13 +116,13 @@ func applyTable[T proto.Message](typ string, prev map[string]entry[T], resp *dis
 
 	news = make([]named[T], 0, len(res))
 	versions := make([]string, 0, len(res)) // of news
-	for _, r := range res {
-		name := r.GetName()
+	for i, r := range res {
+		name := r.name
 		if dup[name] {
 			continue
 		}
 		m := newMsg()
-		if err := decode(typ, r, m); err != nil {
+		if err := decode(typ, &res[i], m); err != nil {
 			rej = append(rej, rejection{name, err})
 			continue
 		}
@@ -138,7 +137,7 @@ func applyTable[T proto.Message](typ string, prev map[string]entry[T], resp *dis
 			}
 		}
 		news = append(news, named[T]{name, m})
-		versions = append(versions, r.GetVersion())
+		versions = append(versions, r.version)
 	}
 	var gone []string
 	for _, n := range removed {
@@ -168,18 +167,17 @@ func applyTable[T proto.Message](typ string, prev map[string]entry[T], resp *dis
 	return next, olds, news, rej
 }
 
-func decode(typ string, r *discoveryv3.Resource, m proto.Message) error {
-	if r.GetName() == "" {
+func decode(typ string, r *resource, m proto.Message) error {
+	if r.name == "" {
 		return errors.New("no name")
 	}
-	body := r.GetResource()
-	if body == nil {
+	if !r.hasBody {
 		return errors.New("no body")
 	}
-	if body.GetTypeUrl() != typ {
-		return fmt.Errorf("body of type %q", body.GetTypeUrl())
+	if r.bodyType != typ {
+		return fmt.Errorf("body of type %q", r.bodyType)
 	}
-	if err := proto.Unmarshal(body.GetValue(), m); err != nil {
+	if err := proto.Unmarshal(r.body, m); err != nil {
 		return fmt.Errorf("unmarshal: %w", err)
 	}
 	return nil

@@ -21,7 +21,7 @@ func applyAll(t *testing.T, v Validator, steps ...*discoveryv3.DeltaDiscoveryRes
 	st := emptyState()
 	var rejected []string
 	for i, r := range steps {
-		next, rej := apply(st, r, v)
+		next, rej := applyEnvoy(st, r, v)
 		for _, x := range rej {
 			rejected = append(rejected, x.name)
 		}
@@ -130,7 +130,7 @@ func TestApplyWorkloads(t *testing.T) {
 func TestApplyDoesNotTouchPrevious(t *testing.T) {
 	st, _ := applyAll(t, nil, resp(TypeWorkload, "1", nil, wlRes(wl("a", "10.0.0.5")), wlRes(wl("b", "10.0.0.6"))))
 	before := st.WorkloadByAddr(netip.MustParseAddr("10.0.0.5"))
-	next, _ := apply(st, resp(TypeWorkload, "2", []string{"a"}, wlRes(wl("c", "10.0.0.5", "10.0.0.6"))), nil)
+	next, _ := applyEnvoy(st, resp(TypeWorkload, "2", []string{"a"}, wlRes(wl("c", "10.0.0.5", "10.0.0.6"))), nil)
 	if err := checkState(next); err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +143,7 @@ func TestApplyDoesNotTouchPrevious(t *testing.T) {
 	if got := next.WorkloadByAddr(netip.MustParseAddr("10.0.0.5")).GetUid(); got != "c" {
 		t.Errorf("next: 10.0.0.5 -> %q, want c", got)
 	}
-	if same, _ := apply(next, resp(TypeWorkload, "3", []string{"not-held"}), nil); same != next {
+	if same, _ := applyEnvoy(next, resp(TypeWorkload, "3", []string{"not-held"}), nil); same != next {
 		t.Errorf("a response that changes nothing made a new state")
 	}
 }
@@ -163,7 +163,7 @@ func TestApplyServices(t *testing.T) {
 			t.Errorf("ServiceByVIP(%s) found = %v, want %v", ap, got, want)
 		}
 	}
-	st, _ = apply(st, resp(TypeService, "2", nil, svcRes(s1b)), nil)
+	st, _ = applyEnvoy(st, resp(TypeService, "2", nil, svcRes(s1b)), nil)
 	if err := checkState(st); err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func TestApplyTrustBundle(t *testing.T) {
 	if pool == nil || string(pemBytes) != string(pem1)+string(pem2) {
 		t.Fatalf("roots: pool %v, pem %q; want both roots kept", pool, pemBytes)
 	}
-	st, _ = apply(st, resp(TypeTrustBundle, "4", []string{TrustBundleName}), nil)
+	st, _ = applyEnvoy(st, resp(TypeTrustBundle, "4", []string{TrustBundleName}), nil)
 	if pool, _ := st.Roots(); pool != nil || st.TrustBundle() != nil || st.Len(TypeTrustBundle) != 0 {
 		t.Errorf("a removed bundle is still held")
 	}
@@ -216,7 +216,7 @@ func TestApplyValidatorAndUnknownType(t *testing.T) {
 	if st.Authorization("ns/good") == nil || st.Len(TypeAuthorization) != 1 {
 		t.Errorf("authorizations: want ns/good only")
 	}
-	next, rej := apply(st, resp("type.googleapis.com/foo.Bar", "2", nil), nil)
+	next, rej := applyEnvoy(st, resp("type.googleapis.com/foo.Bar", "2", nil), nil)
 	if next != st || len(rej) != 1 || rej[0].name != "" {
 		t.Errorf("unknown type: state changed or rejections %v", rej)
 	}
@@ -227,7 +227,7 @@ func TestStoreSubscribeCoalesces(t *testing.T) {
 	ch, stop := s.Subscribe()
 	defer stop()
 	for i := range 3 {
-		next, _ := apply(s.Load(), resp(TypeWorkload, "n", nil, wlRes(wl(string(rune('a'+i))))), nil)
+		next, _ := applyEnvoy(s.Load(), resp(TypeWorkload, "n", nil, wlRes(wl(string(rune('a'+i))))), nil)
 		s.publish(next)
 	}
 	<-ch

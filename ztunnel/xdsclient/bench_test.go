@@ -35,12 +35,12 @@ func podLike(i int) *workloadv1.Workload {
 	}
 }
 
-func firstPush(n int) *discoveryv3.DeltaDiscoveryResponse {
+func firstPush(n int) *deltaResponse {
 	rs := make([]*discoveryv3.Resource, n)
 	for i := range n {
 		rs[i] = wlRes(podLike(i))
 	}
-	return resp(TypeWorkload, "1", nil, rs...)
+	return fromEnvoy(resp(TypeWorkload, "1", nil, rs...))
 }
 
 // BenchmarkApplyFirstPush applies the first push of 10,000 workloads to an empty state.
@@ -58,7 +58,7 @@ func BenchmarkApplyOneChange(b *testing.B) {
 	st, _ := apply(emptyState(), firstPush(10_000), nil)
 	w := podLike(42)
 	w.Status = workloadv1.WorkloadStatus_UNHEALTHY
-	r := resp(TypeWorkload, "2", nil, wlRes(w))
+	r := fromEnvoy(resp(TypeWorkload, "2", nil, wlRes(w)))
 	b.ReportAllocs()
 	for b.Loop() {
 		apply(st, r, nil)

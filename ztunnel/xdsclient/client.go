@@ -13,9 +13,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -200,7 +197,8 @@ func (c *Client) stream(ctx context.Context) (responded bool, err error) {
 	defer conn.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).DeltaAggregatedResources(ctx, grpc.PerRPCCredentials(tok))
+	s, err := conn.NewStream(ctx, &grpc.StreamDesc{StreamName: "DeltaAggregatedResources", ServerStreams: true, ClientStreams: true},
+		adsMethod, grpc.PerRPCCredentials(tok), grpc.ForceCodec(codec{}))
 	if err != nil {
 		return false, fmt.Errorf("open stream: %w", err)
 	}
@@ -208,21 +206,17 @@ func (c *Client) stream(ctx context.Context) (responded bool, err error) {
 	// One wildcard subscription per type, listing what is held so that only changes come back.
 	st := c.store.Load()
 	for i, typ := range c.cfg.Types {
-		req := &discoveryv3.DeltaDiscoveryRequest{
-			TypeUrl:                 typ,
-			ResourceNamesSubscribe:  []string{"*"},
-			InitialResourceVersions: st.versions(typ),
-		}
+		req := &deltaRequest{typeURL: typ, subscribe: []string{"*"}, initialResourceVersions: st.versions(typ)}
 		if i == 0 {
-			req.Node = &corev3.Node{Id: c.cfg.Node}
+			req.nodeID = c.cfg.Node
 		}
-		if err := s.Send(req); err != nil {
+		if err := s.SendMsg(req); err != nil {
 			return false, fmt.Errorf("subscribe: %w", err)
 		}
 	}
 	for {
-		resp, err := s.Recv()
-		if err != nil {
+		var resp *deltaResponse
+		if err := s.RecvMsg(&resp); err != nil {
 			return responded, fmt.Errorf("receive: %w", err)
 		}
 		if !responded {
@@ -233,15 +227,15 @@ func (c *Client) stream(ctx context.Context) (responded bool, err error) {
 			c.mu.Unlock()
 			c.log.Info("xds stream established", "addr", c.cfg.Addr)
 		}
-		if err := s.Send(c.handle(resp)); err != nil {
+		if err := s.SendMsg(c.handle(resp)); err != nil {
 			return responded, fmt.Errorf("send ack: %w", err)
 		}
 	}
 }
 
 // handle applies resp to the store and returns its ACK or NACK.
-func (c *Client) handle(resp *discoveryv3.DeltaDiscoveryResponse) *discoveryv3.DeltaDiscoveryRequest {
-	typ := resp.GetTypeUrl()
+func (c *Client) handle(resp *deltaResponse) *deltaRequest {
+	typ := resp.typeURL
 	var rej []rejection
 	var held int
 	if !slices.Contains(c.cfg.Types, typ) {
@@ -276,14 +270,14 @@ func (c *Client) handle(resp *discoveryv3.DeltaDiscoveryResponse) *discoveryv3.D
 	}
 	c.mu.Unlock()
 
-	req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typ, ResponseNonce: resp.GetNonce()}
+	req := &deltaRequest{typeURL: typ, responseNonce: resp.nonce}
 	if len(rej) == 0 {
 		return req
 	}
 	names, reason := describe(rej)
 	c.log.Warn("rejected configuration, keeping the previous version of what was rejected",
-		"type", typ, "nonce", resp.GetNonce(), "resources", names, "reason", reason)
-	req.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: reason}
+		"type", typ, "nonce", resp.nonce, "resources", names, "reason", reason)
+	req.errorCode, req.errorMessage = int32(codes.InvalidArgument), reason
 	return req
 }
 

@@ -14,6 +14,9 @@
 // its previous version while the rest of the response is applied; see apply for why this
 // differs from Envoy, which rejects whole responses.
 //
+// The two messages of the stream are encoded by wire.go, not by go-control-plane's generated
+// types, whose descriptors cost every ztunnel and waypoint about 2.3 MB of memory at start-up.
+//
 // # Memory
 //
 // A State holds the decoded messages and, per type, a map by name and an index by address.

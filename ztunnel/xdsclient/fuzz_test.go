@@ -21,7 +21,7 @@ func fuzzBase(t testing.TB) *State {
 		resp(TypeAuthorization, "3", nil, authzRes(authz("ns", "p"))),
 	} {
 		var rej []rejection
-		if st, rej = apply(st, r, nil); len(rej) != 0 {
+		if st, rej = applyEnvoy(st, r, nil); len(rej) != 0 {
 			t.Fatalf("base: %v", rej)
 		}
 	}
@@ -56,17 +56,15 @@ func FuzzApply(f *testing.F) {
 	f.Fuzz(func(t *testing.T, first, second []byte, fixTypes bool) {
 		st := base
 		for _, b := range [][]byte{first, second} {
-			r := &discoveryv3.DeltaDiscoveryResponse{}
-			if proto.Unmarshal(b, r) != nil {
+			r, err := decodeDeltaResponse(b)
+			if err != nil {
 				continue
 			}
 			if fixTypes {
 				// Mutations rarely keep a type URL intact; repair them so that bodies decode.
-				r.TypeUrl = types[len(r.GetNonce())%len(types)]
-				for _, x := range r.GetResources() {
-					if x.GetResource() != nil {
-						x.Resource.TypeUrl = r.TypeUrl
-					}
+				r.typeURL = types[len(r.nonce)%len(types)]
+				for i := range r.resources {
+					r.resources[i].bodyType = r.typeURL
 				}
 			}
 			before := snapshot(st)
@@ -78,7 +76,7 @@ func FuzzApply(f *testing.F) {
 				t.Fatal(err)
 			}
 			for _, x := range rej {
-				if x.name != "" && r.GetTypeUrl() == TypeWorkload && next.Workload(x.name) != st.Workload(x.name) {
+				if x.name != "" && r.typeURL == TypeWorkload && next.Workload(x.name) != st.Workload(x.name) {
 					t.Fatalf("refused workload %q changed", x.name)
 				}
 			}
@@ -117,7 +115,7 @@ func FuzzIndex(f *testing.F) {
 				}
 				r = resp(TypeWorkload, "n", nil, wlRes(w))
 			}
-			next, rej := apply(st, r, nil)
+			next, rej := applyEnvoy(st, r, nil)
 			if len(rej) != 0 {
 				t.Fatalf("refused: %v", rej)
 			}

@@ -178,3 +178,22 @@ func checkIndex[K comparable, V any](what string, ix index[K, V], table map[stri
 	}
 	return nil
 }
+
+// fromEnvoy is r as the client decodes it: marshalled by the generated Envoy types, decoded by
+// wire.go. Tests build responses with the generated types, so that each one also checks the codec.
+func fromEnvoy(r *discoveryv3.DeltaDiscoveryResponse) *deltaResponse {
+	b, err := proto.Marshal(r)
+	if err != nil {
+		panic(err)
+	}
+	d, err := decodeDeltaResponse(b)
+	if err != nil {
+		panic(err)
+	}
+	return d
+}
+
+// applyEnvoy is apply of a response built with the generated Envoy types.
+func applyEnvoy(prev *State, r *discoveryv3.DeltaDiscoveryResponse, v Validator) (*State, []rejection) {
+	return apply(prev, fromEnvoy(r), v)
+}

@@ -8,9 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 
 	cav1 "github.com/ambient-mesh/ambient/api/ca/v1"
 	routev1 "github.com/ambient-mesh/ambient/api/route/v1"
@@ -218,14 +216,13 @@ func (s *Store) publish(st *State) {
 // call), for tests of what reads a Store and for tools that replay a configuration dump. It
 // returns the first resource refused.
 func (s *Store) Put(typeURL string, resources map[string]proto.Message) error {
-	resp := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: typeURL}
+	resp := &deltaResponse{typeURL: typeURL}
 	for name, m := range resources {
 		b, err := proto.Marshal(m)
 		if err != nil {
 			return err
 		}
-		resp.Resources = append(resp.Resources, &discoveryv3.Resource{Name: name, Version: "put",
-			Resource: &anypb.Any{TypeUrl: typeURL, Value: b}})
+		resp.resources = append(resp.resources, resource{name: name, version: "put", hasBody: true, bodyType: typeURL, body: b})
 	}
 	next, rej := apply(s.Load(), resp, nil)
 	if len(rej) > 0 {
