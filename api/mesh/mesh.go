@@ -11,10 +11,13 @@ const (
 	LabelUseWaypointNamespace = "istio.io/use-waypoint-namespace"
 	LabelWaypointFor          = "istio.io/waypoint-for"
 	AnnotationRedirection     = "ambient.istio.io/redirection"
-	RedirectionEnabled        = "enabled"
-	RedirectionPending        = "pending"
-	RedirectionDisabled       = "disabled"
-	WaypointGatewayClass      = "istio-waypoint"
+	// AnnotationProxyConfig is Istio's per-proxy settings (a ProxyConfig in YAML or JSON). On a
+	// waypoint Gateway its concurrency is honoured: the cores the waypoint runs on.
+	AnnotationProxyConfig = "proxy.istio.io/config"
+	RedirectionEnabled    = "enabled"
+	RedirectionPending    = "pending"
+	RedirectionDisabled   = "disabled"
+	WaypointGatewayClass  = "istio-waypoint"
 	// ControllerName is the mesh's Gateway API controller name, in route parent status (Istio's).
 	ControllerName             = "istio.io/mesh-controller"
 	WaypointListenerName       = "mesh"

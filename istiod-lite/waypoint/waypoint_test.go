@@ -193,3 +193,57 @@ func TestWaypointTracingSettings(t *testing.T) {
 		t.Errorf("args %q after tracing was turned off", got)
 	}
 }
+
+// A waypoint runs on one core unless its Gateway's proxy.istio.io/config sets concurrency; a
+// changed annotation (which does not move the generation) is applied at the next pass, and one
+// that cannot be read is named in the Gateway's status while the default serves.
+func TestWaypointConcurrency(t *testing.T) {
+	ctx := context.Background()
+	g := gateway("wp", 15008)
+	gw := gwfake.NewSimpleClientset()
+	if err := gw.Tracker().Create(schema.GroupVersion(gwv1.GroupVersion).WithResource("gateways"), g, g.Namespace); err != nil {
+		t.Fatal(err)
+	}
+	kube := kubefake.NewClientset()
+	r := New(kube, gw, Proxy{Image: "img"}, "cluster.local")
+	for _, tc := range []struct {
+		annotation *string // nil: none
+		want       string  // GOMAXPROCS; "" for none
+		status     string  // in the Programmed message
+	}{
+		{nil, "1", "waypoint deployed"},
+		{ptr("concurrency: 2\nholdApplicationUntilProxyStarts: true"), "2", "waypoint deployed"},
+		{ptr(`{"concurrency": 0}`), "", "waypoint deployed"},
+		{ptr(`{"tracing": {}}`), "1", "waypoint deployed"},
+		{ptr("concurrency: many"), "1", "ignored proxy.istio.io/config"},
+		{ptr("concurrency: -2"), "1", "concurrency -2 is negative"},
+	} {
+		g.Annotations = nil
+		if tc.annotation != nil {
+			g.Annotations = map[string]string{mesh.AnnotationProxyConfig: *tc.annotation}
+		}
+		if err := r.Reconcile(ctx, []*gwv1.Gateway{g}); err != nil {
+			t.Fatal(err)
+		}
+		dep, err := kube.AppsV1().Deployments("shop").Get(ctx, "wp", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := ""
+		for _, e := range dep.Spec.Template.Spec.Containers[0].Env {
+			if e.Name == "GOMAXPROCS" {
+				got = e.Value
+			}
+		}
+		if got != tc.want {
+			t.Errorf("annotation %q: GOMAXPROCS %q, want %q", g.Annotations, got, tc.want)
+		}
+		st, err := gw.GatewayV1().Gateways("shop").Get(ctx, "wp", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := meta.FindStatusCondition(st.Status.Conditions, "Programmed"); c == nil || c.Status != metav1.ConditionTrue || !strings.Contains(c.Message, tc.status) {
+			t.Errorf("annotation %q: Programmed = %+v, want True naming %q", g.Annotations, c, tc.status)
+		}
+	}
+}
