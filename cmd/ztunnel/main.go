@@ -30,7 +30,7 @@ func run() int {
 	// lines at once. Both write whole lines to stdout, so they never interleave inside a line.
 	access := logwriter.New(os.Stdout)
 	defer access.Close()
-	cfg.AccessLog = slog.New(slog.NewJSONHandler(access, nil))
+	cfg.AccessLog = access
 	memlimit.Set(log)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -3,11 +3,12 @@ package proxy
 import (
 	"bytes"
 	"io"
-	"log/slog"
 	"net/http"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ambient-mesh/ambient/internal/accesslog"
 )
 
 // BenchmarkProxyHTTP: 1 KiB POSTs through the waypoint's HTTP handling on one kept-alive
@@ -21,7 +22,7 @@ func BenchmarkProxyHTTP(b *testing.B) {
 func BenchmarkProxyHTTPTelemetry(b *testing.B) {
 	h := benchHarness(b)
 	h.p.d.Metrics = NewMetrics(prometheus.NewRegistry())
-	h.p.d.AccessLog = slog.New(slog.NewJSONHandler(io.Discard, nil))
+	h.p.d.AccessLog = accesslog.New(io.Discard)
 	benchPosts(b, h)
 }
 

@@ -104,17 +104,17 @@ func (p *Proxy) finish(rec *record, w *statusWriter, r *http.Request, start time
 		p.d.Metrics.reqSize.WithLabelValues(l[:]...).Observe(float64(reqSize))
 		p.d.Metrics.respSize.WithLabelValues(l[:]...).Observe(float64(w.bytes))
 	}
-	attrs := []any{"reporter", "waypoint", "method", rec.method, "path", rec.path, "protocol", rec.proto,
-		"authority", r.Host, "status", code, "duration_ms", d.Milliseconds(), "src_principal", rec.srcPrincipal,
-		"src_workload", rec.srcWorkload, "dst_service", rec.dstService, "dst_workload", rec.dstWorkload,
-		"route", rec.route, "flags", rec.flags, "retries", rec.retries, "bytes_sent", w.bytes}
+	line := p.d.AccessLog.Line().Str("reporter", "waypoint").Str("method", rec.method).Str("path", rec.path).Str("protocol", rec.proto).
+		Str("authority", r.Host).Int("status", int64(code)).Int("duration_ms", d.Milliseconds()).Str("src_principal", rec.srcPrincipal).
+		Str("src_workload", rec.srcWorkload).Str("dst_service", rec.dstService).Str("dst_workload", rec.dstWorkload).
+		Str("route", rec.route).Str("flags", rec.flags).Int("retries", int64(rec.retries)).Int("bytes_sent", w.bytes)
 	if tp := r.Header.Get("Traceparent"); tp != "" {
-		attrs = append(attrs, "traceparent", tp)
+		line.Str("traceparent", tp)
 	}
 	if rec.err != nil {
-		attrs = append(attrs, "err", rec.err.Error())
+		line.Str("err", rec.err.Error())
 	}
-	p.d.AccessLog.Info("access", attrs...)
+	line.Write()
 	return code
 }
 

@@ -28,6 +28,7 @@ import (
 
 	"github.com/ambient-mesh/ambient/api/identity"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+	"github.com/ambient-mesh/ambient/internal/accesslog"
 	"github.com/ambient-mesh/ambient/waypoint/authz"
 	"github.com/ambient-mesh/ambient/waypoint/jwt"
 	"github.com/ambient-mesh/ambient/ztunnel/hbone"
@@ -44,9 +45,9 @@ type Deps struct {
 	Client  *hbone.Client
 	Metrics *Metrics
 	Log     *slog.Logger
-	// AccessLog gets a line per request and per TCP stream (nil: Log). Give it a batching
+	// AccessLog gets a line per request and per TCP stream (nil: none). Give it a batching
 	// writer (internal/logwriter): a write system call per line costs more than the line.
-	AccessLog *slog.Logger
+	AccessLog *accesslog.Logger
 	// Now is the clock of the access log, metrics and JWT validity.
 	Now func() time.Time
 	// Keys fetches and caches the JWKS of RequestAuthentications (nil: one of its own).
@@ -66,9 +67,6 @@ type Proxy struct {
 func New(d Deps) *Proxy {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
-	}
-	if d.AccessLog == nil {
-		d.AccessLog = d.Log
 	}
 	if d.Now == nil {
 		d.Now = time.Now
@@ -228,8 +226,8 @@ func (p *Proxy) serveTCP(ctx context.Context, c *bufConn, t *tunnel) {
 		d := authz.Check(sr.Policies, &authz.Request{Principal: rec.srcPrincipal, Namespace: rec.srcNS,
 			SourceIP: t.srcIP, RemoteIP: t.srcIP, Port: t.port, TCP: true})
 		if !d.Allow {
-			p.d.AccessLog.Info("access", "protocol", "tcp", "service", key, "peer", t.peer.String(), "result", "denied",
-				"policy", d.Policy, "err", d.Reason)
+			p.d.AccessLog.Line().Str("protocol", "tcp").Str("service", key).Str("peer", t.peer.String()).Str("result", "denied").
+				Str("policy", d.Policy).Str("err", d.Reason).Write()
 			return
 		}
 	}
@@ -238,23 +236,25 @@ func (p *Proxy) serveTCP(ctx context.Context, c *bufConn, t *tunnel) {
 		ep, report, err = p.up.pick(v, key, t.port, nil, "")
 	}
 	if err != nil {
-		p.d.AccessLog.Info("access", "protocol", "tcp", "service", key, "peer", t.peer.String(), "result", "no endpoint", "err", err.Error())
+		p.d.AccessLog.Line().Str("protocol", "tcp").Str("service", key).Str("peer", t.peer.String()).Str("result", "no endpoint").
+			Str("err", err.Error()).Write()
 		return
 	}
 	up, err := p.up.dial(ctx, ep)
 	if err != nil {
 		report(0)
-		p.d.AccessLog.Info("access", "protocol", "tcp", "service", key, "peer", t.peer.String(), "dst", ep.addr.String(), "result", "upstream failed", "err", err.Error())
+		p.d.AccessLog.Line().Str("protocol", "tcp").Str("service", key).Str("peer", t.peer.String()).Str("dst", ep.addr.String()).
+			Str("result", "upstream failed").Str("err", err.Error()).Write()
 		return
 	}
 	defer up.Close()
 	defer report(200) // connected: for the balancer, a success
 	rec.dstWorkload, rec.dstNS = workloadName(ep.w), ep.w.Namespace
 	received, sent, err := hbone.Relay(c, up)
-	attrs := []any{"protocol", "tcp", "service", key, "peer", t.peer.String(), "dst", ep.addr.String(),
-		"received", received, "sent", sent, "duration_ms", p.d.Now().Sub(t.accept).Milliseconds(), "result", "ok"}
+	line := p.d.AccessLog.Line().Str("protocol", "tcp").Str("service", key).Str("peer", t.peer.String()).Str("dst", ep.addr.String()).
+		Int("received", received).Int("sent", sent).Int("duration_ms", p.d.Now().Sub(t.accept).Milliseconds()).Str("result", "ok")
 	if err != nil && !errors.Is(err, net.ErrClosed) {
-		attrs = append(attrs, "err", err.Error())
+		line.Str("err", err.Error())
 	}
-	p.d.AccessLog.Info("access", attrs...)
+	line.Write()
 }

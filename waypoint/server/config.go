@@ -7,7 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -46,8 +46,9 @@ type Config struct {
 	TracingEndpoint string
 	// TracingSampling is the percentage of requests without a sampled trace that start one.
 	TracingSampling float64
-	// AccessLog gets the access log lines (not a flag; nil: the log Run is given).
-	AccessLog *slog.Logger
+	// AccessLog gets the access log lines, JSON like the log's (not a flag; nil: stdout,
+	// a write per line).
+	AccessLog io.Writer
 }
 
 // Default returns the configuration of a standard installation.

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"os"
 	"strings"
 	"sync"
 
@@ -19,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ambient-mesh/ambient/api/identity"
+	"github.com/ambient-mesh/ambient/internal/accesslog"
 	"github.com/ambient-mesh/ambient/internal/netutil"
 	"github.com/ambient-mesh/ambient/waypoint/proxy"
 	"github.com/ambient-mesh/ambient/ztunnel/certs"
@@ -94,7 +96,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer stopTracing()
 	px := proxy.New(proxy.Deps{Store: store, Self: self, Gateway: cfg.Gateway, Client: client,
-		Metrics: proxy.NewMetrics(reg), Log: log, AccessLog: accessLog(cfg, log), Tracer: tracer})
+		Metrics: proxy.NewMetrics(reg), Log: log, AccessLog: accessLog(cfg), Tracer: tracer})
 	defer px.Close()
 	serverTLS, err := hbone.ServerTLSConfig(creds)
 	if err != nil {
@@ -150,12 +152,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	return runErr
 }
 
-// accessLog is cfg's access logger, or log with the waypoint's attributes.
-func accessLog(cfg Config, log *slog.Logger) *slog.Logger {
-	if cfg.AccessLog == nil {
-		return log
+// accessLog is the waypoint's access logger, to cfg.AccessLog or stdout.
+func accessLog(cfg Config) *accesslog.Logger {
+	w := cfg.AccessLog
+	if w == nil {
+		w = os.Stdout
 	}
-	return cfg.AccessLog.With("component", "waypoint", "gateway", cfg.Gateway)
+	return accesslog.New(w, "component", "waypoint", "gateway", cfg.Gateway)
 }
 
 // serveEndpoints serves admin (localhost), metrics and readiness.

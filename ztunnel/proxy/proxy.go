@@ -25,6 +25,7 @@ import (
 	"github.com/ambient-mesh/ambient/api/identity"
 	"github.com/ambient-mesh/ambient/api/mesh"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+	"github.com/ambient-mesh/ambient/internal/accesslog"
 	"github.com/ambient-mesh/ambient/ztunnel/authz"
 	"github.com/ambient-mesh/ambient/ztunnel/hbone"
 	"github.com/ambient-mesh/ambient/ztunnel/inpod"
@@ -64,8 +65,8 @@ type Deps struct {
 	ServerConfig hbone.ServerConfig
 	Metrics      *Metrics
 	Log          *slog.Logger
-	// AccessLog gets a line per connection (nil: Log); see internal/logwriter.
-	AccessLog *slog.Logger
+	// AccessLog gets a line per connection (nil: none); see internal/logwriter.
+	AccessLog *accesslog.Logger
 }
 
 // Proxy implements inpod.Handler.
@@ -89,9 +90,6 @@ type podSide struct {
 func New(d Deps) *Proxy {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
-	}
-	if d.AccessLog == nil {
-		d.AccessLog = d.Log
 	}
 	if d.Wait <= 0 {
 		d.Wait = 5 * time.Second
@@ -367,15 +365,15 @@ func (p *Proxy) authorize(ctx context.Context, pod *inpod.Pod, rec *record, src 
 
 // access writes the connection's access log line.
 func (p *Proxy) access(r *record, pod *inpod.Pod, src, dst netip.AddrPort, start time.Time, result string, err error) {
-	attrs := []any{"reporter", r.reporter, "pod", pod.Key(), "src", src.String(), "dst", dst.String(),
-		"src_workload", r.srcWorkload, "src_principal", r.srcPrincipal,
-		"dst_workload", r.dstWorkload, "dst_service", r.dstService, "dst_principal", r.dstPrincipal,
-		"security", r.security, "sent", r.sent, "received", r.received,
-		"duration_ms", time.Since(start).Milliseconds(), "result", result}
+	line := p.d.AccessLog.Line().Str("reporter", r.reporter).Str("pod", pod.Key()).Str("src", src.String()).Str("dst", dst.String()).
+		Str("src_workload", r.srcWorkload).Str("src_principal", r.srcPrincipal).
+		Str("dst_workload", r.dstWorkload).Str("dst_service", r.dstService).Str("dst_principal", r.dstPrincipal).
+		Str("security", r.security).Int("sent", r.sent).Int("received", r.received).
+		Int("duration_ms", time.Since(start).Milliseconds()).Str("result", result)
 	if err != nil && !errors.Is(err, net.ErrClosed) {
-		attrs = append(attrs, "err", err.Error())
+		line.Str("err", err.Error())
 	}
-	p.d.AccessLog.Info("access", attrs...)
+	line.Write()
 }
 
 // reservedPort reports whether port is one of ztunnel's own in a pod (DESIGN.md §4). A

@@ -7,7 +7,7 @@ package server
 import (
 	"errors"
 	"flag"
-	"log/slog"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -37,8 +37,9 @@ type Config struct {
 	Wait time.Duration
 	// Drain bounds how long open connections may go on after SIGTERM or a pod's removal.
 	Drain time.Duration
-	// AccessLog gets the access log lines (not a flag; nil: the log Run is given).
-	AccessLog *slog.Logger
+	// AccessLog gets the access log lines, JSON like the log's (not a flag; nil: stdout,
+	// a write per line).
+	AccessLog io.Writer
 }
 
 // Default returns the configuration of a standard installation.

@@ -7,17 +7,24 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"runtime/debug"
 	"slices"
 	"sync"
 	"sync/atomic"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/ambient-mesh/ambient/api/identity"
 	"github.com/ambient-mesh/ambient/api/status"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
+	"github.com/ambient-mesh/ambient/internal/accesslog"
 	"github.com/ambient-mesh/ambient/internal/netutil"
 	"github.com/ambient-mesh/ambient/internal/version"
 	"github.com/ambient-mesh/ambient/redirect"
@@ -28,9 +35,6 @@ import (
 	"github.com/ambient-mesh/ambient/ztunnel/inpod"
 	"github.com/ambient-mesh/ambient/ztunnel/proxy"
 	"github.com/ambient-mesh/ambient/ztunnel/xdsclient"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // Certs is the certificate manager's part ztunnel uses.
@@ -47,10 +51,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	log = log.With("component", "ztunnel", "node", cfg.Node)
-	accessLog := log
+	var accessOut io.Writer = os.Stdout
 	if cfg.AccessLog != nil {
-		accessLog = cfg.AccessLog.With("component", "ztunnel", "node", cfg.Node)
+		accessOut = cfg.AccessLog
 	}
+	accessLog := accesslog.New(accessOut, "component", "ztunnel", "node", cfg.Node)
 	tlsCfg, istiodRoots, err := certs.IstiodTLS(cfg.RootCertFile, cfg.ServerName)
 	if err != nil {
 		return err
