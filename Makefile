@@ -7,7 +7,9 @@ GO ?= go
 BIN := $(CURDIR)/bin
 # Binaries report the commit they were built from (ambientctl version, /debug/status).
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-GOFLAGS_BUILD := -trimpath -ldflags "-X github.com/ambient-mesh/ambient/internal/version.Release=$(VERSION)"
+# grpcnotrace: gRPC without golang.org/x/net/trace (its /debug/requests pages, unused here),
+# which links html/template: 2.5 MB less code in each binary, which proxies hold resident.
+GOFLAGS_BUILD := -trimpath -tags grpcnotrace -ldflags "-X github.com/ambient-mesh/ambient/internal/version.Release=$(VERSION)"
 export GOFLAGS := -buildvcs=false
 
 # Debian packages the targets need: iproute2 (netns, veth), nftables/iptables and conntrack

@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,14 +33,15 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
 	"github.com/ambient-mesh/ambient/api/mesh"
 	"github.com/ambient-mesh/ambient/e2e/bench"
 	"github.com/ambient-mesh/ambient/e2e/images"
 	"github.com/ambient-mesh/ambient/e2e/lab"
 	"github.com/ambient-mesh/ambient/e2e/lab/kubelet"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 )
 
 // benchScenarios are the ways the client's traffic reaches the server, in round order.
@@ -624,41 +626,49 @@ func sidecarProc(t testing.TB, pod *corev1.Pod, comm string) *benchProc {
 }
 
 // cpu is the CPU time the process's cgroup has used.
-func (p *benchProc) cpu(t testing.TB) time.Duration {
+func (p *benchProc) cpu(t testing.TB) time.Duration { return p.cpuStat(t, "usage_usec") }
+
+// cpuStat is one time of the cgroup's cpu.stat: usage_usec, user_usec or system_usec (which
+// holds the kernel's work in the process's context, the network stack's included).
+func (p *benchProc) cpuStat(t testing.TB, key string) time.Duration {
 	b, err := os.ReadFile(filepath.Join(p.cgroup, "cpu.stat"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) == 2 && f[0] == "usage_usec" {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == key {
 			us, _ := strconv.ParseInt(f[1], 10, 64)
 			return time.Duration(us) * time.Microsecond
 		}
 	}
-	t.Fatalf("no usage_usec in %s/cpu.stat", p.cgroup)
+	t.Fatalf("no %s in %s/cpu.stat", key, p.cgroup)
 	return 0
 }
 
 // memory is the process's resident set and its peak, in bytes.
 func (p *benchProc) memory(t testing.TB) (rss, peak int64) {
+	m := p.status(t, "VmRSS:", "VmHWM:")
+	return m["VmRSS:"], m["VmHWM:"]
+}
+
+// status returns the named sizes of /proc/<pid>/status ("VmRSS:", "RssFile:" …), in bytes.
+func (p *benchProc) status(t testing.TB, keys ...string) map[string]int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.pid))
 	if err != nil {
 		t.Fatal(err)
 	}
+	m := make(map[string]int64, len(keys))
 	for _, l := range strings.Split(string(b), "\n") {
 		f := strings.Fields(l)
 		if len(f) < 2 {
 			continue
 		}
-		kb, _ := strconv.ParseInt(f[1], 10, 64)
-		switch f[0] {
-		case "VmRSS:":
-			rss = kb << 10
-		case "VmHWM:":
-			peak = kb << 10
+		if slices.Contains(keys, f[0]) {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			m[f[0]] = kb << 10
 		}
 	}
-	return rss, peak
+	return m
 }
 
 // profile saves a ztunnel pprof endpoint (its localhost admin port) with the run's results
