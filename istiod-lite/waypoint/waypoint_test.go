@@ -30,17 +30,24 @@ func gateway(name string, port gwv1.PortNumber) *gwv1.Gateway {
 	}
 }
 
+// gatewayClient is a fake Gateway API client holding gs.
+func gatewayClient(t *testing.T, gs ...*gwv1.Gateway) *gwfake.Clientset {
+	t.Helper()
+	gw := gwfake.NewSimpleClientset()
+	for _, g := range gs {
+		if err := gw.Tracker().Create(schema.GroupVersion(gwv1.GroupVersion).WithResource("gateways"), g, g.Namespace); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return gw
+}
+
 func TestReconcile(t *testing.T) {
 	ctx := context.Background()
 	good, bad := gateway("wp", 15008), gateway("broken", 80)
 	other := gateway("ingress", 15008)
 	other.Spec.GatewayClassName = "nginx"
-	gw := gwfake.NewSimpleClientset()
-	for _, g := range []*gwv1.Gateway{good, bad, other} {
-		if err := gw.Tracker().Create(schema.GroupVersion(gwv1.GroupVersion).WithResource("gateways"), g, g.Namespace); err != nil {
-			t.Fatal(err)
-		}
-	}
+	gw := gatewayClient(t, good, bad, other)
 	kube := kubefake.NewClientset()
 	r := New(kube, gw, Proxy{Image: "ambient/waypoint:test"}, "cluster.local")
 	if err := r.Reconcile(ctx, []*gwv1.Gateway{good, bad, other}); err != nil {
@@ -133,10 +140,7 @@ func TestWaypointPodsOptOutOfTheMesh(t *testing.T) {
 	_, oldDep, _ := Desired(g, Proxy{Image: "img"}, g.Spec.Listeners[0])
 	delete(oldDep.Spec.Template.Labels, mesh.LabelDataplaneMode) // as written before the label
 	kube := kubefake.NewClientset(oldDep)
-	gw := gwfake.NewSimpleClientset()
-	if err := gw.Tracker().Create(schema.GroupVersion(gwv1.GroupVersion).WithResource("gateways"), g, g.Namespace); err != nil {
-		t.Fatal(err)
-	}
+	gw := gatewayClient(t, g)
 	if err := New(kube, gw, Proxy{Image: "img"}, "cluster.local").Reconcile(ctx, []*gwv1.Gateway{g}); err != nil {
 		t.Fatal(err)
 	}
@@ -165,10 +169,7 @@ func TestWaypointPodsOptOutOfTheMesh(t *testing.T) {
 func TestWaypointTracingSettings(t *testing.T) {
 	ctx := context.Background()
 	g := gateway("wp", 15008)
-	gw := gwfake.NewSimpleClientset()
-	if err := gw.Tracker().Create(schema.GroupVersion(gwv1.GroupVersion).WithResource("gateways"), g, g.Namespace); err != nil {
-		t.Fatal(err)
-	}
+	gw := gatewayClient(t, g)
 	kube := kubefake.NewClientset()
 	args := func() []string {
 		dep, err := kube.AppsV1().Deployments("shop").Get(ctx, "wp", metav1.GetOptions{})
@@ -200,10 +201,7 @@ func TestWaypointTracingSettings(t *testing.T) {
 func TestWaypointConcurrency(t *testing.T) {
 	ctx := context.Background()
 	g := gateway("wp", 15008)
-	gw := gwfake.NewSimpleClientset()
-	if err := gw.Tracker().Create(schema.GroupVersion(gwv1.GroupVersion).WithResource("gateways"), g, g.Namespace); err != nil {
-		t.Fatal(err)
-	}
+	gw := gatewayClient(t, g)
 	kube := kubefake.NewClientset()
 	r := New(kube, gw, Proxy{Image: "img"}, "cluster.local")
 	for _, tc := range []struct {

@@ -14,6 +14,7 @@ package xdsclient
 
 import (
 	"fmt"
+	"slices"
 
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -118,30 +119,29 @@ func fields(b []byte, f func(num protowire.Number, typ protowire.Type, v []byte)
 	return nil
 }
 
-// bytesField returns the contents of a length-delimited field value v of type typ.
-func bytesField(num protowire.Number, typ protowire.Type, v []byte) ([]byte, error) {
-	if typ != protowire.BytesType {
-		return nil, fmt.Errorf("field %d: wire type %d, want length-delimited", num, typ)
-	}
-	s, n := protowire.ConsumeBytes(v)
-	if n < 0 {
-		return nil, protowire.ParseError(n)
-	}
-	return s, nil
+// bytesFields calls f with the contents of each field of b numbered in known, which must be
+// length-delimited (strings, bytes, messages); other fields are skipped.
+func bytesFields(b []byte, f func(num protowire.Number, s []byte) error, known ...protowire.Number) error {
+	return fields(b, func(num protowire.Number, typ protowire.Type, v []byte) error {
+		if !slices.Contains(known, num) {
+			return nil
+		}
+		if typ != protowire.BytesType {
+			return fmt.Errorf("field %d: wire type %d, want length-delimited", num, typ)
+		}
+		s, n := protowire.ConsumeBytes(v)
+		if n < 0 {
+			return protowire.ParseError(n)
+		}
+		return f(num, s)
+	})
 }
 
 // decodeDeltaResponse decodes b. The strings and bodies it returns are copies.
 func decodeDeltaResponse(b []byte) (*deltaResponse, error) {
 	b = append([]byte(nil), b...) // one copy that the bodies share
 	r := &deltaResponse{}
-	err := fields(b, func(num protowire.Number, typ protowire.Type, v []byte) error {
-		if num < 1 || num > 6 || num == 3 {
-			return nil
-		}
-		s, err := bytesField(num, typ, v)
-		if err != nil {
-			return err
-		}
+	err := bytesFields(b, func(num protowire.Number, s []byte) error {
 		switch num {
 		case 1:
 			r.systemVersionInfo = string(s)
@@ -159,7 +159,7 @@ func decodeDeltaResponse(b []byte) (*deltaResponse, error) {
 			r.removed = append(r.removed, string(s))
 		}
 		return nil
-	})
+	}, 1, 2, 4, 5, 6)
 	if err != nil {
 		return nil, fmt.Errorf("DeltaDiscoveryResponse: %w", err)
 	}
@@ -168,39 +168,25 @@ func decodeDeltaResponse(b []byte) (*deltaResponse, error) {
 
 func decodeResource(b []byte) (resource, error) {
 	var r resource
-	err := fields(b, func(num protowire.Number, typ protowire.Type, v []byte) error {
-		if num < 1 || num > 3 {
-			return nil
-		}
-		s, err := bytesField(num, typ, v)
-		if err != nil {
-			return err
-		}
+	err := bytesFields(b, func(num protowire.Number, s []byte) error {
 		switch num {
 		case 1:
 			r.version = string(s)
 		case 2:
 			r.hasBody = true
-			return fields(s, func(num protowire.Number, typ protowire.Type, v []byte) error {
-				if num != 1 && num != 2 {
-					return nil
-				}
-				s, err := bytesField(num, typ, v)
-				if err != nil {
-					return err
-				}
+			return bytesFields(s, func(num protowire.Number, s []byte) error { // google.protobuf.Any
 				if num == 1 {
 					r.bodyType = string(s)
 				} else {
 					r.body = s[:len(s):len(s)]
 				}
 				return nil
-			})
+			}, 1, 2)
 		case 3:
 			r.name = string(s)
 		}
 		return nil
-	})
+	}, 1, 2, 3)
 	return r, err
 }
 
