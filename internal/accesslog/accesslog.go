@@ -29,7 +29,8 @@ type Logger struct {
 	pool  sync.Pool
 }
 
-// New returns a Logger writing to w, each line carrying attrs (key, value pairs).
+// New returns a Logger writing to w, each line carrying attrs (key, value pairs). Lines are
+// written from the goroutines that make them, at once: w must be safe for concurrent use.
 func New(w io.Writer, attrs ...string) *Logger {
 	l := &Logger{w: w, now: time.Now}
 	for i := 0; i+1 < len(attrs); i += 2 {

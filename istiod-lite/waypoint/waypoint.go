@@ -72,15 +72,16 @@ const DefaultConcurrency = 1
 
 // Concurrency is the number of cores the waypoint of g runs on, from the concurrency of the
 // ProxyConfig in its proxy.istio.io/config annotation: 0 means every core its cgroup allows
-// (Istio's meaning); absent, DefaultConcurrency. A value that cannot be read gives
-// DefaultConcurrency and an error for the Gateway's status.
+// (Istio's meaning); absent, DefaultConcurrency. As in Istio (protojson), the number may be
+// quoted. A value that cannot be read gives DefaultConcurrency and an error; the reconciler then
+// keeps what the waypoint runs with.
 func Concurrency(g *gwv1.Gateway) (int, error) {
 	raw, ok := g.Annotations[mesh.AnnotationProxyConfig]
 	if !ok {
 		return DefaultConcurrency, nil
 	}
 	var pc struct {
-		Concurrency *int32 `json:"concurrency"`
+		Concurrency *int32OrString `json:"concurrency"`
 	}
 	if err := yaml.Unmarshal([]byte(raw), &pc); err != nil {
 		return DefaultConcurrency, fmt.Errorf("%s: %w", mesh.AnnotationProxyConfig, err)
@@ -92,6 +93,23 @@ func Concurrency(g *gwv1.Gateway) (int, error) {
 		return DefaultConcurrency, fmt.Errorf("%s: concurrency %d is negative", mesh.AnnotationProxyConfig, *pc.Concurrency)
 	}
 	return int(*pc.Concurrency), nil
+}
+
+// int32OrString is an int32 that JSON may also give as a string, as protojson reads an
+// Int32Value.
+type int32OrString int32
+
+func (n *int32OrString) UnmarshalJSON(b []byte) error {
+	s := string(b)
+	if uq, err := strconv.Unquote(s); err == nil {
+		s = uq
+	}
+	v, err := strconv.ParseInt(s, 10, 32)
+	if err != nil {
+		return fmt.Errorf("concurrency %s is not a whole number", b)
+	}
+	*n = int32OrString(v)
+	return nil
 }
 
 // Reconciler keeps waypoint deployments in line with their Gateways.
@@ -172,6 +190,10 @@ func (r *Reconciler) reconcile(ctx context.Context, g *gwv1.Gateway) error {
 			fmt.Sprintf("a waypoint needs a listener {name: %s, port: %d, protocol: %s}", mesh.WaypointListenerName, mesh.PortHBONE, mesh.WaypointListenerProtocolHB))
 	}
 	sa, dep, svc := Desired(g, r.proxy, listener)
+	msg := "waypoint deployed"
+	if _, err := Concurrency(g); err != nil {
+		msg += fmt.Sprintf("; ignored %v; %s", err, r.keepProcs(ctx, dep))
+	}
 	if err := apply(ctx, r.kube.CoreV1().ServiceAccounts(g.Namespace), sa, func(cur, want *corev1.ServiceAccount) bool {
 		return equality.Semantic.DeepEqual(cur.Labels, want.Labels)
 	}); err != nil {
@@ -188,11 +210,25 @@ func (r *Reconciler) reconcile(ctx context.Context, g *gwv1.Gateway) error {
 	}); err != nil {
 		return err
 	}
-	msg := "waypoint deployed"
-	if _, err := Concurrency(g); err != nil {
-		msg += fmt.Sprintf("; ignored %v, running on %d core(s)", err, DefaultConcurrency)
-	}
 	return r.writeStatus(ctx, g, metav1.ConditionTrue, string(gwv1.GatewayReasonProgrammed), msg)
+}
+
+// keepProcs sets dep's GOMAXPROCS to that of the Deployment running, when the Gateway's own
+// cannot be read: a typo must not change how many cores a waypoint runs on. It says what it kept.
+func (r *Reconciler) keepProcs(ctx context.Context, dep *appsv1.Deployment) string {
+	cur, err := r.kube.AppsV1().Deployments(dep.Namespace).Get(ctx, dep.Name, metav1.GetOptions{})
+	if err != nil || len(cur.Spec.Template.Spec.Containers) == 0 {
+		return fmt.Sprintf("running on the default, %d core(s)", DefaultConcurrency)
+	}
+	c := &dep.Spec.Template.Spec.Containers[0]
+	c.Env = slices.DeleteFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "GOMAXPROCS" })
+	for _, e := range cur.Spec.Template.Spec.Containers[0].Env {
+		if e.Name == "GOMAXPROCS" {
+			c.Env = append(c.Env, e)
+			return "kept GOMAXPROCS=" + e.Value
+		}
+	}
+	return "kept every core the cgroup allows"
 }
 
 // sameCommandLines reports whether the containers have the same arguments and environment

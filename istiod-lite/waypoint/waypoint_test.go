@@ -197,7 +197,7 @@ func TestWaypointTracingSettings(t *testing.T) {
 
 // A waypoint runs on one core unless its Gateway's proxy.istio.io/config sets concurrency; a
 // changed annotation (which does not move the generation) is applied at the next pass, and one
-// that cannot be read is named in the Gateway's status while the default serves.
+// that cannot be read is named in the Gateway's status while the waypoint keeps what it runs with.
 func TestWaypointConcurrency(t *testing.T) {
 	ctx := context.Background()
 	g := gateway("wp", 15008)
@@ -211,10 +211,11 @@ func TestWaypointConcurrency(t *testing.T) {
 	}{
 		{nil, "1", "waypoint deployed"},
 		{ptr("concurrency: 2\nholdApplicationUntilProxyStarts: true"), "2", "waypoint deployed"},
+		{ptr("concurrency: many"), "2", `concurrency "many" is not a whole number; kept GOMAXPROCS=2`},
 		{ptr(`{"concurrency": 0}`), "", "waypoint deployed"},
+		{ptr("concurrency: -2"), "", "concurrency -2 is negative; kept every core the cgroup allows"},
 		{ptr(`{"tracing": {}}`), "1", "waypoint deployed"},
-		{ptr("concurrency: many"), "1", "ignored proxy.istio.io/config"},
-		{ptr("concurrency: -2"), "1", "concurrency -2 is negative"},
+		{ptr(`{"concurrency": "3"}`), "3", "waypoint deployed"},
 	} {
 		g.Annotations = nil
 		if tc.annotation != nil {
@@ -240,8 +241,10 @@ func TestWaypointConcurrency(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c := meta.FindStatusCondition(st.Status.Conditions, "Programmed"); c == nil || c.Status != metav1.ConditionTrue || !strings.Contains(c.Message, tc.status) {
-			t.Errorf("annotation %q: Programmed = %+v, want True naming %q", g.Annotations, c, tc.status)
+		c := meta.FindStatusCondition(st.Status.Conditions, "Programmed")
+		good := tc.status == "waypoint deployed"
+		if c == nil || c.Status != metav1.ConditionTrue || (good && c.Message != tc.status) || (!good && !strings.HasSuffix(c.Message, tc.status)) {
+			t.Errorf("annotation %q: Programmed = %+v, want True with %q", g.Annotations, c, tc.status)
 		}
 	}
 }

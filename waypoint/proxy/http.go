@@ -16,6 +16,7 @@ package proxy
 //     a larger body is sent once. Upgrades (WebSocket) are never retried.
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -524,8 +525,18 @@ func (p *Proxy) mirror(r *http.Request, v *view, m *routev1.Mirror, body []byte)
 // statusWriter records the status and size of a response.
 type statusWriter struct {
 	http.ResponseWriter
-	status int
-	bytes  int64
+	status   int
+	bytes    int64
+	hijacked bool // the connection was handed over (an upgrade): nothing more may be written
+}
+
+// Hijack hands the connection over, as the ResponseWriter under it does, and notes it.
+func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, rw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err == nil {
+		w.hijacked = true
+	}
+	return c, rw, err
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -551,7 +562,7 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 // sets one when the handler returns, where flushing now would make it chunked. Nothing
 // further is written for a whole response, so this adds no write.
 func (w *statusWriter) sendIfComplete(r *http.Request) {
-	if r.ProtoMajor != 1 || w.status == 0 || w.status == http.StatusSwitchingProtocols {
+	if r.ProtoMajor != 1 || w.hijacked || w.status == 0 || w.status == http.StatusSwitchingProtocols {
 		return
 	}
 	cl := w.Header().Get("Content-Length")

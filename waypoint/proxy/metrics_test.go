@@ -42,9 +42,9 @@ func TestResponseSentBeforeTelemetry(t *testing.T) {
 		return -1
 	}))
 	release := make(chan struct{})
+	defer close(release)
 	h.p.finished = func() { <-release }
 	code, r, hdr := h.get(t, "/")
-	close(release)
 	if code != 200 || r.Pod != "a" || hdr.Get("Content-Length") != "14" {
 		t.Fatalf("status %d from %q, Content-Length %q", code, r.Pod, hdr.Get("Content-Length"))
 	}

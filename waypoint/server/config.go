@@ -46,8 +46,9 @@ type Config struct {
 	TracingEndpoint string
 	// TracingSampling is the percentage of requests without a sampled trace that start one.
 	TracingSampling float64
-	// AccessLog gets the access log lines, JSON like the log's (not a flag; nil: stdout,
-	// a write per line).
+	// AccessLog gets the access log lines, JSON like the log's, one Write a line from many
+	// goroutines at once: it must be safe for concurrent use, as internal/logwriter and
+	// os.Stdout are (not a flag; nil: stdout, a write per line).
 	AccessLog io.Writer
 }
 

@@ -37,8 +37,9 @@ type Config struct {
 	Wait time.Duration
 	// Drain bounds how long open connections may go on after SIGTERM or a pod's removal.
 	Drain time.Duration
-	// AccessLog gets the access log lines, JSON like the log's (not a flag; nil: stdout,
-	// a write per line).
+	// AccessLog gets the access log lines, JSON like the log's, one Write a line from many
+	// goroutines at once: it must be safe for concurrent use, as internal/logwriter and
+	// os.Stdout are (not a flag; nil: stdout, a write per line).
 	AccessLog io.Writer
 }
 

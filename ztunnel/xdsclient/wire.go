@@ -9,12 +9,15 @@ package xdsclient
 // ways, through a real gRPC server.
 //
 // Rules kept here:
-//   - Decoding skips fields it does not know, as protobuf does: a newer server may send more.
+//   - Decoding skips fields it does not know, and known fields of another wire type, as
+//     protobuf-go does: a newer server may send more. It refuses what protobuf-go refuses:
+//     malformed framing and strings that are not UTF-8.
 //   - Nothing decoded aliases gRPC's receive buffer, which may be reused once Unmarshal returns.
 
 import (
 	"fmt"
 	"slices"
+	"unicode/utf8"
 
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/protobuf/encoding/protowire"
@@ -119,15 +122,12 @@ func fields(b []byte, f func(num protowire.Number, typ protowire.Type, v []byte)
 	return nil
 }
 
-// bytesFields calls f with the contents of each field of b numbered in known, which must be
-// length-delimited (strings, bytes, messages); other fields are skipped.
+// bytesFields calls f with the contents of each length-delimited field (string, bytes,
+// message) of b numbered in known; other fields are skipped.
 func bytesFields(b []byte, f func(num protowire.Number, s []byte) error, known ...protowire.Number) error {
 	return fields(b, func(num protowire.Number, typ protowire.Type, v []byte) error {
-		if !slices.Contains(known, num) {
+		if typ != protowire.BytesType || !slices.Contains(known, num) {
 			return nil
-		}
-		if typ != protowire.BytesType {
-			return fmt.Errorf("field %d: wire type %d, want length-delimited", num, typ)
 		}
 		s, n := protowire.ConsumeBytes(v)
 		if n < 0 {
@@ -137,14 +137,22 @@ func bytesFields(b []byte, f func(num protowire.Number, s []byte) error, known .
 	})
 }
 
+// str is the string field s, which proto3 requires to be UTF-8.
+func str(num protowire.Number, s []byte) (string, error) {
+	if !utf8.Valid(s) {
+		return "", fmt.Errorf("field %d: invalid UTF-8", num)
+	}
+	return string(s), nil
+}
+
 // decodeDeltaResponse decodes b. The strings and bodies it returns are copies.
 func decodeDeltaResponse(b []byte) (*deltaResponse, error) {
 	b = append([]byte(nil), b...) // one copy that the bodies share
 	r := &deltaResponse{}
-	err := bytesFields(b, func(num protowire.Number, s []byte) error {
+	err := bytesFields(b, func(num protowire.Number, s []byte) (err error) {
 		switch num {
 		case 1:
-			r.systemVersionInfo = string(s)
+			r.systemVersionInfo, err = str(num, s)
 		case 2:
 			res, err := decodeResource(s)
 			if err != nil {
@@ -152,13 +160,15 @@ func decodeDeltaResponse(b []byte) (*deltaResponse, error) {
 			}
 			r.resources = append(r.resources, res)
 		case 4:
-			r.typeURL = string(s)
+			r.typeURL, err = str(num, s)
 		case 5:
-			r.nonce = string(s)
+			r.nonce, err = str(num, s)
 		case 6:
-			r.removed = append(r.removed, string(s))
+			var name string
+			name, err = str(num, s)
+			r.removed = append(r.removed, name)
 		}
-		return nil
+		return err
 	}, 1, 2, 4, 5, 6)
 	if err != nil {
 		return nil, fmt.Errorf("DeltaDiscoveryResponse: %w", err)
@@ -168,24 +178,24 @@ func decodeDeltaResponse(b []byte) (*deltaResponse, error) {
 
 func decodeResource(b []byte) (resource, error) {
 	var r resource
-	err := bytesFields(b, func(num protowire.Number, s []byte) error {
+	err := bytesFields(b, func(num protowire.Number, s []byte) (err error) {
 		switch num {
 		case 1:
-			r.version = string(s)
+			r.version, err = str(num, s)
 		case 2:
 			r.hasBody = true
-			return bytesFields(s, func(num protowire.Number, s []byte) error { // google.protobuf.Any
+			return bytesFields(s, func(num protowire.Number, s []byte) (err error) { // google.protobuf.Any
 				if num == 1 {
-					r.bodyType = string(s)
+					r.bodyType, err = str(num, s)
 				} else {
 					r.body = s[:len(s):len(s)]
 				}
-				return nil
+				return err
 			}, 1, 2)
 		case 3:
-			r.name = string(s)
+			r.name, err = str(num, s)
 		}
-		return nil
+		return err
 	}, 1, 2, 3)
 	return r, err
 }

@@ -1,6 +1,7 @@
 package xdsclient
 
 import (
+	"bytes"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -46,6 +47,11 @@ func TestWireRequest(t *testing.T) {
 			if d := cmp.Diff(tc.want, got, protocmp.Transform()); d != "" {
 				t.Errorf("(-want +got):\n%s", d)
 			}
+			if len(tc.in.initialResourceVersions) < 2 { // a map's order is not fixed
+				if want := marshal(t, tc.want); !bytes.Equal(tc.in.marshal(), want) {
+					t.Errorf("bytes %x, want %x as protobuf writes them", tc.in.marshal(), want)
+				}
+			}
 		})
 	}
 }
@@ -85,17 +91,47 @@ func TestWireResponse(t *testing.T) {
 	}
 }
 
-func TestWireResponseMalformed(t *testing.T) {
+// What protobuf refuses, the codec refuses; what it takes, the codec takes alike.
+func TestWireResponseAsProtobuf(t *testing.T) {
 	good := marshal(t, &discoveryv3.DeltaDiscoveryResponse{TypeUrl: TypeWorkload, Resources: []*discoveryv3.Resource{{Name: "a"}}})
-	for name, b := range map[string][]byte{
-		"truncated":              good[:len(good)-1],
-		"bad tag":                {0x00},
-		"type_url as a varint":   {4 << 3, 1},
-		"resource name a varint": {2<<3 | 2, 2, 3 << 3, 1},
-		"overlong length":        {5<<3 | 2, 10, 'x'},
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		ok   bool
+	}{
+		{"good", good, true},
+		{"truncated", good[:len(good)-1], false},
+		{"bad tag", []byte{0x00}, false},
+		{"overlong length", []byte{5<<3 | 2, 10, 'x'}, false},
+		{"type_url as a varint: skipped", []byte{4 << 3, 1}, true},
+		{"resource name as a varint: skipped", []byte{2<<3 | 2, 2, 3 << 3, 1}, true},
+		{"nonce not UTF-8", []byte{5<<3 | 2, 1, 0xff}, false},
+		{"resource name not UTF-8", []byte{2<<3 | 2, 3, 3<<3 | 2, 1, 0xc3}, false},
+		{"removed name not UTF-8", []byte{6<<3 | 2, 1, 0x80}, false},
+		{"body not UTF-8: bytes", []byte{2<<3 | 2, 5, 2<<3 | 2, 3, 2<<3 | 2, 1, 0xff}, true},
 	} {
-		if _, err := decodeDeltaResponse(b); err == nil {
-			t.Errorf("%s: decoded %x without an error", name, b)
+		err := proto.Unmarshal(tc.b, &discoveryv3.DeltaDiscoveryResponse{})
+		if (err == nil) != tc.ok {
+			t.Fatalf("%s: protobuf says %v; the table is wrong", tc.name, err)
+		}
+		got, err := decodeDeltaResponse(tc.b)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: decoded %x: %v, want ok=%v", tc.name, tc.b, err, tc.ok)
+			continue
+		}
+		if tc.ok {
+			if d := cmp.Diff(fromEnvoy(mustUnmarshal(t, tc.b)), got, cmp.AllowUnexported(deltaResponse{}, resource{})); d != "" {
+				t.Errorf("%s: (-protobuf +codec):\n%s", tc.name, d)
+			}
 		}
 	}
+}
+
+func mustUnmarshal(t *testing.T, b []byte) *discoveryv3.DeltaDiscoveryResponse {
+	t.Helper()
+	r := &discoveryv3.DeltaDiscoveryResponse{}
+	if err := proto.Unmarshal(b, r); err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
