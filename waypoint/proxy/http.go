@@ -16,7 +16,6 @@ package proxy
 //     a larger body is sent once. Upgrades (WebSocket) are never retried.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -29,7 +28,6 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -113,13 +111,7 @@ func (p *Proxy) serveRequest(w http.ResponseWriter, r *http.Request, t *tunnel) 
 	rec.method, rec.path, rec.proto = r.Method, r.URL.Path, protoName(r)
 	sw := &statusWriter{ResponseWriter: w}
 	r, endSpan := p.startSpan(r, t)
-	defer func() {
-		sw.sendIfComplete(r)
-		endSpan(rec, p.finish(rec, sw, r, start))
-		if p.finished != nil {
-			p.finished()
-		}
-	}()
+	defer func() { endSpan(rec, p.finish(rec, sw, r, start)) }()
 
 	// RequestAuthentication, then authorization: a request with an invalid token is refused
 	// (401); one without a token goes on with no request principal, for policy to decide.
@@ -525,18 +517,8 @@ func (p *Proxy) mirror(r *http.Request, v *view, m *routev1.Mirror, body []byte)
 // statusWriter records the status and size of a response.
 type statusWriter struct {
 	http.ResponseWriter
-	status   int
-	bytes    int64
-	hijacked bool // the connection was handed over (an upgrade): nothing more may be written
-}
-
-// Hijack hands the connection over, as the ResponseWriter under it does, and notes it.
-func (w *statusWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	c, rw, err := http.NewResponseController(w.ResponseWriter).Hijack()
-	if err == nil {
-		w.hijacked = true
-	}
-	return c, rw, err
+	status int
+	bytes  int64
 }
 
 func (w *statusWriter) WriteHeader(code int) {
@@ -553,25 +535,6 @@ func (w *statusWriter) Write(b []byte) (int, error) {
 	n, err := w.ResponseWriter.Write(b)
 	w.bytes += int64(n)
 	return n, err
-}
-
-// sendIfComplete sends an HTTP/1.x response that is whole (all of its Content-Length written)
-// now, rather than after the handler returns, so that the client does not wait for the
-// request's metrics, access log line and span, which are written after it (as Envoy writes
-// them when the stream ends). A response without a Content-Length is left alone: net/http
-// sets one when the handler returns, where flushing now would make it chunked. Nothing
-// further is written for a whole response, so this adds no write.
-func (w *statusWriter) sendIfComplete(r *http.Request) {
-	if r.ProtoMajor != 1 || w.hijacked || w.status == 0 || w.status == http.StatusSwitchingProtocols {
-		return
-	}
-	cl := w.Header().Get("Content-Length")
-	if cl == "" || (r.Method != http.MethodHead && cl != strconv.FormatInt(w.bytes, 10)) {
-		return
-	}
-	if f, ok := w.ResponseWriter.(http.Flusher); ok {
-		f.Flush()
-	}
 }
 
 // Unwrap lets http.ResponseController reach Flush and Hijack (streaming, WebSocket).

@@ -61,9 +61,6 @@ type Proxy struct {
 	d   Deps
 	cur *current
 	up  *upstream
-	// finished, when set (tests), is called once a request's telemetry is written, which is
-	// after its response was sent.
-	finished func()
 }
 
 // New returns a proxy.

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -12,14 +11,12 @@ import (
 	"net/netip"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ambient-mesh/ambient/api/identity"
 	routev1 "github.com/ambient-mesh/ambient/api/route/v1"
 	workloadv1 "github.com/ambient-mesh/ambient/api/workload/v1"
-	"github.com/ambient-mesh/ambient/internal/testutil"
 	"github.com/ambient-mesh/ambient/ztunnel/xdsclient"
 )
 
@@ -32,8 +29,7 @@ func backend(t testing.TB, name, addr string, status int) *workloadv1.Workload {
 	return backendFunc(t, name, addr, func(http.ResponseWriter, *http.Request) int { return status })
 }
 
-// backendFunc is backend with the status of each answer chosen by fn (which may block); a
-// negative status means fn wrote the whole answer itself.
+// backendFunc is backend with the status of each answer chosen by fn (which may block).
 func backendFunc(t testing.TB, name, addr string, fn func(http.ResponseWriter, *http.Request) int) *workloadv1.Workload {
 	t.Helper()
 	ln, err := net.Listen("tcp", addr+":0")
@@ -42,9 +38,6 @@ func backendFunc(t testing.TB, name, addr string, fn func(http.ResponseWriter, *
 	}
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		status := fn(w, r)
-		if status < 0 {
-			return
-		}
 		w.Header().Set("Trailer", "Grpc-Status")
 		w.WriteHeader(status)
 		_ = json.NewEncoder(w).Encode(map[string]any{"pod": name, "headers": r.Header, "proto": r.Proto})
@@ -71,15 +64,6 @@ type harness struct {
 	hc    *http.Client
 	h2c   *http.Client // cleartext HTTP/2, as gRPC clients speak
 	conns atomic.Int32
-	// finished counts requests whose telemetry (metrics, access log, span) is written: after
-	// their responses, so a test that reads telemetry waits for it (waitFinished).
-	finished atomic.Int32
-}
-
-// waitFinished waits until n requests' telemetry is written.
-func (h *harness) waitFinished(t testing.TB, n int32) {
-	t.Helper()
-	testutil.Eventually(t, 10*time.Second, fmt.Sprintf("%d requests finished", n), func() bool { return h.finished.Load() >= n })
 }
 
 func newHarness(t testing.TB, routes *routev1.ServiceRoutes, eps ...*workloadv1.Workload) *harness {
@@ -108,7 +92,6 @@ func newHarness(t testing.TB, routes *routev1.ServiceRoutes, eps ...*workloadv1.
 		Gateway: "shop/wp", Metrics: nil})
 	t.Cleanup(p.Close)
 	h := &harness{p: p}
-	p.finished = func() { h.finished.Add(1) }
 	tun := &tunnel{svc: svc, key: svcKey, addr: netip.MustParseAddrPort("10.96.0.10:80"), port: 80, peer: identity.Identity{TrustDomain: "cluster.local", Namespace: "shop", ServiceAccount: "client"}}
 	h.tun = tun
 	ctx, cancel := context.WithCancel(context.Background())
