@@ -198,7 +198,7 @@ func (c *Client) stream(ctx context.Context) (responded bool, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s, err := conn.NewStream(ctx, &grpc.StreamDesc{StreamName: "DeltaAggregatedResources", ServerStreams: true, ClientStreams: true},
-		adsMethod, grpc.PerRPCCredentials(tok), grpc.ForceCodec(codec{}))
+		adsMethod, grpc.PerRPCCredentials(tok), grpc.ForceCodecV2(codec{}))
 	if err != nil {
 		return false, fmt.Errorf("open stream: %w", err)
 	}

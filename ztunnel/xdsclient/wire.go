@@ -20,6 +20,7 @@ import (
 	"unicode/utf8"
 
 	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
@@ -147,7 +148,11 @@ func str(num protowire.Number, s []byte) (string, error) {
 
 // decodeDeltaResponse decodes b. The strings and bodies it returns are copies.
 func decodeDeltaResponse(b []byte) (*deltaResponse, error) {
-	b = append([]byte(nil), b...) // one copy that the bodies share
+	return decodeOwned(append([]byte(nil), b...)) // one copy that the bodies share
+}
+
+// decodeOwned decodes b, which is the caller's to give: the bodies it returns share it.
+func decodeOwned(b []byte) (*deltaResponse, error) {
 	r := &deltaResponse{}
 	err := bytesFields(b, func(num protowire.Number, s []byte) (err error) {
 		switch num {
@@ -202,26 +207,28 @@ func decodeResource(b []byte) (resource, error) {
 
 // codec is the gRPC codec of the ADS stream: it sends *deltaRequest and receives into
 // **deltaResponse. Its name is "proto", so the content type is what a protobuf client sends.
+// It is a CodecV2 so that a response is copied out of gRPC's pooled buffers once, into the
+// slice its bodies then share.
 type codec struct{}
 
-var _ encoding.Codec = codec{}
+var _ encoding.CodecV2 = codec{}
 
 func (codec) Name() string { return "proto" }
 
-func (codec) Marshal(v any) ([]byte, error) {
+func (codec) Marshal(v any) (mem.BufferSlice, error) {
 	r, ok := v.(*deltaRequest)
 	if !ok {
 		return nil, fmt.Errorf("xds codec: cannot marshal %T", v)
 	}
-	return r.marshal(), nil
+	return mem.BufferSlice{mem.SliceBuffer(r.marshal())}, nil
 }
 
-func (codec) Unmarshal(data []byte, v any) error {
+func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	p, ok := v.(**deltaResponse)
 	if !ok {
 		return fmt.Errorf("xds codec: cannot unmarshal into %T", v)
 	}
-	r, err := decodeDeltaResponse(data)
+	r, err := decodeOwned(data.Materialize()) // a new slice: gRPC may reuse data's buffers
 	if err != nil {
 		return err
 	}
