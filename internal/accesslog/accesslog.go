@@ -15,6 +15,7 @@ package accesslog
 
 import (
 	"io"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -29,9 +30,13 @@ type Logger struct {
 	pool  sync.Pool
 }
 
-// New returns a Logger writing to w, each line carrying attrs (key, value pairs). Lines are
-// written from the goroutines that make them, at once: w must be safe for concurrent use.
+// New returns a Logger writing to w (nil: os.Stdout), each line carrying attrs (key, value
+// pairs). Lines are written from the goroutines that make them, at once: w must be safe for
+// concurrent use.
 func New(w io.Writer, attrs ...string) *Logger {
+	if w == nil {
+		w = os.Stdout
+	}
 	l := &Logger{w: w, now: time.Now}
 	for i := 0; i+1 < len(attrs); i += 2 {
 		l.attrs = appendKey(l.attrs, attrs[i])

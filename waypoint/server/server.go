@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
-	"os"
 	"strings"
 	"sync"
 
@@ -96,7 +95,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	defer stopTracing()
 	px := proxy.New(proxy.Deps{Store: store, Self: self, Gateway: cfg.Gateway, Client: client,
-		Metrics: proxy.NewMetrics(reg), Log: log, AccessLog: accessLog(cfg), Tracer: tracer})
+		Metrics: proxy.NewMetrics(reg), Log: log, AccessLog: accesslog.New(cfg.AccessLog, "component", "waypoint", "gateway", cfg.Gateway), Tracer: tracer})
 	defer px.Close()
 	serverTLS, err := hbone.ServerTLSConfig(creds)
 	if err != nil {
@@ -150,15 +149,6 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	cancel()
 	wg.Wait()
 	return runErr
-}
-
-// accessLog is the waypoint's access logger, to cfg.AccessLog or stdout.
-func accessLog(cfg Config) *accesslog.Logger {
-	w := cfg.AccessLog
-	if w == nil {
-		w = os.Stdout
-	}
-	return accesslog.New(w, "component", "waypoint", "gateway", cfg.Gateway)
 }
 
 // serveEndpoints serves admin (localhost), metrics and readiness.

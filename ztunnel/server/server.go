@@ -7,11 +7,9 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
-	"os"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -51,11 +49,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		return err
 	}
 	log = log.With("component", "ztunnel", "node", cfg.Node)
-	var accessOut io.Writer = os.Stdout
-	if cfg.AccessLog != nil {
-		accessOut = cfg.AccessLog
-	}
-	accessLog := accesslog.New(accessOut, "component", "ztunnel", "node", cfg.Node)
+	accessLog := accesslog.New(cfg.AccessLog, "component", "ztunnel", "node", cfg.Node)
 	tlsCfg, istiodRoots, err := certs.IstiodTLS(cfg.RootCertFile, cfg.ServerName)
 	if err != nil {
 		return err

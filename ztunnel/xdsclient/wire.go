@@ -146,13 +146,8 @@ func str(num protowire.Number, s []byte) (string, error) {
 	return string(s), nil
 }
 
-// decodeDeltaResponse decodes b. The strings and bodies it returns are copies.
+// decodeDeltaResponse decodes b, which the caller gives up: the bodies it returns share it.
 func decodeDeltaResponse(b []byte) (*deltaResponse, error) {
-	return decodeOwned(append([]byte(nil), b...)) // one copy that the bodies share
-}
-
-// decodeOwned decodes b, which is the caller's to give: the bodies it returns share it.
-func decodeOwned(b []byte) (*deltaResponse, error) {
 	r := &deltaResponse{}
 	err := bytesFields(b, func(num protowire.Number, s []byte) (err error) {
 		switch num {
@@ -228,7 +223,7 @@ func (codec) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok {
 		return fmt.Errorf("xds codec: cannot unmarshal into %T", v)
 	}
-	r, err := decodeOwned(data.Materialize()) // a new slice: gRPC may reuse data's buffers
+	r, err := decodeDeltaResponse(data.Materialize()) // a new slice: gRPC may reuse data's buffers
 	if err != nil {
 		return err
 	}

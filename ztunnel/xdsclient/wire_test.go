@@ -8,6 +8,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"github.com/google/go-cmp/cmp"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -81,8 +82,8 @@ func TestWireResponse(t *testing.T) {
 	}
 
 	b := marshal(t, in)
-	d, err := decodeDeltaResponse(b)
-	if err != nil {
+	var d *deltaResponse
+	if err := (codec{}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, &d); err != nil {
 		t.Fatal(err)
 	}
 	clear(b) // gRPC may reuse its buffer once Unmarshal returns
