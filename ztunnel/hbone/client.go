@@ -325,7 +325,7 @@ func (c *Client) dialConn(ctx context.Context, key Key) (*pconn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", key.Addr, err)
 	}
-	cork := &corkConn{Conn: raw}
+	cork := newCorkConn(raw)
 	tc := tls.Client(cork, tlsCfg)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		raw.Close()

@@ -42,6 +42,8 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/ambient-mesh/ambient/internal/nbio"
 )
 
 // beginWrite takes the write lock. With cork set, the frames written until endWrite leave in one
@@ -340,11 +342,31 @@ func (c *h2conn) writeDataHeader(id uint32, n int, end bool) error {
 // corkConn sits under the TLS connection. While corked it collects what TLS writes, so that the
 // records of one write session (several frames, or a DATA frame bigger than a record) leave in
 // one syscall instead of one per record. Uncorked, a write goes straight through without a lock.
+// It reads and writes a TCP socket with raw system calls (nbio), so that an idle-then-busy proxy
+// does not pay the scheduler's system-call bookkeeping on every packet.
 type corkConn struct {
 	net.Conn
+	nb    *nbio.Socket // nil when Conn is not a poller-owned socket (a pipe in tests)
 	state atomic.Int32 // corkOpen, corkCorked, corkFlushing; changed under mu
 	mu    sync.Mutex
 	buf   []byte
+}
+
+func newCorkConn(c net.Conn) *corkConn { return &corkConn{Conn: c, nb: nbio.New(c)} }
+
+// Read is TLS's read of the socket.
+func (c *corkConn) Read(p []byte) (int, error) {
+	if c.nb != nil {
+		return c.nb.Read(p)
+	}
+	return c.Conn.Read(p)
+}
+
+func (c *corkConn) write(p []byte) (int, error) {
+	if c.nb != nil {
+		return c.nb.Write(p)
+	}
+	return c.Conn.Write(p)
 }
 
 const (
@@ -357,7 +379,7 @@ const (
 // while a flush is under way (a TLS alert from the reading side) waits for the flush.
 func (c *corkConn) Write(p []byte) (int, error) {
 	if c.state.Load() == corkOpen {
-		return c.Conn.Write(p)
+		return c.write(p)
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -365,7 +387,7 @@ func (c *corkConn) Write(p []byte) (int, error) {
 		c.buf = append(c.buf, p...)
 		return len(p), nil
 	}
-	return c.Conn.Write(p)
+	return c.write(p)
 }
 
 func (c *corkConn) cork() {
@@ -380,7 +402,7 @@ func (c *corkConn) uncork() error {
 	c.state.Store(corkFlushing)
 	var err error
 	if len(c.buf) > 0 {
-		_, err = c.Conn.Write(c.buf)
+		_, err = c.write(c.buf)
 	}
 	if cap(c.buf) > 256<<10 {
 		c.buf = nil // a burst of control frames must not pin a large buffer

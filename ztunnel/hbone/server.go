@@ -180,7 +180,7 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) {
 		c.Close()
 		return
 	}
-	raw := &corkConn{Conn: c}
+	raw := newCorkConn(c)
 	tc := tls.Server(raw, s.tls)
 	defer tc.Close()
 	hctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.HandshakeTimeout)
