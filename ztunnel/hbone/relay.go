@@ -9,7 +9,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
-	"golang.org/x/sys/unix"
+	"github.com/ambient-mesh/ambient/internal/nbio"
 )
 
 // relayBufSize is two TLS records: a read rarely returns more, and larger buffers would only
@@ -79,6 +79,11 @@ func copyHalf(dst, src net.Conn) (int64, error) {
 // TCP socket or a tunnel it holds the buffer only while there is data to move: neither side of an
 // idle connection costs a buffer.
 func Copy(dst io.Writer, src io.Reader) (int64, error) {
+	if c, ok := dst.(*net.TCPConn); ok {
+		if s := nbio.New(c); s != nil {
+			dst = s // a socket is written without the scheduler's system-call bookkeeping
+		}
+	}
 	switch s := src.(type) {
 	case *net.TCPConn:
 		if rc, err := s.SyscallConn(); err == nil {
@@ -152,16 +157,15 @@ func copyFromSocket(dst io.Writer, rc syscall.RawConn) (int64, error) {
 			if buf == nil {
 				buf = getRelayBuf()
 			}
-			for {
-				nr, rerr = unix.Read(int(fd), buf[:])
-				if rerr != unix.EINTR {
-					break
-				}
-			}
-			if rerr == unix.EAGAIN {
+			var errno syscall.Errno
+			nr, errno = nbio.ReadFD(fd, buf[:])
+			if errno == syscall.EAGAIN {
 				putRelayBuf(buf)
 				buf = nil
 				return false // park until readable, holding nothing
+			}
+			if errno != 0 {
+				rerr = errno
 			}
 			return true
 		})
