@@ -32,6 +32,7 @@ import (
 	"github.com/ambient-mesh/ambient/e2e/images"
 	"github.com/ambient-mesh/ambient/e2e/lab"
 	"github.com/ambient-mesh/ambient/internal/testutil"
+	"github.com/ambient-mesh/ambient/waypoint/proxy"
 )
 
 // TestWaypointL7 binds a namespace to its waypoint (a Gateway of class istio-waypoint, deployed
@@ -86,7 +87,7 @@ func TestWaypointL7(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	for _, svc := range []string{"echo", "flaky"} {
+	for _, svc := range []string{"echo", "flaky", "raw"} {
 		eventually(t, 30*time.Second, "Service "+svc+" bound to the waypoint", func() bool {
 			return kubectl(t, "-n", ns, "get", "service", svc, "-o",
 				`jsonpath={.status.conditions[?(@.type=="istio.io/WaypointBound")].status}`) == "True"
@@ -132,6 +133,24 @@ func TestWaypointL7(t *testing.T) {
 	eventually(t, 60*time.Second, "a request through the waypoint", func() bool {
 		return requests(1, echo+"/")[0].Code == 200
 	})
+
+	// Ports that declare no protocol are sniffed. A short first message whose client then waits
+	// for the answer is TCP at once; a client that waits for the server to speak first is passed
+	// through as TCP after the detection timeout, and the waypoint says why, naming the Service.
+	if out, err := lab.Exec(ctx, labCfg, ns, "client", clientBin, "-timeout", "5s", "tcp-line", "raw."+ns+":9090", "hi"); err != nil || out != "hi\n" {
+		t.Errorf("a short client-first exchange through the waypoint = %q, %v", out, err)
+	}
+	greetTimeout := (proxy.DefaultSniffTimeout + 10*time.Second).String()
+	if out, err := lab.Exec(ctx, labCfg, ns, "client", clientBin, "-timeout", greetTimeout, "tcp-line", "raw."+ns+":9092"); err != nil || out != "hello from echo-v1\n" {
+		t.Errorf("a server-first exchange through the waypoint = %q, %v", out, err)
+	}
+	wps, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "gateway.networking.k8s.io/gateway-name=wp"})
+	if err != nil || len(wps.Items) != 1 {
+		t.Fatalf("waypoint pods: %v, %v", wps, err)
+	}
+	if log := containerLog(t, &wps.Items[0], "waypoint"); !strings.Contains(log, "protocol detection timed out") || !strings.Contains(log, ns+"/raw.") {
+		t.Errorf("the waypoint's log does not name the Service whose detection timed out:\n%s", log)
+	}
 
 	routes, err := os.ReadFile("testdata/waypoint-routes.yaml")
 	if err != nil {
@@ -331,7 +350,7 @@ spec:
 	}
 
 	// The waypoint reports what it did, as Istio's waypoints do.
-	wps, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "gateway.networking.k8s.io/gateway-name=wp"})
+	wps, err = cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "gateway.networking.k8s.io/gateway-name=wp"})
 	if err != nil || len(wps.Items) != 1 {
 		t.Fatalf("waypoint pods: %v, %v", wps, err)
 	}

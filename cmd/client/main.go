@@ -126,6 +126,20 @@ func run() int {
 		}
 		fmt.Print(out)
 		return 0
+	case args[0] == "tcp-line" && (len(args) == 2 || len(args) == 3):
+		// A line exchange without half-closing: send the message (none: the server speaks
+		// first), print the first line back.
+		msg := ""
+		if len(args) == 3 {
+			msg = args[2] + "\n"
+		}
+		out, err := images.TCPLine(ctx, args[1], msg, *timeout)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "client:", err)
+			return 1
+		}
+		fmt.Print(out)
+		return 0
 	case args[0] == "load" && len(args) >= 3:
 		// Until stopped (SIGTERM): a new connection every interval; then a JSON report.
 		interval, err := time.ParseDuration(args[1])
@@ -151,7 +165,7 @@ func run() int {
 	case args[0] == "bench":
 		return bench(ctx, args[1:], *timeout)
 	default:
-		fmt.Fprintln(os.Stderr, "usage: client [-timeout d] [-h2c] [-method M] [-response-headers] [-header 'K: v']... [http URL | requests N URL | ws URL MSG | grpc-health ADDR | tcp ADDR MSG | load INTERVAL ADDR... | hold ADDR N INTERVAL | bench -mode MODE -addr ADDR ...]")
+		fmt.Fprintln(os.Stderr, "usage: client [-timeout d] [-h2c] [-method M] [-response-headers] [-header 'K: v']... [http URL | requests N URL | ws URL MSG | grpc-health ADDR | tcp ADDR MSG | tcp-line ADDR [MSG] | load INTERVAL ADDR... | hold ADDR N INTERVAL | bench -mode MODE -addr ADDR ...]")
 		return 2
 	}
 }

@@ -22,6 +22,7 @@ func run() int {
 	flag.StringVar(&cfg.HTTPAddr, "http", cfg.HTTPAddr, "HTTP listen address")
 	flag.StringVar(&cfg.TCPAddr, "tcp", cfg.TCPAddr, "TCP echo listen address")
 	flag.StringVar(&cfg.SourceAddr, "source", cfg.SourceAddr, "listen address of the source (writes until the client leaves)")
+	flag.StringVar(&cfg.GreetAddr, "greet", cfg.GreetAddr, "listen address of the server-first echo (a greeting line, then an echo)")
 	flag.StringVar(&cfg.TLSAddr, "tls", cfg.TLSAddr, "listen address of the mutual TLS 1.3 echo (with -tls-cert)")
 	flag.StringVar(&cfg.GRPCAddr, "grpc", cfg.GRPCAddr, "listen address of the gRPC health service (empty: none)")
 	flag.StringVar(&cfg.TLSSourceAddr, "tls-source", cfg.TLSSourceAddr, "listen address of the mutual TLS 1.3 source (with -tls-cert)")

@@ -1,6 +1,7 @@
 package images
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -55,6 +56,24 @@ func TCPEcho(ctx context.Context, addr, msg string, timeout time.Duration) (stri
 	}
 	b, err := io.ReadAll(c)
 	return string(b), err
+}
+
+// TCPLine sends msg to addr (nothing when empty: the server speaks first) without half-closing,
+// as a client that waits for its answer does, and returns the first line that comes back.
+func TCPLine(ctx context.Context, addr, msg string, timeout time.Duration) (string, error) {
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	if msg != "" {
+		if _, err := io.WriteString(c, msg); err != nil {
+			return "", err
+		}
+	}
+	return bufio.NewReader(c).ReadString('\n')
 }
 
 // LoadReport is what Load saw: every connection counted once, as ok or failed.

@@ -22,6 +22,8 @@ type EchoConfig struct {
 	HTTPAddr   string // HTTP/1.1 and h2c
 	TCPAddr    string // raw TCP echo
 	SourceAddr string // writes zeros until the client leaves (throughput); none when empty
+	// GreetAddr speaks first, as SMTP or MySQL do: a greeting line, then it echoes; none when empty.
+	GreetAddr string
 	// With TLS set (mutual TLS 1.3), TLSAddr echoes and TLSSourceAddr is a source, both over TLS.
 	TLS                    *tls.Config
 	TLSAddr, TLSSourceAddr string
@@ -31,7 +33,7 @@ type EchoConfig struct {
 
 // DefaultEcho returns the ports the ambient/echo image listens on.
 func DefaultEcho() EchoConfig {
-	return EchoConfig{HTTPAddr: ":8080", TCPAddr: ":9090", SourceAddr: ":9091", TLSAddr: ":9443", TLSSourceAddr: ":9444", GRPCAddr: ":7070"}
+	return EchoConfig{HTTPAddr: ":8080", TCPAddr: ":9090", SourceAddr: ":9091", GreetAddr: ":9092", TLSAddr: ":9443", TLSSourceAddr: ":9444", GRPCAddr: ":7070"}
 }
 
 // EchoReply is what the HTTP server answers: what it received, and who answered.
@@ -96,6 +98,7 @@ func RunEcho(ctx context.Context, cfg EchoConfig, log *slog.Logger) error {
 		serve func(net.Listener) error
 	}{
 		{cfg.SourceAddr, false, serveSource},
+		{cfg.GreetAddr, false, serveGreeting},
 		{cfg.GRPCAddr, false, serveGRPC},
 		{cfg.TLSAddr, true, serveTCPEcho},
 		{cfg.TLSSourceAddr, true, serveSource},

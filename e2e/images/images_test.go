@@ -31,7 +31,7 @@ func freeAddr(t *testing.T) string {
 func TestEchoHTTPAndTCP(t *testing.T) {
 	t.Setenv("POD_NAME", "echo-1")
 	t.Setenv("POD_NAMESPACE", "ns1")
-	cfg := EchoConfig{HTTPAddr: freeAddr(t), TCPAddr: freeAddr(t), GRPCAddr: freeAddr(t)}
+	cfg := EchoConfig{HTTPAddr: freeAddr(t), TCPAddr: freeAddr(t), GRPCAddr: freeAddr(t), GreetAddr: freeAddr(t)}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- RunEcho(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
@@ -70,6 +70,12 @@ func TestEchoHTTPAndTCP(t *testing.T) {
 	got, err := TCPEcho(ctx, cfg.TCPAddr, "half-closed", 2*time.Second)
 	if err != nil || got != "half-closed" {
 		t.Errorf("TCPEcho = %q, %v", got, err)
+	}
+	if got, err := TCPLine(ctx, cfg.TCPAddr, "hi\n", 2*time.Second); err != nil || got != "hi\n" {
+		t.Errorf("TCPLine of the echo = %q, %v", got, err)
+	}
+	if got, err := TCPLine(ctx, cfg.GreetAddr, "", 2*time.Second); err != nil || got != "hello from echo-1\n" {
+		t.Errorf("TCPLine of the server-first port = %q, %v", got, err)
 	}
 	if got, err := WebSocketEcho(ctx, "ws://"+cfg.HTTPAddr+"/ws", "over websocket", 2*time.Second); err != nil || got != "over websocket" {
 		t.Errorf("WebSocketEcho = %q, %v", got, err)

@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -437,6 +438,16 @@ func serveTCPEcho(l net.Listener) error {
 // connection idles. io.Copy(c, c) would splice, holding a pipe (two descriptors) per idle
 // connection: a third of the descriptors for the idle-connection benchmark's 10,000 connections.
 func echoConn(c net.Conn) { _, _ = hbone.Copy(c, c) }
+
+// serveGreeting speaks first: "hello from <pod>\n" (POD_NAME, or "echo"), then echoes.
+func serveGreeting(l net.Listener) error {
+	name := cmp.Or(os.Getenv("POD_NAME"), "echo")
+	return acceptLoop(l, func(c net.Conn) {
+		if _, err := io.WriteString(c, "hello from "+name+"\n"); err == nil {
+			echoConn(c)
+		}
+	})
+}
 
 // acceptLoop serves each connection in its own goroutine until the listener closes.
 func acceptLoop(l net.Listener, serve func(net.Conn)) error {

@@ -14,7 +14,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +21,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -54,6 +54,9 @@ type Deps struct {
 	Keys *jwt.KeySource
 	// Tracer makes each request's span (nil: no spans; trace context passes through).
 	Tracer trace.Tracer
+	// SniffTimeout bounds protocol detection on ports that declare no protocol (0:
+	// DefaultSniffTimeout).
+	SniffTimeout time.Duration
 }
 
 // Proxy serves the tunnels of one waypoint; it implements hbone.Handler.
@@ -61,6 +64,8 @@ type Proxy struct {
 	d   Deps
 	cur *current
 	up  *upstream
+	// sniffLogged holds the Service ports ("key:port") whose detection timeout was logged.
+	sniffLogged sync.Map
 }
 
 // New returns a proxy.
@@ -70,6 +75,9 @@ func New(d Deps) *Proxy {
 	}
 	if d.Now == nil {
 		d.Now = time.Now
+	}
+	if d.SniffTimeout <= 0 {
+		d.SniffTimeout = DefaultSniffTimeout
 	}
 	if d.Keys == nil {
 		d.Keys = jwt.NewKeySource(nil, d.Now, d.Log)
@@ -119,10 +127,13 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request) error {
 	}
 	defer conn.Close()
 	br := bufio.NewReaderSize(conn, 4096)
-	if proto == "" {
-		proto = sniff(br)
-	}
 	c := &bufConn{Conn: conn, r: br}
+	if proto == "" {
+		proto, c.pending = sniffWithin(br, p.d.SniffTimeout)
+		if c.pending != nil {
+			p.sniffTimedOut(t)
+		}
+	}
 	if proto == "http" || proto == "http2" {
 		// One server for both: it tells HTTP/2 by its preface.
 		p.serveHTTP(ctx, newSoftDeadlines(c), t)
@@ -163,38 +174,32 @@ func (p *Proxy) mine(wp *workloadv1.GatewayAddress) bool {
 	return h.Namespace == ns && strings.HasPrefix(h.Hostname, name+"."+ns+".svc.")
 }
 
-// sniff decides a port's protocol from the client's first bytes: the HTTP/2 preface, an HTTP/1
-// request line, or anything else (TCP). It waits for the client to speak first; a protocol in
-// which the server speaks first needs its port's appProtocol set to tcp.
-func sniff(br *bufio.Reader) string {
-	const preface = "PRI * HTTP/2.0"
-	b, _ := br.Peek(len(preface))
-	if bytes.HasPrefix(b, []byte(preface)) {
-		return "http2"
-	}
-	if len(b) == 0 {
-		return "tcp"
-	}
-	// An HTTP/1 request line starts with a method token and a space.
-	line, _ := br.Peek(min(br.Buffered(), 16))
-	if i := bytes.IndexByte(line, ' '); i > 0 {
-		for _, c := range line[:i] {
-			if c < 'A' || c > 'Z' {
-				return "tcp"
-			}
-		}
-		return "http"
-	}
-	return "tcp"
-}
-
 // bufConn is the tunnel with what sniffing read put back in front.
 type bufConn struct {
 	hbone.Conn
 	r *bufio.Reader
+	// pending, when detection timed out, is closed once its read has returned.
+	pending <-chan struct{}
 }
 
-func (c *bufConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+func (c *bufConn) Read(b []byte) (int, error) {
+	if c.pending != nil {
+		<-c.pending
+		c.pending = nil
+	}
+	return c.r.Read(b)
+}
+
+// sniffTimedOut logs the first tunnel of each Service port whose client said nothing before the
+// detection timeout: a server-first protocol, which its port's appProtocol should name.
+func (p *Proxy) sniffTimedOut(t *tunnel) {
+	if _, seen := p.sniffLogged.LoadOrStore(fmt.Sprintf("%s:%d", t.key, t.port), true); seen {
+		return
+	}
+	p.d.Log.Warn("protocol detection timed out: the client sent nothing, so the tunnel is passed through as TCP, "+
+		"late; a protocol in which the server speaks first needs appProtocol: tcp on its Service port",
+		"service", t.key, "port", t.port, "peer", t.peer.String(), "timeout", p.d.SniffTimeout.String())
+}
 
 // forwardedFor returns the address in a Forwarded header's for= parameter.
 func forwardedFor(h string) netip.Addr {
