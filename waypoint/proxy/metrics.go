@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +24,27 @@ var requestLabels = []string{"reporter", "source_workload", "source_workload_nam
 type Metrics struct {
 	requests                    *prometheus.CounterVec
 	duration, reqSize, respSize *prometheus.HistogramVec
+	// series caches each label set's four series: a vector's lookup validates and hashes every
+	// label value, and a request has fourteen of them for each of four vectors. Series are never
+	// deleted from the vectors, so a cached one stays theirs.
+	series sync.Map // labelValues → *series
+}
+
+type labelValues [14]string // requestLabels' values, in its order
+
+type series struct {
+	requests                    prometheus.Counter
+	duration, reqSize, respSize prometheus.Observer
+}
+
+func (m *Metrics) with(l *labelValues) *series {
+	if s, ok := m.series.Load(*l); ok {
+		return s.(*series)
+	}
+	s := &series{requests: m.requests.WithLabelValues(l[:]...), duration: m.duration.WithLabelValues(l[:]...),
+		reqSize: m.reqSize.WithLabelValues(l[:]...), respSize: m.respSize.WithLabelValues(l[:]...)}
+	got, _ := m.series.LoadOrStore(*l, s)
+	return got.(*series)
 }
 
 // NewMetrics registers the metrics with reg.
@@ -37,6 +59,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Request sizes (headers and body).", Buckets: bytes}, requestLabels),
 		respSize: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "istio_response_bytes",
 			Help: "Response sizes (body).", Buckets: bytes}, requestLabels),
+	}
+	if len(labelValues{}) != len(requestLabels) {
+		panic("proxy: labelValues does not hold requestLabels")
 	}
 	reg.MustRegister(m.requests, m.duration, m.reqSize, m.respSize)
 	return m
@@ -89,20 +114,20 @@ func (p *Proxy) finish(rec *record, w *statusWriter, r *http.Request, start time
 		if i := strings.IndexByte(dstService, '/'); i >= 0 {
 			dstService = dstService[i+1:]
 		}
-		// In requestLabels' order.
-		l := [...]string{"waypoint", or(rec.srcWorkload), or(rec.srcNS), or(rec.srcPrincipal), or(rec.dstWorkload),
+		l := labelValues{"waypoint", or(rec.srcWorkload), or(rec.srcNS), or(rec.srcPrincipal), or(rec.dstWorkload),
 			or(rec.dstNS), or(rec.dstPrincipal), or(dstService), or(rec.svcName), or(rec.svcNS), rec.proto,
 			strconv.Itoa(code), flags, "mutual_tls"}
-		p.d.Metrics.requests.WithLabelValues(l[:]...).Inc()
-		p.d.Metrics.duration.WithLabelValues(l[:]...).Observe(float64(d) / float64(time.Millisecond))
+		s := p.d.Metrics.with(&l)
+		s.requests.Inc()
+		s.duration.Observe(float64(d) / float64(time.Millisecond))
 		reqSize := max(r.ContentLength, 0)
 		for k, vs := range r.Header {
 			for _, v := range vs {
 				reqSize += int64(len(k) + len(v))
 			}
 		}
-		p.d.Metrics.reqSize.WithLabelValues(l[:]...).Observe(float64(reqSize))
-		p.d.Metrics.respSize.WithLabelValues(l[:]...).Observe(float64(w.bytes))
+		s.reqSize.Observe(float64(reqSize))
+		s.respSize.Observe(float64(w.bytes))
 	}
 	line := p.d.AccessLog.Line().Str("reporter", "waypoint").Str("method", rec.method).Str("path", rec.path).Str("protocol", rec.proto).
 		Str("authority", r.Host).Int("status", int64(code)).Int("duration_ms", d.Milliseconds()).Str("src_principal", rec.srcPrincipal).
