@@ -16,6 +16,13 @@
 //   - Waiting stays with the poller (syscall.RawConn): deadlines, Close waking a blocked reader and
 //     the descriptor's read and write locks all behave as they do for net.Conn.
 //   - Errors look like net.Conn's: *net.OpError with Op "read" or "write", io.EOF at end of stream.
+//
+// What it gives up: the system monitor, asleep while every P is idle, is no longer woken by these
+// calls (it still is by any other system call, a garbage collection or a timer). Its jobs while
+// it sleeps are preempting a goroutine that runs over 10 ms and polling the network when no P
+// does; the proxies' goroutines between two socket calls run for microseconds, so neither is
+// missed. Code that computes for long stretches should not rely on this package's callers to keep
+// the monitor awake.
 package nbio
 
 import (
