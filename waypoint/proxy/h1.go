@@ -13,8 +13,9 @@ package proxy
 //     and the request goes out in one write. A larger or streamed body is written by a goroutine
 //     of its own while the response is read, as a server may answer before it has read it all.
 //   - A connection goes back to its endpoint's pool only when its response body was read to its
-//     end, its request body was written to its end, and neither side asked to close; anything
-//     else closes it. A pooled connection holds no buffer.
+//     end, its request body was written to its end (a writer still finishing when the response
+//     ends is waited for, up to writerGrace), and neither side asked to close; anything else
+//     closes it. A pooled connection holds no buffer.
 //   - A request that fails on a pooled connection before any byte of its response arrived (the
 //     server closed it while idle) is sent once more on a new connection, when its body can be
 //     sent again (none, or read before the first attempt).
@@ -324,21 +325,47 @@ func (b *h1Body) finish(complete bool) {
 	b.done = true
 	stopped := b.stop() // false: the context ended, and the connection with it
 	reuse := complete && b.keep && stopped && b.br.Buffered() == 0
+	late := false
 	if b.written != nil {
 		select {
 		case err := <-b.written:
 			reuse = reuse && err == nil
-		default: // the server answered before reading the whole request: the connection ends
-			reuse = false
+		default:
+			late = reuse
 		}
 	}
 	b.br.Reset(nil)
 	h1Readers.Put(b.br)
-	if reuse {
+	switch {
+	case late:
+		// The response ended before the request body's writer reported: it may be a write
+		// from done (the server read it all and answered), or stuck on a server that answered
+		// before reading it. The connection waits for it, off the request's way.
+		go b.t.putWhenWritten(b.c, b.written)
+	case reuse:
 		b.t.put(b.c)
-		return
+	default:
+		b.t.discard(b.c)
 	}
-	b.t.discard(b.c)
+}
+
+// writerGrace is how long a connection whose response ended waits for its request body's writer.
+const writerGrace = time.Second
+
+// putWhenWritten pools c once its request body's writer has finished without an error, and
+// closes it if the writer fails or is not done within writerGrace (which ends the writer).
+func (t *h1Transport) putWhenWritten(c *h1Conn, written <-chan error) {
+	timer := time.NewTimer(writerGrace)
+	defer timer.Stop()
+	select {
+	case err := <-written:
+		if err == nil {
+			t.put(c)
+			return
+		}
+	case <-timer.C:
+	}
+	t.discard(c)
 }
 
 // upgraded is a switched-protocols connection (WebSocket): the bytes read past the response's

@@ -14,6 +14,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/ambient-mesh/ambient/internal/testutil"
 )
 
 // h1Fixture is an h1Transport dialling a test server, counting its connections.
@@ -98,7 +101,14 @@ func TestH1StreamedBody(t *testing.T) {
 	if len(b) != 30000 {
 		t.Fatalf("echoed %d bytes, want 30000", len(b))
 	}
-	// The connection was reusable: the next request takes it.
+	// The connection was reusable: it goes back to the pool once the body's writer is done (which
+	// may be just after the response ended), and the next request takes it.
+	testutil.Eventually(t, 10*time.Second, "the connection back in the pool", func() bool {
+		f.tr.mu.Lock()
+		defer f.tr.mu.Unlock()
+		h := f.tr.hosts[f.addr]
+		return h != nil && len(h.idle) == 1
+	})
 	if _, got, err := f.do(t, t.Context(), http.MethodGet, ""); err != nil || got != "" {
 		t.Fatalf("second request: %q %v", got, err)
 	}
