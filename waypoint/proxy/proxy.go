@@ -64,7 +64,8 @@ type Proxy struct {
 	d   Deps
 	cur *current
 	up  *upstream
-	// sniffLogged holds the Service ports ("key:port") whose detection timeout was logged.
+	// sniffLogged holds the Service ports ("key:port") and workload keys whose detection timeout
+	// was logged.
 	sniffLogged sync.Map
 }
 
@@ -129,7 +130,10 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request) error {
 	br := bufio.NewReaderSize(conn, 4096)
 	c := &bufConn{Conn: conn, r: br}
 	if proto == "" {
-		proto, c.pending = sniffWithin(br, p.d.SniffTimeout)
+		proto, c.pending = sniffWithin(ctx, br, p.d.SniffTimeout)
+		if proto == "" {
+			return nil // the tunnel or the waypoint is ending
+		}
 		if c.pending != nil {
 			p.sniffTimedOut(t)
 		}
@@ -186,18 +190,26 @@ func (c *bufConn) Read(b []byte) (int, error) {
 	if c.pending != nil {
 		<-c.pending
 		c.pending = nil
+		if err := lateBytes(c.r); err != nil {
+			return 0, err
+		}
 	}
 	return c.r.Read(b)
 }
 
-// sniffTimedOut logs the first tunnel of each Service port whose client said nothing before the
-// detection timeout: a server-first protocol, which its port's appProtocol should name.
+// sniffTimedOut logs the first tunnel of each Service port (each workload, for tunnels addressed
+// to one) whose client said nothing decisive before the detection timeout: a server-first
+// protocol, which its port's appProtocol should name.
 func (p *Proxy) sniffTimedOut(t *tunnel) {
-	if _, seen := p.sniffLogged.LoadOrStore(fmt.Sprintf("%s:%d", t.key, t.port), true); seen {
+	key := t.key
+	if t.svc != nil {
+		key = fmt.Sprintf("%s:%d", t.key, t.port)
+	}
+	if _, seen := p.sniffLogged.LoadOrStore(key, true); seen {
 		return
 	}
-	p.d.Log.Warn("protocol detection timed out: the client sent nothing, so the tunnel is passed through as TCP, "+
-		"late; a protocol in which the server speaks first needs appProtocol: tcp on its Service port",
+	p.d.Log.Warn("protocol detection timed out: the client sent nothing decisive, so the tunnel is passed through "+
+		"as TCP, late; a protocol in which the server speaks first needs appProtocol: tcp on its Service port",
 		"service", t.key, "port", t.port, "peer", t.peer.String(), "timeout", p.d.SniffTimeout.String())
 }
 

@@ -2,35 +2,54 @@ package proxy
 
 import (
 	"bufio"
+	"context"
+	"errors"
 	"io"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
 func TestClassify(t *testing.T) {
+	const room = 64
 	for _, tc := range []struct{ in, want string }{
 		{"", ""},
 		{"G", ""},
 		{"GET", ""},
-		{"GET ", "http"},
+		{"GET ", ""},
+		{"GET /x", ""},
+		{"GET /x ", ""},
+		{"GET /x HTTP/1", ""},
+		{"GET /x HTTP/1.", "http"},
 		{"GET / HTTP/1.1\r\n", "http"},
+		{"\r", ""},
+		{"\r\n", ""},
+		{"\r\n\r\nGET / HTTP/1.1\r\n", "http"}, // empty lines first, which servers skip
 		{"PRI", ""},
 		{"PRI * HTT", ""},
 		{h2Preface, "http2"},
 		{h2Preface + "\r\n\r\nSM\r\n\r\n", "http2"},
+		{"\r\n" + h2Preface, "http2"},
 		{"PRI /x HTTP/1.1\r\n", "http"}, // a method named PRI, not the preface
 		{"get / HTTP/1.1", "tcp"},
 		{" GET", "tcp"},
+		{"GET  / HTTP/1.1", "tcp"},
+		{"GET / HTTP/2.0", "tcp"},
+		{"GET / FTP", "tcp"},
 		{"PING\r\n", "tcp"},
+		{"HELO mail.example.com\r\n", "tcp"}, // SMTP after the greeting: a command, not a request
+		{"USER anonymous\r\n", "tcp"},
 		{"*1\r\n$4\r\nPING\r\n", "tcp"},
 		{"\x16\x03\x01\x02\x00", "tcp"}, // a TLS ClientHello
 		{"SSH-2.0-OpenSSH", "tcp"},
 		{strings.Repeat("A", maxMethod), ""},
 		{strings.Repeat("A", maxMethod+1), "tcp"},
+		{"GET /" + strings.Repeat("a", room), "http"}, // longer than detection holds
+		{strings.Repeat("\r\n", room/2), "http"},
 	} {
-		if got := classify([]byte(tc.in)); got != tc.want {
+		if got := classify([]byte(tc.in), room); got != tc.want {
 			t.Errorf("classify(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
@@ -58,65 +77,107 @@ func writeChunks(t *testing.T, c net.Conn, chunks ...string) {
 // A short first message of a client-first protocol, whose client then waits for the answer,
 // decides at once: sniff does not wait for bytes that will not come.
 func TestSniffShortMessageDecidesAtOnce(t *testing.T) {
-	br, client := pipeReader(t)
-	writeChunks(t, client, "hi\n")
-	if got := sniff(br); got != "tcp" {
-		t.Fatalf("sniff = %q, want tcp", got)
-	}
-	if b, _ := br.Peek(br.Buffered()); string(b) != "hi\n" {
-		t.Errorf("buffered %q, want the client's bytes kept for the stream", b)
+	for _, msg := range []string{"hi\n", "HELO mail.example.com\r\n"} {
+		br, client := pipeReader(t)
+		writeChunks(t, client, msg)
+		if got := sniff(br, new(atomic.Bool)); got != "tcp" {
+			t.Fatalf("sniff of %q = %q, want tcp", msg, got)
+		}
+		if b, _ := br.Peek(br.Buffered()); string(b) != msg {
+			t.Errorf("buffered %q, want the client's bytes kept for the stream", b)
+		}
 	}
 }
 
-// Bytes that could still be either are waited for, across reads.
+// Bytes that could still be HTTP are waited for, across reads.
 func TestSniffWaitsWhileUndecided(t *testing.T) {
 	for _, tc := range []struct {
 		chunks []string
 		want   string
 	}{
 		{[]string{"GE", "T / HTTP/1.1\r\n\r\n"}, "http"},
+		{[]string{"GET /x", " HTTP/1.1\r\n\r\n"}, "http"},
 		{[]string{"PRI * ", "HTTP/2.0\r\n\r\nSM\r\n\r\n"}, "http2"},
 		{[]string{"P", "R", "I", " /x HTTP/1.1\r\n"}, "http"},
+		{[]string{"\r\n", "GET / HTTP/1.1\r\n"}, "http"},
+		{[]string{"HELO", " mail.example.com\r\n"}, "tcp"},
 	} {
 		br, client := pipeReader(t)
 		writeChunks(t, client, tc.chunks...)
-		if got := sniff(br); got != tc.want {
+		if got := sniff(br, new(atomic.Bool)); got != tc.want {
 			t.Errorf("sniff of %q = %q, want %q", tc.chunks, got, tc.want)
 		}
 	}
 }
 
-func TestSniffClientEndsFirst(t *testing.T) {
-	br, client := pipeReader(t)
-	client.Close()
-	if got := sniff(br); got != "tcp" {
-		t.Fatalf("sniff of a client that ended = %q, want tcp", got)
+// A client that ends without a byte is TCP; one that ends what could still be a request is left
+// to the HTTP server to judge, never passed through as TCP.
+func TestSniffClientEnds(t *testing.T) {
+	for _, tc := range []struct{ sent, want string }{{"", "tcp"}, {"GET /admin HTTP/1", "http"}} {
+		br, client := pipeReader(t)
+		go func() {
+			_, _ = client.Write([]byte(tc.sent))
+			client.Close()
+		}()
+		if got := sniff(br, new(atomic.Bool)); got != tc.want {
+			t.Errorf("sniff of %q then the end = %q, want %q", tc.sent, got, tc.want)
+		}
 	}
 }
 
 // A client that says nothing (the server speaks first) is TCP once the timeout passes, and what
 // it sends later reaches the stream whole, through the read that detection had started.
 func TestSniffWithinTimesOutToTCP(t *testing.T) {
-	br, client := pipeReader(t)
-	proto, pending := sniffWithin(br, time.Millisecond)
-	if proto != "tcp" || pending == nil {
-		t.Fatalf("sniffWithin = %q, %v; want tcp and a pending read", proto, pending)
+	for _, late := range []string{"QUIT\r\n", "\x00\x00\x00\x08binary"} {
+		br, client := pipeReader(t)
+		proto, pending := sniffWithin(context.Background(), br, time.Millisecond)
+		if proto != "tcp" || pending == nil {
+			t.Fatalf("sniffWithin = %q, %v; want tcp and a pending read", proto, pending)
+		}
+		c := &bufConn{r: br, pending: pending}
+		writeChunks(t, client, late)
+		got := make([]byte, len(late))
+		if _, err := io.ReadFull(c, got); err != nil || string(got) != late {
+			t.Fatalf("read after the timeout: %q, %v; want %q", got, err, late)
+		}
+		if c.pending != nil {
+			t.Error("the pending read is still waited for after it returned")
+		}
 	}
-	c := &bufConn{r: br, pending: pending}
-	writeChunks(t, client, "QUIT\r\n")
-	got := make([]byte, 6)
-	if _, err := io.ReadFull(c, got); err != nil || string(got) != "QUIT\r\n" {
-		t.Fatalf("read after the timeout: %q, %v", got, err)
-	}
-	if c.pending != nil {
-		t.Error("the pending read is still waited for after it returned")
+}
+
+// After a timeout, first bytes that could be HTTP close the tunnel: waiting out the timeout must
+// not pass a request as TCP around routes, JWT checks and header filters. Bytes that leave it
+// open ("GE") count as HTTP too: detection does not wait again.
+func TestSniffWithinLateHTTPRefused(t *testing.T) {
+	for _, late := range []string{"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n", "GE", h2Preface} {
+		br, client := pipeReader(t)
+		proto, pending := sniffWithin(context.Background(), br, time.Millisecond)
+		if proto != "tcp" || pending == nil {
+			t.Fatalf("sniffWithin = %q, %v; want tcp and a pending read", proto, pending)
+		}
+		writeChunks(t, client, late)
+		c := &bufConn{r: br, pending: pending}
+		if n, err := c.Read(make([]byte, 64)); n != 0 || !errors.Is(err, errLateHTTP) {
+			t.Errorf("read of late %q = %d, %v; want errLateHTTP", late, n, err)
+		}
 	}
 }
 
 func TestSniffWithinDecidesBeforeTimeout(t *testing.T) {
 	br, client := pipeReader(t)
 	writeChunks(t, client, "GET / HTTP/1.1\r\n")
-	if proto, pending := sniffWithin(br, time.Hour); proto != "http" || pending != nil {
+	if proto, pending := sniffWithin(context.Background(), br, time.Hour); proto != "http" || pending != nil {
 		t.Fatalf("sniffWithin = %q, %v; want http and nothing pending", proto, pending)
+	}
+}
+
+// A tunnel that ends (or a waypoint that stops) during detection ends it: "" and no fallback.
+func TestSniffWithinContextEnds(t *testing.T) {
+	br, _ := pipeReader(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if proto, _ := sniffWithin(ctx, br, time.Hour); proto != "" {
+		t.Fatalf("sniffWithin after its context ended = %q, want \"\"", proto)
 	}
 }
