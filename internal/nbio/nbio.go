@@ -10,9 +10,13 @@
 // needed: the waypoint spent a fifth of its CPU in the system monitor at 1000 requests a second.
 //
 // Rules:
-//   - Only sockets owned by the runtime's poller (net.TCPConn, net.UnixConn): they are
-//     non-blocking by construction, which is what makes a raw call safe. Anything else keeps the
-//     ordinary path (New returns nil).
+//   - Only TCP sockets owned by the runtime's poller, and only while non-blocking (New checks):
+//     that is what makes a raw call safe, as a raw call that blocked would hold its P, and stall
+//     the next garbage collection, for as long as it slept. Anything else keeps the ordinary path
+//     (New returns nil). Nothing may clear O_NONBLOCK on a socket afterwards (net.TCPConn.File
+//     followed by Fd does).
+//   - Built with the race detector, msan or asan, the calls go through package syscall, whose
+//     Read and Write tell the detectors about the buffers (sys_instrumented.go).
 //   - Waiting stays with the poller (syscall.RawConn): deadlines, Close waking a blocked reader and
 //     the descriptor's read and write locks all behave as they do for net.Conn.
 //   - Errors look like net.Conn's: *net.OpError with Op "read" or "write", io.EOF at end of stream.
@@ -31,7 +35,6 @@ import (
 	"net"
 	"os"
 	"syscall"
-	"unsafe"
 )
 
 // maxRW bounds one system call, as internal/poll does, so that a huge buffer is written in
@@ -40,22 +43,29 @@ const maxRW = 1 << 30
 
 // Socket reads and writes one connection's descriptor with raw system calls.
 type Socket struct {
-	c  net.Conn
+	c  *net.TCPConn
 	rc syscall.RawConn
 }
 
-// New returns a Socket for c, or nil when c is not a socket the runtime's poller owns.
+// New returns a Socket for c, or nil when c is not a non-blocking TCP socket of the runtime's
+// poller.
 func New(c net.Conn) *Socket {
-	switch c.(type) {
-	case *net.TCPConn, *net.UnixConn:
-	default:
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
 		return nil
 	}
-	rc, err := c.(syscall.Conn).SyscallConn()
+	rc, err := tc.SyscallConn()
 	if err != nil {
 		return nil
 	}
-	return &Socket{c: c, rc: rc}
+	nonblocking := false
+	if err := rc.Control(func(fd uintptr) {
+		flags, _, e := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_GETFL, 0)
+		nonblocking = e == 0 && flags&syscall.O_NONBLOCK != 0
+	}); err != nil || !nonblocking {
+		return nil
+	}
+	return &Socket{c: tc, rc: rc}
 }
 
 // Read reads into p what the socket holds, waiting on the poller while it holds nothing.
@@ -87,22 +97,28 @@ func (s *Socket) Read(p []byte) (int, error) {
 func (s *Socket) Write(p []byte) (int, error) {
 	var n int
 	var errno syscall.Errno
+	stuck := false
 	err := s.rc.Write(func(fd uintptr) bool {
 		for n < len(p) {
 			chunk := p[n:]
 			if len(chunk) > maxRW {
 				chunk = chunk[:maxRW]
 			}
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&chunk[0])), uintptr(len(chunk)))
-			switch e {
-			case 0:
-				n += int(r)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
+			r, e := write(fd, chunk)
+			switch {
+			case e == syscall.EINTR:
+			case e == syscall.EAGAIN:
 				return false
-			default:
+			case e != 0:
 				errno = e
 				return true
+			case r > len(chunk):
+				panic("nbio: write(2) returned more than it was given") // as internal/poll, Go issue 61060
+			case r == 0:
+				stuck = true // no progress and no error, as internal/poll: not looping on it
+				return true
+			default:
+				n += r
 			}
 		}
 		return true
@@ -112,6 +128,8 @@ func (s *Socket) Write(p []byte) (int, error) {
 		return n, s.opError("write", unwrapOp(err))
 	case errno != 0:
 		return n, s.opError("write", os.NewSyscallError("write", errno))
+	case stuck:
+		return n, io.ErrUnexpectedEOF
 	}
 	return n, nil
 }
@@ -120,19 +138,15 @@ func (s *Socket) Write(p []byte) (int, error) {
 // signal interrupts it, for a syscall.RawConn.Read callback: EAGAIN means wait on the poller.
 func ReadFD(fd uintptr, p []byte) (int, syscall.Errno) {
 	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-		if e != syscall.EINTR {
-			if e != 0 {
-				return 0, e
-			}
-			return int(r), 0
+		if n, e := read(fd, p); e != syscall.EINTR {
+			return n, e
 		}
 	}
 }
 
 // opError wraps err as net.Conn's own methods do, so that callers and logs see "read tcp a->b: …".
 func (s *Socket) opError(op string, err error) error {
-	return &net.OpError{Op: op, Net: s.c.LocalAddr().Network(), Source: s.c.LocalAddr(), Addr: s.c.RemoteAddr(), Err: err}
+	return &net.OpError{Op: op, Net: "tcp", Source: s.c.LocalAddr(), Addr: s.c.RemoteAddr(), Err: err}
 }
 
 // unwrapOp takes the cause out of the *net.OpError that RawConn returns ("raw-read …"): a

@@ -46,9 +46,23 @@ func TestNewOnlyForPollerSockets(t *testing.T) {
 	if New(p) != nil {
 		t.Error("New(net.Pipe()) is not nil: a pipe is not a descriptor")
 	}
-	a, _ := pair(t)
+	a, b := pair(t)
 	if New(a) == nil {
 		t.Error("New(*net.TCPConn) is nil")
+	}
+	// A socket made blocking (as File and Fd do) would block a raw call with its P held.
+	rc, err := b.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rc.Control(func(fd uintptr) { err = syscall.SetNonblock(int(fd), false) }); err != nil {
+		t.Fatal(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if New(b) != nil {
+		t.Error("New of a blocking socket is not nil")
 	}
 }
 

@@ -74,10 +74,10 @@ func copyHalf(dst, src net.Conn) (int64, error) {
 	return n, dst.Close()
 }
 
-// Copy copies src to dst until src ends, through a pooled buffer; it does not allocate. Unlike
-// io.Copy it never hands over to ReaderFrom or WriterTo, whose buffers are not pooled. From a
-// TCP socket or a tunnel it holds the buffer only while there is data to move: neither side of an
-// idle connection costs a buffer.
+// Copy copies src to dst until src ends, through a pooled buffer; past its start (a socket's raw
+// I/O handle) it does not allocate. Unlike io.Copy it never hands over to ReaderFrom or WriterTo,
+// whose buffers are not pooled. From a TCP socket or a tunnel it holds the buffer only while
+// there is data to move: neither side of an idle connection costs a buffer.
 func Copy(dst io.Writer, src io.Reader) (int64, error) {
 	if c, ok := dst.(*net.TCPConn); ok {
 		if s := nbio.New(c); s != nil {
