@@ -18,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -140,9 +141,25 @@ func TestWaypointL7(t *testing.T) {
 	if out, err := lab.Exec(ctx, labCfg, ns, "client", clientBin, "-timeout", "5s", "tcp-line", "raw."+ns+":9090", "hi"); err != nil || out != "hi\n" {
 		t.Errorf("a short client-first exchange through the waypoint = %q, %v", out, err)
 	}
+	// Both server-first exchanges at once, so that the suite waits out one timeout: after the
+	// greeting, a command line is relayed, and a request line ends the tunnel (passed as TCP it
+	// would skip the port's L7 configuration).
 	greetTimeout := (proxy.DefaultSniffTimeout + 10*time.Second).String()
-	if out, err := lab.Exec(ctx, labCfg, ns, "client", clientBin, "-timeout", greetTimeout, "tcp-line", "raw."+ns+":9092"); err != nil || out != "hello from echo-v1\n" {
-		t.Errorf("a server-first exchange through the waypoint = %q, %v", out, err)
+	var greeted sync.WaitGroup
+	var cmdOut, httpOut string
+	var cmdErr, httpErr error
+	greeted.Go(func() {
+		cmdOut, cmdErr = lab.Exec(ctx, labCfg, ns, "client", clientBin, "-timeout", greetTimeout, "tcp-greet", "raw."+ns+":9092", "HELO client")
+	})
+	greeted.Go(func() {
+		httpOut, httpErr = lab.Exec(ctx, labCfg, ns, "client", clientBin, "-timeout", greetTimeout, "tcp-greet", "raw."+ns+":9092", "GET /admin HTTP/1.1")
+	})
+	greeted.Wait()
+	if cmdErr != nil || cmdOut != "hello from echo-v1\nHELO client\r\n" {
+		t.Errorf("a server-first exchange through the waypoint = %q, %v", cmdOut, cmdErr)
+	}
+	if httpErr == nil || !strings.HasPrefix(httpOut, "hello from echo-v1\n") || strings.Contains(httpOut, "GET /admin") {
+		t.Errorf("an HTTP request sent after detection timed out = %q, %v; want the greeting, then the tunnel closed", httpOut, httpErr)
 	}
 	wps, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "gateway.networking.k8s.io/gateway-name=wp"})
 	if err != nil || len(wps.Items) != 1 {

@@ -140,6 +140,16 @@ func run() int {
 		}
 		fmt.Print(out)
 		return 0
+	case args[0] == "tcp-greet" && len(args) == 3:
+		// A server-first exchange: read the greeting line, send the message as a line, print
+		// the greeting and the line back.
+		greeting, reply, err := images.TCPGreet(ctx, args[1], args[2]+"\r\n", *timeout)
+		fmt.Print(greeting, reply)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "client:", err)
+			return 1
+		}
+		return 0
 	case args[0] == "load" && len(args) >= 3:
 		// Until stopped (SIGTERM): a new connection every interval; then a JSON report.
 		interval, err := time.ParseDuration(args[1])
@@ -165,7 +175,7 @@ func run() int {
 	case args[0] == "bench":
 		return bench(ctx, args[1:], *timeout)
 	default:
-		fmt.Fprintln(os.Stderr, "usage: client [-timeout d] [-h2c] [-method M] [-response-headers] [-header 'K: v']... [http URL | requests N URL | ws URL MSG | grpc-health ADDR | tcp ADDR MSG | tcp-line ADDR [MSG] | load INTERVAL ADDR... | hold ADDR N INTERVAL | bench -mode MODE -addr ADDR ...]")
+		fmt.Fprintln(os.Stderr, "usage: client [-timeout d] [-h2c] [-method M] [-response-headers] [-header 'K: v']... [http URL | requests N URL | ws URL MSG | grpc-health ADDR | tcp ADDR MSG | tcp-line ADDR [MSG] | tcp-greet ADDR MSG | load INTERVAL ADDR... | hold ADDR N INTERVAL | bench -mode MODE -addr ADDR ...]")
 		return 2
 	}
 }

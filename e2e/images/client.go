@@ -76,6 +76,27 @@ func TCPLine(ctx context.Context, addr, msg string, timeout time.Duration) (stri
 	return bufio.NewReader(c).ReadString('\n')
 }
 
+// TCPGreet reads the first line addr sends (a server that speaks first), then sends msg and
+// returns both lines, or the greeting and what ended the exchange.
+func TCPGreet(ctx context.Context, addr, msg string, timeout time.Duration) (greeting, reply string, err error) {
+	d := net.Dialer{Timeout: timeout}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return "", "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(timeout))
+	br := bufio.NewReader(c)
+	if greeting, err = br.ReadString('\n'); err != nil {
+		return greeting, "", err
+	}
+	if _, err := io.WriteString(c, msg); err != nil {
+		return greeting, "", err
+	}
+	reply, err = br.ReadString('\n')
+	return greeting, reply, err
+}
+
 // LoadReport is what Load saw: every connection counted once, as ok or failed.
 type LoadReport struct {
 	OK, Failed int

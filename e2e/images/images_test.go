@@ -77,6 +77,9 @@ func TestEchoHTTPAndTCP(t *testing.T) {
 	if got, err := TCPLine(ctx, cfg.GreetAddr, "", 2*time.Second); err != nil || got != "hello from echo-1\n" {
 		t.Errorf("TCPLine of the server-first port = %q, %v", got, err)
 	}
+	if g, r, err := TCPGreet(ctx, cfg.GreetAddr, "HELO x\r\n", 2*time.Second); err != nil || g != "hello from echo-1\n" || r != "HELO x\r\n" {
+		t.Errorf("TCPGreet = %q, %q, %v", g, r, err)
+	}
 	if got, err := WebSocketEcho(ctx, "ws://"+cfg.HTTPAddr+"/ws", "over websocket", 2*time.Second); err != nil || got != "over websocket" {
 		t.Errorf("WebSocketEcho = %q, %v", got, err)
 	}
