@@ -103,13 +103,7 @@ func run() int {
 		return 0
 	case args[0] == "ws" && len(args) == 3:
 		// ws URL MSG: one WebSocket message there and back.
-		out, err := images.WebSocketEcho(ctx, args[1], args[2], *timeout)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "client:", err)
-			return 1
-		}
-		fmt.Print(out)
-		return 0
+		return report(images.WebSocketEcho(ctx, args[1], args[2], *timeout))
 	case args[0] == "grpc-health" && len(args) == 2:
 		out, err := images.GRPCHealth(ctx, args[1], *timeout)
 		if err != nil {
@@ -119,13 +113,7 @@ func run() int {
 		fmt.Println(out)
 		return 0
 	case args[0] == "tcp" && len(args) == 3:
-		out, err := images.TCPEcho(ctx, args[1], args[2], *timeout)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "client:", err)
-			return 1
-		}
-		fmt.Print(out)
-		return 0
+		return report(images.TCPEcho(ctx, args[1], args[2], *timeout))
 	case args[0] == "tcp-line" && (len(args) == 2 || len(args) == 3):
 		// A line exchange without half-closing: send the message (none: the server speaks
 		// first), print the first line back.
@@ -133,13 +121,7 @@ func run() int {
 		if len(args) == 3 {
 			msg = args[2] + "\n"
 		}
-		out, err := images.TCPLine(ctx, args[1], msg, *timeout)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "client:", err)
-			return 1
-		}
-		fmt.Print(out)
-		return 0
+		return report(images.TCPLine(ctx, args[1], msg, *timeout))
 	case args[0] == "tcp-greet" && len(args) == 3:
 		// A server-first exchange: read the greeting line, send the message as a line, print
 		// the greeting and the line back.
@@ -222,5 +204,15 @@ func bench(ctx context.Context, args []string, timeout time.Duration) int {
 		return 1
 	}
 	_ = json.NewEncoder(os.Stdout).Encode(res)
+	return 0
+}
+
+// report prints a command's output, or its error and exits 1.
+func report(out string, err error) int {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "client:", err)
+		return 1
+	}
+	fmt.Print(out)
 	return 0
 }

@@ -35,15 +35,23 @@ func HTTPGet(ctx context.Context, url string, h2c bool, timeout time.Duration) (
 	return resp.StatusCode, body, err
 }
 
-// TCPEcho sends msg to addr, half-closes, and returns what came back.
-func TCPEcho(ctx context.Context, addr, msg string, timeout time.Duration) (string, error) {
+// dialFor connects to addr for one exchange that must end within timeout.
+func dialFor(ctx context.Context, addr string, timeout time.Duration) (net.Conn, error) {
 	d := net.Dialer{Timeout: timeout}
 	c, err := d.DialContext(ctx, "tcp", addr)
+	if err == nil {
+		_ = c.SetDeadline(time.Now().Add(timeout))
+	}
+	return c, err
+}
+
+// TCPEcho sends msg to addr, half-closes, and returns what came back.
+func TCPEcho(ctx context.Context, addr, msg string, timeout time.Duration) (string, error) {
+	c, err := dialFor(ctx, addr, timeout)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(timeout))
 	if _, err := io.Copy(c, strings.NewReader(msg)); err != nil {
 		return "", err
 	}
@@ -61,13 +69,11 @@ func TCPEcho(ctx context.Context, addr, msg string, timeout time.Duration) (stri
 // TCPLine sends msg to addr (nothing when empty: the server speaks first) without half-closing,
 // as a client that waits for its answer does, and returns the first line that comes back.
 func TCPLine(ctx context.Context, addr, msg string, timeout time.Duration) (string, error) {
-	d := net.Dialer{Timeout: timeout}
-	c, err := d.DialContext(ctx, "tcp", addr)
+	c, err := dialFor(ctx, addr, timeout)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(timeout))
 	if msg != "" {
 		if _, err := io.WriteString(c, msg); err != nil {
 			return "", err
@@ -79,13 +85,11 @@ func TCPLine(ctx context.Context, addr, msg string, timeout time.Duration) (stri
 // TCPGreet reads the first line addr sends (a server that speaks first), then sends msg and
 // returns both lines, or the greeting and what ended the exchange.
 func TCPGreet(ctx context.Context, addr, msg string, timeout time.Duration) (greeting, reply string, err error) {
-	d := net.Dialer{Timeout: timeout}
-	c, err := d.DialContext(ctx, "tcp", addr)
+	c, err := dialFor(ctx, addr, timeout)
 	if err != nil {
 		return "", "", err
 	}
 	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(timeout))
 	br := bufio.NewReader(c)
 	if greeting, err = br.ReadString('\n'); err != nil {
 		return greeting, "", err
