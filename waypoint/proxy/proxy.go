@@ -134,7 +134,8 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request) error {
 		if proto == "" {
 			return nil // the tunnel or the waypoint is ending
 		}
-		if c.pending != nil {
+		if c.pending != nil && proto == "tcp" {
+			c.checkLate = true
 			p.sniffTimedOut(t)
 		}
 	}
@@ -182,16 +183,20 @@ func (p *Proxy) mine(wp *workloadv1.GatewayAddress) bool {
 type bufConn struct {
 	hbone.Conn
 	r *bufio.Reader
-	// pending, when detection timed out, is closed once its read has returned.
-	pending <-chan struct{}
+	// pending, when detection timed out, is closed once its read has returned; with checkLate
+	// (passed through as TCP), what that read brought must be plainly not HTTP.
+	pending   <-chan struct{}
+	checkLate bool
 }
 
 func (c *bufConn) Read(b []byte) (int, error) {
 	if c.pending != nil {
 		<-c.pending
 		c.pending = nil
-		if err := lateBytes(c.r); err != nil {
-			return 0, err
+		if c.checkLate {
+			if err := lateBytes(c.r); err != nil {
+				return 0, err
+			}
 		}
 	}
 	return c.r.Read(b)

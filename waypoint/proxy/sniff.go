@@ -4,14 +4,16 @@ package proxy
 //
 // Rules:
 //   - Decide on the first bytes, and wait for more only while what has arrived could still be
-//     HTTP: a prefix of the HTTP/2 preface, or of an HTTP/1 request line (method, target,
-//     "HTTP/1."), after the empty lines a server ignores. A client-first protocol whose first
-//     message is short ("PING\r\n"), or merely looks like a command ("HELO host\r\n"), is TCP at
-//     once, never held waiting for bytes its client will not send before an answer.
+//     HTTP: a prefix of the HTTP/2 preface, or of an HTTP/1 request line as the most lenient
+//     servers read one (any token as method, runs of blanks, "HTTP/" of any version), after the
+//     empty lines servers skip, so that a request a lenient backend would still parse (two
+//     spaces, a lowercase method, a tab) does not pass as TCP around the L7 configuration. A
+//     client-first protocol whose first message is short ("PING\r\n"), or a command line
+//     ("HELO host\r\n"), is still TCP at once. (An HTTP/0.9 "GET /path" is TCP.)
 //   - A request line longer than detection can hold is HTTP: misjudged, a stream fails at the
 //     HTTP server; misjudged the other way, it would pass as TCP around the L7 configuration.
-//   - A client that sends nothing decisive for the detection timeout (Linkerd's 10 s by default)
-//     is passed through as TCP, so that protocols in which the server speaks first (SMTP, MySQL)
+//   - A client that sends nothing for the detection timeout (Linkerd's 10 s by default) is
+//     passed through as TCP, so that protocols in which the server speaks first (SMTP, MySQL)
 //     work, late; the first such tunnel of each Service port is logged with the fix
 //     (appProtocol: tcp). What such a client sends first must then be plainly not HTTP:
 //     anything that could be closes the tunnel (errLateHTTP), because TCP skips routes, JWT
@@ -19,13 +21,16 @@ package proxy
 //     Authorization is never skipped: on TCP, a rule that names HTTP attributes denies (DENY) or
 //     never allows (ALLOW).
 //   - The read that detection started is never abandoned: after a timeout, detection stops once
-//     that read returns, and the stream reads on only then, so no byte is lost or read twice.
+//     that read returns, and the stream reads on only then, so no byte is lost or read twice. A
+//     client that had sent part of what could be a request before the timeout is handed to the
+//     HTTP server, which judges it (and times out on it).
 
 import (
 	"bufio"
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -36,7 +41,7 @@ const DefaultSniffTimeout = 10 * time.Second
 
 const h2Preface = "PRI * HTTP/2.0"
 
-// maxMethod bounds an HTTP/1 method token: a longer run of capitals is not HTTP.
+// maxMethod bounds an HTTP/1 method token: a longer one is not HTTP.
 const maxMethod = 24
 
 // errLateHTTP ends a tunnel that fell back to TCP when its first bytes could be HTTP.
@@ -44,19 +49,19 @@ var errLateHTTP = errors.New("the client's first bytes, sent after protocol dete
 	"the tunnel is closed rather than passed through as TCP around the port's L7 configuration")
 
 // sniff decides a tunnel's protocol from its client's first bytes: "http2" for the HTTP/2
-// preface, "http" for an HTTP/1 request line (or what could still be one when the client ends),
-// "tcp" for anything else, including a client that ends without a byte. It returns as soon as the bytes decide, or with "" once a read returns
-// after stop is set.
-func sniff(br *bufio.Reader, stop *atomic.Bool) string {
+// preface, "http" for an HTTP/1 request line, "tcp" for anything else, including a client that
+// ends before deciding (an unfinished request line is no request to any server). It returns as
+// soon as the bytes decide, or with "" once a read returns after stop is set. seen holds how many
+// bytes it has looked at.
+func sniff(br *bufio.Reader, stop *atomic.Bool, seen *atomic.Int32) string {
 	_, err := br.Peek(1)
 	for {
 		b, _ := br.Peek(br.Buffered())
+		seen.Store(int32(len(b)))
 		p := classify(b, br.Size())
 		switch {
 		case p != "":
 			return p
-		case err != nil && len(b) > 0:
-			return "http" // it ended what could still be a request: the HTTP server judges it
 		case err != nil:
 			return "tcp"
 		}
@@ -71,13 +76,11 @@ func sniff(br *bufio.Reader, stop *atomic.Bool) string {
 // could still be HTTP.
 func classify(b []byte, room int) string {
 	full := len(b) >= room
-	for bytes.HasPrefix(b, []byte("\r\n")) { // empty lines before a request line (RFC 9112 §2.2)
-		b = b[2:]
-	}
+	b = bytes.TrimLeft(b, "\r\n") // empty lines before a request line (RFC 9112 §2.2)
 	switch {
 	case bytes.HasPrefix(b, []byte(h2Preface)):
 		return "http2"
-	case len(b) == 0 || bytes.HasPrefix([]byte(h2Preface), b) || bytes.Equal(b, []byte("\r")):
+	case len(b) == 0 || bytes.HasPrefix([]byte(h2Preface), b):
 	default:
 		switch requestLine(b) {
 		case lineHTTP:
@@ -98,10 +101,11 @@ const (
 	lineNot
 )
 
-// requestLine matches the start of an HTTP/1 request line: method SP target SP "HTTP/1.".
+// requestLine matches the start of an HTTP/1 request line as a lenient server reads one: a
+// token (the method), blanks, the target, blanks, "HTTP/".
 func requestLine(b []byte) int {
 	i := 0
-	for i < len(b) && b[i] >= 'A' && b[i] <= 'Z' {
+	for i < len(b) && isTchar(b[i]) {
 		i++
 	}
 	switch {
@@ -109,10 +113,12 @@ func requestLine(b []byte) int {
 		return lineNot
 	case i == len(b):
 		return linePrefix
-	case i == 0 || b[i] != ' ':
+	case i == 0 || !isBlank(b[i]):
 		return lineNot
 	}
-	i++
+	for i < len(b) && isBlank(b[i]) {
+		i++
+	}
 	start := i
 	for i < len(b) && b[i] > ' ' && b[i] < 0x7f {
 		i++
@@ -120,10 +126,13 @@ func requestLine(b []byte) int {
 	switch {
 	case i == len(b):
 		return linePrefix
-	case i == start || b[i] != ' ':
+	case i == start || !isBlank(b[i]):
 		return lineNot
 	}
-	rest, version := b[i+1:], []byte("HTTP/1.")
+	for i < len(b) && isBlank(b[i]) {
+		i++
+	}
+	rest, version := b[i:], []byte("HTTP/")
 	switch {
 	case bytes.HasPrefix(rest, version):
 		return lineHTTP
@@ -133,23 +142,36 @@ func requestLine(b []byte) int {
 	return lineNot
 }
 
+func isBlank(c byte) bool { return c == ' ' || c == '\t' }
+
+// isTchar reports whether c may be in an HTTP token (RFC 9110 §5.6.2), which a method is.
+func isTchar(c byte) bool {
+	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}
+
 // sniffWithin is sniff bounded by timeout and ctx. When the client has said nothing decisive by
-// then it returns "tcp" (or "" when ctx ended) and a channel closed once sniff's read has
+// then, it returns "tcp" when the client had sent nothing, "http" when it had sent part of what
+// could be a request (or "" when ctx ended), and a channel closed once sniff's read has
 // returned: br must not be read before.
 func sniffWithin(ctx context.Context, br *bufio.Reader, timeout time.Duration) (proto string, pending <-chan struct{}) {
-	res := make(chan string, 1)
-	done := make(chan struct{})
-	stop := new(atomic.Bool)
-	go func() {
-		res <- sniff(br, stop)
-		close(done)
-	}()
 	t := time.NewTimer(timeout)
 	defer t.Stop()
+	return sniffUntil(ctx, br, t.C)
+}
+
+// sniffUntil is sniffWithin with the timeout as a channel.
+func sniffUntil(ctx context.Context, br *bufio.Reader, expired <-chan time.Time) (proto string, pending <-chan struct{}) {
+	res := make(chan string, 1)
+	done := make(chan struct{})
+	stop, seen := new(atomic.Bool), new(atomic.Int32)
+	go func() {
+		res <- sniff(br, stop, seen)
+		close(done)
+	}()
 	select {
 	case p := <-res:
 		return p, nil
-	case <-t.C:
+	case <-expired:
 		proto = "tcp"
 	case <-ctx.Done():
 	}
@@ -161,6 +183,9 @@ func sniffWithin(ctx context.Context, br *bufio.Reader, timeout time.Duration) (
 		}
 		return proto, nil
 	default:
+		if proto != "" && seen.Load() > 0 {
+			proto = "http"
+		}
 		return proto, done
 	}
 }

@@ -21,11 +21,12 @@ func TestClassify(t *testing.T) {
 		{"GET ", ""},
 		{"GET /x", ""},
 		{"GET /x ", ""},
-		{"GET /x HTTP/1", ""},
+		{"GET /x HTTP/1", "http"},
 		{"GET /x HTTP/1.", "http"},
 		{"GET / HTTP/1.1\r\n", "http"},
 		{"\r", ""},
 		{"\r\n", ""},
+		{"\r\n\r", ""},
 		{"\r\n\r\nGET / HTTP/1.1\r\n", "http"}, // empty lines first, which servers skip
 		{"PRI", ""},
 		{"PRI * HTT", ""},
@@ -33,19 +34,24 @@ func TestClassify(t *testing.T) {
 		{h2Preface + "\r\n\r\nSM\r\n\r\n", "http2"},
 		{"\r\n" + h2Preface, "http2"},
 		{"PRI /x HTTP/1.1\r\n", "http"}, // a method named PRI, not the preface
-		{"get / HTTP/1.1", "tcp"},
+		{"get / HTTP/1.1", "http"},      // a lowercase method, which Go's and Apache's servers take
+		{"GET  /x\tHTTP/1.1", "http"},   // runs of blanks, which nginx takes
+		{"GET / HTTP/2.0", "http"},      // the HTTP server answers it, not a backend
+		{"\nGET / HTTP/1.1", "http"},
 		{" GET", "tcp"},
-		{"GET  / HTTP/1.1", "tcp"},
-		{"GET / HTTP/2.0", "tcp"},
 		{"GET / FTP", "tcp"},
+		{"GET /\r\n", "tcp"}, // HTTP/0.9
+		{"GET /x HTTP", ""},
 		{"PING\r\n", "tcp"},
 		{"HELO mail.example.com\r\n", "tcp"}, // SMTP after the greeting: a command, not a request
 		{"USER anonymous\r\n", "tcp"},
 		{"*1\r\n$4\r\nPING\r\n", "tcp"},
 		{"\x16\x03\x01\x02\x00", "tcp"}, // a TLS ClientHello
-		{"SSH-2.0-OpenSSH", "tcp"},
-		{strings.Repeat("A", maxMethod), ""},
-		{strings.Repeat("A", maxMethod+1), "tcp"},
+		{"SSH-2.0-OpenSSH_9.6\r\n", "tcp"},
+		{"hi", ""},
+		{"hi\n", "tcp"},
+		{strings.Repeat("a", maxMethod), ""},
+		{strings.Repeat("a", maxMethod+1), "tcp"},
 		{"GET /" + strings.Repeat("a", room), "http"}, // longer than detection holds
 		{strings.Repeat("\r\n", room/2), "http"},
 	} {
@@ -80,7 +86,7 @@ func TestSniffShortMessageDecidesAtOnce(t *testing.T) {
 	for _, msg := range []string{"hi\n", "HELO mail.example.com\r\n"} {
 		br, client := pipeReader(t)
 		writeChunks(t, client, msg)
-		if got := sniff(br, new(atomic.Bool)); got != "tcp" {
+		if got := sniff(br, new(atomic.Bool), new(atomic.Int32)); got != "tcp" {
 			t.Fatalf("sniff of %q = %q, want tcp", msg, got)
 		}
 		if b, _ := br.Peek(br.Buffered()); string(b) != msg {
@@ -104,23 +110,23 @@ func TestSniffWaitsWhileUndecided(t *testing.T) {
 	} {
 		br, client := pipeReader(t)
 		writeChunks(t, client, tc.chunks...)
-		if got := sniff(br, new(atomic.Bool)); got != tc.want {
+		if got := sniff(br, new(atomic.Bool), new(atomic.Int32)); got != tc.want {
 			t.Errorf("sniff of %q = %q, want %q", tc.chunks, got, tc.want)
 		}
 	}
 }
 
-// A client that ends without a byte is TCP; one that ends what could still be a request is left
-// to the HTTP server to judge, never passed through as TCP.
+// A client that ends before deciding is TCP: without a byte, or with an unfinished request line,
+// which no server would take as a request ("half-closed" is a token, as a method is).
 func TestSniffClientEnds(t *testing.T) {
-	for _, tc := range []struct{ sent, want string }{{"", "tcp"}, {"GET /admin HTTP/1", "http"}} {
+	for _, sent := range []string{"", "half-closed", "GET /admin HTT"} {
 		br, client := pipeReader(t)
 		go func() {
-			_, _ = client.Write([]byte(tc.sent))
+			_, _ = client.Write([]byte(sent))
 			client.Close()
 		}()
-		if got := sniff(br, new(atomic.Bool)); got != tc.want {
-			t.Errorf("sniff of %q then the end = %q, want %q", tc.sent, got, tc.want)
+		if got := sniff(br, new(atomic.Bool), new(atomic.Int32)); got != "tcp" {
+			t.Errorf("sniff of %q then the end = %q, want tcp", sent, got)
 		}
 	}
 }
@@ -134,7 +140,7 @@ func TestSniffWithinTimesOutToTCP(t *testing.T) {
 		if proto != "tcp" || pending == nil {
 			t.Fatalf("sniffWithin = %q, %v; want tcp and a pending read", proto, pending)
 		}
-		c := &bufConn{r: br, pending: pending}
+		c := &bufConn{r: br, pending: pending, checkLate: true}
 		writeChunks(t, client, late)
 		got := make([]byte, len(late))
 		if _, err := io.ReadFull(c, got); err != nil || string(got) != late {
@@ -157,10 +163,35 @@ func TestSniffWithinLateHTTPRefused(t *testing.T) {
 			t.Fatalf("sniffWithin = %q, %v; want tcp and a pending read", proto, pending)
 		}
 		writeChunks(t, client, late)
-		c := &bufConn{r: br, pending: pending}
+		c := &bufConn{r: br, pending: pending, checkLate: true}
 		if n, err := c.Read(make([]byte, 64)); n != 0 || !errors.Is(err, errLateHTTP) {
 			t.Errorf("read of late %q = %d, %v; want errLateHTTP", late, n, err)
 		}
+	}
+}
+
+// A client that sent part of what could be a request, then stopped, is handed to the HTTP server
+// (which judges it) once the timeout passes, with the read still pending.
+func TestSniffWithinPartialRequestToHTTP(t *testing.T) {
+	br, client := pipeReader(t)
+	expired := make(chan time.Time)
+	go func() {
+		// A pipe's write returns once read: the second is read only after detection has looked
+		// at the first and gone back to wait.
+		_, _ = client.Write([]byte("GET /x"))
+		_, _ = client.Write([]byte(" "))
+		close(expired)
+	}()
+	proto, pending := sniffUntil(context.Background(), br, expired)
+	if proto != "http" || pending == nil {
+		t.Fatalf("sniffUntil = %q, %v; want http and a pending read", proto, pending)
+	}
+	writeChunks(t, client, "HTTP/1.1\r\n\r\n")
+	c := &bufConn{r: br, pending: pending}
+	want := "GET /x HTTP/1.1\r\n\r\n"
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != want {
+		t.Fatalf("read = %q, %v; want %q", got, err, want)
 	}
 }
 
