@@ -35,6 +35,9 @@ func run(results, out string) error {
 	if rep.Profiles, err = bench.SummarizeProfiles(results); err != nil {
 		return err
 	}
+	if rep.Waypoint, err = bench.SummarizeWaypointProfile(results); err != nil {
+		return err
+	}
 	files, err := filepath.Glob(filepath.Join(results, "*.bench"))
 	if err != nil {
 		return err

@@ -1,7 +1,8 @@
 package bench
 
-// Profiles of ztunnel taken during the run are kept beside l4.json (results/profiles), so that
-// the report says where its time and memory go from this run's own evidence, not from a guess.
+// Profiles of ztunnel (and the waypoint) taken during the run are kept beside l4.json
+// (results/profiles), so that the report says where their time and memory go from this run's
+// own evidence, not from a guess.
 // CPU time is grouped by what the sampled code was doing; a stack counts once, in the first
 // group that claims it (garbage collection before system calls before the leaf's package).
 
@@ -60,31 +61,52 @@ type ProfileSummary struct {
 	Top        []Share // the functions with the most of it themselves
 }
 
-// SummarizeProfiles reads the profiles under results; those missing are left out.
+// SummarizeProfiles reads ztunnel's profiles under results; those missing are left out.
 func SummarizeProfiles(results string) ([]ProfileSummary, error) {
 	var out []ProfileSummary
 	for _, k := range profileKinds {
 		for _, side := range []string{ClientSide, ServerSide} {
-			f, err := os.Open(ProfilePath(results, side, k.name))
-			if os.IsNotExist(err) {
-				continue
-			} else if err != nil {
-				return nil, err
-			}
-			p, err := profile.Parse(f)
-			f.Close()
+			s, err := summarizeFile(ProfilePath(results, side, k.name))
 			if err != nil {
 				return nil, fmt.Errorf("%s profile of the %s side: %w", k.name, side, err)
 			}
-			s, err := summarize(p)
-			if err != nil {
-				return nil, fmt.Errorf("%s profile of the %s side: %w", k.name, side, err)
+			if s != nil {
+				s.Side, s.What = side, k.what
+				out = append(out, *s)
 			}
-			s.Side, s.What = side, k.what
-			out = append(out, s)
 		}
 	}
 	return out, nil
+}
+
+// SummarizeWaypointProfile reads the waypoint's CPU profile at the fixed rate (BenchmarkWaypoint's
+// first round) under results; nil when there is none.
+func SummarizeWaypointProfile(results string) (*ProfileSummary, error) {
+	s, err := summarizeFile(WaypointProfilePath(results, ProfileRate))
+	if err != nil {
+		return nil, fmt.Errorf("the waypoint's %s profile: %w", ProfileRate, err)
+	}
+	if s != nil {
+		s.Side, s.What = "waypoint", "CPU at the fixed rate"
+	}
+	return s, nil
+}
+
+// summarizeFile summarizes the profile at path; nil when there is none.
+func summarizeFile(path string) (*ProfileSummary, error) {
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return nil, nil
+	} else if err != nil {
+		return nil, err
+	}
+	p, err := profile.Parse(f)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	s, err := summarize(p)
+	return &s, err
 }
 
 // summarize groups a CPU profile's time (or a heap profile's bytes in use) and finds the
@@ -161,7 +183,7 @@ func cpuGroup(fns []string) string {
 	case pkg == "runtime" || strings.HasPrefix(pkg, "internal/runtime"):
 		return "Go runtime (scheduling, allocation)"
 	case strings.HasPrefix(pkg, "github.com/ambient-mesh/ambient/"):
-		return "ztunnel's own code (" + strings.TrimPrefix(pkg, "github.com/ambient-mesh/ambient/") + ")"
+		return "the mesh's own code (" + strings.TrimPrefix(pkg, "github.com/ambient-mesh/ambient/") + ")"
 	default:
 		return pkg
 	}

@@ -90,3 +90,34 @@ func TestSummarizeRefusesOtherProfiles(t *testing.T) {
 		t.Error("a goroutine profile was summarized as CPU or heap")
 	}
 }
+
+func TestSummarizeWaypointProfile(t *testing.T) {
+	dir := t.TempDir()
+	if s, err := SummarizeWaypointProfile(dir); s != nil || err != nil {
+		t.Fatalf("with no profile: %+v, %v; want nil, nil", s, err)
+	}
+	path := WaypointProfilePath(dir, ProfileRate)
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cpuProfile().Write(f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	s, err := SummarizeWaypointProfile(dir)
+	if err != nil || s == nil || s.Total != "1.00 s of CPU in 2 s" {
+		t.Fatalf("SummarizeWaypointProfile = %+v, %v", s, err)
+	}
+	var md strings.Builder
+	lab := BenchFile{Name: "lab", Results: []GoBench{{Name: "Waypoint", Metrics: []Metric{{Value: 0.2, Unit: "waypoint-cores"}}}}}
+	if err := (Report{L4: sampleRun(), Lab: []BenchFile{lab}, Waypoint: s}).WriteMarkdown(&md); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(md.String(), "Where the waypoint's time goes, from its CPU profile in BenchmarkWaypoint's first round (`e2e/bench/results/profiles/waypoint.cpu-rate.pprof`; 1.00 s of CPU in 2 s): system calls") {
+		t.Errorf("report lacks the waypoint's profile:\n%s", md.String())
+	}
+}

@@ -75,6 +75,8 @@ type Report struct {
 	Plots []Plot
 	// Profiles summarize where ztunnel's time and memory went in the run.
 	Profiles []ProfileSummary
+	// Waypoint summarizes where the waypoint's time went in BenchmarkWaypoint (nil: no profile).
+	Waypoint *ProfileSummary
 }
 
 // Plot is an image the report links.
@@ -274,6 +276,10 @@ func (rep Report) WriteMarkdown(w io.Writer) error {
 				ms = append(ms, fmt.Sprintf("%s %s", trim(m.Value), m.Unit))
 			}
 			p("| %s | %s |\n", g.Name, strings.Join(ms, ", "))
+		}
+		if ws := rep.Waypoint; ws != nil && bf.Name == "lab" {
+			p("\nWhere the waypoint's time goes, from its CPU profile in BenchmarkWaypoint's first round (`e2e/bench/results/profiles/waypoint.%s.pprof`; %s): %s. Functions: %s.\n",
+				ProfileRate, ws.Total, joinShares(ws.Groups), joinShares(ws.Top))
 		}
 	}
 	_, err := io.WriteString(w, b.String())
