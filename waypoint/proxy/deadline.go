@@ -8,7 +8,8 @@ package proxy
 // connection to go on; on a tunnel that reset the client's next request or the end of a
 // response. Here the tunnel is read by one goroutine of its own, and Read waits for that
 // goroutine's data or for the deadline, whichever comes first: a deadline only ever ends a Read,
-// never the tunnel. Write deadlines are not used by the servers here and are ignored.
+// never the tunnel. Write deadlines are not used by the servers here and are ignored. Close ends
+// the pump too, even when it holds a chunk nobody will read.
 
 import (
 	"net"
@@ -29,19 +30,39 @@ type softDeadlines struct {
 	mu       sync.Mutex
 	deadline time.Time
 	changed  chan struct{} // Read's, made when it waits; closed and dropped when the deadline changes
+
+	closing chan struct{} // closed by Close
+	once    sync.Once
+	pumped  chan struct{} // closed when the pump has returned (tests)
 }
 
 func newSoftDeadlines(c net.Conn) *softDeadlines {
-	return &softDeadlines{Conn: c, data: make(chan []byte), consumed: make(chan struct{}, 1)}
+	return &softDeadlines{Conn: c, data: make(chan []byte), consumed: make(chan struct{}, 1),
+		closing: make(chan struct{}), pumped: make(chan struct{})}
+}
+
+// Close closes the tunnel and ends the pump.
+func (c *softDeadlines) Close() error {
+	c.once.Do(func() { close(c.closing) })
+	return c.Conn.Close()
 }
 
 func (c *softDeadlines) pump() {
+	defer close(c.pumped)
 	buf := make([]byte, 16<<10)
 	for {
 		n, err := c.Conn.Read(buf)
 		if n > 0 {
-			c.data <- buf[:n]
-			<-c.consumed
+			select {
+			case c.data <- buf[:n]:
+			case <-c.closing:
+				return
+			}
+			select {
+			case <-c.consumed:
+			case <-c.closing:
+				return
+			}
 		}
 		if err != nil {
 			c.readErr = err
@@ -52,6 +73,11 @@ func (c *softDeadlines) pump() {
 }
 
 func (c *softDeadlines) Read(b []byte) (int, error) {
+	select {
+	case <-c.closing:
+		return 0, net.ErrClosed
+	default:
+	}
 	if len(c.pending) > 0 {
 		return c.take(b), nil
 	}
@@ -89,6 +115,9 @@ func (c *softDeadlines) Read(b []byte) (int, error) {
 			return 0, os.ErrDeadlineExceeded
 		case <-changed:
 			c.stopTimer(expired)
+		case <-c.closing:
+			c.stopTimer(expired)
+			return 0, net.ErrClosed
 		}
 	}
 }

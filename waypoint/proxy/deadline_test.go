@@ -65,3 +65,28 @@ func TestSoftDeadlinesTimer(t *testing.T) {
 		t.Fatalf("with a far deadline: %q, %v", got, err)
 	}
 }
+
+// A server that closes the connection with a chunk read and not taken (a request's body it did
+// not read, a line that never ended) ends the pump: nothing is left waiting for a reader.
+func TestSoftDeadlinesCloseEndsThePump(t *testing.T) {
+	for _, consume := range []bool{false, true} {
+		a, b := net.Pipe()
+		c := newSoftDeadlines(a)
+		go func() { _, _ = b.Write([]byte("a chunk, then another")) }()
+		got := make([]byte, 4)
+		if _, err := c.Read(got); err != nil { // starts the pump, which holds the chunk
+			t.Fatal(err)
+		}
+		if consume { // the chunk taken whole: the pump waits for more, or for its turn
+			rest := make([]byte, 64)
+			_, _ = c.Read(rest)
+			go func() { _, _ = b.Write([]byte("more")) }()
+		}
+		c.Close()
+		<-c.pumped
+		if _, err := c.Read(got); err == nil {
+			t.Errorf("read after Close: nil error")
+		}
+		b.Close()
+	}
+}
