@@ -131,12 +131,15 @@ func (p *Proxy) ServeHBONE(ctx context.Context, req *hbone.Request) error {
 	c := &bufConn{Conn: conn, r: br}
 	if proto == "" {
 		proto, c.pending = sniffWithin(ctx, br, p.d.SniffTimeout)
-		if proto == "" {
+		switch {
+		case proto == "":
 			return nil // the tunnel or the waypoint is ending
-		}
-		if c.pending != nil && proto == "tcp" {
+		case proto == sniffPartial:
+			p.sniffTimedOut(t, "the client sent the start of what could be an HTTP request, then nothing, so the tunnel is closed")
+			return nil
+		case c.pending != nil:
 			c.checkLate = true
-			p.sniffTimedOut(t)
+			p.sniffTimedOut(t, "the client sent nothing, so the tunnel is passed through as TCP, late")
 		}
 	}
 	if proto == "http" || proto == "http2" {
@@ -203,9 +206,10 @@ func (c *bufConn) Read(b []byte) (int, error) {
 }
 
 // sniffTimedOut logs the first tunnel of each Service port (each workload, for tunnels addressed
-// to one) whose client said nothing decisive before the detection timeout: a server-first
-// protocol, which its port's appProtocol should name.
-func (p *Proxy) sniffTimedOut(t *tunnel) {
+// to one) whose client said nothing decisive before the detection timeout, with what became of
+// it: a protocol in which the server speaks first, or whose first message looks like the start
+// of a request, which its port's appProtocol should name.
+func (p *Proxy) sniffTimedOut(t *tunnel, what string) {
 	key := t.key
 	if t.svc != nil {
 		key = fmt.Sprintf("%s:%d", t.key, t.port)
@@ -213,8 +217,7 @@ func (p *Proxy) sniffTimedOut(t *tunnel) {
 	if _, seen := p.sniffLogged.LoadOrStore(key, true); seen {
 		return
 	}
-	p.d.Log.Warn("protocol detection timed out: the client sent nothing decisive, so the tunnel is passed through "+
-		"as TCP, late; a protocol in which the server speaks first needs appProtocol: tcp on its Service port",
+	p.d.Log.Warn("protocol detection timed out: "+what+"; a port whose protocol is not HTTP needs appProtocol: tcp",
 		"service", t.key, "port", t.port, "peer", t.peer.String(), "timeout", p.d.SniffTimeout.String())
 }
 

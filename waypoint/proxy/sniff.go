@@ -5,25 +5,28 @@ package proxy
 // Rules:
 //   - Decide on the first bytes, and wait for more only while what has arrived could still be
 //     HTTP: a prefix of the HTTP/2 preface, or of an HTTP/1 request line as the most lenient
-//     servers read one (any token as method, runs of blanks, "HTTP/" of any version), after the
-//     empty lines servers skip, so that a request a lenient backend would still parse (two
-//     spaces, a lowercase method, a tab) does not pass as TCP around the L7 configuration. A
-//     client-first protocol whose first message is short ("PING\r\n"), or a command line
-//     ("HELO host\r\n"), is still TCP at once. (An HTTP/0.9 "GET /path" is TCP.)
+//     servers read one (any token as method, runs of blanks, any byte but blanks and line ends
+//     in the target, "HTTP/" in any case), after the empty lines servers skip. So a request a
+//     lenient backend would still parse (two spaces, a lowercase method, a tab, a raw byte in
+//     the path) does not pass as TCP around the L7 configuration, while a client-first protocol
+//     whose first message is short ("PING\r\n"), or a command line ("HELO host\r\n"), is TCP at
+//     once. The one exception is HTTP/0.9's "GET /path\r\n", which Redis's inline commands look
+//     like: it is TCP.
 //   - A request line longer than detection can hold is HTTP: misjudged, a stream fails at the
 //     HTTP server; misjudged the other way, it would pass as TCP around the L7 configuration.
 //   - A client that sends nothing for the detection timeout (Linkerd's 10 s by default) is
 //     passed through as TCP, so that protocols in which the server speaks first (SMTP, MySQL)
 //     work, late; the first such tunnel of each Service port is logged with the fix
-//     (appProtocol: tcp). What such a client sends first must then be plainly not HTTP:
-//     anything that could be closes the tunnel (errLateHTTP), because TCP skips routes, JWT
-//     checks and header filters, and a client could otherwise wait out the timeout to skip them.
-//     Authorization is never skipped: on TCP, a rule that names HTTP attributes denies (DENY) or
-//     never allows (ALLOW).
+//     (appProtocol: tcp). What such a client sends first must then be plainly not HTTP: the
+//     stream waits until its bytes decide, and anything that could be HTTP closes the tunnel
+//     (errLateHTTP), because TCP skips routes, JWT checks and header filters, and a client could
+//     otherwise wait out the timeout to skip them. Authorization is never skipped: on TCP, a
+//     rule that names HTTP attributes denies (DENY) or never allows (ALLOW).
+//   - A client that had sent part of what could be a request line when the timeout passed is
+//     closed, and logged like a silent one: either a stalled request or a protocol whose short
+//     message looks like one (ZooKeeper's "ruok"), which needs appProtocol: tcp.
 //   - The read that detection started is never abandoned: after a timeout, detection stops once
-//     that read returns, and the stream reads on only then, so no byte is lost or read twice. A
-//     client that had sent part of what could be a request before the timeout is handed to the
-//     HTTP server, which judges it (and times out on it).
+//     that read returns, and the stream reads on only then, so no byte is lost or read twice.
 
 import (
 	"bufio"
@@ -40,9 +43,6 @@ import (
 const DefaultSniffTimeout = 10 * time.Second
 
 const h2Preface = "PRI * HTTP/2.0"
-
-// maxMethod bounds an HTTP/1 method token: a longer one is not HTTP.
-const maxMethod = 24
 
 // errLateHTTP ends a tunnel that fell back to TCP when its first bytes could be HTTP.
 var errLateHTTP = errors.New("the client's first bytes, sent after protocol detection timed out, may be HTTP: " +
@@ -102,15 +102,14 @@ const (
 )
 
 // requestLine matches the start of an HTTP/1 request line as a lenient server reads one: a
-// token (the method), blanks, the target, blanks, "HTTP/".
+// token (the method), blanks, the target (up to a blank or a line end), blanks, "HTTP/" in any
+// case.
 func requestLine(b []byte) int {
 	i := 0
 	for i < len(b) && isTchar(b[i]) {
 		i++
 	}
 	switch {
-	case i > maxMethod:
-		return lineNot
 	case i == len(b):
 		return linePrefix
 	case i == 0 || !isBlank(b[i]):
@@ -120,7 +119,7 @@ func requestLine(b []byte) int {
 		i++
 	}
 	start := i
-	for i < len(b) && b[i] > ' ' && b[i] < 0x7f {
+	for i < len(b) && !isBlank(b[i]) && b[i] != '\r' && b[i] != '\n' {
 		i++
 	}
 	switch {
@@ -134,9 +133,9 @@ func requestLine(b []byte) int {
 	}
 	rest, version := b[i:], []byte("HTTP/")
 	switch {
-	case bytes.HasPrefix(rest, version):
+	case len(rest) >= len(version) && bytes.EqualFold(rest[:len(version)], version):
 		return lineHTTP
-	case bytes.HasPrefix(version, rest):
+	case bytes.EqualFold(rest, version[:len(rest)]):
 		return linePrefix
 	}
 	return lineNot
@@ -149,9 +148,13 @@ func isTchar(c byte) bool {
 	return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
+// sniffPartial is sniffWithin's answer for a client that had sent part of what could be a
+// request line when the timeout passed: the tunnel is closed.
+const sniffPartial = "partial"
+
 // sniffWithin is sniff bounded by timeout and ctx. When the client has said nothing decisive by
-// then, it returns "tcp" when the client had sent nothing, "http" when it had sent part of what
-// could be a request (or "" when ctx ended), and a channel closed once sniff's read has
+// then, it returns "tcp" when the client had sent nothing, sniffPartial when it had sent part of
+// what could be a request (or "" when ctx ended), and a channel closed once sniff's read has
 // returned: br must not be read before.
 func sniffWithin(ctx context.Context, br *bufio.Reader, timeout time.Duration) (proto string, pending <-chan struct{}) {
 	t := time.NewTimer(timeout)
@@ -184,17 +187,28 @@ func sniffUntil(ctx context.Context, br *bufio.Reader, expired <-chan time.Time)
 		return proto, nil
 	default:
 		if proto != "" && seen.Load() > 0 {
-			proto = "http"
+			proto = sniffPartial
 		}
 		return proto, done
 	}
 }
 
 // lateBytes checks, once a timed-out detection's read has returned, that what the client sent
-// first is plainly not HTTP.
+// first is plainly not HTTP, reading on while its bytes could still be (a line in two reads).
 func lateBytes(br *bufio.Reader) error {
-	b, _ := br.Peek(br.Buffered())
-	if len(b) > 0 && classify(b, br.Size()) != "tcp" {
+	b, err := br.Peek(br.Buffered())
+	for len(b) > 0 {
+		switch classify(b, br.Size()) {
+		case "tcp":
+			return nil
+		case "":
+			if err != nil {
+				return nil // it ended an unfinished line: no request to any server
+			}
+			_, err = br.Peek(len(b) + 1)
+			b, _ = br.Peek(br.Buffered())
+			continue
+		}
 		return errLateHTTP
 	}
 	return nil

@@ -50,8 +50,13 @@ func TestClassify(t *testing.T) {
 		{"SSH-2.0-OpenSSH_9.6\r\n", "tcp"},
 		{"hi", ""},
 		{"hi\n", "tcp"},
-		{strings.Repeat("a", maxMethod), ""},
-		{strings.Repeat("a", maxMethod+1), "tcp"},
+		{strings.Repeat("a", 30), ""},
+		{strings.Repeat("A", 25) + " /admin HTTP/1.1", "http"}, // a long method, which Go takes
+		{"GET /admin?x=\x80\x00 HTTP/1.1", "http"},             // raw bytes in the target
+		{"get / http/1.1", "http"},
+		{"GET /x htt", ""},
+		{"GET /x HTX", "tcp"},
+		{"ruok", ""},                                  // ZooKeeper's four-letter words look like a method: see the rules
 		{"GET /" + strings.Repeat("a", room), "http"}, // longer than detection holds
 		{strings.Repeat("\r\n", room/2), "http"},
 	} {
@@ -134,14 +139,14 @@ func TestSniffClientEnds(t *testing.T) {
 // A client that says nothing (the server speaks first) is TCP once the timeout passes, and what
 // it sends later reaches the stream whole, through the read that detection had started.
 func TestSniffWithinTimesOutToTCP(t *testing.T) {
-	for _, late := range []string{"QUIT\r\n", "\x00\x00\x00\x08binary"} {
+	for _, late := range []string{"QUIT\r\n", "\x00\x00\x00\x08binary", "EHLO client.example.com\r\n"} {
 		br, client := pipeReader(t)
 		proto, pending := sniffWithin(context.Background(), br, time.Millisecond)
 		if proto != "tcp" || pending == nil {
 			t.Fatalf("sniffWithin = %q, %v; want tcp and a pending read", proto, pending)
 		}
 		c := &bufConn{r: br, pending: pending, checkLate: true}
-		writeChunks(t, client, late)
+		writeChunks(t, client, late[:len(late)-2], late[len(late)-2:]) // a line may come in two reads
 		got := make([]byte, len(late))
 		if _, err := io.ReadFull(c, got); err != nil || string(got) != late {
 			t.Fatalf("read after the timeout: %q, %v; want %q", got, err, late)
@@ -153,16 +158,15 @@ func TestSniffWithinTimesOutToTCP(t *testing.T) {
 }
 
 // After a timeout, first bytes that could be HTTP close the tunnel: waiting out the timeout must
-// not pass a request as TCP around routes, JWT checks and header filters. Bytes that leave it
-// open ("GE") count as HTTP too: detection does not wait again.
+// not pass a request as TCP around routes, JWT checks and header filters, in one read or several.
 func TestSniffWithinLateHTTPRefused(t *testing.T) {
-	for _, late := range []string{"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n", "GE", h2Preface} {
+	for _, late := range [][]string{{"GET /admin HTTP/1.1\r\nHost: x\r\n\r\n"}, {"GE", "T /admin HTTP/1.1\r\n"}, {h2Preface}} {
 		br, client := pipeReader(t)
 		proto, pending := sniffWithin(context.Background(), br, time.Millisecond)
 		if proto != "tcp" || pending == nil {
 			t.Fatalf("sniffWithin = %q, %v; want tcp and a pending read", proto, pending)
 		}
-		writeChunks(t, client, late)
+		writeChunks(t, client, late...)
 		c := &bufConn{r: br, pending: pending, checkLate: true}
 		if n, err := c.Read(make([]byte, 64)); n != 0 || !errors.Is(err, errLateHTTP) {
 			t.Errorf("read of late %q = %d, %v; want errLateHTTP", late, n, err)
@@ -170,9 +174,9 @@ func TestSniffWithinLateHTTPRefused(t *testing.T) {
 	}
 }
 
-// A client that sent part of what could be a request, then stopped, is handed to the HTTP server
-// (which judges it) once the timeout passes, with the read still pending.
-func TestSniffWithinPartialRequestToHTTP(t *testing.T) {
+// A client that sent part of what could be a request, then stopped, is closed once the timeout
+// passes: a stalled request, or a protocol that needs appProtocol: tcp.
+func TestSniffWithinPartialRequestCloses(t *testing.T) {
 	br, client := pipeReader(t)
 	expired := make(chan time.Time)
 	go func() {
@@ -182,16 +186,8 @@ func TestSniffWithinPartialRequestToHTTP(t *testing.T) {
 		_, _ = client.Write([]byte(" "))
 		close(expired)
 	}()
-	proto, pending := sniffUntil(context.Background(), br, expired)
-	if proto != "http" || pending == nil {
-		t.Fatalf("sniffUntil = %q, %v; want http and a pending read", proto, pending)
-	}
-	writeChunks(t, client, "HTTP/1.1\r\n\r\n")
-	c := &bufConn{r: br, pending: pending}
-	want := "GET /x HTTP/1.1\r\n\r\n"
-	got := make([]byte, len(want))
-	if _, err := io.ReadFull(c, got); err != nil || string(got) != want {
-		t.Fatalf("read = %q, %v; want %q", got, err, want)
+	if proto, pending := sniffUntil(context.Background(), br, expired); proto != sniffPartial || pending == nil {
+		t.Fatalf("sniffUntil = %q, %v; want %q and a pending read", proto, pending, sniffPartial)
 	}
 }
 
