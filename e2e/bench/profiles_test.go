@@ -33,9 +33,9 @@ func cpuProfile() *profile.Profile {
 	return p
 }
 
-func TestSummarizeProfiles(t *testing.T) {
-	dir := t.TempDir()
-	path := ProfilePath(dir, ClientSide, ProfileMax)
+// writeCPUProfile writes cpuProfile at path.
+func writeCPUProfile(t *testing.T, path string) {
+	t.Helper()
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -43,10 +43,15 @@ func TestSummarizeProfiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer f.Close()
 	if err := cpuProfile().Write(f); err != nil {
 		t.Fatal(err)
 	}
-	f.Close()
+}
+
+func TestSummarizeProfiles(t *testing.T) {
+	dir := t.TempDir()
+	writeCPUProfile(t, ProfilePath(dir, ClientSide, ProfileMax))
 	got, err := SummarizeProfiles(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -96,18 +101,7 @@ func TestSummarizeWaypointProfile(t *testing.T) {
 	if s, err := SummarizeWaypointProfile(dir); s != nil || err != nil {
 		t.Fatalf("with no profile: %+v, %v; want nil, nil", s, err)
 	}
-	path := WaypointProfilePath(dir, ProfileRate)
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cpuProfile().Write(f); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	writeCPUProfile(t, WaypointProfilePath(dir, ProfileRate))
 	s, err := SummarizeWaypointProfile(dir)
 	if err != nil || s == nil || s.Total != "1.00 s of CPU in 2 s" {
 		t.Fatalf("SummarizeWaypointProfile = %+v, %v", s, err)
