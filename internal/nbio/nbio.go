@@ -60,13 +60,17 @@ func New(c net.Conn) *Socket {
 	}
 	nonblocking := false
 	if err := rc.Control(func(fd uintptr) {
-		flags, _, e := syscall.Syscall(syscall.SYS_FCNTL, fd, syscall.F_GETFL, 0)
+		flags, _, e := syscall.RawSyscall(syscall.SYS_FCNTL, fd, syscall.F_GETFL, 0) // never blocks
 		nonblocking = e == 0 && flags&syscall.O_NONBLOCK != 0
 	}); err != nil || !nonblocking {
 		return nil
 	}
 	return &Socket{c: tc, rc: rc}
 }
+
+// RawConn is the socket's descriptor, for reads that call ReadFD themselves (a buffer taken only
+// once there is something to read).
+func (s *Socket) RawConn() syscall.RawConn { return s.rc }
 
 // Read reads into p what the socket holds, waiting on the poller while it holds nothing.
 func (s *Socket) Read(p []byte) (int, error) {
@@ -134,8 +138,9 @@ func (s *Socket) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// ReadFD is one read(2) of the non-blocking descriptor fd into p (not empty), retried when a
-// signal interrupts it, for a syscall.RawConn.Read callback: EAGAIN means wait on the poller.
+// ReadFD is one read(2) of fd into p (not empty), retried when a signal interrupts it, for a
+// callback of a Socket's RawConn().Read, whose descriptor New found non-blocking: EAGAIN means
+// wait on the poller.
 func ReadFD(fd uintptr, p []byte) (int, syscall.Errno) {
 	for {
 		if n, e := read(fd, p); e != syscall.EINTR {

@@ -48,16 +48,22 @@ const h2Preface = "PRI * HTTP/2.0"
 var errLateHTTP = errors.New("the client's first bytes, sent after protocol detection timed out, may be HTTP: " +
 	"the tunnel is closed rather than passed through as TCP around the port's L7 configuration")
 
+// detection is one tunnel's sniff: stop ends it once a read returns, seen is how many bytes it
+// has looked at.
+type detection struct {
+	stop atomic.Bool
+	seen atomic.Int32
+}
+
 // sniff decides a tunnel's protocol from its client's first bytes: "http2" for the HTTP/2
 // preface, "http" for an HTTP/1 request line, "tcp" for anything else, including a client that
 // ends before deciding (an unfinished request line is no request to any server). It returns as
-// soon as the bytes decide, or with "" once a read returns after stop is set. seen holds how many
-// bytes it has looked at.
-func sniff(br *bufio.Reader, stop *atomic.Bool, seen *atomic.Int32) string {
+// soon as the bytes decide, or with "" once a read returns after stop is set.
+func (d *detection) sniff(br *bufio.Reader) string {
 	_, err := br.Peek(1)
 	for {
 		b, _ := br.Peek(br.Buffered())
-		seen.Store(int32(len(b)))
+		d.seen.Store(int32(len(b)))
 		p := classify(b, br.Size())
 		switch {
 		case p != "":
@@ -65,7 +71,7 @@ func sniff(br *bufio.Reader, stop *atomic.Bool, seen *atomic.Int32) string {
 		case err != nil:
 			return "tcp"
 		}
-		if stop.Load() {
+		if d.stop.Load() {
 			return ""
 		}
 		_, err = br.Peek(len(b) + 1)
@@ -166,9 +172,9 @@ func sniffWithin(ctx context.Context, br *bufio.Reader, timeout time.Duration) (
 func sniffUntil(ctx context.Context, br *bufio.Reader, expired <-chan time.Time) (proto string, pending <-chan struct{}) {
 	res := make(chan string, 1)
 	done := make(chan struct{})
-	stop, seen := new(atomic.Bool), new(atomic.Int32)
+	d := new(detection)
 	go func() {
-		res <- sniff(br, stop, seen)
+		res <- d.sniff(br)
 		close(done)
 	}()
 	select {
@@ -178,7 +184,7 @@ func sniffUntil(ctx context.Context, br *bufio.Reader, expired <-chan time.Time)
 		proto = "tcp"
 	case <-ctx.Done():
 	}
-	stop.Store(true)
+	d.stop.Store(true)
 	select {
 	case p := <-res: // decided as the timer fired
 		if proto != "" {
@@ -186,7 +192,7 @@ func sniffUntil(ctx context.Context, br *bufio.Reader, expired <-chan time.Time)
 		}
 		return proto, nil
 	default:
-		if proto != "" && seen.Load() > 0 {
+		if proto != "" && d.seen.Load() > 0 {
 			proto = sniffPartial
 		}
 		return proto, done
@@ -196,19 +202,7 @@ func sniffUntil(ctx context.Context, br *bufio.Reader, expired <-chan time.Time)
 // lateBytes checks, once a timed-out detection's read has returned, that what the client sent
 // first is plainly not HTTP, reading on while its bytes could still be (a line in two reads).
 func lateBytes(br *bufio.Reader) error {
-	b, err := br.Peek(br.Buffered())
-	for len(b) > 0 {
-		switch classify(b, br.Size()) {
-		case "tcp":
-			return nil
-		case "":
-			if err != nil {
-				return nil // it ended an unfinished line: no request to any server
-			}
-			_, err = br.Peek(len(b) + 1)
-			b, _ = br.Peek(br.Buffered())
-			continue
-		}
+	if new(detection).sniff(br) != "tcp" {
 		return errLateHTTP
 	}
 	return nil

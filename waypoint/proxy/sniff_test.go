@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -91,7 +90,7 @@ func TestSniffShortMessageDecidesAtOnce(t *testing.T) {
 	for _, msg := range []string{"hi\n", "HELO mail.example.com\r\n"} {
 		br, client := pipeReader(t)
 		writeChunks(t, client, msg)
-		if got := sniff(br, new(atomic.Bool), new(atomic.Int32)); got != "tcp" {
+		if got := new(detection).sniff(br); got != "tcp" {
 			t.Fatalf("sniff of %q = %q, want tcp", msg, got)
 		}
 		if b, _ := br.Peek(br.Buffered()); string(b) != msg {
@@ -115,7 +114,7 @@ func TestSniffWaitsWhileUndecided(t *testing.T) {
 	} {
 		br, client := pipeReader(t)
 		writeChunks(t, client, tc.chunks...)
-		if got := sniff(br, new(atomic.Bool), new(atomic.Int32)); got != tc.want {
+		if got := new(detection).sniff(br); got != tc.want {
 			t.Errorf("sniff of %q = %q, want %q", tc.chunks, got, tc.want)
 		}
 	}
@@ -130,7 +129,7 @@ func TestSniffClientEnds(t *testing.T) {
 			_, _ = client.Write([]byte(sent))
 			client.Close()
 		}()
-		if got := sniff(br, new(atomic.Bool), new(atomic.Int32)); got != "tcp" {
+		if got := new(detection).sniff(br); got != "tcp" {
 			t.Errorf("sniff of %q then the end = %q, want tcp", sent, got)
 		}
 	}

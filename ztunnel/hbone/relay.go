@@ -86,8 +86,8 @@ func Copy(dst io.Writer, src io.Reader) (int64, error) {
 	}
 	switch s := src.(type) {
 	case *net.TCPConn:
-		if rc, err := s.SyscallConn(); err == nil {
-			return copyFromSocket(dst, rc)
+		if sock := nbio.New(s); sock != nil {
+			return copyFromSocket(dst, sock.RawConn())
 		}
 	case *stream:
 		return copyFromStream(dst, s)
